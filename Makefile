@@ -1,0 +1,43 @@
+# The two commands a fresh machine needs: `make demo` and `make test`.
+# Everything they need (Python deps, Go-built tools, skopeo) is installed on first use.
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test unit e2e lint tools venv clean
+
+$(STAMP): pyproject.toml requirements.lock
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
+	@touch $@
+
+venv: $(STAMP)
+
+tools:
+	@bash tests/cluster/build.sh >/dev/null
+
+## Run the demo: local control plane + registry + operator.
+demo: venv tools
+	$(BIN)/ocireg demo
+
+## Run every test: lint, unit and end-to-end against the real local control plane.
+test: venv tools lint
+	$(BIN)/pytest tests
+
+## Unit tests only: no cluster, no Go build.
+unit: venv
+	$(BIN)/pytest tests -m "not e2e"
+
+e2e: venv tools
+	$(BIN)/pytest tests -m e2e
+
+lint: venv
+	$(BIN)/ruff check operator tests bench
+	$(BIN)/ruff format --check operator tests bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,132 @@
+"""The `ocireg` command: run the operator, print the version, run the local demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .config import LogFormat, OperatorConfig
+
+
+def _env_list(name: str) -> list[str]:
+    return [item for item in os.environ.get(name, "").replace(",", " ").split() if item]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ocireg", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the operator against the current kubeconfig")
+    scope = run.add_mutually_exclusive_group()
+    scope.add_argument(
+        "-n",
+        "--namespace",
+        dest="namespaces",
+        action="append",
+        help="serve OCIRegistry objects only in this namespace (repeatable; "
+        "env OCIREG_NAMESPACES); default: all namespaces",
+    )
+    scope.add_argument(
+        "-A", "--all-namespaces", action="store_true", help="serve the whole cluster (the default)"
+    )
+    run.add_argument(
+        "--credentials-namespace",
+        default=os.environ.get("OCIREG_CREDENTIALS_NAMESPACE", "ocireg-system"),
+        help="namespace ClusterOCIRegistry credential Secrets are read from",
+    )
+    run.add_argument(
+        "--liveness",
+        default=os.environ.get("OCIREG_LIVENESS"),
+        metavar="URL",
+        help="serve a health endpoint, e.g. http://0.0.0.0:8080/healthz",
+    )
+    run.add_argument(
+        "--log-format",
+        choices=[f.value for f in LogFormat],
+        default=os.environ.get("OCIREG_LOG_FORMAT", LogFormat.plain.value),
+    )
+    run.add_argument("-v", "--verbose", action="store_true")
+    run.add_argument("--debug", action="store_true")
+    peering = run.add_mutually_exclusive_group()
+    peering.add_argument(
+        "--standalone",
+        action="store_true",
+        default=None,
+        help="never coordinate with other replicas",
+    )
+    peering.add_argument(
+        "--peering",
+        dest="peering_name",
+        metavar="NAME",
+        help="coordinate replicas through this kopf peering object",
+    )
+
+    sub.add_parser("version", help="print the version")
+
+    demo = sub.add_parser("demo", help="start a local control plane and registry, show ocireg")
+    demo.add_argument("--keep", action="store_true", help="keep everything running until Ctrl-C")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> OperatorConfig:
+    chosen = args.namespaces or _env_list("OCIREG_NAMESPACES")
+    namespaces = () if args.all_namespaces else tuple(dict.fromkeys(chosen))
+    return OperatorConfig(
+        namespaces=namespaces,
+        credentials_namespace=args.credentials_namespace,
+        liveness_endpoint=args.liveness,
+        log_format=LogFormat(args.log_format),
+        verbose=args.verbose,
+        debug=args.debug,
+        standalone=True if args.standalone else None,
+        peering_name=args.peering_name,
+    )
+
+
+def run_operator(config: OperatorConfig) -> int:
+    import kopf
+
+    from . import handlers  # noqa: F401 - registers the handlers with kopf
+
+    log_format = {
+        LogFormat.plain: kopf.LogFormat.PLAIN,
+        LogFormat.full: kopf.LogFormat.FULL,
+        LogFormat.json: kopf.LogFormat.JSON,
+    }[config.log_format]
+    kopf.configure(verbose=config.verbose, debug=config.debug, log_format=log_format)
+    logging.getLogger("ocireg").info(
+        "ocireg %s starting; scope: %s",
+        __version__,
+        "cluster" if config.clusterwide else ", ".join(config.namespaces),
+    )
+    kopf.run(
+        clusterwide=config.clusterwide,
+        namespaces=list(config.namespaces),
+        liveness_endpoint=config.liveness_endpoint,
+        standalone=config.standalone,
+        peering_name=config.peering_name,
+        memo=kopf.Memo(config=config),
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "version":
+        print(f"ocireg {__version__}")
+        return 0
+    if args.command == "run":
+        return run_operator(config_from_args(args))
+    if args.command == "demo":
+        from .demo import run_demo
+
+        return run_demo(keep=args.keep)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""Operator settings: what `ocireg run` was started with. Read once, passed down."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class LogFormat(StrEnum):
+    plain = "plain"
+    full = "full"
+    json = "json"
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    # Namespaces whose OCIRegistry objects we serve; empty means the whole cluster.
+    namespaces: tuple[str, ...] = ()
+    # Where ClusterOCIRegistry objects read their credential Secrets from.
+    credentials_namespace: str = field(
+        default_factory=lambda: os.environ.get("OCIREG_CREDENTIALS_NAMESPACE", "ocireg-system")
+    )
+    liveness_endpoint: str | None = None
+    log_format: LogFormat = LogFormat.plain
+    verbose: bool = False
+    debug: bool = False
+    # None: kopf peering if its CRDs exist, else standalone. True: never peer.
+    standalone: bool | None = None
+    peering_name: str | None = None
+
+    @property
+    def clusterwide(self) -> bool:
+        return not self.namespaces

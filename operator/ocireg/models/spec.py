@@ -1,0 +1,374 @@
+"""The OCIRegistry / ClusterOCIRegistry spec. The CRDs in crds/ are generated from these
+models (``ocireg crds``), so descriptions here are what ``kubectl explain`` shows."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import ConfigDict, Field
+
+from .base import ApiModel
+from .durations import DURATION_PATTERN, RENEW_BEFORE_PATTERN
+
+# Marks a field that only the cluster-scoped kind may set; the CRD generator turns it into a
+# CEL rule on the namespaced kind with a message saying why.
+CLUSTER_ONLY = "x-ocireg-cluster-only"
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# host[:port]; `{region}` may stand in the host for per-region endpoints.
+SERVER_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9.{}-]*[A-Za-z0-9}])?(:[0-9]{1,5})?$"
+
+
+def rules(*pairs: tuple[str, str]) -> ConfigDict:
+    """Model config adding CEL validation rules (rule, message) to the model's schema."""
+    return ConfigDict(
+        **ApiModel.model_config,
+        json_schema_extra={
+            "x-kubernetes-validations": [{"rule": r, "message": m} for r, m in pairs]
+        },
+    )
+
+
+def cluster_only(description: str, **kwargs: Any) -> Any:
+    return Field(description=description, json_schema_extra={CLUSTER_ONLY: True}, **kwargs)
+
+
+class SecretRef(ApiModel):
+    name: Annotated[
+        str, Field(description="Name of the Secret.", max_length=253, pattern=DNS_SUBDOMAIN)
+    ]
+    namespace: Annotated[
+        str | None,
+        cluster_only(
+            "Namespace of the Secret. ClusterOCIRegistry only; defaults to the operator's "
+            "credentials namespace (ocireg-system unless configured).",
+            max_length=63,
+            pattern=DNS_LABEL,
+        ),
+    ] = None
+
+
+class Anonymous(ApiModel):
+    """No credentials: the registry allows anonymous pulls."""
+
+
+class BasicAuth(ApiModel):
+    """A username and password (or access token used as a password): Docker Hub and GHCR
+    personal access tokens, Quay and Harbor robot accounts, ACR admin users, GAR `_json_key`."""
+
+    secret_ref: Annotated[SecretRef, Field(description="Secret holding the credentials.")]
+    username: Annotated[
+        str | None,
+        Field(
+            description="Literal username, for when the Secret holds only the password "
+            "(e.g. `_json_key`, `robot$ci`, `org+robot`). Overrides usernameKey.",
+            max_length=256,
+        ),
+    ] = None
+    username_key: Annotated[
+        str, Field(description="Key in the Secret holding the username.", max_length=253)
+    ] = "username"
+    password_key: Annotated[
+        str, Field(description="Key in the Secret holding the password or token.", max_length=253)
+    ] = "password"  # noqa: S105 - a key name, not a secret
+
+
+class TokenType(StrEnum):
+    identity = "IdentityToken"
+    registry = "RegistryToken"
+
+
+class TokenAuth(ApiModel):
+    """A token issued by the registry. An IdentityToken (OAuth2 refresh token, what
+    `docker login` stores as identitytoken) is exchanged at the registry's token server; a
+    RegistryToken is sent as a Bearer token as-is."""
+
+    secret_ref: Annotated[SecretRef, Field(description="Secret holding the token.")]
+    key: Annotated[
+        str, Field(description="Key in the Secret holding the token.", max_length=253)
+    ] = "token"
+    type: Annotated[TokenType, Field(description="How clients present the token.")] = (
+        TokenType.identity
+    )
+    username: Annotated[
+        str | None,
+        Field(
+            description="Username written beside the token, for tools that want one.",
+            max_length=256,
+        ),
+    ] = None
+
+
+class DockerConfigAuth(ApiModel):
+    """An existing Docker config (config.json or a kubernetes.io/dockerconfigjson Secret);
+    the entry for `server` is used."""
+
+    secret_ref: Annotated[SecretRef, Field(description="Secret holding the Docker config.")]
+    key: Annotated[
+        str, Field(description="Key in the Secret holding the Docker config JSON.", max_length=253)
+    ] = ".dockerconfigjson"
+
+
+AUTH_METHODS = ("anonymous", "basic", "token", "dockerConfig")
+
+
+class Auth(ApiModel):
+    model_config = rules(
+        (
+            "[" + ", ".join(f"has(self.{m})" for m in AUTH_METHODS) + "].filter(x, x).size() == 1",
+            "set exactly one auth method: " + ", ".join(AUTH_METHODS),
+        )
+    )
+
+    anonymous: Annotated[Anonymous | None, Field(description=Anonymous.__doc__)] = None
+    basic: Annotated[BasicAuth | None, Field(description=BasicAuth.__doc__)] = None
+    token: Annotated[TokenAuth | None, Field(description=TokenAuth.__doc__)] = None
+    docker_config: Annotated[
+        DockerConfigAuth | None, Field(description=DockerConfigAuth.__doc__)
+    ] = None
+
+    @property
+    def method(self) -> str:
+        for name in AUTH_METHODS:
+            if getattr(self, _snake(name)) is not None:
+                return name
+        return "none"
+
+
+class CABundleRef(ApiModel):
+    model_config = rules(
+        ("has(self.configMap) != has(self.secret)", "set exactly one of configMap or secret"),
+    )
+
+    config_map: Annotated[
+        str | None,
+        Field(
+            description="ConfigMap holding the CA bundle.", max_length=253, pattern=DNS_SUBDOMAIN
+        ),
+    ] = None
+    secret: Annotated[
+        str | None,
+        Field(description="Secret holding the CA bundle.", max_length=253, pattern=DNS_SUBDOMAIN),
+    ] = None
+    key: Annotated[str, Field(description="Key holding PEM certificates.", max_length=253)] = (
+        "ca.crt"
+    )
+    namespace: Annotated[
+        str | None,
+        cluster_only(
+            "Namespace of the ConfigMap or Secret. ClusterOCIRegistry only; defaults to the "
+            "operator's credentials namespace.",
+            max_length=63,
+            pattern=DNS_LABEL,
+        ),
+    ] = None
+
+
+class TLS(ApiModel):
+    """How to connect: HTTPS verified against the system roots (default), against a CA
+    bundle, without verification, or plain HTTP."""
+
+    model_config = rules(
+        (
+            "!(self.insecure && has(self.caBundleRef))",
+            "caBundleRef has no effect with insecure (plain HTTP)",
+        ),
+        (
+            "!(self.insecure && self.insecureSkipVerify)",
+            "choose insecure (plain HTTP) or insecureSkipVerify (HTTPS without verification)",
+        ),
+    )
+
+    insecure: Annotated[bool, Field(description="Plain HTTP, no TLS.")] = False
+    insecure_skip_verify: Annotated[
+        bool, Field(description="HTTPS without certificate verification.")
+    ] = False
+    ca_bundle_ref: Annotated[
+        CABundleRef | None, Field(description="Trust these CA certificates for the registry.")
+    ] = None
+
+
+class LabelSelectorRequirement(ApiModel):
+    key: Annotated[str, Field(max_length=317)]
+    operator: Annotated[
+        str,
+        Field(
+            description="In, NotIn, Exists or DoesNotExist.",
+            json_schema_extra={"enum": ["In", "NotIn", "Exists", "DoesNotExist"]},
+        ),
+    ]
+    values: Annotated[list[Annotated[str, Field(max_length=63)]], Field(max_length=64)] = []
+
+
+class LabelSelector(ApiModel):
+    """A Kubernetes label selector; empty selects every namespace."""
+
+    match_labels: Annotated[
+        dict[str, Annotated[str, Field(max_length=63)]], Field(max_length=64)
+    ] = {}
+    match_expressions: Annotated[list[LabelSelectorRequirement], Field(max_length=64)] = []
+
+
+class Format(StrEnum):
+    dockerconfigjson = "dockerconfigjson"
+    basic_auth = "basic-auth"
+    env = "env"
+
+
+NamespacePattern = Annotated[str, Field(max_length=63, pattern=r"^[a-z0-9*?\[\]-]+$")]
+
+
+class Targets(ApiModel):
+    """Where the credentials are written."""
+
+    secret_name: Annotated[
+        str | None,
+        Field(
+            description="Name of the pull Secret (default: the object's name). The basic-auth "
+            "and env formats append -basic-auth and -env.",
+            max_length=200,
+            pattern=DNS_SUBDOMAIN,
+        ),
+    ] = None
+    namespaces: Annotated[
+        list[NamespacePattern] | None,
+        cluster_only(
+            "Namespaces to write into, by name or glob (team-*). ClusterOCIRegistry only.",
+            max_length=256,
+        ),
+    ] = None
+    namespace_selector: Annotated[
+        LabelSelector | None,
+        cluster_only(
+            "Namespaces to write into, by label; {} selects all. ClusterOCIRegistry only."
+        ),
+    ] = None
+    exclude_namespaces: Annotated[
+        list[NamespacePattern] | None,
+        cluster_only(
+            "Namespaces never written into, by name or glob (kube-*). ClusterOCIRegistry only.",
+            max_length=256,
+        ),
+    ] = None
+    service_accounts: Annotated[
+        list[Annotated[str, Field(max_length=253)]],
+        Field(
+            description="ServiceAccounts whose imagePullSecrets get the pull Secret, by name; "
+            '["*"] for all, including ones created later; [] for none.',
+            max_length=256,
+        ),
+    ] = ["default"]
+    formats: Annotated[
+        list[Format],
+        Field(
+            description="Secrets to write: dockerconfigjson (kubernetes.io/dockerconfigjson), "
+            "basic-auth (kubernetes.io/basic-auth) and env (OCI_REGISTRY_USERNAME, "
+            "OCI_REGISTRY_PASSWORD, OCI_REGISTRY_TOKEN).",
+            min_length=1,
+            max_length=3,
+            json_schema_extra={"x-kubernetes-list-type": "set"},
+        ),
+    ] = [Format.dockerconfigjson]
+
+
+class Refresh(ApiModel):
+    model_config = rules(
+        ("duration(self.interval) >= duration('30s')", "interval must be at least 30s"),
+    )
+
+    interval: Annotated[
+        str,
+        Field(
+            description="How often static credentials are re-read and re-verified (Go duration).",
+            pattern=DURATION_PATTERN,
+            max_length=32,
+        ),
+    ] = "1h"
+    renew_before: Annotated[
+        str,
+        Field(
+            description="Renew expiring credentials this long before expiry: a share of the "
+            "lifetime (20%) or a duration (2h).",
+            pattern=RENEW_BEFORE_PATTERN,
+            max_length=32,
+        ),
+    ] = "20%"
+
+
+class Verify(ApiModel):
+    """What to check after resolving credentials. The registry's /v2/ endpoint is always
+    checked; with a repository, pull (and optionally push) rights there too."""
+
+    repository: Annotated[
+        str | None,
+        Field(
+            description="Repository (relative to repositoryPrefix) to check access to.",
+            max_length=255,
+            pattern=r"^[a-z0-9]+([._/-][a-z0-9]+)*$",
+        ),
+    ] = None
+    push: Annotated[bool, Field(description="Also check push rights.")] = False
+
+
+class RegistrySpec(ApiModel):
+    model_config = rules(
+        ("has(self.server) || has(self.extends)", "set server (or extends)"),
+        ("has(self.auth) || has(self.extends)", "set auth (or extends)"),
+    )
+
+    server: Annotated[
+        str | None,
+        Field(
+            description="Registry host[:port], without scheme or path, e.g. ghcr.io or "
+            "registry.example.com:5000. Docker Hub is docker.io.",
+            max_length=253,
+            pattern=SERVER_PATTERN,
+            json_schema_extra={
+                "x-kubernetes-validations": [
+                    {
+                        "rule": "!self.contains('://')",
+                        "message": "server is host[:port] without a scheme (drop https://)",
+                    }
+                ]
+            },
+        ),
+    ] = None
+    repository_prefix: Annotated[
+        str | None,
+        Field(
+            description="Path under the host that repositories live in, e.g. my-org/charts.",
+            max_length=255,
+            pattern=r"^[a-z0-9]+([._/-][a-z0-9]+)*$",
+        ),
+    ] = None
+    extends: Annotated[
+        str | None,
+        Field(
+            description="Inherit the spec of another object of the same kind (same namespace for "
+            "OCIRegistry); fields set here override it.",
+            max_length=253,
+            pattern=DNS_SUBDOMAIN,
+        ),
+    ] = None
+    auth: Annotated[Auth | None, Field(description="How to authenticate.")] = None
+    tls: Annotated[TLS | None, Field(description=TLS.__doc__)] = None
+    targets: Annotated[Targets | None, Field(description=Targets.__doc__)] = None
+    refresh: Annotated[Refresh | None, Field(description="Renewal and re-verification.")] = None
+    verify: Annotated[Verify | None, Field(description=Verify.__doc__)] = None
+
+    @property
+    def effective_targets(self) -> Targets:
+        return self.targets or Targets()
+
+    @property
+    def effective_refresh(self) -> Refresh:
+        return self.refresh or Refresh()
+
+    @property
+    def effective_tls(self) -> TLS:
+        return self.tls or TLS()
+
+
+def _snake(name: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name)

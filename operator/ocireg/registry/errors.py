@@ -1,0 +1,87 @@
+"""The one exception the registry client raises, with a machine-readable reason that status
+conditions can use as-is."""
+
+from __future__ import annotations
+
+from typing import Final, Literal, get_args
+
+Reason = Literal[
+    "Unreachable",
+    "TLSError",
+    "AuthenticationFailed",
+    "PermissionDenied",
+    "RepositoryNotFound",
+    "RateLimited",
+    "RegistryError",
+    "InvalidResponse",
+]
+
+REASONS: Final[frozenset[str]] = frozenset(get_args(Reason))
+
+
+def _default_transient(reason: str, status_code: int | None) -> bool:
+    if reason in ("Unreachable", "RateLimited"):
+        return True
+    # A 4xx answer will not change by asking again; a 5xx (or no answer at all) may.
+    return reason == "RegistryError" and (status_code is None or status_code >= 500)
+
+
+class RegistryError(Exception):
+    """A registry or token server call failed.
+
+    ``message`` is meant for humans (events, status conditions) and never holds credentials,
+    tokens or URLs with query strings; ``transient`` says whether retrying later may help.
+    """
+
+    reason: str
+    message: str
+    transient: bool
+    retry_after: float | None
+    status_code: int | None
+
+    def __init__(
+        self,
+        reason: Reason,
+        message: str,
+        *,
+        status_code: int | None = None,
+        retry_after: float | None = None,
+        transient: bool | None = None,
+    ) -> None:
+        if reason not in REASONS:
+            raise ValueError(f"unknown RegistryError reason {reason!r}")
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.status_code = status_code
+        self.retry_after = retry_after
+        self.transient = _default_transient(reason, status_code) if transient is None else transient
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.message}"
+
+    def __repr__(self) -> str:
+        return (
+            f"RegistryError(reason={self.reason!r}, message={self.message!r}, "
+            f"status_code={self.status_code!r}, transient={self.transient!r}, "
+            f"retry_after={self.retry_after!r})"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keyword-only arguments would otherwise be lost when pickled (e.g. across processes).
+        return (
+            _rebuild,
+            (self.reason, self.message, self.status_code, self.retry_after, self.transient),
+        )
+
+
+def _rebuild(
+    reason: Reason,
+    message: str,
+    status_code: int | None,
+    retry_after: float | None,
+    transient: bool,
+) -> RegistryError:
+    return RegistryError(
+        reason, message, status_code=status_code, retry_after=retry_after, transient=transient
+    )
