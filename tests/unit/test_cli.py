@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import pytest
+
+from ocireg.cli import build_parser, config_from_args
+from ocireg.config import LogFormat
+from ocireg.models.durations import format_duration, parse_duration, renew_margin
+
+
+def _config(*argv: str):
+    return config_from_args(build_parser().parse_args(["run", *argv]))
+
+
+def test_default_scope_is_the_whole_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OCIREG_NAMESPACES", raising=False)
+    config = _config()
+    assert config.clusterwide
+    assert config.namespaces == ()
+    assert config.log_format is LogFormat.plain
+
+
+def test_namespaces_from_flags_override_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OCIREG_NAMESPACES", "env-a,env-b")
+    assert _config().namespaces == ("env-a", "env-b")
+    assert _config("-n", "a", "-n", "b", "-n", "a").namespaces == ("a", "b")
+
+
+def test_all_namespaces_wins_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OCIREG_NAMESPACES", "env-a")
+    assert _config("--all-namespaces").clusterwide
+
+
+def test_scope_flags_are_exclusive() -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "-n", "a", "-A"])
+
+
+def test_run_options() -> None:
+    config = _config(
+        "--log-format",
+        "json",
+        "--liveness",
+        "http://0.0.0.0:8080/healthz",
+        "--peering",
+        "ocireg",
+        "--credentials-namespace",
+        "platform",
+    )
+    assert config.log_format is LogFormat.json
+    assert config.liveness_endpoint == "http://0.0.0.0:8080/healthz"
+    assert config.peering_name == "ocireg"
+    assert config.credentials_namespace == "platform"
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90s", 90), ("15m", 900), ("1h30m", 5400), ("1.5h", 5400), ("250ms", 0.25)],
+)
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text).total_seconds() == seconds
+
+
+@pytest.mark.parametrize("text", ["", "10", "1d", "-5m", "h", "5 m"])
+def test_parse_duration_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="invalid duration"):
+        parse_duration(text)
+
+
+def test_renew_margin() -> None:
+    twelve_hours = parse_duration("12h")
+    assert renew_margin("20%", twelve_hours) == parse_duration("2h24m")
+    assert renew_margin("2h", twelve_hours) == parse_duration("2h")
+    assert renew_margin("24h", twelve_hours) == twelve_hours
+    with pytest.raises(ValueError, match="between 1% and 99%"):
+        renew_margin("0%", twelve_hours)
+    assert format_duration(parse_duration("1h30m")) == "1h30m"
