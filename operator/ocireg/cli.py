@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("version", help="print the version")
 
+    crds = sub.add_parser("crds", help="write the CRDs generated from the models")
+    crds.add_argument("--out", default="crds", help="directory to write into (default: crds)")
+
     demo = sub.add_parser("demo", help="start a local control plane and registry, show ocireg")
     demo.add_argument("--keep", action="store_true", help="keep everything running until Ctrl-C")
     return parser
@@ -118,6 +121,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "version":
         print(f"ocireg {__version__}")
+        return 0
+    if args.command == "crds":
+        from pathlib import Path
+
+        from .models.crd import write_crds
+
+        for path in write_crds(Path(args.out)):
+            print(path)
         return 0
     if args.command == "run":
         return run_operator(config_from_args(args))

@@ -1,0 +1,66 @@
+"""crds/ is generated from the models; these fail when the two disagree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ocireg.models.crd import crd, crd_files
+from ocireg.models.spec import RegistrySpec
+
+CRDS = Path(__file__).resolve().parents[2] / "crds"
+
+
+@pytest.mark.parametrize("name", sorted(crd_files()))
+def test_committed_crds_match_the_models(name: str) -> None:
+    committed = (CRDS / name).read_text()
+    assert committed == crd_files()[name], f"crds/{name} is stale: run `ocireg crds`"
+
+
+def _walk(node):
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk(value)
+
+
+@pytest.mark.parametrize("namespaced", [True, False])
+def test_schema_is_structural(namespaced: bool) -> None:
+    schema = crd(namespaced)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for node in _walk(schema):
+        assert "$ref" not in node
+        assert "anyOf" not in node
+        assert "x-ocireg-cluster-only" not in node
+        assert "title" not in node
+
+
+def _rules(namespaced: bool) -> list[str]:
+    spec = crd(namespaced)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return [r["message"] for n in _walk(spec) for r in n.get("x-kubernetes-validations", [])]
+
+
+def test_only_the_namespaced_kind_forbids_cross_namespace_fields() -> None:
+    namespaced = [m for m in _rules(True) if "only allowed on ClusterOCIRegistry" in m]
+    assert len(namespaced) >= 5  # namespaces, selector, excludes, secret and CA namespaces
+    assert not [m for m in _rules(False) if "only allowed on ClusterOCIRegistry" in m]
+
+
+def test_samples_in_docs_parse() -> None:
+    spec = RegistrySpec.model_validate(
+        yaml.safe_load("""
+        server: registry.example.com:5000
+        repositoryPrefix: platform/charts
+        auth: {basic: {secretRef: {name: creds}, username: robot$ci}}
+        tls: {caBundleRef: {configMap: corp-ca}}
+        targets: {namespaceSelector: {matchLabels: {team: a}}, serviceAccounts: ["*"]}
+    """)
+    )
+    assert spec.auth is not None
+    assert spec.auth.method == "basic"
+    assert spec.effective_targets.formats == ["dockerconfigjson"]
+    assert spec.effective_refresh.renew_before == "20%"
