@@ -1,0 +1,267 @@
+"""Pure decisions: which Secrets should exist where, with what bytes, and how ServiceAccounts
+change. No I/O here; everything is unit-tested without a cluster."""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .credential import Credential
+from .models.spec import Format, LabelSelector, Targets
+
+MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGER = "ocireg"
+LABEL_REGISTRY = "ocireg.dev/registry"
+LABEL_KIND = "ocireg.dev/registry-kind"
+ANNOTATION_OWNER = "ocireg.dev/owner"
+# ServiceAccount annotation listing the imagePullSecrets we added, so we remove only ours.
+ANNOTATION_SA_REFS = "ocireg.dev/image-pull-secrets"
+DOCKER_HUB_HOSTS = {"docker.io", "index.docker.io", "registry-1.docker.io"}
+DOCKER_HUB_KEY = "https://index.docker.io/v1/"
+
+
+@dataclass(frozen=True)
+class RegistryRef:
+    kind: str  # OCIRegistry | ClusterOCIRegistry
+    name: str
+    namespace: str | None = None
+    uid: str | None = None
+
+    @property
+    def namespaced(self) -> bool:
+        return self.kind == "OCIRegistry"
+
+    @property
+    def label_value(self) -> str:
+        # Label values are limited to 63 characters; object names are not.
+        if len(self.name) <= 63:
+            return self.name
+        return self.name[:50] + "-" + hashlib.sha256(self.name.encode()).hexdigest()[:12]
+
+    @property
+    def display(self) -> str:
+        return (
+            f"{self.kind}/{self.namespace}/{self.name}"
+            if self.namespace
+            else f"{self.kind}/{self.name}"
+        )
+
+    def labels(self) -> dict[str, str]:
+        return {MANAGED_BY: MANAGER, LABEL_REGISTRY: self.label_value, LABEL_KIND: self.kind}
+
+    def selector(self) -> str:
+        return ",".join(f"{k}={v}" for k, v in self.labels().items())
+
+
+@dataclass(frozen=True)
+class DesiredSecret:
+    namespace: str
+    name: str
+    type: str
+    data: dict[str, str]  # base64, as the API stores it
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    owner_references: list[dict[str, Any]] = field(default_factory=list)
+
+    def body(self) -> dict[str, Any]:
+        metadata: dict[str, Any] = {
+            "name": self.name,
+            "namespace": self.namespace,
+            "labels": self.labels,
+            "annotations": self.annotations,
+        }
+        if self.owner_references:
+            metadata["ownerReferences"] = self.owner_references
+        return {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": metadata,
+            "type": self.type,
+            "data": self.data,
+        }
+
+
+def _b64(text: str | bytes) -> str:
+    raw = text.encode() if isinstance(text, str) else text
+    return base64.b64encode(raw).decode()
+
+
+def docker_config_key(host: str) -> str:
+    """The `auths` key clients look up for a host (Docker Hub has its legacy URL)."""
+    return DOCKER_HUB_KEY if host in DOCKER_HUB_HOSTS else host
+
+
+def docker_config_entry(credential: Credential) -> dict[str, str]:
+    entry: dict[str, str] = {}
+    if credential.password is not None:
+        user = credential.username or ""
+        entry.update(
+            username=user, password=credential.password, auth=_b64(f"{user}:{credential.password}")
+        )
+    if credential.identity_token:
+        # What `docker login` stores for a token-server refresh token.
+        entry.update(
+            identitytoken=credential.identity_token,
+            auth=_b64(f"{credential.username or '<token>'}:"),
+        )
+    if credential.registry_token:
+        entry["registrytoken"] = credential.registry_token
+    return entry
+
+
+def docker_config_json(credential: Credential) -> bytes:
+    entry = docker_config_entry(credential)
+    auths = {docker_config_key(host): entry for host in credential.endpoints}
+    return json.dumps({"auths": auths}, sort_keys=True, separators=(",", ":")).encode()
+
+
+def secret_names(targets: Targets, registry_name: str) -> dict[Format, str]:
+    base = targets.secret_name or registry_name
+    return {
+        Format.dockerconfigjson: base,
+        Format.basic_auth: f"{base}-basic-auth",
+        Format.env: f"{base}-env",
+    }
+
+
+def desired_secrets(
+    ref: RegistryRef, targets: Targets, credential: Credential, namespace: str
+) -> list[DesiredSecret]:
+    names = secret_names(targets, ref.name)
+    annotations = {ANNOTATION_OWNER: ref.display}
+    owners = []
+    if ref.namespaced and ref.uid and namespace == ref.namespace:
+        owners = [
+            {
+                "apiVersion": "ocireg.dev/v1alpha1",
+                "kind": ref.kind,
+                "name": ref.name,
+                "uid": ref.uid,
+                "controller": True,
+                "blockOwnerDeletion": False,
+            }
+        ]
+    token = credential.identity_token or credential.registry_token or ""
+    out = []
+    for fmt in targets.formats:
+        if fmt is Format.dockerconfigjson:
+            kind, data = (
+                "kubernetes.io/dockerconfigjson",
+                {".dockerconfigjson": _b64(docker_config_json(credential))},
+            )
+        elif fmt is Format.basic_auth:
+            kind, data = (
+                "kubernetes.io/basic-auth",
+                {
+                    "username": _b64(credential.username or ""),
+                    "password": _b64(credential.password or token),
+                },
+            )
+        else:
+            kind, data = (
+                "Opaque",
+                {
+                    "OCI_REGISTRY_USERNAME": _b64(credential.username or ""),
+                    "OCI_REGISTRY_PASSWORD": _b64(credential.password or ""),
+                    "OCI_REGISTRY_TOKEN": _b64(token),
+                },
+            )
+        out.append(
+            DesiredSecret(namespace, names[fmt], kind, data, ref.labels(), annotations, owners)
+        )
+    return out
+
+
+def secret_decision(desired: DesiredSecret, observed: Mapping[str, Any] | None) -> str:
+    """create | unchanged | update | conflict (a Secret we do not manage, or another
+    registry's)."""
+    if observed is None:
+        return "create"
+    labels = (observed.get("metadata") or {}).get("labels") or {}
+    if labels.get(MANAGED_BY) != MANAGER or any(
+        labels.get(k) != v for k, v in desired.labels.items()
+    ):
+        return "conflict"
+    if observed.get("type") != desired.type:
+        return "conflict"  # the type is immutable; replacing it is the user's decision
+    same_data = (observed.get("data") or {}) == desired.data
+    annotations = (observed.get("metadata") or {}).get("annotations") or {}
+    same_meta = all(annotations.get(k) == v for k, v in desired.annotations.items())
+    return "unchanged" if same_data and same_meta else "update"
+
+
+def _selector_matches(selector: LabelSelector, labels: Mapping[str, str]) -> bool:
+    if any(labels.get(k) != v for k, v in selector.match_labels.items()):
+        return False
+    for req in selector.match_expressions:
+        present, value = req.key in labels, labels.get(req.key)
+        ok = {
+            "In": present and value in req.values,
+            "NotIn": not present or value not in req.values,
+            "Exists": present,
+            "DoesNotExist": not present,
+        }.get(req.operator, False)
+        if not ok:
+            return False
+    return True
+
+
+def namespace_selected(
+    ref: RegistryRef,
+    targets: Targets,
+    namespace: str,
+    labels: Mapping[str, str],
+    phase: str = "Active",
+) -> bool:
+    if phase != "Active":
+        return False
+    if ref.namespaced:
+        return namespace == ref.namespace
+    if any(fnmatch.fnmatchcase(namespace, p) for p in targets.exclude_namespaces or []):
+        return False
+    by_name = any(fnmatch.fnmatchcase(namespace, p) for p in targets.namespaces or [])
+    by_label = targets.namespace_selector is not None and _selector_matches(
+        targets.namespace_selector, labels
+    )
+    return by_name or by_label
+
+
+def service_account_selected(targets: Targets, name: str) -> bool:
+    if Format.dockerconfigjson not in targets.formats:
+        return False
+    return "*" in targets.service_accounts or name in targets.service_accounts
+
+
+def _ours(service_account: Mapping[str, Any]) -> list[str]:
+    annotations = (service_account.get("metadata") or {}).get("annotations") or {}
+    return [n for n in annotations.get(ANNOTATION_SA_REFS, "").split(",") if n]
+
+
+def service_account_patch(
+    service_account: Mapping[str, Any], secret_name: str, want: bool
+) -> dict[str, Any] | None:
+    """A strategic-merge patch adding or removing only our reference, or None."""
+    present = {ref.get("name") for ref in service_account.get("imagePullSecrets") or []}
+    ours = _ours(service_account)
+    if want:
+        if secret_name in present and secret_name in ours:
+            return None
+        new_ours = sorted({*ours, secret_name})
+        patch: dict[str, Any] = {
+            "metadata": {"annotations": {ANNOTATION_SA_REFS: ",".join(new_ours)}}
+        }
+        if secret_name not in present:
+            patch["imagePullSecrets"] = [{"name": secret_name}]
+        return patch
+    if secret_name not in ours:
+        return None  # not ours to remove, even if present
+    remaining = [n for n in ours if n != secret_name]
+    patch = {"metadata": {"annotations": {ANNOTATION_SA_REFS: ",".join(remaining) or None}}}
+    if secret_name in present:
+        patch["imagePullSecrets"] = [{"name": secret_name, "$patch": "delete"}]
+    return patch
