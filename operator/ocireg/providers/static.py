@@ -1,0 +1,115 @@
+"""Credentials that live in Secrets as they are: anonymous, basic, token, dockerConfig."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from ..credential import Credential
+from ..errors import ReconcileError
+from ..models.spec import RegistrySpec, TokenType
+from ..plan import DOCKER_HUB_HOSTS
+
+if TYPE_CHECKING:
+    from . import ResolveContext
+
+METHODS = ("anonymous", "basic", "token", "dockerConfig")
+
+
+def _value(data: Mapping[str, bytes], key: str, where: str) -> str:
+    if key not in data:
+        raise ReconcileError("KeyMissing", f"Secret {where} has no key {key!r}")
+    try:
+        value = data[key].decode().strip()
+    except UnicodeDecodeError:
+        raise ReconcileError(
+            "InvalidSecret", f"key {key!r} of Secret {where} is not UTF-8"
+        ) from None
+    if not value:
+        raise ReconcileError("KeyMissing", f"key {key!r} of Secret {where} is empty")
+    return value
+
+
+def _host_of(key: str) -> str:
+    host = key.split("://", 1)[-1].split("/", 1)[0]
+    return "docker.io" if host in DOCKER_HUB_HOSTS else host
+
+
+def docker_config_entry(config_text: str, server: str, where: str) -> dict:
+    """The entry for ``server`` in a Docker config (config.json, .dockerconfigjson or the
+    legacy .dockercfg map)."""
+    try:
+        config = json.loads(config_text)
+    except json.JSONDecodeError as error:
+        raise ReconcileError(
+            "InvalidDockerConfig",
+            f"Secret {where} is not valid JSON ({error.msg} at line {error.lineno})",
+        ) from None
+    if not isinstance(config, dict):
+        raise ReconcileError("InvalidDockerConfig", f"Secret {where} is not a JSON object")
+    auths = config.get("auths", config)
+    if not isinstance(auths, dict):
+        raise ReconcileError("InvalidDockerConfig", f"Secret {where}: auths is not an object")
+    wanted = _host_of(server)
+    for key, entry in auths.items():
+        if isinstance(entry, dict) and _host_of(str(key)) == wanted:
+            return entry
+    hosts = ", ".join(sorted(_host_of(str(k)) for k in auths)) or "none"
+    raise ReconcileError(
+        "KeyMissing", f"Secret {where} has no entry for {server} (it has: {hosts})"
+    )
+
+
+def _from_docker_entry(entry: dict, where: str) -> dict[str, str | None]:
+    username, password = entry.get("username"), entry.get("password")
+    if entry.get("auth") and not password:
+        try:
+            username, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError, TypeError):
+            raise ReconcileError(
+                "InvalidDockerConfig", f"Secret {where}: the auth field is not base64 user:password"
+            ) from None
+    out = {
+        "username": username or None,
+        "password": password or None,
+        "identity_token": entry.get("identitytoken") or None,
+        "registry_token": entry.get("registrytoken") or None,
+    }
+    if not (out["password"] or out["identity_token"] or out["registry_token"]):
+        raise ReconcileError(
+            "InvalidDockerConfig",
+            f"Secret {where}: the entry has no password, auth, identitytoken or registrytoken",
+        )
+    return out
+
+
+def resolve(spec: RegistrySpec, ctx: ResolveContext, endpoints: tuple[str, ...]) -> Credential:
+    auth = spec.auth
+    assert auth is not None
+    assert spec.server is not None
+    if auth.anonymous is not None:
+        return Credential("anonymous", endpoints)
+    if auth.basic is not None:
+        namespace, data = ctx.secret(auth.basic.secret_ref)
+        where = f"{namespace}/{auth.basic.secret_ref.name}"
+        username = auth.basic.username or _value(data, auth.basic.username_key, where)
+        return Credential(
+            "basic", endpoints, username, _value(data, auth.basic.password_key, where)
+        )
+    if auth.token is not None:
+        namespace, data = ctx.secret(auth.token.secret_ref)
+        token = _value(data, auth.token.key, f"{namespace}/{auth.token.secret_ref.name}")
+        if auth.token.type is TokenType.registry:
+            return Credential("token", endpoints, auth.token.username, registry_token=token)
+        return Credential("token", endpoints, auth.token.username, identity_token=token)
+    assert auth.docker_config is not None
+    namespace, data = ctx.secret(auth.docker_config.secret_ref)
+    where = f"{namespace}/{auth.docker_config.secret_ref.name}"
+    key = auth.docker_config.key
+    if key not in data and ".dockercfg" in data:
+        key = ".dockercfg"
+    entry = docker_config_entry(_value(data, key, where), spec.server, where)
+    return Credential("dockerConfig", endpoints, **_from_docker_entry(entry, where))
