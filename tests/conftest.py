@@ -61,6 +61,19 @@ def clients(
     return Clients(tools, registries.ca_file, tmp_path_factory.mktemp("clients"))
 
 
+@pytest.fixture(scope="session")
+def crds(cluster: ControlPlane) -> None:
+    """The ocireg CRDs from crds/, installed once per session."""
+    cluster.kubectl("apply", "-f", str(Path(__file__).resolve().parents[1] / "crds"))
+    cluster.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/ociregistries.ocireg.dev",
+        "crd/clusterociregistries.ocireg.dev",
+    )
+
+
 @pytest.fixture
 def namespace(cluster: ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace for one test, deleted afterwards without waiting."""

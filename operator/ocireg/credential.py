@@ -20,6 +20,19 @@ class Credential:
     def anonymous(self) -> bool:
         return not (self.password or self.identity_token or self.registry_token)
 
+    def fingerprint_parts(self) -> tuple[object, ...]:
+        """Everything that goes into the written Secrets, for change detection (hashed
+        before it is kept)."""
+        return (
+            self.provider,
+            self.endpoints,
+            self.username,
+            self.password,
+            self.identity_token,
+            self.registry_token,
+            self.expires_at,
+        )
+
     def secret_values(self) -> tuple[str, ...]:
         """Every secret string in this credential, for redaction checks."""
         return tuple(v for v in (self.password, self.identity_token, self.registry_token) if v)

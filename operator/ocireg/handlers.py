@@ -1,16 +1,70 @@
-"""kopf wiring only: settings, watches, timers. Decisions live in plan, I/O in kube."""
+"""kopf wiring only: settings, watches, timers. Decisions live in plan and schedule, the work
+in reconcile, I/O in kube."""
 
 from __future__ import annotations
 
+import threading
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 
+from . import plan, schedule
+from .config import OperatorConfig
+from .credential import Credential
+from .kube import Kube, load_config
+from .models.spec import RegistrySpec
+from .reconcile import adding, cleanup, reconcile, remove_from_namespace, sync_namespace
+
 GROUP = "ocireg.dev"
+KINDS = {"ociregistries": "OCIRegistry", "clusterociregistries": "ClusterOCIRegistry"}
+# Every registry object ticks this often. A tick re-reads the referenced Secrets and does
+# real work only when they changed or something is due (see schedule.work_due), so a changed
+# password reaches every copy within about this time.
+TICK_SECONDS = 10
+
+
+@dataclass
+class Tracked:
+    """What the operator remembers about one registry object between ticks."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    memory: schedule.Memory = field(default_factory=schedule.Memory)
+    spec: RegistrySpec | None = None
+    credential: Credential | None = None
+    placed: set[str] = field(default_factory=set)  # namespaces holding our Secrets
+
+
+class Registries:
+    """The registry objects this operator serves, for the namespace and ServiceAccount
+    watches to consult without calling the API."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tracked: dict[plan.RegistryRef, Tracked] = {}
+
+    def get(self, ref: plan.RegistryRef) -> Tracked:
+        with self._lock:
+            return self._tracked.setdefault(ref, Tracked())
+
+    def forget(self, ref: plan.RegistryRef) -> Tracked | None:
+        with self._lock:
+            return self._tracked.pop(ref, None)
+
+    def ready(self) -> list[tuple[plan.RegistryRef, Tracked]]:
+        """Registries with verified credentials and a pull secret to place."""
+        with self._lock:
+            items = list(self._tracked.items())
+        return [
+            (ref, t)
+            for ref, t in items
+            if t.spec is not None and t.credential is not None and not t.credential.anonymous
+        ]
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # Our own annotation and finalizer names, so nothing of ours looks like another operator's.
     settings.persistence.finalizer = f"{GROUP}/cleanup"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
@@ -20,4 +74,115 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Re-establish watches well before typical load-balancer idle timeouts close them.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    settings.posting.level = 20  # INFO and above become Events
+    settings.posting.level = 30  # our own Events are posted explicitly; kopf's only warnings
+    load_config()
+    memo.kube = Kube()
+    memo.registries = Registries()
+    if "config" not in memo:
+        memo.config = OperatorConfig()
+
+
+def _ref(body: kopf.Body, plural: str) -> plan.RegistryRef:
+    meta = body["metadata"]
+    return plan.RegistryRef(KINDS[plural], meta["name"], meta.get("namespace"), meta.get("uid"))
+
+
+def _tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, plural: str) -> None:
+    ref = _ref(body, plural)
+    tracked = memo.registries.get(ref)
+    with tracked.lock:
+        outcome = reconcile(
+            memo.kube,
+            ref,
+            dict(body),
+            memo.config.credentials_namespace,
+            tracked.memory,
+            time.monotonic(),
+        )
+        tracked.memory = outcome.memory
+        if outcome.spec is not None:
+            tracked.spec = outcome.spec
+        if outcome.credential is not None:
+            tracked.credential = outcome.credential
+        if outcome.placed is not None:
+            tracked.placed = outcome.placed
+    if outcome.status is not None and outcome.status != dict(body.get("status") or {}):
+        patch["status"] = outcome.status
+    for kind, reason, message in outcome.events:
+        kopf.event(body, type=kind, reason=reason, message=message)
+
+
+for _plural in KINDS:
+
+    @kopf.on.resume(GROUP, _plural)
+    @kopf.on.create(GROUP, _plural)
+    @kopf.on.update(GROUP, _plural, field="spec")
+    def on_change(
+        body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, _plural: str = _plural, **_: Any
+    ) -> None:
+        _tick(body, patch, memo, _plural)
+
+    @kopf.timer(GROUP, _plural, interval=TICK_SECONDS, initial_delay=TICK_SECONDS)
+    def tick(
+        body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, _plural: str = _plural, **_: Any
+    ) -> None:
+        _tick(body, patch, memo, _plural)
+
+    @kopf.on.delete(GROUP, _plural)
+    def on_delete(body: kopf.Body, memo: kopf.Memo, _plural: str = _plural, **_: Any) -> None:
+        ref = _ref(body, _plural)
+        tracked = memo.registries.forget(ref) or Tracked()
+        with tracked.lock:
+            # Nothing may re-add a reference while (or after) we remove them.
+            tracked.spec, tracked.credential = None, None
+            tracked.placed.clear()
+            cleanup(memo.kube, ref)
+
+
+@kopf.on.event("namespaces")
+def on_namespace(event: dict, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A new or relabelled namespace gets (or loses) the pull secrets at once."""
+    if "registries" not in memo:
+        return
+    meta = body["metadata"]
+    name, labels = meta["name"], meta.get("labels") or {}
+    phase = (body.get("status") or {}).get("phase", "Active")
+    if event.get("type") == "DELETED" or meta.get("deletionTimestamp"):
+        phase = "Terminating"
+    for ref, tracked in memo.registries.ready():
+        if ref.namespaced and ref.namespace != name:
+            continue
+        with tracked.lock:
+            if tracked.spec is None or tracked.credential is None:
+                continue
+            targets = tracked.spec.effective_targets
+            selected = plan.namespace_selected(ref, targets, name, labels, phase)
+            if selected and name not in tracked.placed:
+                result = sync_namespace(memo.kube, ref, targets, tracked.credential, name)
+                if result.failure is None:
+                    tracked.placed.add(name)
+            elif not selected and name in tracked.placed:
+                if phase == "Active":  # a terminating namespace takes our Secrets with it
+                    remove_from_namespace(memo.kube, ref, name)
+                tracked.placed.discard(name)
+
+
+@kopf.on.event("serviceaccounts")
+def on_service_account(event: dict, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """ServiceAccounts created after the pull secret (like `default` in a new namespace),
+    or whose list of pull secrets was replaced without ours."""
+    if event.get("type") not in ("ADDED", "MODIFIED") or "registries" not in memo:
+        return
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    for ref, tracked in memo.registries.ready():
+        if namespace not in tracked.placed:
+            continue
+        with tracked.lock:  # serialised with removals, which would otherwise be undone
+            if namespace not in tracked.placed or tracked.spec is None:
+                continue
+            targets = tracked.spec.effective_targets
+            if not plan.service_account_selected(targets, name):
+                continue
+            secret_name = plan.secret_names(targets, ref.name)[plan.Format.dockerconfigjson]
+            if plan.service_account_patch(dict(body), secret_name, want=True):
+                memo.kube.update_service_account(namespace, dict(body), adding(secret_name))

@@ -245,23 +245,29 @@ def _ours(service_account: Mapping[str, Any]) -> list[str]:
 def service_account_patch(
     service_account: Mapping[str, Any], secret_name: str, want: bool
 ) -> dict[str, Any] | None:
-    """A strategic-merge patch adding or removing only our reference, or None."""
-    present = {ref.get("name") for ref in service_account.get("imagePullSecrets") or []}
+    """A JSON merge patch adding or removing only our reference, or None if nothing changes.
+
+    ServiceAccount.imagePullSecrets is an atomic list (a strategic merge patch would replace
+    it whole), so the patch carries the complete new list plus the resourceVersion it was
+    computed from: a concurrent change makes the API answer 409 instead of losing an entry."""
+    refs = [dict(r) for r in service_account.get("imagePullSecrets") or []]
+    present = {r.get("name") for r in refs}
     ours = _ours(service_account)
     if want:
-        if secret_name in present and secret_name in ours:
-            return None
+        if secret_name in present:
+            return None  # ours already, or added by someone else: theirs to keep or remove
         new_ours = sorted({*ours, secret_name})
-        patch: dict[str, Any] = {
-            "metadata": {"annotations": {ANNOTATION_SA_REFS: ",".join(new_ours)}}
-        }
-        if secret_name not in present:
-            patch["imagePullSecrets"] = [{"name": secret_name}]
-        return patch
-    if secret_name not in ours:
-        return None  # not ours to remove, even if present
-    remaining = [n for n in ours if n != secret_name]
-    patch = {"metadata": {"annotations": {ANNOTATION_SA_REFS: ",".join(remaining) or None}}}
-    if secret_name in present:
-        patch["imagePullSecrets"] = [{"name": secret_name, "$patch": "delete"}]
-    return patch
+        refs.append({"name": secret_name})
+    else:
+        if secret_name not in ours:
+            return None  # not ours to remove, even if present
+        new_ours = [n for n in ours if n != secret_name]
+        refs = [r for r in refs if r.get("name") != secret_name]
+    metadata = service_account.get("metadata") or {}
+    return {
+        "metadata": {
+            "resourceVersion": metadata.get("resourceVersion"),
+            "annotations": {ANNOTATION_SA_REFS: ",".join(new_ours) or None},
+        },
+        "imagePullSecrets": refs or None,
+    }

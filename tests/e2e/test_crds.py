@@ -3,27 +3,12 @@ message saying what to fix; good ones are stored with defaults; kubectl explain 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import yaml
 
 from ocireg.devenv.controlplane import ControlPlane
 
-CRDS = Path(__file__).resolve().parents[2] / "crds"
 BASIC = {"basic": {"secretRef": {"name": "creds"}}}
-
-
-@pytest.fixture(scope="module")
-def crds(cluster: ControlPlane) -> None:
-    cluster.kubectl("apply", "-f", str(CRDS))
-    cluster.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/ociregistries.ocireg.dev",
-        "crd/clusterociregistries.ocireg.dev",
-    )
 
 
 def _apply(cluster: ControlPlane, kind: str, spec: dict, namespace: str | None = None):

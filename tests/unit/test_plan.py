@@ -140,24 +140,49 @@ def test_service_account_selection() -> None:
 
 
 def test_service_account_patches_touch_only_our_reference() -> None:
-    sa = {"metadata": {"name": "default"}, "imagePullSecrets": [{"name": "users-own"}]}
+    sa = {
+        "metadata": {"name": "default", "resourceVersion": "7"},
+        "imagePullSecrets": [{"name": "users-own"}],
+    }
     add = service_account_patch(sa, "pull", want=True)
+    # The list is atomic: the patch carries all of it, guarded by the resourceVersion.
     assert add == {
-        "metadata": {"annotations": {ANNOTATION_SA_REFS: "pull"}},
-        "imagePullSecrets": [{"name": "pull"}],
+        "metadata": {"resourceVersion": "7", "annotations": {ANNOTATION_SA_REFS: "pull"}},
+        "imagePullSecrets": [{"name": "users-own"}, {"name": "pull"}],
     }
     patched = {
-        "metadata": {"name": "default", "annotations": {ANNOTATION_SA_REFS: "pull"}},
+        "metadata": {
+            "name": "default",
+            "resourceVersion": "8",
+            "annotations": {ANNOTATION_SA_REFS: "pull"},
+        },
         "imagePullSecrets": [{"name": "users-own"}, {"name": "pull"}],
     }
     assert service_account_patch(patched, "pull", want=True) is None
     remove = service_account_patch(patched, "pull", want=False)
     assert remove == {
-        "metadata": {"annotations": {ANNOTATION_SA_REFS: None}},
-        "imagePullSecrets": [{"name": "pull", "$patch": "delete"}],
+        "metadata": {"resourceVersion": "8", "annotations": {ANNOTATION_SA_REFS: None}},
+        "imagePullSecrets": [{"name": "users-own"}],
     }
     # A reference the user added by hand is never removed.
     assert service_account_patch(sa, "users-own", want=False) is None
+
+
+def test_a_reference_someone_else_added_is_left_to_them() -> None:
+    sa = {"metadata": {"name": "default"}, "imagePullSecrets": [{"name": "pull"}]}
+    assert service_account_patch(sa, "pull", want=True) is None
+    assert service_account_patch(sa, "pull", want=False) is None
+
+
+def test_removing_the_last_reference_drops_the_list() -> None:
+    sa = {
+        "metadata": {"name": "default", "annotations": {ANNOTATION_SA_REFS: "a,pull"}},
+        "imagePullSecrets": [{"name": "pull"}],
+    }
+    patch = service_account_patch(sa, "pull", want=False)
+    assert patch is not None
+    assert patch["imagePullSecrets"] is None
+    assert patch["metadata"]["annotations"][ANNOTATION_SA_REFS] == "a"
 
 
 def test_long_names_fit_in_a_label() -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from .spec import AUTH_METHODS, CLUSTER_ONLY, RegistrySpec
+from .status import RegistryStatus
 
 GROUP = "ocireg.dev"
 VERSION = "v1alpha1"
@@ -62,6 +63,22 @@ def _cluster_only_rules(node: Any, namespaced: bool, kind: str) -> Any:
             for name in marked
         )
     return node
+
+
+def status_schema() -> dict[str, Any]:
+    raw = RegistryStatus.model_json_schema(by_alias=True, mode="serialization")
+    schema = _strip_defaults(_resolve(raw, raw.pop("$defs", {})))
+    schema["description"] = "Observed state, written by the operator."
+    return schema
+
+
+def _strip_defaults(node: Any) -> Any:
+    """Status is written whole by the operator; server-side defaults would only add noise."""
+    if isinstance(node, list):
+        return [_strip_defaults(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    return {k: _strip_defaults(v) for k, v in node.items() if k != "default"}
 
 
 def spec_schema(namespaced: bool) -> dict[str, Any]:
@@ -140,11 +157,7 @@ def crd(namespaced: bool) -> dict[str, Any]:
                                 "kind": {"type": "string"},
                                 "metadata": {"type": "object"},
                                 "spec": spec_schema(namespaced),
-                                "status": {
-                                    "type": "object",
-                                    "description": "Observed state, written by the operator.",
-                                    "x-kubernetes-preserve-unknown-fields": True,
-                                },
+                                "status": status_schema(),
                             },
                         }
                     },

@@ -1,0 +1,199 @@
+"""The only module that talks to the Kubernetes API: idempotent writers and readers."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from .errors import ReconcileError
+from .plan import DesiredSecret, RegistryRef, secret_decision
+
+GROUP, VERSION = "ocireg.dev", "v1alpha1"
+
+
+class Unknown:
+    """Marks a Secret not looked at yet (None means looked at and absent)."""
+
+
+UNKNOWN = Unknown()
+PLURALS = {"OCIRegistry": "ociregistries", "ClusterOCIRegistry": "clusterociregistries"}
+
+
+def load_config() -> None:
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+
+
+class Kube:
+    def __init__(self, api_client: kubernetes.client.ApiClient | None = None) -> None:
+        self.api = api_client or kubernetes.client.ApiClient()
+        self.core = kubernetes.client.CoreV1Api(self.api)
+        self.custom = kubernetes.client.CustomObjectsApi(self.api)
+
+    def _dict(self, obj: Any) -> dict[str, Any]:
+        return self.api.sanitize_for_serialization(obj)
+
+    def read_secret(self, namespace: str, name: str) -> Mapping[str, bytes]:
+        try:
+            secret = self.core.read_namespaced_secret(name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                raise ReconcileError(
+                    "SecretNotFound", f"Secret {namespace}/{name} does not exist"
+                ) from None
+            if error.status == 403:
+                raise ReconcileError(
+                    "Forbidden", f"the operator may not read Secret {namespace}/{name}"
+                ) from None
+            raise ReconcileError(
+                "APIError",
+                f"reading Secret {namespace}/{name}: HTTP {error.status}",
+                transient=True,
+            ) from None
+        return {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
+
+    def read_registry(self, kind: str, name: str, namespace: str | None) -> dict[str, Any] | None:
+        try:
+            if namespace:
+                return self.custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURALS[kind], name
+                )
+            return self.custom.get_cluster_custom_object(GROUP, VERSION, PLURALS[kind], name)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def namespaces(self) -> list[tuple[str, dict[str, str], str]]:
+        items = self.core.list_namespace().items
+        return [
+            (ns.metadata.name, ns.metadata.labels or {}, ns.status.phase or "Active")
+            for ns in items
+        ]
+
+    def apply_secret(
+        self, desired: DesiredSecret, observed: dict[str, Any] | Unknown | None = UNKNOWN
+    ) -> str:
+        """Write the Secret if needed: created | updated | unchanged | conflict | gone.
+
+        ``observed`` is the Secret as last listed (None: absent); without it, it is read."""
+        for _attempt in range(2):
+            if observed is UNKNOWN:
+                observed = self._read_secret_body(desired.namespace, desired.name)
+            decision = secret_decision(desired, observed)  # type: ignore[arg-type]
+            try:
+                if decision == "create":
+                    self.core.create_namespaced_secret(desired.namespace, desired.body())
+                    return "created"
+                if decision == "update":
+                    body = desired.body()
+                    body["metadata"]["resourceVersion"] = observed["metadata"]["resourceVersion"]  # type: ignore[index]
+                    self.core.replace_namespaced_secret(desired.name, desired.namespace, body)
+                    return "updated"
+            except ApiException as error:
+                if error.status == 409:
+                    observed = UNKNOWN  # raced with another writer (or a stale list): re-read
+                    continue
+                # A terminating or vanished namespace is not an error of ours.
+                if error.status == 404 or (
+                    error.status == 403 and "terminat" in str(error.body).lower()
+                ):
+                    return "gone"
+                raise
+            return decision
+        return "conflict"
+
+    def _read_secret_body(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self._dict(self.core.read_namespaced_secret(name, namespace))
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def managed_secrets(
+        self, ref: RegistryRef, namespace: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The Secrets this registry object wrote, found by their labels."""
+        if namespace is None:
+            items = self.core.list_secret_for_all_namespaces(label_selector=ref.selector()).items
+        else:
+            items = self.core.list_namespaced_secret(namespace, label_selector=ref.selector()).items
+        return [self._dict(s) for s in items]
+
+    def delete_secret(self, namespace: str, name: str, uid: str | None = None) -> None:
+        options = kubernetes.client.V1DeleteOptions(
+            preconditions=kubernetes.client.V1Preconditions(uid=uid) if uid else None
+        )
+        try:
+            self.core.delete_namespaced_secret(name, namespace, body=options)
+        except ApiException as error:
+            if error.status not in (404, 409):  # gone already, or not the one we listed
+                raise
+
+    def service_accounts(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        """ServiceAccounts of one namespace, or of all namespaces with None."""
+        try:
+            if namespace is None:
+                items = self.core.list_service_account_for_all_namespaces().items
+            else:
+                items = self.core.list_namespaced_service_account(namespace).items
+        except ApiException as error:
+            if error.status == 404:
+                return []
+            raise
+        return [self._dict(sa) for sa in items]
+
+    def read_config_map(self, namespace: str, name: str) -> Mapping[str, bytes] | None:
+        try:
+            config_map = self.core.read_namespaced_config_map(name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return {k: v.encode() for k, v in (config_map.data or {}).items()}
+
+    def update_service_account(
+        self,
+        namespace: str,
+        service_account: dict[str, Any],
+        change: Callable[[dict[str, Any]], dict[str, Any] | None],
+    ) -> bool:
+        """Apply ``change`` (ServiceAccount -> JSON merge patch or None) to the listed
+        ServiceAccount; on a conflict re-read it and compute the patch again. True if
+        patched."""
+        name = service_account["metadata"]["name"]
+        current: dict[str, Any] | None = service_account
+        for _attempt in range(5):
+            if current is None:
+                try:
+                    current = self._dict(self.core.read_namespaced_service_account(name, namespace))
+                except ApiException as error:
+                    if error.status == 404:
+                        return False
+                    raise
+            patch = change(current)
+            if patch is None:
+                return False
+            try:
+                self.core.patch_namespaced_service_account(
+                    name, namespace, patch, _content_type="application/merge-patch+json"
+                )
+                return True
+            except ApiException as error:
+                if error.status == 404:
+                    return False
+                if error.status != 409:
+                    raise
+                current = None  # changed since we looked: look again
+        raise ReconcileError(
+            "Conflict",
+            f"ServiceAccount {namespace}/{name} kept changing while being updated",
+            transient=True,
+        )

@@ -1,0 +1,80 @@
+"""The status the operator writes. Also generated into the CRDs, so `kubectl explain
+clusterociregistry.status` documents it."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+from .base import ApiModel
+
+
+class Condition(ApiModel):
+    type: Annotated[
+        str,
+        Field(
+            description="Ready, CredentialsReady, TargetsSynced, ChartsSynced, Reconciling or "
+            "Stalled."
+        ),
+    ]
+    status: Annotated[str, Field(description="True, False or Unknown.")]
+    reason: Annotated[str, Field(description="A CamelCase reason, e.g. AuthenticationFailed.")]
+    message: Annotated[str, Field(description="What happened and what to do about it.")] = ""
+    observed_generation: Annotated[
+        int | None, Field(description="The generation this condition describes.")
+    ] = None
+    last_transition_time: Annotated[str | None, Field(description="When status last changed.")] = (
+        None
+    )
+
+
+class CredentialsStatus(ApiModel):
+    provider: Annotated[str, Field(description="The auth method that produced the credentials.")]
+    endpoints: Annotated[
+        list[str], Field(description="Registry hosts the pull secret has entries for.")
+    ] = []
+    refreshed_at: Annotated[
+        str | None, Field(description="When the credentials were last resolved and verified.")
+    ] = None
+    expires_at: Annotated[
+        str | None, Field(description="When the current credentials expire (if they do).")
+    ] = None
+    next_refresh_at: Annotated[
+        str | None, Field(description="When they will next be renewed or re-verified.")
+    ] = None
+
+
+class FailedNamespace(ApiModel):
+    namespace: str
+    reason: str
+    message: str = ""
+
+
+class TargetsStatus(ApiModel):
+    namespaces: Annotated[int, Field(description="Namespaces holding the pull secret.")] = 0
+    service_accounts: Annotated[
+        int, Field(description="ServiceAccounts referencing the pull secret.")
+    ] = 0
+    failed: Annotated[
+        list[FailedNamespace],
+        Field(description="Namespaces that could not be written (at most 20 listed)."),
+    ] = []
+    failed_count: Annotated[int, Field(description="How many namespaces failed in all.")] = 0
+
+
+class RegistryStatus(ApiModel):
+    observed_generation: Annotated[
+        int | None, Field(description="The spec generation last acted upon.")
+    ] = None
+    conditions: Annotated[
+        list[Condition],
+        Field(
+            json_schema_extra={
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["type"],
+            }
+        ),
+    ] = []
+    credentials: CredentialsStatus | None = None
+    targets: TargetsStatus | None = None

@@ -1,0 +1,495 @@
+"""One reconcile of one registry object: resolve, verify, write, clean up, report.
+
+Called from the kopf handlers; uses providers, registry and kube for I/O and plan for every
+decision. Returns the status to write and the Events to post; raises nothing for problems a
+user must fix (they become conditions).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from . import plan, providers, schedule
+from .credential import Credential
+from .errors import ReconcileError
+from .kube import UNKNOWN, Kube
+from .models.durations import parse_duration
+from .models.spec import RegistrySpec, Targets
+from .models.status import RegistryStatus
+from .registry import RegistryClient, RegistryCredentials, RegistryError, TLSOptions
+
+log = logging.getLogger(__name__)
+FAN_OUT = 16
+MAX_FAILED_IN_STATUS = 20
+# Reasons that retrying cannot fix: the user has to change something.
+_STALLED = {
+    "SecretNotFound",
+    "KeyMissing",
+    "InvalidSecret",
+    "InvalidDockerConfig",
+    "AuthenticationFailed",
+    "PermissionDenied",
+    "RepositoryNotFound",
+    "BaseNotFound",
+    "ExtendsLoop",
+    "InvalidSpec",
+    "CrossNamespaceReference",
+    "UnsupportedAuth",
+    "Forbidden",
+    "TLSError",
+}
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def merge_specs(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Fields set in ``override`` win; nested objects merge, except auth, which is a union
+    and is replaced whole."""
+    merged = dict(base)
+    for key, value in override.items():
+        if key == "extends":
+            continue
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key != "auth":
+            merged[key] = merge_specs(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def effective_spec(kube: Kube, ref: plan.RegistryRef, spec: dict[str, Any]) -> RegistrySpec:
+    chain = [ref.name]
+    current = spec
+    while current.get("extends"):
+        base_name = current["extends"]
+        if base_name in chain:
+            raise ReconcileError(
+                "ExtendsLoop", "extends forms a loop: " + " -> ".join([*chain, base_name])
+            )
+        base = kube.read_registry(ref.kind, base_name, ref.namespace)
+        if base is None:
+            raise ReconcileError(
+                "BaseNotFound", f"{ref.kind} {base_name!r} named in extends does not exist"
+            )
+        chain.append(base_name)
+        current = merge_specs(base.get("spec") or {}, current)
+    try:
+        return RegistrySpec.model_validate(current)
+    except ValidationError as error:
+        raise ReconcileError("InvalidSpec", str(error).splitlines()[0]) from None
+
+
+def _tls(kube: Kube, spec: RegistrySpec, default_namespace: str) -> TLSOptions:
+    tls = spec.effective_tls
+    bundle = None
+    if tls.ca_bundle_ref is not None:
+        ref = tls.ca_bundle_ref
+        namespace = ref.namespace or default_namespace
+        if ref.secret:
+            data = kube.read_secret(namespace, ref.secret)
+            where = f"Secret {namespace}/{ref.secret}"
+        else:
+            data = kube.read_config_map(namespace, ref.config_map)
+            if data is None:
+                raise ReconcileError(
+                    "ConfigMapNotFound", f"ConfigMap {namespace}/{ref.config_map} does not exist"
+                )
+            where = f"ConfigMap {namespace}/{ref.config_map}"
+        if ref.key not in data:
+            raise ReconcileError("KeyMissing", f"{where} has no key {ref.key!r}")
+        bundle = data[ref.key].decode()
+    return TLSOptions(insecure=tls.insecure, skip_verify=tls.insecure_skip_verify, ca_bundle=bundle)
+
+
+def verify(spec: RegistrySpec, credential: Credential, tls: TLSOptions) -> None:
+    assert spec.server is not None
+    creds = RegistryCredentials(
+        username=credential.username,
+        password=credential.password,
+        identity_token=credential.identity_token,
+        registry_token=credential.registry_token,
+    )
+    repository = None
+    if spec.verify and spec.verify.repository:
+        prefix = f"{spec.repository_prefix}/" if spec.repository_prefix else ""
+        repository = prefix + spec.verify.repository
+    try:
+        with RegistryClient(spec.server, creds, tls) as client:
+            client.verify(repository, push=bool(spec.verify and spec.verify.push))
+    except RegistryError as error:
+        raise ReconcileError(
+            error.reason, error.message, transient=error.transient, retry_after=error.retry_after
+        ) from None
+
+
+def _condition(
+    kind: str, ok: bool | None, reason: str, message: str, generation: int | None
+) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "status": "Unknown" if ok is None else ("True" if ok else "False"),
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+        "lastTransitionTime": _now(),
+    }
+
+
+def keep_transition_times(new: list[dict], old: Iterable[dict]) -> list[dict]:
+    """A condition whose status did not change keeps its lastTransitionTime."""
+    previous = {c.get("type"): c for c in old}
+    for condition in new:
+        before = previous.get(condition["type"])
+        if before and before.get("status") == condition["status"]:
+            condition["lastTransitionTime"] = before.get(
+                "lastTransitionTime", condition["lastTransitionTime"]
+            )
+    return new
+
+
+@dataclass
+class NamespaceResult:
+    namespace: str
+    written: int = 0
+    service_accounts: int = 0
+    failure: dict[str, str] | None = None
+
+
+def sync_namespace(
+    kube: Kube,
+    ref: plan.RegistryRef,
+    targets: Targets,
+    credential: Credential,
+    namespace: str,
+    observed: dict[str, dict[str, Any]] | None = None,
+    service_accounts: list[dict[str, Any]] | None = None,
+) -> NamespaceResult:
+    """Write this registry's Secrets into one namespace and reference the pull Secret from
+    the chosen ServiceAccounts. ``observed``/``service_accounts`` come from cluster-wide
+    lists when the caller has them (None: read them here)."""
+    result = NamespaceResult(namespace)
+    outcomes = []
+    for desired in plan.desired_secrets(ref, targets, credential, namespace):
+        seen = UNKNOWN if observed is None else observed.get(desired.name)
+        outcomes.append(kube.apply_secret(desired, seen))
+    if "conflict" in outcomes:
+        result.failure = {
+            "namespace": namespace,
+            "reason": "SecretConflict",
+            "message": "a Secret of the same name exists that ocireg does not manage for "
+            "this registry; rename targets.secretName or delete that Secret",
+        }
+        return result
+    if "gone" in outcomes:
+        return result  # the namespace is going away
+    result.written = sum(o in ("created", "updated") for o in outcomes)
+    secret_name = plan.secret_names(targets, ref.name)[plan.Format.dockerconfigjson]
+    if service_accounts is None:
+        service_accounts = kube.service_accounts(namespace)
+    for sa in service_accounts:
+        name = sa["metadata"]["name"]
+        if not plan.service_account_selected(targets, name):
+            continue
+        result.service_accounts += 1
+        if plan.service_account_patch(sa, secret_name, want=True):
+            kube.update_service_account(namespace, sa, adding(secret_name))
+    return result
+
+
+def adding(secret_name: str) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
+    return lambda sa: plan.service_account_patch(sa, secret_name, want=True)
+
+
+def removing(names: set[str]) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
+    def change(sa: dict[str, Any]) -> dict[str, Any] | None:
+        patch = None
+        for name in sorted(names):
+            step = plan.service_account_patch(sa, name, want=False)
+            if step:
+                patch = step
+                sa = {**sa, **step, "metadata": {**sa["metadata"], **step["metadata"]}}
+        return patch
+
+    return change
+
+
+def sync_targets(
+    kube: Kube, ref: plan.RegistryRef, spec: RegistrySpec, credential: Credential
+) -> tuple[dict[str, Any], list[tuple[str, str, str]], set[str]]:
+    """Bring every selected namespace up to date and remove copies from the others.
+    Unchanged Secrets cost no write: the cluster-wide lists are compared first."""
+    targets = spec.effective_targets
+    selected = [
+        name
+        for name, labels, phase in kube.namespaces()
+        if plan.namespace_selected(ref, targets, name, labels, phase)
+    ]
+    observed: dict[str, dict[str, dict[str, Any]]] = {}
+    for secret in kube.managed_secrets(ref):
+        meta = secret["metadata"]
+        observed.setdefault(meta["namespace"], {})[meta["name"]] = secret
+    accounts: dict[str, list[dict[str, Any]]] = {}
+    if plan.Format.dockerconfigjson in targets.formats and targets.service_accounts:
+        for sa in kube.service_accounts():
+            accounts.setdefault(sa["metadata"]["namespace"], []).append(sa)
+
+    def one(namespace: str) -> NamespaceResult:
+        return sync_namespace(
+            kube,
+            ref,
+            targets,
+            credential,
+            namespace,
+            observed.get(namespace, {}),
+            accounts.get(namespace, []),
+        )
+
+    with ThreadPoolExecutor(max_workers=FAN_OUT) as pool:
+        results = list(pool.map(one, selected))
+    failed = [r.failure for r in results if r.failure]
+    written = sum(r.written for r in results)
+    placed = {r.namespace for r in results if not r.failure}
+    removed = cleanup(kube, ref, keep=set(selected))
+    events = []
+    if written:
+        events.append(
+            (
+                "Normal",
+                "SecretsWritten",
+                f"wrote {written} Secret(s) across {len(selected)} selected namespace(s)",
+            )
+        )
+    if removed:
+        events.append(
+            (
+                "Normal",
+                "SecretsRemoved",
+                f"removed pull secrets from {removed} namespace(s) no longer selected",
+            )
+        )
+    for failure in failed:
+        events.append(
+            (
+                "Warning",
+                failure["reason"],
+                f"namespace {failure['namespace']}: {failure['message']}",
+            )
+        )
+    status = {
+        "namespaces": len(placed),
+        "serviceAccounts": sum(r.service_accounts for r in results if not r.failure),
+        "failed": failed[:MAX_FAILED_IN_STATUS],
+        "failedCount": len(failed),
+    }
+    return status, events, placed
+
+
+def cleanup(kube: Kube, ref: plan.RegistryRef, keep: set[str] | None = None) -> int:
+    """Delete our Secrets (and only our ServiceAccount references) outside ``keep``."""
+    keep = keep or set()
+    namespaces: dict[str, list[dict[str, Any]]] = {}
+    for secret in kube.managed_secrets(ref):
+        if secret["metadata"]["namespace"] not in keep:
+            namespaces.setdefault(secret["metadata"]["namespace"], []).append(secret)
+    for namespace, found in namespaces.items():
+        _remove(kube, namespace, found)
+    return len(namespaces)
+
+
+def remove_from_namespace(kube: Kube, ref: plan.RegistryRef, namespace: str) -> None:
+    """Remove this registry's Secrets and references from one namespace."""
+    _remove(kube, namespace, kube.managed_secrets(ref, namespace))
+
+
+def _remove(kube: Kube, namespace: str, found: list[dict[str, Any]]) -> None:
+    names = {s["metadata"]["name"] for s in found}
+    for sa in kube.service_accounts(namespace):
+        if any(plan.service_account_patch(sa, name, want=False) for name in names):
+            kube.update_service_account(namespace, sa, removing(names))
+    for secret in found:
+        # The uid precondition: only the Secret we listed, never one re-created since.
+        kube.delete_secret(namespace, secret["metadata"]["name"], secret["metadata"]["uid"])
+
+
+@dataclass
+class Outcome:
+    """What one tick decided: the status to write (None: leave it), Events to post, and
+    what to remember until the next tick."""
+
+    memory: schedule.Memory
+    status: dict[str, Any] | None = None
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+    spec: RegistrySpec | None = None
+    credential: Credential | None = None
+    placed: set[str] | None = None  # namespaces holding our Secrets, when just synced
+
+
+def _wall(seconds_from_now: float) -> str:
+    moment = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds_from_now)
+    return moment.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def _failure_status(
+    error: ReconcileError, generation: int | None, old: dict[str, Any], retry_in: float
+) -> dict[str, Any]:
+    stalled = error.reason in _STALLED and not error.transient
+    retry = f"retrying in {int(retry_in)}s"
+    conditions = [
+        _condition("Ready", False, error.reason, error.message, generation),
+        _condition("CredentialsReady", False, error.reason, error.message, generation),
+        _condition(
+            "Reconciling",
+            not stalled,
+            "Retrying" if not stalled else "Failed",
+            retry if not stalled else "waiting for a change",
+            generation,
+        ),
+        _condition(
+            "Stalled",
+            stalled,
+            error.reason if stalled else "Retrying",
+            f"{error.message}; {retry} or when an input changes" if stalled else retry,
+            generation,
+        ),
+    ]
+    previous = {c.get("type"): c for c in old.get("conditions") or []}
+    if "TargetsSynced" in previous:
+        conditions.insert(2, previous["TargetsSynced"])  # the last good Secrets stay
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "conditions": keep_transition_times(conditions, old.get("conditions") or []),
+    }
+    for kept in ("credentials", "targets"):
+        if kept in old:
+            status[kept] = old[kept]
+    return status
+
+
+def _success_status(
+    spec: RegistrySpec,
+    credential: Credential,
+    generation: int | None,
+    old: dict[str, Any],
+    targets_status: dict[str, Any],
+    refreshed_at: str,
+    next_refresh_in: float,
+) -> dict[str, Any]:
+    failed = targets_status.get("failed") or []
+    if credential.anonymous:
+        synced = (True, "AnonymousAccess", "anonymous registries need no pull secret")
+    elif failed:
+        names = ", ".join(f["namespace"] for f in failed[:5])
+        synced = (
+            False,
+            failed[0]["reason"],
+            f"{targets_status.get('failedCount', len(failed))} namespace(s) failed: {names}",
+        )
+    else:
+        synced = (True, "Synced", f"pull secrets in {targets_status['namespaces']} namespace(s)")
+    ok = synced[0]
+    conditions = [
+        _condition(
+            "Ready",
+            ok,
+            "Ready" if ok else synced[1],
+            "credentials verified and pull secrets written" if ok else synced[2],
+            generation,
+        ),
+        _condition(
+            "CredentialsReady",
+            True,
+            "Verified",
+            f"{credential.provider} credentials accepted by {spec.server}",
+            generation,
+        ),
+        _condition("TargetsSynced", *synced, generation),
+        _condition("Reconciling", False, "Reconciled", "up to date", generation),
+        _condition("Stalled", False, "Progressing", "no problem", generation),
+    ]
+    credentials = {
+        "provider": credential.provider,
+        "endpoints": list(credential.endpoints),
+        "refreshedAt": refreshed_at,
+        "nextRefreshAt": _wall(next_refresh_in),
+    }
+    if credential.expires_at is not None:
+        credentials["expiresAt"] = credential.expires_at.isoformat().replace("+00:00", "Z")
+    return RegistryStatus.model_validate(
+        {
+            "observedGeneration": generation,
+            "conditions": keep_transition_times(conditions, old.get("conditions") or []),
+            "credentials": credentials,
+            "targets": targets_status,
+        }
+    ).to_api()
+
+
+def reconcile(
+    kube: Kube,
+    ref: plan.RegistryRef,
+    body: dict[str, Any],
+    credentials_namespace: str,
+    memory: schedule.Memory,
+    now: float,
+) -> Outcome:
+    """One tick for one registry object. Cheap when nothing changed: it reads the
+    referenced Secrets, compares a fingerprint, and returns without writing anything."""
+    generation = body.get("metadata", {}).get("generation")
+    old = body.get("status") or {}
+    default_ns = (ref.namespace if ref.namespaced else credentials_namespace) or ""
+    spec: RegistrySpec | None = None
+    current = schedule.fingerprint("spec", body.get("spec"), generation)
+    try:
+        spec = effective_spec(kube, ref, body.get("spec") or {})
+        ctx = providers.ResolveContext(kube.read_secret, default_ns, ref.namespaced)
+        credential = providers.resolve(spec, ctx)
+        tls = _tls(kube, spec, default_ns)
+        current = schedule.fingerprint(
+            spec.to_api(), credential.fingerprint_parts(), tls.ca_bundle, generation
+        )
+        interval = parse_duration(spec.effective_refresh.interval).total_seconds()
+        work = schedule.work_due(memory, current, now, interval)
+        if work is schedule.Work.none:
+            return Outcome(memory, spec=spec, credential=credential)
+        if work is schedule.Work.verify:
+            verify(spec, credential, tls)
+    except ReconcileError as error:
+        if not memory.failures or current != memory.failed_fingerprint:
+            pass  # a new failure: report it now
+        elif now < memory.retry_at:
+            return Outcome(memory, spec=spec)
+        memory = schedule.after_failure(memory, current, now, error.retry_after)
+        status = _failure_status(error, generation, old, memory.retry_at - now)
+        previous = next(
+            (c for c in old.get("conditions") or [] if c.get("type") == "CredentialsReady"), {}
+        )
+        events = []
+        if (previous.get("reason"), previous.get("message")) != (error.reason, error.message):
+            events.append(("Warning", error.reason, error.message))
+        return Outcome(memory, status, events, spec=spec)
+
+    targets_status, events, placed = (
+        ({"namespaces": 0, "serviceAccounts": 0}, [], set())
+        if credential.anonymous
+        else sync_targets(kube, ref, spec, credential)
+    )
+    if work is schedule.Work.verify:
+        memory = schedule.after_success(memory, current, now)
+        refreshed_at = _now()
+    else:
+        memory = schedule.after_targets(memory, now)
+        refreshed_at = (old.get("credentials") or {}).get("refreshedAt") or _now()
+    status = _success_status(
+        spec, credential, generation, old, targets_status, refreshed_at, interval
+    )
+    if work is schedule.Work.verify and not old.get("conditions"):
+        events.append(("Normal", "Verified", f"credentials accepted by {spec.server}"))
+    return Outcome(memory, status, events, spec, credential, placed)

@@ -1,0 +1,97 @@
+"""Pure timing decisions: when a registry object is due for work, and how long to back off.
+
+The operator ticks every registry object every few seconds; these functions decide whether a
+tick does anything, so steady state costs a couple of Secret reads and no writes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+# Failures retry after 10 s, 20 s, 40 s ... never later than this.
+BACKOFF_BASE = 10.0
+BACKOFF_CAP = 300.0
+# Targets (namespaces, ServiceAccounts) are re-listed this often even when nothing signalled a
+# change, to repair drift such as a pull Secret deleted by hand.
+TARGET_RESYNC = 300.0
+
+
+class Work(StrEnum):
+    none = "none"  # nothing changed and nothing is due
+    verify = "verify"  # resolve, verify against the registry, then write targets
+    targets = "targets"  # credentials unchanged and verified; re-sync targets only
+
+
+@dataclass(frozen=True)
+class Memory:
+    """What the last run of one registry object left behind (monotonic seconds)."""
+
+    fingerprint: str | None = None  # of the inputs verified last time (None: never)
+    verified_at: float | None = None
+    synced_at: float | None = None
+    failures: int = 0
+    retry_at: float = 0.0
+    failed_fingerprint: str | None = None
+
+
+def fingerprint(*parts: Any) -> str:
+    """A stable digest of the inputs (spec, resolved credential, CA bundle). Only the digest
+    is kept, never the credential."""
+    text = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def backoff(failures: int, retry_after: float | None = None, jitter: float = 0.1) -> float:
+    """Seconds to wait after the n-th consecutive failure (n >= 1), honouring a server's
+    Retry-After when it asks for longer."""
+    delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(0, failures - 1))
+    delay *= 1 + random.uniform(-jitter, jitter)  # noqa: S311 - jitter, not cryptography
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, BACKOFF_CAP * 4))
+    return delay
+
+
+def work_due(memory: Memory, current: str, now: float, verify_interval: float) -> Work:
+    """What a tick should do, given the fingerprint of the inputs as they are now."""
+    if memory.failures:
+        # Changed inputs (the user fixed the Secret) are tried at once; otherwise wait.
+        if current != memory.failed_fingerprint or now >= memory.retry_at:
+            return Work.verify
+        return Work.none
+    if current != memory.fingerprint or memory.verified_at is None:
+        return Work.verify
+    if now - memory.verified_at >= verify_interval:
+        return Work.verify
+    if memory.synced_at is None or now - memory.synced_at >= TARGET_RESYNC:
+        return Work.targets
+    return Work.none
+
+
+def after_success(memory: Memory, current: str, now: float) -> Memory:
+    return Memory(fingerprint=current, verified_at=now, synced_at=now)
+
+
+def after_targets(memory: Memory, now: float) -> Memory:
+    return Memory(
+        fingerprint=memory.fingerprint,
+        verified_at=memory.verified_at,
+        synced_at=now,
+    )
+
+
+def after_failure(
+    memory: Memory, current: str, now: float, retry_after: float | None = None
+) -> Memory:
+    failures = memory.failures + 1
+    return Memory(
+        fingerprint=memory.fingerprint,
+        verified_at=memory.verified_at,
+        synced_at=memory.synced_at,
+        failures=failures,
+        retry_at=now + backoff(failures, retry_after),
+        failed_fingerprint=current,
+    )

@@ -1,0 +1,359 @@
+"""The reconcile loop against an in-memory stand-in for the Kubernetes API (e2e tests cover
+the real one): steady state writes nothing, failures keep the last good Secret and back off,
+extends merges and reports loops, and status carries no credential."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from ocireg import plan, reconcile, schedule
+from ocireg.errors import ReconcileError
+from ocireg.kube import UNKNOWN
+from ocireg.plan import RegistryRef
+
+PASSWORD = "s3cret-pa55"
+
+
+class FakeKube:
+    """Just enough of ocireg.kube.Kube, with the same semantics, counting writes."""
+
+    def __init__(self) -> None:
+        self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
+        self.namespaces_: dict[str, dict[str, str]] = {}
+        self.accounts: dict[tuple[str, str], dict[str, Any]] = {}
+        self.registries: dict[str, dict[str, Any]] = {}
+        self.writes = 0
+        self._uid = 0
+
+    # test set-up helpers
+    def add_namespace(self, name: str, **labels: str) -> None:
+        self.namespaces_[name] = labels
+        self.accounts[(name, "default")] = {"metadata": {"name": "default", "namespace": name}}
+
+    def put_secret(self, namespace: str, name: str, data: Mapping[str, str], **meta: Any) -> None:
+        self._uid += 1
+        self.secrets[(namespace, name)] = {
+            "metadata": {"name": name, "namespace": namespace, "uid": str(self._uid), **meta},
+            "type": "Opaque",
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+        }
+
+    # the Kube interface
+    def read_secret(self, namespace: str, name: str) -> Mapping[str, bytes]:
+        if (namespace, name) not in self.secrets:
+            raise ReconcileError("SecretNotFound", f"Secret {namespace}/{name} does not exist")
+        data = self.secrets[(namespace, name)]["data"]
+        return {k: base64.b64decode(v) for k, v in data.items()}
+
+    def read_config_map(self, namespace: str, name: str) -> None:
+        return None
+
+    def read_registry(self, kind: str, name: str, namespace: str | None) -> dict | None:
+        return self.registries.get(name)
+
+    def namespaces(self) -> list[tuple[str, dict[str, str], str]]:
+        return [(n, labels, "Active") for n, labels in self.namespaces_.items()]
+
+    def apply_secret(self, desired: plan.DesiredSecret, observed: Any = UNKNOWN) -> str:
+        if desired.namespace not in self.namespaces_:
+            return "gone"
+        current = self.secrets.get((desired.namespace, desired.name))
+        decision = plan.secret_decision(desired, current)
+        if decision in ("create", "update"):
+            self.writes += 1
+            self._uid += 1
+            body = desired.body()
+            body["metadata"]["uid"] = str(self._uid)
+            self.secrets[(desired.namespace, desired.name)] = body
+            return decision + "d"
+        return decision
+
+    def managed_secrets(self, ref: RegistryRef, namespace: str | None = None) -> list[dict]:
+        wanted = ref.labels()
+        return [
+            s
+            for (ns, _), s in self.secrets.items()
+            if (namespace is None or ns == namespace)
+            and all((s["metadata"].get("labels") or {}).get(k) == v for k, v in wanted.items())
+        ]
+
+    def delete_secret(self, namespace: str, name: str, uid: str | None = None) -> None:
+        self.writes += 1
+        self.secrets.pop((namespace, name), None)
+
+    def service_accounts(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        return [sa for (ns, _), sa in self.accounts.items() if namespace in (None, ns)]
+
+    def update_service_account(self, namespace: str, sa: dict, change: Any) -> bool:
+        current = self.accounts[(namespace, sa["metadata"]["name"])]
+        patch = change(current)
+        if patch is None:
+            return False
+        assert patch["metadata"]["resourceVersion"] == current["metadata"].get("resourceVersion")
+        self.writes += 1
+        annotations = current["metadata"].setdefault("annotations", {})
+        for key, value in patch["metadata"]["annotations"].items():
+            if value is None:
+                annotations.pop(key, None)
+            else:
+                annotations[key] = value
+        current["metadata"]["resourceVersion"] = str(self.writes)
+        current["imagePullSecrets"] = patch["imagePullSecrets"] or []
+        return True
+
+
+@pytest.fixture
+def kube() -> FakeKube:
+    kube = FakeKube()
+    kube.add_namespace("ocireg-system")
+    kube.add_namespace("team-a", pull="yes")
+    kube.add_namespace("team-b", pull="yes")
+    kube.add_namespace("other")
+    kube.put_secret("ocireg-system", "creds", {"username": "robot", "password": PASSWORD})
+    return kube
+
+
+class Calls(list):
+    """Verification calls (passwords tried); ``accepted`` is what the registry takes."""
+
+    accepted = frozenset({PASSWORD})
+
+
+@pytest.fixture
+def verified(monkeypatch: pytest.MonkeyPatch) -> Calls:
+    """Registry verification stands in here; calls are recorded and can be made to fail."""
+    calls = Calls()
+
+    def fake_verify(spec: Any, credential: Any, tls: Any) -> None:
+        calls.append(credential.password)
+        if credential.password not in calls.accepted:
+            raise ReconcileError("AuthenticationFailed", f"{spec.server} refused the credentials")
+
+    monkeypatch.setattr(reconcile, "verify", fake_verify)
+    return calls
+
+
+REF = RegistryRef("ClusterOCIRegistry", "corp", None, "uid-1")
+
+
+def body(**spec: Any) -> dict[str, Any]:
+    base = {
+        "server": "registry.example.com",
+        "auth": {"basic": {"secretRef": {"name": "creds"}}},
+        "targets": {"namespaceSelector": {"matchLabels": {"pull": "yes"}}},
+    }
+    return {"metadata": {"name": "corp", "generation": 1}, "spec": {**base, **spec}}
+
+
+def run(kube: FakeKube, obj: dict, memory: schedule.Memory, now: float) -> reconcile.Outcome:
+    outcome = reconcile.reconcile(kube, REF, obj, "ocireg-system", memory, now)  # type: ignore[arg-type]
+    if outcome.status is not None:
+        obj["status"] = outcome.status
+    return outcome
+
+
+def conditions(obj: dict) -> dict[str, dict]:
+    return {c["type"]: c for c in obj["status"]["conditions"]}
+
+
+def docker_config(kube: FakeKube, namespace: str) -> dict:
+    data = kube.secrets[(namespace, "corp")]["data"][".dockerconfigjson"]
+    return json.loads(base64.b64decode(data))
+
+
+def test_writes_selected_namespaces_and_patches_service_accounts(
+    kube: FakeKube, verified: Calls
+) -> None:
+    obj = body()
+    outcome = run(kube, obj, schedule.Memory(), now=0)
+    assert set(outcome.placed or ()) == {"team-a", "team-b"}
+    assert ("other", "corp") not in kube.secrets
+    entry = docker_config(kube, "team-a")["auths"]["registry.example.com"]
+    assert base64.b64decode(entry["auth"]).decode() == f"robot:{PASSWORD}"
+    assert kube.accounts[("team-a", "default")]["imagePullSecrets"] == [{"name": "corp"}]
+    cond = conditions(obj)
+    assert cond["Ready"]["status"] == "True"
+    assert obj["status"]["targets"] == {
+        "namespaces": 2,
+        "serviceAccounts": 2,
+        "failed": [],
+        "failedCount": 0,
+    }
+    assert PASSWORD not in json.dumps(obj["status"])
+    assert [e[1] for e in outcome.events] == ["SecretsWritten", "Verified"]
+
+
+def test_steady_state_writes_nothing_and_skips_the_registry(
+    kube: FakeKube, verified: Calls
+) -> None:
+    obj = body()
+    memory = run(kube, obj, schedule.Memory(), now=0).memory
+    writes, calls = kube.writes, len(verified)
+    for now in range(10, 200, 10):
+        outcome = run(kube, obj, memory, now=now)
+        memory = outcome.memory
+        assert outcome.status is None
+        assert not outcome.events
+    assert kube.writes == writes
+    assert len(verified) == calls
+    # The periodic target resync compares and finds nothing to write either.
+    outcome = run(kube, obj, memory, now=schedule.TARGET_RESYNC + 1)
+    assert outcome.status is not None
+    assert kube.writes == writes
+    assert len(verified) == calls
+
+
+def test_password_change_is_verified_and_every_copy_follows(
+    kube: FakeKube, verified: Calls
+) -> None:
+    obj = body()
+    memory = run(kube, obj, schedule.Memory(), now=0).memory
+    verified.accepted = frozenset({"n3w-pa55"})  # the registry now wants the new one
+    kube.put_secret("ocireg-system", "creds", {"username": "robot", "password": "n3w-pa55"})
+    run(kube, obj, memory, now=10)
+    for namespace in ("team-a", "team-b"):
+        assert docker_config(kube, namespace)["auths"]["registry.example.com"]["password"] == (
+            "n3w-pa55"
+        )
+
+
+def test_wrong_password_keeps_the_good_secret_and_backs_off(
+    kube: FakeKube, verified: Calls
+) -> None:
+    obj = body()
+    memory = run(kube, obj, schedule.Memory(), now=0).memory
+    good = dict(kube.secrets[("team-a", "corp")]["data"])
+    kube.put_secret("ocireg-system", "creds", {"username": "robot", "password": "wrong"})
+    outcome = run(kube, obj, memory, now=10)
+    cond = conditions(obj)
+    assert cond["CredentialsReady"]["reason"] == "AuthenticationFailed"
+    assert cond["Ready"]["status"] == "False"
+    assert cond["Stalled"]["status"] == "True"
+    assert cond["TargetsSynced"]["status"] == "True"  # the last good Secrets are still there
+    assert kube.secrets[("team-a", "corp")]["data"] == good
+    assert outcome.events == [
+        ("Warning", "AuthenticationFailed", "registry.example.com refused the credentials")
+    ]
+    assert "wrong" not in json.dumps(obj["status"])
+    # No hot loop: ticks before the backoff ends neither verify nor post Events.
+    calls = len(verified)
+    quiet = run(kube, obj, outcome.memory, now=11)
+    assert quiet.status is None
+    assert not quiet.events
+    assert len(verified) == calls
+    # After the backoff it tries again, without repeating the same Warning.
+    again = run(kube, obj, outcome.memory, now=outcome.memory.retry_at + 1)
+    assert len(verified) == calls + 1
+    assert not again.events
+    assert again.memory.failures == 2
+    assert again.memory.retry_at > outcome.memory.retry_at
+    # Fixing the Secret is noticed on the next tick, whatever the backoff.
+    kube.put_secret("ocireg-system", "creds", {"username": "robot", "password": PASSWORD})
+    fixed = run(kube, obj, again.memory, now=outcome.memory.retry_at + 2)
+    assert fixed.memory.failures == 0
+    assert conditions(obj)["Ready"]["status"] == "True"
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda k: k.secrets.pop(("ocireg-system", "creds")), "SecretNotFound"),
+        (lambda k: k.put_secret("ocireg-system", "creds", {"username": "robot"}), "KeyMissing"),
+    ],
+)
+def test_missing_secret_or_key_is_a_condition(
+    kube: FakeKube, verified: Calls, change: Any, reason: str
+) -> None:
+    change(kube)
+    obj = body()
+    outcome = run(kube, obj, schedule.Memory(), now=0)
+    assert conditions(obj)["Ready"]["reason"] == reason
+    assert "creds" in conditions(obj)["Ready"]["message"]
+    assert kube.writes == 0
+    assert outcome.events[0][:2] == ("Warning", reason)
+
+
+def test_relabelled_namespace_loses_only_our_secret_and_reference(
+    kube: FakeKube, verified: Calls
+) -> None:
+    obj = body()
+    memory = run(kube, obj, schedule.Memory(), now=0).memory
+    sa = kube.accounts[("team-b", "default")]
+    sa["imagePullSecrets"].append({"name": "theirs"})
+    kube.namespaces_["team-b"] = {}
+    run(kube, obj, memory, now=schedule.TARGET_RESYNC + 1)
+    assert ("team-b", "corp") not in kube.secrets
+    assert sa["imagePullSecrets"] == [{"name": "theirs"}]
+    assert ("team-a", "corp") in kube.secrets
+
+
+def test_unmanaged_secret_of_the_same_name_is_a_conflict_not_overwritten(
+    kube: FakeKube, verified: Calls
+) -> None:
+    kube.put_secret("team-b", "corp", {"mine": "keep"})
+    obj = body()
+    run(kube, obj, schedule.Memory(), now=0)
+    assert kube.secrets[("team-b", "corp")]["data"] == {"mine": base64.b64encode(b"keep").decode()}
+    cond = conditions(obj)
+    assert cond["TargetsSynced"]["reason"] == "SecretConflict"
+    assert cond["Ready"]["status"] == "False"
+    assert obj["status"]["targets"]["failed"][0]["namespace"] == "team-b"
+    assert obj["status"]["targets"]["namespaces"] == 1
+
+
+def test_extends_inherits_and_overrides(kube: FakeKube, verified: Calls) -> None:
+    kube.registries["base"] = {
+        "spec": {
+            "server": "registry.example.com",
+            "auth": {"basic": {"secretRef": {"name": "creds"}}},
+            "targets": {"namespaces": ["team-a"], "secretName": "base-pull"},
+        }
+    }
+    spec = reconcile.effective_spec(
+        kube,  # type: ignore[arg-type]
+        REF,
+        {"extends": "base", "targets": {"secretName": "mine"}},
+    )
+    assert spec.server == "registry.example.com"
+    assert spec.effective_targets.secret_name == "mine"
+    assert spec.effective_targets.namespaces == ["team-a"]
+
+
+@pytest.mark.parametrize(
+    ("registries", "reason"),
+    [
+        ({"a": {"spec": {"extends": "b"}}, "b": {"spec": {"extends": "a"}}}, "ExtendsLoop"),
+        ({}, "BaseNotFound"),
+    ],
+)
+def test_extends_problems_are_conditions(
+    kube: FakeKube, verified: Calls, registries: dict, reason: str
+) -> None:
+    kube.registries.update(registries)
+    obj = {"metadata": {"name": "corp", "generation": 1}, "spec": {"extends": "a"}}
+    run(kube, obj, schedule.Memory(), now=0)
+    assert conditions(obj)["Ready"]["reason"] == reason
+
+
+def test_auth_is_replaced_whole_by_an_override() -> None:
+    merged = reconcile.merge_specs(
+        {"auth": {"basic": {"secretRef": {"name": "a"}}}, "tls": {"insecure": True}},
+        {"auth": {"anonymous": {}}, "tls": {"insecureSkipVerify": False}},
+    )
+    assert merged["auth"] == {"anonymous": {}}
+    assert merged["tls"] == {"insecure": True, "insecureSkipVerify": False}
+
+
+def test_condition_transition_time_kept_while_status_unchanged() -> None:
+    old = [{"type": "Ready", "status": "True", "lastTransitionTime": "2020-01-01T00:00:00Z"}]
+    new = [{"type": "Ready", "status": "True", "lastTransitionTime": "now"}]
+    assert reconcile.keep_transition_times(new, old)[0]["lastTransitionTime"] == (
+        "2020-01-01T00:00:00Z"
+    )
+    flipped = [{"type": "Ready", "status": "False", "lastTransitionTime": "now"}]
+    assert reconcile.keep_transition_times(flipped, old)[0]["lastTransitionTime"] == "now"

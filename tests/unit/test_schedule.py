@@ -1,0 +1,83 @@
+"""When a tick does work: the decisions that keep steady state free of writes and failures
+free of hot loops."""
+
+from __future__ import annotations
+
+import pytest
+
+from ocireg import schedule
+from ocireg.schedule import Memory, Work, work_due
+
+HOUR = 3600.0
+
+
+def test_first_tick_verifies() -> None:
+    assert work_due(Memory(), "a", now=0, verify_interval=HOUR) is Work.verify
+
+
+def test_unchanged_inputs_do_nothing_until_something_is_due() -> None:
+    memory = schedule.after_success(Memory(), "a", now=100)
+    assert work_due(memory, "a", now=110, verify_interval=HOUR) is Work.none
+    assert work_due(memory, "a", now=100 + schedule.TARGET_RESYNC, verify_interval=HOUR) is (
+        Work.targets
+    )
+    assert work_due(memory, "a", now=100 + HOUR, verify_interval=HOUR) is Work.verify
+
+
+def test_target_resync_restarts_the_resync_clock_only() -> None:
+    memory = schedule.after_success(Memory(), "a", now=0)
+    memory = schedule.after_targets(memory, now=schedule.TARGET_RESYNC)
+    assert memory.verified_at == 0
+    assert work_due(memory, "a", now=schedule.TARGET_RESYNC + 1, verify_interval=HOUR) is (
+        Work.none
+    )
+
+
+def test_changed_inputs_verify_at_once() -> None:
+    memory = schedule.after_success(Memory(), "a", now=100)
+    assert work_due(memory, "b", now=101, verify_interval=HOUR) is Work.verify
+
+
+def test_failure_waits_for_backoff_unless_the_inputs_change() -> None:
+    memory = schedule.after_failure(Memory(), "bad", now=0)
+    assert memory.failures == 1
+    assert schedule.BACKOFF_BASE * 0.9 <= memory.retry_at <= schedule.BACKOFF_BASE * 1.1
+    assert work_due(memory, "bad", now=1, verify_interval=HOUR) is Work.none
+    assert work_due(memory, "fixed", now=1, verify_interval=HOUR) is Work.verify
+    assert work_due(memory, "bad", now=memory.retry_at, verify_interval=HOUR) is Work.verify
+
+
+def test_success_after_failure_clears_the_failures() -> None:
+    memory = schedule.after_failure(Memory(), "bad", now=0)
+    memory = schedule.after_success(memory, "good", now=20)
+    assert memory.failures == 0
+    assert work_due(memory, "good", now=21, verify_interval=HOUR) is Work.none
+
+
+def test_a_failure_keeps_what_was_verified_before() -> None:
+    good = schedule.after_success(Memory(), "good", now=0)
+    failed = schedule.after_failure(good, "bad", now=50)
+    assert failed.fingerprint == "good"
+    assert failed.verified_at == 0
+
+
+@pytest.mark.parametrize("failures", [1, 2, 3, 5, 8, 30, 1000])
+def test_backoff_grows_and_is_capped(failures: int) -> None:
+    delay = schedule.backoff(failures, jitter=0)
+    assert delay == min(schedule.BACKOFF_CAP, schedule.BACKOFF_BASE * 2 ** (failures - 1))
+    assert schedule.backoff(failures + 1, jitter=0) >= delay
+
+
+def test_backoff_honours_retry_after_within_reason() -> None:
+    assert schedule.backoff(1, retry_after=120, jitter=0) == 120
+    assert schedule.backoff(1, retry_after=10**9, jitter=0) == schedule.BACKOFF_CAP * 4
+    assert schedule.backoff(6, retry_after=1, jitter=0) == schedule.BACKOFF_CAP
+
+
+def test_fingerprint_is_stable_and_sensitive() -> None:
+    a = schedule.fingerprint({"server": "r", "x": [1, 2]}, ("basic", "u", "p"))
+    b = schedule.fingerprint({"x": [1, 2], "server": "r"}, ("basic", "u", "p"))
+    c = schedule.fingerprint({"server": "r", "x": [1, 2]}, ("basic", "u", "q"))
+    assert a == b != c
+    assert len(a) == 64
+    assert set(a) <= set("0123456789abcdef")
