@@ -239,7 +239,7 @@ def service_account_selected(targets: Targets, name: str) -> bool:
 
 def _ours(service_account: Mapping[str, Any]) -> list[str]:
     annotations = (service_account.get("metadata") or {}).get("annotations") or {}
-    return [n for n in annotations.get(ANNOTATION_SA_REFS, "").split(",") if n]
+    return [n for n in (annotations.get(ANNOTATION_SA_REFS) or "").split(",") if n]
 
 
 def service_account_patch(

@@ -7,8 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -17,34 +15,7 @@ from ocireg.devenv.clients import Clients, docker_config, write_docker_config
 from ocireg.devenv.controlplane import ControlPlane
 from ocireg.devenv.registries import LocalRegistries
 
-
-def wait_for(check: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-
-
-def _secret(cluster: ControlPlane, namespace: str, name: str) -> dict | None:
-    result = cluster.kubectl("get", "secret", name, "-n", namespace, "-o", "json", check=False)
-    return json.loads(result.stdout) if result.returncode == 0 else None
-
-
-def _condition(cluster: ControlPlane, name: str, kind: str) -> dict:
-    body = cluster.get_json("clusterociregistry", name)
-    for condition in (body.get("status") or {}).get("conditions") or []:
-        if condition["type"] == kind:
-            return condition
-    return {}
-
-
-def _pull_secret_refs(cluster: ControlPlane, namespace: str) -> list[str]:
-    sa = cluster.get_json("serviceaccount", "default", "-n", namespace)
-    return [r["name"] for r in sa.get("imagePullSecrets") or []]
+from .helpers import apply, condition, pull_secret_refs, registry_object, secret, wait_for
 
 
 def test_cluster_registry_lifecycle(
@@ -122,18 +93,20 @@ def test_cluster_registry_lifecycle(
             ),
         )
 
-        secret = wait_for(lambda: _secret(cluster, target, "pull"), 30, "the pull secret")
-        assert secret["type"] == "kubernetes.io/dockerconfigjson"
-        assert _secret(cluster, other, "pull") is None
+        written = wait_for(lambda: secret(cluster, target, "pull"), 30, "the pull secret")
+        assert written["type"] == "kubernetes.io/dockerconfigjson"
+        assert secret(cluster, other, "pull") is None
         authfile = tmp_path / "pull.json"
-        authfile.write_bytes(base64.b64decode(secret["data"][".dockerconfigjson"]))
+        authfile.write_bytes(base64.b64decode(written["data"][".dockerconfigjson"]))
         pulled = clients.skopeo_pull(image, authfile, tmp_path / "pulled")
         assert pulled.returncode == 0, pulled.stderr
         wait_for(
-            lambda: _condition(cluster, name, "Ready").get("status") == "True", 20, "Ready=True"
+            lambda: condition(cluster, "ClusterOCIRegistry", name, "Ready").get("status") == "True",
+            20,
+            "Ready=True",
         )
         sa = wait_for(
-            lambda: len(names := _pull_secret_refs(cluster, target)) == 2 and names,
+            lambda: len(names := pull_secret_refs(cluster, target)) == 2 and names,
             20,
             "the default ServiceAccount to reference the pull secret",
         )
@@ -153,7 +126,7 @@ def test_cluster_registry_lifecycle(
                 }
             ),
         )
-        wait_for(lambda: _secret(cluster, late, "pull"), 20, "the secret in a new namespace")
+        wait_for(lambda: secret(cluster, late, "pull"), 20, "the secret in a new namespace")
         wait_for(
             lambda: (
                 cluster.kubectl(
@@ -189,7 +162,7 @@ def test_cluster_registry_lifecycle(
             lambda: (
                 new_password
                 in base64.b64decode(
-                    _secret(cluster, target, "pull")["data"][".dockerconfigjson"]
+                    secret(cluster, target, "pull")["data"][".dockerconfigjson"]
                 ).decode()
             ),
             45,
@@ -197,7 +170,7 @@ def test_cluster_registry_lifecycle(
         )
 
         # A wrong password: the condition says so, and the working Secret stays as it was.
-        good = _secret(cluster, target, "pull")["data"]
+        good = secret(cluster, target, "pull")["data"]
         cluster.kubectl(
             "patch",
             "secret",
@@ -210,7 +183,9 @@ def test_cluster_registry_lifecycle(
         )
         failed = wait_for(
             lambda: (
-                (c := _condition(cluster, name, "CredentialsReady")).get("reason")
+                (c := condition(cluster, "ClusterOCIRegistry", name, "CredentialsReady")).get(
+                    "reason"
+                )
                 == "AuthenticationFailed"
                 and c
             ),
@@ -218,7 +193,7 @@ def test_cluster_registry_lifecycle(
             "AuthenticationFailed",
         )
         assert failed["status"] == "False"
-        assert _secret(cluster, target, "pull")["data"] == good
+        assert secret(cluster, target, "pull")["data"] == good
         events = cluster.kubectl(
             "get", "events", "-A", "--field-selector", f"involvedObject.name={name}", "-o", "json"
         ).stdout
@@ -229,7 +204,7 @@ def test_cluster_registry_lifecycle(
         # Relabelled out of the selector: the Secret and our reference go.
         cluster.kubectl("label", "namespace", late, "pull-")
         wait_for(
-            lambda: _secret(cluster, late, "pull") is None,
+            lambda: secret(cluster, late, "pull") is None,
             30,
             "the Secret to leave an unselected namespace",
         )
@@ -237,7 +212,86 @@ def test_cluster_registry_lifecycle(
         cluster.kubectl(
             "delete", "clusterociregistry", name, "--ignore-not-found", "--timeout=60s", check=False
         )
-    assert _secret(cluster, target, "pull") is None
-    assert _pull_secret_refs(cluster, target) == ["teams-own"]
+    assert secret(cluster, target, "pull") is None
+    assert pull_secret_refs(cluster, target) == ["teams-own"]
     for extra in (target, other, f"{namespace}-late"):
         cluster.kubectl("delete", "namespace", extra, "--wait=false", check=False)
+
+
+def test_registry_deleted_while_a_target_namespace_is_terminating(
+    cluster: ControlPlane,
+    crds: None,
+    registries: LocalRegistries,
+    run_operator,
+    namespace: str,
+) -> None:
+    """A namespace stuck in Terminating (a finalizer holds it) must not block the registry's
+    own deletion, and the healthy namespace's copy is still cleaned up."""
+    registry = registries.basic
+    cluster.kubectl(
+        "create",
+        "secret",
+        "generic",
+        "creds",
+        "-n",
+        namespace,
+        f"--from-literal=username={registry.username}",
+        f"--from-literal=password={registry.password}",
+    )
+    dying, healthy = f"{namespace}-dying", f"{namespace}-healthy"
+    for extra in (dying, healthy):
+        cluster.kubectl("create", "namespace", extra)
+    name = f"reg-{secrets.token_hex(3)}"
+    run_operator("--credentials-namespace", namespace)
+    apply(
+        cluster,
+        registry_object(
+            "ClusterOCIRegistry",
+            name,
+            {
+                "server": registry.host,
+                "auth": {"basic": {"secretRef": {"name": "creds"}}},
+                "tls": {"insecureSkipVerify": True},
+                "targets": {"namespaces": [dying, healthy], "secretName": "pull"},
+            },
+        ),
+    )
+    for extra in (dying, healthy):
+        wait_for(lambda n=extra: secret(cluster, n, "pull"), 30, f"the pull secret in {extra}")
+    # Hold the namespace in Terminating with a finalizer on an object inside it.
+    apply(
+        cluster,
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "hold", "namespace": dying, "finalizers": ["example.com/hold"]},
+        },
+    )
+    cluster.kubectl("delete", "namespace", dying, "--wait=false")
+    wait_for(
+        lambda: cluster.get_json("namespace", dying)["status"]["phase"] == "Terminating",
+        20,
+        "the namespace to be Terminating",
+    )
+    try:
+        cluster.kubectl("delete", "clusterociregistry", name, "--timeout=30s")
+        assert secret(cluster, healthy, "pull") is None
+        assert cluster.get_json("namespace", dying)["status"]["phase"] == "Terminating"
+    finally:
+        cluster.kubectl(
+            "patch",
+            "configmap",
+            "hold",
+            "-n",
+            dying,
+            "--type=merge",
+            "-p",
+            '{"metadata":{"finalizers":null}}',
+            check=False,
+        )
+        cluster.kubectl("delete", "namespace", healthy, "--wait=false", check=False)
+    wait_for(
+        lambda: cluster.kubectl("get", "namespace", dying, check=False).returncode != 0,
+        60,
+        "the held namespace to finish deleting",
+    )

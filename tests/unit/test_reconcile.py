@@ -357,3 +357,21 @@ def test_condition_transition_time_kept_while_status_unchanged() -> None:
     )
     flipped = [{"type": "Ready", "status": "False", "lastTransitionTime": "now"}]
     assert reconcile.keep_transition_times(flipped, old)[0]["lastTransitionTime"] == "now"
+
+
+def test_removing_several_references_in_one_patch() -> None:
+    sa = {
+        "metadata": {
+            "name": "default",
+            "resourceVersion": "3",
+            "annotations": {plan.ANNOTATION_SA_REFS: "a,b"},
+        },
+        "imagePullSecrets": [{"name": "a"}, {"name": "theirs"}, {"name": "b"}],
+    }
+    patch = reconcile.removing({"a", "b"})(sa)
+    assert patch is not None
+    assert patch["imagePullSecrets"] == [{"name": "theirs"}]
+    assert patch["metadata"] == {
+        "resourceVersion": "3",
+        "annotations": {plan.ANNOTATION_SA_REFS: None},
+    }

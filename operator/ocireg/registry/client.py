@@ -366,7 +366,12 @@ class RegistryClient:
         pull: bool | None = None
         can_push: bool | None = None
         if repo is not None:
-            pull = self._check_pull(repo)
+            try:
+                pull = self._check_pull(repo)
+            except RegistryError as error:
+                # A repository that does not exist yet is fine for a pusher: pushing creates it.
+                if not (push and error.reason == "RepositoryNotFound"):
+                    raise
             if push:
                 can_push = self._check_push(repo)
         return VerifyResult(scheme, pull, can_push)

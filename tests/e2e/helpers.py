@@ -1,0 +1,99 @@
+"""What e2e tests look at, the way a user would with kubectl."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import yaml
+
+from ocireg.devenv.controlplane import ControlPlane
+
+T = TypeVar("T")
+API_VERSION = "ocireg.dev/v1alpha1"
+
+
+def wait_for(check: Callable[[], T], timeout: float, what: str) -> T:
+    """Poll until ``check`` returns something truthy; fail saying what was awaited."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def apply(cluster: ControlPlane, *objects: dict[str, Any]) -> None:
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(objects))
+
+
+def registry_object(
+    kind: str, name: str, spec: dict[str, Any], namespace: str | None = None
+) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": name}
+    if namespace:
+        metadata["namespace"] = namespace
+    return {"apiVersion": API_VERSION, "kind": kind, "metadata": metadata, "spec": spec}
+
+
+def secret(cluster: ControlPlane, namespace: str, name: str) -> dict | None:
+    result = cluster.kubectl("get", "secret", name, "-n", namespace, "-o", "json", check=False)
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def secret_text(cluster: ControlPlane, namespace: str, name: str, key: str) -> str | None:
+    found = secret(cluster, namespace, name)
+    if found is None or key not in (found.get("data") or {}):
+        return None
+    return base64.b64decode(found["data"][key]).decode()
+
+
+def registry(cluster: ControlPlane, kind: str, name: str, namespace: str | None = None) -> dict:
+    args = [kind.lower(), name] + (["-n", namespace] if namespace else [])
+    return cluster.get_json(*args)
+
+
+def condition(
+    cluster: ControlPlane, kind: str, name: str, type_: str, namespace: str | None = None
+) -> dict:
+    body = registry(cluster, kind, name, namespace)
+    for found in (body.get("status") or {}).get("conditions") or []:
+        if found["type"] == type_:
+            return found
+    return {}
+
+
+def wait_for_reason(
+    cluster: ControlPlane,
+    kind: str,
+    name: str,
+    reason: str,
+    namespace: str | None = None,
+    type_: str = "Ready",
+    timeout: float = 45,
+) -> dict:
+    return wait_for(
+        lambda: (
+            (found := condition(cluster, kind, name, type_, namespace)).get("reason") == reason
+            and found
+        ),
+        timeout,
+        f"{kind} {name}: {type_} reason {reason}",
+    )
+
+
+def pull_secret_refs(cluster: ControlPlane, namespace: str, account: str = "default") -> list[str]:
+    sa = cluster.get_json("serviceaccount", account, "-n", namespace)
+    return [r["name"] for r in sa.get("imagePullSecrets") or []]
+
+
+def events_for(cluster: ControlPlane, name: str) -> list[dict]:
+    result = cluster.kubectl(
+        "get", "events", "-A", "--field-selector", f"involvedObject.name={name}", "-o", "json"
+    )
+    return json.loads(result.stdout)["items"]
