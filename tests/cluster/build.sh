@@ -38,7 +38,7 @@ else
   if [ -x "$bin/kube-local" ]; then
     progress "kube-local $KUBE_VERSION: already built"
   else
-    progress "kube-local $KUBE_VERSION (etcd, kube-apiserver, kube-controller-manager, kubectl): building, the longest step (~15 min cold on 2 cores)"
+    progress "kube-local $KUBE_VERSION (etcd, kube-apiserver, kube-controller-manager, kubectl): building, the longest step (about 5 min cold on 2 cores)"
     minor=${KUBE_VERSION#v1.}; minor=${minor%%.*}
     ldflags="-s -w"
     for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
