@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from pathlib import Path
 
 from ocireg.devenv.controlplane import ControlPlane
@@ -94,6 +95,14 @@ def test_problems_become_conditions_and_recover(
             },
             "Ready",
         ),
+        "docker-config": (
+            {
+                "server": basic.host,
+                "auth": {"dockerConfig": {"secretRef": {"name": "existing-pull-secret"}}},
+                "tls": ca,
+            },
+            "Ready",
+        ),
         "plain-http": (
             {"server": registries.plain.host, "auth": {"anonymous": {}}, "tls": {"insecure": True}},
             "Ready",
@@ -107,6 +116,11 @@ def test_problems_become_conditions_and_recover(
         _creds_secret("wrong", namespace, username=basic.username, password="not-the-password"),
         unmanaged,
     )
+    cluster.kubectl(
+        "create", "secret", "docker-registry", "existing-pull-secret", "-n", namespace,
+        f"--docker-server=https://{basic.host}", f"--docker-username={basic.username}",
+        f"--docker-password={basic.password}",
+    )  # fmt: skip
     operator = run_operator()
     apply(cluster, *(registry_object(KIND, n, spec, namespace) for n, (spec, _) in cases.items()))
 
@@ -141,6 +155,10 @@ def test_problems_become_conditions_and_recover(
         "AnonymousAccess"
     )
 
+    # Ticks keep coming (every 10 s) but unchanged data is never rewritten.
+    version = secret(cluster, namespace, "skip-verify")["metadata"]["resourceVersion"]
+    written_at = time.monotonic()
+
     # Each failure posted a Warning Event with its reason.
     for name, (_spec, reason) in cases.items():
         if reason != "Ready":
@@ -160,6 +178,9 @@ def test_problems_become_conditions_and_recover(
     )
     wait_for_reason(cluster, KIND, "missing-secret", "Ready", namespace, timeout=30)
     assert secret(cluster, namespace, "missing-secret") is not None
+
+    time.sleep(max(0.0, 12 - (time.monotonic() - written_at)))  # at least one more tick
+    assert secret(cluster, namespace, "skip-verify")["metadata"]["resourceVersion"] == version
 
     # No credential in status, Events or the operator's log.
     everything = (
