@@ -16,6 +16,7 @@ from .credential import Credential
 from .kube import Kube, load_config
 from .models.spec import RegistrySpec
 from .reconcile import adding, cleanup, reconcile, remove_from_namespace, sync_namespace
+from .registry import TLSOptions
 
 GROUP = "ocireg.dev"
 KINDS = {"ociregistries": "OCIRegistry", "clusterociregistries": "ClusterOCIRegistry"}
@@ -34,6 +35,7 @@ class Tracked:
     spec: RegistrySpec | None = None
     credential: Credential | None = None
     placed: set[str] = field(default_factory=set)  # namespaces holding our Secrets
+    tls: TLSOptions | None = None  # how to connect, for other work on the same registry
 
 
 class Registries:
@@ -106,6 +108,8 @@ def _tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, plural: str) -> N
             tracked.credential = outcome.credential
         if outcome.placed is not None:
             tracked.placed = outcome.placed
+        if outcome.tls is not None:
+            tracked.tls = outcome.tls
     if outcome.status is not None and outcome.status != dict(body.get("status") or {}):
         patch["status"] = outcome.status
     for kind, reason, message in outcome.events:

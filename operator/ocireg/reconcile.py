@@ -330,6 +330,7 @@ class Outcome:
     spec: RegistrySpec | None = None
     credential: Credential | None = None
     placed: set[str] | None = None  # namespaces holding our Secrets, when just synced
+    tls: TLSOptions | None = None
 
 
 def _wall(seconds_from_now: float) -> str:
@@ -458,7 +459,7 @@ def reconcile(
         interval = parse_duration(spec.effective_refresh.interval).total_seconds()
         work = schedule.work_due(memory, current, now, interval)
         if work is schedule.Work.none:
-            return Outcome(memory, spec=spec, credential=credential)
+            return Outcome(memory, spec=spec, credential=credential, tls=tls)
         if work is schedule.Work.verify:
             verify(spec, credential, tls)
     except ReconcileError as error:
@@ -492,4 +493,4 @@ def reconcile(
     )
     if work is schedule.Work.verify and not old.get("conditions"):
         events.append(("Normal", "Verified", f"credentials accepted by {spec.server}"))
-    return Outcome(memory, status, events, spec, credential, placed)
+    return Outcome(memory, status, events, spec, credential, placed, tls)
