@@ -65,6 +65,50 @@ def build_parser() -> argparse.ArgumentParser:
         help="coordinate replicas through this kopf peering object",
     )
 
+    cloud = run.add_argument_group("cloud credentials")
+    cloud.add_argument(
+        "--allow-tenant-ambient-identity",
+        action="store_true",
+        default=os.environ.get("OCIREG_ALLOW_TENANT_AMBIENT_IDENTITY", "") == "true",
+        help="let OCIRegistry objects (tenants) use the operator's own cloud identity; "
+        "off by default: only ClusterOCIRegistry may",
+    )
+    cloud.add_argument(
+        "--webhook-allowed-cidr",
+        dest="webhook_allowed_cidrs",
+        action="append",
+        metavar="CIDR",
+        help="private/loopback/link-local ranges an OCIRegistry webhook may reach (repeatable; "
+        "env OCIREG_WEBHOOK_ALLOWED_CIDRS); by default none",
+    )
+    cloud.add_argument(
+        "--aws-endpoint-url",
+        default=os.environ.get("OCIREG_AWS_ENDPOINT_URL"),
+        metavar="URL",
+        help="send ECR and STS calls here (a test stand-in); objects can never override it",
+    )
+    cloud.add_argument(
+        "--azure-authority-host",
+        default=os.environ.get("OCIREG_AZURE_AUTHORITY_HOST"),
+        metavar="URL",
+        help="Entra ID authority (sovereign clouds, test stand-ins)",
+    )
+    cloud.add_argument(
+        "--acr-exchange-url",
+        default=os.environ.get("OCIREG_ACR_EXCHANGE_URL"),
+        metavar="URL",
+        help="ACR token exchange endpoint instead of https://<registry>/oauth2/exchange "
+        "(test stand-ins)",
+    )
+    cloud.add_argument(
+        "--gcp-token-uri",
+        dest="gcp_token_uris",
+        action="append",
+        metavar="URL",
+        help="also accept this token_uri in GCP service-account keys (repeatable; env "
+        "OCIREG_GCP_TOKEN_URIS); Google's own are always accepted",
+    )
+
     sub.add_parser("version", help="print the version")
 
     crds = sub.add_parser("crds", help="write the CRDs generated from the models")
@@ -87,6 +131,14 @@ def config_from_args(args: argparse.Namespace) -> OperatorConfig:
         debug=args.debug,
         standalone=True if args.standalone else None,
         peering_name=args.peering_name,
+        allow_tenant_ambient_identity=args.allow_tenant_ambient_identity,
+        webhook_allowed_cidrs=tuple(
+            args.webhook_allowed_cidrs or _env_list("OCIREG_WEBHOOK_ALLOWED_CIDRS")
+        ),
+        aws_endpoint_url=args.aws_endpoint_url,
+        azure_authority_host=args.azure_authority_host,
+        acr_exchange_url=args.acr_exchange_url,
+        gcp_token_uris=tuple(args.gcp_token_uris or _env_list("OCIREG_GCP_TOKEN_URIS")),
     )
 
 

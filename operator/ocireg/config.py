@@ -28,6 +28,14 @@ class OperatorConfig:
     # None: kopf peering if its CRDs exist, else standalone. True: never peer.
     standalone: bool | None = None
     peering_name: str | None = None
+    # Cloud credentials. Tenants (OCIRegistry) never get the operator's own identity unless
+    # this says so; endpoints are overridable here only, never from an object.
+    allow_tenant_ambient_identity: bool = False
+    webhook_allowed_cidrs: tuple[str, ...] = ()
+    aws_endpoint_url: str | None = None
+    azure_authority_host: str | None = None
+    acr_exchange_url: str | None = None
+    gcp_token_uris: tuple[str, ...] = ()
 
     @property
     def clusterwide(self) -> bool:

@@ -15,6 +15,14 @@ class Credential:
     identity_token: str | None = field(default=None, repr=False)
     registry_token: str | None = field(default=None, repr=False)
     expires_at: datetime | None = None
+    # Per-endpoint passwords where they differ (ECR mints one token per region/account); the
+    # shared username/password above are the first endpoint's.
+    passwords: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    issued_at: datetime | None = None
+    note: str = ""  # something a user should know, e.g. "expired when issued"
+
+    def password_for(self, endpoint: str) -> str | None:
+        return dict(self.passwords).get(endpoint, self.password)
 
     @property
     def anonymous(self) -> bool:
@@ -31,8 +39,10 @@ class Credential:
             self.identity_token,
             self.registry_token,
             self.expires_at,
+            self.passwords,
         )
 
     def secret_values(self) -> tuple[str, ...]:
         """Every secret string in this credential, for redaction checks."""
-        return tuple(v for v in (self.password, self.identity_token, self.registry_token) if v)
+        values = (self.password, self.identity_token, self.registry_token)
+        return tuple(v for v in values if v) + tuple(p for _, p in self.passwords)

@@ -15,6 +15,7 @@ from .config import OperatorConfig
 from .credential import Credential
 from .kube import Kube, load_config
 from .models.spec import RegistrySpec
+from .providers.cache import MintCache
 from .reconcile import adding, cleanup, reconcile, remove_from_namespace, sync_namespace
 from .registry import TLSOptions
 
@@ -80,6 +81,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     load_config()
     memo.kube = Kube()
     memo.registries = Registries()
+    memo.mint_cache = MintCache()  # one mint per cloud identity, shared by all objects
     if "config" not in memo:
         memo.config = OperatorConfig()
 
@@ -97,9 +99,10 @@ def _tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, plural: str) -> N
             memo.kube,
             ref,
             dict(body),
-            memo.config.credentials_namespace,
+            memo.config,
             tracked.memory,
             time.monotonic(),
+            memo.mint_cache,
         )
         tracked.memory = outcome.memory
         if outcome.spec is not None:

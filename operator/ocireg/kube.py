@@ -58,6 +58,29 @@ class Kube:
             ) from None
         return {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
 
+    def request_token(self, namespace: str, service_account: str, audience: str) -> str:
+        """A short-lived token for a ServiceAccount (TokenRequest), for cloud web identity."""
+        body = kubernetes.client.AuthenticationV1TokenRequest(
+            spec=kubernetes.client.V1TokenRequestSpec(audiences=[audience], expiration_seconds=600)
+        )
+        try:
+            answer = self.core.create_namespaced_service_account_token(
+                service_account, namespace, body
+            )
+        except ApiException as error:
+            if error.status == 404:
+                raise ReconcileError(
+                    "ServiceAccountNotFound",
+                    f"ServiceAccount {namespace}/{service_account} does not exist",
+                ) from None
+            if error.status == 403:
+                raise ReconcileError(
+                    "Forbidden",
+                    f"the operator may not request tokens for {namespace}/{service_account}",
+                ) from None
+            raise
+        return answer.status.token
+
     def read_registry(self, kind: str, name: str, namespace: str | None) -> dict[str, Any] | None:
         try:
             if namespace:

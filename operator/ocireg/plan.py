@@ -96,13 +96,12 @@ def docker_config_key(host: str) -> str:
     return DOCKER_HUB_KEY if host in DOCKER_HUB_HOSTS else host
 
 
-def docker_config_entry(credential: Credential) -> dict[str, str]:
+def docker_config_entry(credential: Credential, endpoint: str | None = None) -> dict[str, str]:
     entry: dict[str, str] = {}
-    if credential.password is not None:
+    password = credential.password_for(endpoint) if endpoint else credential.password
+    if password is not None:
         user = credential.username or ""
-        entry.update(
-            username=user, password=credential.password, auth=_b64(f"{user}:{credential.password}")
-        )
+        entry.update(username=user, password=password, auth=_b64(f"{user}:{password}"))
     if credential.identity_token:
         # What `docker login` stores for a token-server refresh token.
         entry.update(
@@ -115,8 +114,10 @@ def docker_config_entry(credential: Credential) -> dict[str, str]:
 
 
 def docker_config_json(credential: Credential) -> bytes:
-    entry = docker_config_entry(credential)
-    auths = {docker_config_key(host): entry for host in credential.endpoints}
+    auths = {
+        docker_config_key(host): docker_config_entry(credential, host)
+        for host in credential.endpoints
+    }
     return json.dumps({"auths": auths}, sort_keys=True, separators=(",", ":")).encode()
 
 

@@ -17,12 +17,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from . import plan, providers, schedule
+from .config import OperatorConfig
 from .credential import Credential
 from .errors import ReconcileError
 from .kube import UNKNOWN, Kube
 from .models.durations import parse_duration
 from .models.spec import RegistrySpec, Targets
 from .models.status import RegistryStatus
+from .providers.cache import MintCache
 from .registry import RegistryClient, RegistryCredentials, RegistryError, TLSOptions
 
 log = logging.getLogger(__name__)
@@ -333,6 +335,14 @@ class Outcome:
     tls: TLSOptions | None = None
 
 
+def _iso(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def _in(seconds: float) -> dt.datetime:
+    return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds)
+
+
 def _wall(seconds_from_now: float) -> str:
     moment = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds_from_now)
     return moment.replace(microsecond=0).isoformat().replace("+00:00", "Z")
@@ -381,7 +391,7 @@ def _success_status(
     old: dict[str, Any],
     targets_status: dict[str, Any],
     refreshed_at: str,
-    next_refresh_in: float,
+    next_refresh_at: str,
 ) -> dict[str, Any]:
     failed = targets_status.get("failed") or []
     if credential.anonymous:
@@ -408,7 +418,8 @@ def _success_status(
             "CredentialsReady",
             True,
             "Verified",
-            f"{credential.provider} credentials accepted by {spec.server}",
+            f"{credential.provider} credentials accepted by {spec.server}"
+            + (f"; {credential.note}" if credential.note else ""),
             generation,
         ),
         _condition("TargetsSynced", *synced, generation),
@@ -419,7 +430,7 @@ def _success_status(
         "provider": credential.provider,
         "endpoints": list(credential.endpoints),
         "refreshedAt": refreshed_at,
-        "nextRefreshAt": _wall(next_refresh_in),
+        "nextRefreshAt": next_refresh_at,
     }
     if credential.expires_at is not None:
         credentials["expiresAt"] = credential.expires_at.isoformat().replace("+00:00", "Z")
@@ -437,20 +448,31 @@ def reconcile(
     kube: Kube,
     ref: plan.RegistryRef,
     body: dict[str, Any],
-    credentials_namespace: str,
+    config: OperatorConfig,
     memory: schedule.Memory,
     now: float,
+    cache: MintCache | None = None,
 ) -> Outcome:
     """One tick for one registry object. Cheap when nothing changed: it reads the
     referenced Secrets, compares a fingerprint, and returns without writing anything."""
     generation = body.get("metadata", {}).get("generation")
     old = body.get("status") or {}
-    default_ns = (ref.namespace if ref.namespaced else credentials_namespace) or ""
+    default_ns = (ref.namespace if ref.namespaced else config.credentials_namespace) or ""
+    cache = cache if cache is not None else MintCache()
     spec: RegistrySpec | None = None
     current = schedule.fingerprint("spec", body.get("spec"), generation)
     try:
         spec = effective_spec(kube, ref, body.get("spec") or {})
-        ctx = providers.ResolveContext(kube.read_secret, default_ns, ref.namespaced)
+        ctx = providers.ResolveContext(
+            kube.read_secret,
+            default_ns,
+            ref.namespaced,
+            kube.request_token,
+            config,
+            cache,
+            spec.effective_refresh.renew_before,
+            parse_duration(spec.effective_refresh.interval),
+        )
         credential = providers.resolve(spec, ctx)
         tls = _tls(kube, spec, default_ns)
         current = schedule.fingerprint(
@@ -483,13 +505,19 @@ def reconcile(
         else sync_targets(kube, ref, spec, credential)
     )
     if work is schedule.Work.verify:
+        if credential.expires_at is not None and memory.fingerprint not in (None, current):
+            events.append(
+                ("Normal", "CredentialsRenewed", f"renewed {credential.provider} credentials")
+            )
         memory = schedule.after_success(memory, current, now)
         refreshed_at = _now()
     else:
         memory = schedule.after_targets(memory, now)
         refreshed_at = (old.get("credentials") or {}).get("refreshedAt") or _now()
+    renewal = cache.next_renewal(credential, spec.effective_refresh.renew_before)
+    next_at = _wall(interval) if renewal is None else _iso(min(renewal, _in(interval)))
     status = _success_status(
-        spec, credential, generation, old, targets_status, refreshed_at, interval
+        spec, credential, generation, old, targets_status, refreshed_at, next_at
     )
     if work is schedule.Work.verify and not old.get("conditions"):
         events.append(("Normal", "Verified", f"credentials accepted by {spec.server}"))

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from ocireg import plan, reconcile, schedule
+from ocireg.config import OperatorConfig
 from ocireg.errors import ReconcileError
 from ocireg.kube import UNKNOWN
 from ocireg.plan import RegistryRef
@@ -49,6 +50,9 @@ class FakeKube:
             raise ReconcileError("SecretNotFound", f"Secret {namespace}/{name} does not exist")
         data = self.secrets[(namespace, name)]["data"]
         return {k: base64.b64decode(v) for k, v in data.items()}
+
+    def request_token(self, namespace: str, name: str, audience: str) -> str:
+        return f"token-for-{namespace}/{name}@{audience}"
 
     def read_config_map(self, namespace: str, name: str) -> None:
         return None
@@ -151,7 +155,8 @@ def body(**spec: Any) -> dict[str, Any]:
 
 
 def run(kube: FakeKube, obj: dict, memory: schedule.Memory, now: float) -> reconcile.Outcome:
-    outcome = reconcile.reconcile(kube, REF, obj, "ocireg-system", memory, now)  # type: ignore[arg-type]
+    config = OperatorConfig(credentials_namespace="ocireg-system")
+    outcome = reconcile.reconcile(kube, REF, obj, config, memory, now)  # type: ignore[arg-type]
     if outcome.status is not None:
         obj["status"] = outcome.status
     return outcome

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from .spec import AUTH_METHODS, CLUSTER_ONLY, RegistrySpec
+from .spec import AUTH_METHODS, CLUSTER_ONLY, NAMESPACED_REQUIRED, RegistrySpec
 from .status import RegistryStatus
 
 GROUP = "ocireg.dev"
@@ -53,6 +53,16 @@ def _cluster_only_rules(node: Any, namespaced: bool, kind: str) -> Any:
     node = {k: _cluster_only_rules(v, namespaced, kind) for k, v in node.items()}
     properties = node.get("properties", {})
     marked = [name for name, prop in properties.items() if prop.pop(CLUSTER_ONLY, False)]
+    required = [name for name, prop in properties.items() if prop.pop(NAMESPACED_REQUIRED, False)]
+    if namespaced and required:
+        node.setdefault("x-kubernetes-validations", []).extend(
+            {
+                "rule": f"has(self.{name})",
+                "message": f"an {kind} must set {name}: only a ClusterOCIRegistry may use the "
+                "operator's own cloud identity",
+            }
+            for name in required
+        )
     if namespaced and marked:
         node.setdefault("x-kubernetes-validations", []).extend(
             {

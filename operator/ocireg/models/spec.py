@@ -4,49 +4,25 @@ models (``ocireg crds``), so descriptions here are what ``kubectl explain`` show
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated
 
-from pydantic import ConfigDict, Field
+from pydantic import Field
 
 from .base import ApiModel
+from .cloud import AcrAuth, EcrAuth, GcpAuth, WebhookAuth
+from .common import (  # noqa: F401 - re-exported for the CRD generator and providers
+    CLUSTER_ONLY,
+    DNS_LABEL,
+    DNS_SUBDOMAIN,
+    NAMESPACED_REQUIRED,
+    SecretRef,
+    cluster_only,
+    rules,
+)
 from .durations import DURATION_PATTERN, RENEW_BEFORE_PATTERN
 
-# Marks a field that only the cluster-scoped kind may set; the CRD generator turns it into a
-# CEL rule on the namespaced kind with a message saying why.
-CLUSTER_ONLY = "x-ocireg-cluster-only"
-DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 # host[:port]; `{region}` may stand in the host for per-region endpoints.
 SERVER_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9.{}-]*[A-Za-z0-9}])?(:[0-9]{1,5})?$"
-
-
-def rules(*pairs: tuple[str, str]) -> ConfigDict:
-    """Model config adding CEL validation rules (rule, message) to the model's schema."""
-    return ConfigDict(
-        **ApiModel.model_config,
-        json_schema_extra={
-            "x-kubernetes-validations": [{"rule": r, "message": m} for r, m in pairs]
-        },
-    )
-
-
-def cluster_only(description: str, **kwargs: Any) -> Any:
-    return Field(description=description, json_schema_extra={CLUSTER_ONLY: True}, **kwargs)
-
-
-class SecretRef(ApiModel):
-    name: Annotated[
-        str, Field(description="Name of the Secret.", max_length=253, pattern=DNS_SUBDOMAIN)
-    ]
-    namespace: Annotated[
-        str | None,
-        cluster_only(
-            "Namespace of the Secret. ClusterOCIRegistry only; defaults to the operator's "
-            "credentials namespace (ocireg-system unless configured).",
-            max_length=63,
-            pattern=DNS_LABEL,
-        ),
-    ] = None
 
 
 class Anonymous(ApiModel):
@@ -110,7 +86,7 @@ class DockerConfigAuth(ApiModel):
     ] = ".dockerconfigjson"
 
 
-AUTH_METHODS = ("anonymous", "basic", "token", "dockerConfig")
+AUTH_METHODS = ("anonymous", "basic", "token", "dockerConfig", "ecr", "gcp", "acr", "webhook")
 
 
 class Auth(ApiModel):
@@ -127,6 +103,10 @@ class Auth(ApiModel):
     docker_config: Annotated[
         DockerConfigAuth | None, Field(description=DockerConfigAuth.__doc__)
     ] = None
+    ecr: Annotated[EcrAuth | None, Field(description=EcrAuth.__doc__)] = None
+    gcp: Annotated[GcpAuth | None, Field(description=GcpAuth.__doc__)] = None
+    acr: Annotated[AcrAuth | None, Field(description=AcrAuth.__doc__)] = None
+    webhook: Annotated[WebhookAuth | None, Field(description=WebhookAuth.__doc__)] = None
 
     @property
     def method(self) -> str:

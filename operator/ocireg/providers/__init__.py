@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from ..config import OperatorConfig
 from ..credential import Credential
 from ..errors import ReconcileError
+from ..models.cloud import ServiceAccountRef
 from ..models.spec import RegistrySpec, SecretRef
 from . import static
+from .cache import MintCache
 
 # (namespace, name) -> the Secret's decoded data; raises ReconcileError SecretNotFound.
 SecretReader = Callable[[str, str], Mapping[str, bytes]]
+# (namespace, service account, audience) -> a short-lived ServiceAccount token.
+TokenRequester = Callable[[str, str, str], str]
+
+
+def _no_tokens(namespace: str, name: str, audience: str) -> str:
+    raise ReconcileError("Unsupported", "ServiceAccount tokens are not available here")
 
 
 @dataclass(frozen=True)
@@ -21,15 +32,43 @@ class ResolveContext:
     # OCIRegistry, the operator's credentials namespace for ClusterOCIRegistry.
     default_namespace: str
     namespaced: bool
+    request_token: TokenRequester = _no_tokens
+    config: OperatorConfig = field(default_factory=OperatorConfig)
+    cache: MintCache = field(default_factory=MintCache)
+    renew_before: str = "20%"
+    refresh_interval: dt.timedelta = dt.timedelta(hours=1)
 
     def secret(self, ref: SecretRef) -> tuple[str, Mapping[str, bytes]]:
-        namespace = ref.namespace or self.default_namespace
-        if self.namespaced and namespace != self.default_namespace:
+        namespace = self._namespace(ref.namespace)
+        return namespace, self.read_secret(namespace, ref.name)
+
+    def service_account_token(self, ref: ServiceAccountRef, audience: str) -> str:
+        return self.request_token(self._namespace(ref.namespace), ref.name, audience)
+
+    def service_account_id(self, ref: ServiceAccountRef) -> str:
+        return f"{self._namespace(ref.namespace)}/{ref.name}"
+
+    def check_ambient_allowed(self, method: str) -> None:
+        if self.namespaced and not self.config.allow_tenant_ambient_identity:
+            raise ReconcileError(
+                "AmbientIdentityNotAllowed",
+                f"an OCIRegistry must name its own {method} credentials (auth.{method}."
+                "credentials): only a ClusterOCIRegistry may use the operator's own identity",
+            )
+
+    def _namespace(self, namespace: str | None) -> str:
+        chosen = namespace or self.default_namespace
+        if self.namespaced and chosen != self.default_namespace:
             raise ReconcileError(
                 "CrossNamespaceReference",
-                "an OCIRegistry may only read Secrets in its own namespace",
+                "an OCIRegistry may only use Secrets and ServiceAccounts in its own namespace",
             )
-        return namespace, self.read_secret(namespace, ref.name)
+        return chosen
+
+
+def digest(*parts: object) -> str:
+    """A short stable digest of identity inputs, for cache keys (never the inputs)."""
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
 
 
 def endpoints(spec: RegistrySpec) -> tuple[str, ...]:
@@ -45,7 +84,17 @@ def resolve(spec: RegistrySpec, ctx: ResolveContext) -> Credential:
     method = spec.auth.method
     if method in static.METHODS:
         return static.resolve(spec, ctx, endpoints(spec))
-    raise ReconcileError("UnsupportedAuth", f"auth method {method} is not supported yet")
+    from . import acr, ecr, gcp, webhook  # the cloud SDKs load only when used
+
+    resolvers: dict[str, Callable[[RegistrySpec, ResolveContext], Credential]] = {
+        "ecr": ecr.resolve,
+        "gcp": gcp.resolve,
+        "acr": acr.resolve,
+        "webhook": webhook.resolve,
+    }
+    if method not in resolvers:
+        raise ReconcileError("UnsupportedAuth", f"auth method {method} is not supported")
+    return resolvers[method](spec, ctx)
 
 
-__all__ = ["ResolveContext", "SecretReader", "resolve"]
+__all__ = ["ResolveContext", "SecretReader", "TokenRequester", "digest", "resolve"]

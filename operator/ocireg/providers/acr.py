@@ -1,0 +1,160 @@
+"""Azure Container Registry: an Entra ID access token from azure-identity (client secret,
+workload identity, or the operator's own managed/workload identity for the cluster kind),
+exchanged at https://<registry>/oauth2/exchange for an ACR refresh token. The refresh token's
+JWT `exp` is its expiry; username 00000000-0000-0000-0000-000000000000."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import json
+from typing import Any
+
+import requests
+from azure.core.credentials import TokenCredential
+from azure.core.exceptions import AzureError, ClientAuthenticationError
+
+from ..credential import Credential
+from ..errors import ReconcileError
+from ..models.cloud import AcrAuth
+from ..models.spec import RegistrySpec
+from . import ResolveContext, digest
+
+USERNAME = "00000000-0000-0000-0000-000000000000"
+SCOPE = "https://management.azure.com/.default"
+WORKLOAD_AUDIENCE = "api://AzureADTokenExchange"
+MAX_ANSWER_BYTES = 64 * 1024
+
+
+def jwt_expiry(token: str) -> dt.datetime | None:
+    """The `exp` claim of a JWT, read without verifying it (the registry verifies it; we only
+    need to know when to renew)."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    payload = parts[1] + "=" * (-len(parts[1]) % 4)
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload))
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        return None
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    if not isinstance(exp, int | float) or isinstance(exp, bool):
+        return None
+    return dt.datetime.fromtimestamp(exp, dt.UTC)
+
+
+def _credential(auth: AcrAuth, ctx: ResolveContext) -> tuple[TokenCredential, str]:
+    from azure import identity
+
+    authority: dict[str, Any] = {}
+    if ctx.config.azure_authority_host:
+        authority = {"authority": ctx.config.azure_authority_host}
+    creds = auth.credentials
+    named = creds is not None and (creds.secret_ref or creds.service_account_ref)
+    if named and not (auth.tenant_id and auth.client_id):
+        raise ReconcileError(
+            "InvalidSpec", "auth.acr needs tenantId and clientId with these credentials"
+        )
+    if creds is not None and creds.secret_ref is not None:
+        namespace, data = ctx.secret(creds.secret_ref)
+        secret = data.get("clientSecret", b"").decode(errors="replace").strip()
+        if not secret:
+            raise ReconcileError(
+                "KeyMissing",
+                f"Secret {namespace}/{creds.secret_ref.name} has no key 'clientSecret'",
+            )
+        credential = identity.ClientSecretCredential(
+            auth.tenant_id, auth.client_id, secret, disable_instance_discovery=True, **authority
+        )
+        return credential, digest("secret", auth.tenant_id, auth.client_id, secret)
+    if creds is not None and creds.service_account_ref is not None:
+        sa = creds.service_account_ref
+        credential = identity.ClientAssertionCredential(
+            auth.tenant_id,
+            auth.client_id,
+            lambda: ctx.service_account_token(sa, WORKLOAD_AUDIENCE),
+            disable_instance_discovery=True,
+            **authority,
+        )
+        return credential, digest("workload", ctx.service_account_id(sa), auth.client_id)
+    ctx.check_ambient_allowed("acr")
+    if auth.client_id:
+        return identity.ManagedIdentityCredential(client_id=auth.client_id), digest(
+            "managed", auth.client_id
+        )
+    return identity.DefaultAzureCredential(**authority), digest("ambient")
+
+
+def _exchange(
+    url: str, registry: str, tenant: str | None, access_token: str, verify: bool | str
+) -> str:
+    form = {"grant_type": "access_token", "service": registry, "access_token": access_token}
+    if tenant:
+        form["tenant"] = tenant
+    try:
+        response = requests.post(url, data=form, timeout=10, verify=verify, allow_redirects=False)
+    except requests.exceptions.RequestException as error:
+        raise ReconcileError(
+            "ProviderUnreachable",
+            f"the ACR token exchange at {registry} did not answer ({type(error).__name__})",
+            transient=True,
+        ) from None
+    if response.status_code == 429 or response.status_code >= 500:
+        retry = response.headers.get("Retry-After")
+        raise ReconcileError(
+            "ProviderError",
+            f"the ACR token exchange at {registry} answered HTTP {response.status_code}",
+            transient=True,
+            retry_after=float(retry) if retry and retry.isdigit() else None,
+        )
+    if response.status_code != 200:
+        raise ReconcileError(
+            "AccessDenied",
+            f"the ACR token exchange at {registry} refused the Entra token "
+            f"(HTTP {response.status_code}); check the identity's role on the registry",
+        )
+    try:
+        token = json.loads(response.content[:MAX_ANSWER_BYTES]).get("refresh_token")
+    except (ValueError, AttributeError):
+        token = None
+    if not isinstance(token, str) or not token:
+        raise ReconcileError(
+            "InvalidProviderAnswer", f"the ACR token exchange at {registry} sent no refresh_token"
+        )
+    return token
+
+
+def mint(spec: RegistrySpec, ctx: ResolveContext, credential: TokenCredential) -> Credential:
+    auth = spec.auth.acr if spec.auth else None
+    assert auth is not None
+    assert spec.server is not None
+    try:
+        access = credential.get_token(SCOPE)
+    except ClientAuthenticationError as error:
+        raise ReconcileError(
+            "AccessDenied",
+            f"Entra ID refused to issue a token ({type(error).__name__}); check tenantId, "
+            "clientId and the secret or federated credential",
+        ) from None
+    except AzureError as error:
+        raise ReconcileError(
+            "ProviderUnreachable",
+            f"Entra ID did not answer ({type(error).__name__})",
+            transient=True,
+        ) from None
+    url = ctx.config.acr_exchange_url or f"https://{spec.server}/oauth2/exchange"
+    tls = spec.effective_tls
+    verify: bool | str = not tls.insecure_skip_verify
+    refresh = _exchange(url, spec.server, auth.tenant_id, access.token, verify)
+    return Credential(
+        "acr", (spec.server,), username=USERNAME, password=refresh, expires_at=jwt_expiry(refresh)
+    )
+
+
+def resolve(spec: RegistrySpec, ctx: ResolveContext) -> Credential:
+    auth = spec.auth.acr if spec.auth else None
+    assert auth is not None
+    credential, identity = _credential(auth, ctx)
+    key = ("acr", identity, spec.server)
+    return ctx.cache.get(key, ctx.renew_before, lambda: mint(spec, ctx, credential))

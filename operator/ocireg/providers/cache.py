@@ -1,0 +1,132 @@
+"""One mint per identity: expiring credentials are shared by every registry object using the
+same provider identity and region/registry, and renewed before they expire.
+
+Renewal happens no later than (1 - renewBefore) of the lifetime, a little earlier at random
+(jitter, so many objects do not renew at the same instant). A credential that arrives already
+expired, or with a tiny lifetime, is renewed no sooner than MIN_RENEW_AFTER after it was
+minted: no hot loop, whatever the provider says."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import threading
+from collections import Counter
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, replace
+
+from ..credential import Credential
+from ..errors import ReconcileError
+from ..models.durations import renew_margin
+from ..schedule import backoff
+
+MIN_RENEW_AFTER = dt.timedelta(seconds=20)
+# Renewing an already-expired credential again sooner would not help; say so and wait.
+EXPIRED_RENEW_AFTER = dt.timedelta(minutes=5)
+JITTER = 0.1
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass(frozen=True)
+class Failure:
+    error: Exception
+    count: int
+    retry_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class Entry:
+    credential: Credential
+    issued_at: dt.datetime
+    jitter: float  # fraction of the renewal window given up, drawn once per mint
+
+
+def renew_at(
+    issued_at: dt.datetime, expires_at: dt.datetime | None, renew_before: str, jitter: float
+) -> dt.datetime | None:
+    """When a credential minted at ``issued_at`` should be renewed (None: it does not expire)."""
+    if expires_at is None:
+        return None
+    lifetime = expires_at - issued_at
+    if lifetime <= dt.timedelta(0):
+        return issued_at + EXPIRED_RENEW_AFTER
+    window = lifetime - renew_margin(renew_before, lifetime)
+    return issued_at + max(MIN_RENEW_AFTER, window * (1 - jitter))
+
+
+class MintCache:
+    def __init__(self, clock: Callable[[], dt.datetime] = _utcnow) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._entries: dict[Hashable, Entry] = {}
+        self._key_locks: dict[Hashable, threading.Lock] = {}
+        self._failures: dict[Hashable, Failure] = {}
+        self.mints: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+
+    def get(
+        self,
+        key: Hashable,
+        renew_before: str,
+        mint: Callable[[], Credential],
+        max_age: dt.timedelta | None = None,
+    ) -> Credential:
+        """The cached credential for ``key`` unless it is due for renewal; otherwise mint one
+        (once, even when several registry objects ask at the same time). ``max_age`` bounds
+        how long a credential without an expiry is kept."""
+        with self._lock:
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            entry = self._entries.get(key)
+            now = self._clock()
+            if entry is not None:
+                due = renew_at(
+                    entry.issued_at, entry.credential.expires_at, renew_before, entry.jitter
+                )
+                if max_age is not None:
+                    aged = entry.issued_at + max_age
+                    due = aged if due is None else min(due, aged)
+                if due is None or now < due:
+                    return entry.credential
+            failure = self._failures.get(key)
+            if failure is not None and now < failure.retry_at:
+                raise failure.error  # still backing off: do not ask the provider again yet
+            try:
+                credential = mint()
+            except ReconcileError as error:
+                count = failure.count + 1 if failure else 1
+                delay = backoff(count, error.retry_after)
+                self._failures[key] = Failure(error, count, now + dt.timedelta(seconds=delay))
+                self.errors[key[0] if isinstance(key, tuple) else str(key)] += 1
+                raise
+            self._failures.pop(key, None)
+            issued = now
+            expires = credential.expires_at
+            note = credential.note
+            if expires is not None and expires <= issued:
+                note = (
+                    f"the provider issued a credential already expired (expiresAt "
+                    f"{expires.isoformat()}); renewing every "
+                    f"{int(EXPIRED_RENEW_AFTER.total_seconds())}s; check the clocks"
+                )
+            credential = replace(credential, issued_at=issued, note=note)
+            self._entries[key] = Entry(credential, issued, random.uniform(0, JITTER))  # noqa: S311
+            self.mints[credential.provider] += 1
+            return credential
+
+    def next_renewal(self, credential: Credential, renew_before: str) -> dt.datetime | None:
+        """When ``credential`` (as returned by get) is due, for status.nextRefreshAt."""
+        if credential.issued_at is None:
+            return None
+        with self._lock:
+            entry = next((e for e in self._entries.values() if e.credential is credential), None)
+        jitter = entry.jitter if entry else 0.0
+        return renew_at(credential.issued_at, credential.expires_at, renew_before, jitter)
+
+    def forget(self, key: Hashable) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+            self._failures.pop(key, None)

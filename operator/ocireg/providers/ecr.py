@@ -1,0 +1,230 @@
+"""AWS ECR (and ECR Public) through boto3: GetAuthorizationToken per region, with the identity
+from a Secret's keys, a role (AssumeRole with externalId), a ServiceAccount's web identity
+(AssumeRoleWithWebIdentity), or the operator's own chain (cluster kind only)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from typing import Any
+
+import boto3
+import botocore
+import botocore.config
+import botocore.exceptions
+
+from ..credential import Credential
+from ..errors import ReconcileError
+from ..models.cloud import EcrAuth
+from ..models.spec import RegistrySpec
+from . import ResolveContext, digest
+
+PUBLIC_HOST = "public.ecr.aws"
+WEB_IDENTITY_AUDIENCE = "sts.amazonaws.com"
+_BOTO_CONFIG = botocore.config.Config(
+    connect_timeout=5, read_timeout=10, retries={"max_attempts": 2, "mode": "standard"}
+)
+_UNSIGNED = _BOTO_CONFIG.merge(botocore.config.Config(signature_version=botocore.UNSIGNED))
+# AWS error codes a retry cannot fix.
+_PERMANENT = {
+    "AccessDenied",
+    "AccessDeniedException",
+    "UnrecognizedClientException",
+    "InvalidClientTokenId",
+    "SignatureDoesNotMatch",
+    "InvalidIdentityToken",
+    "ExpiredTokenException",
+    "InvalidParameterException",
+    "ValidationError",
+}
+
+
+def _key(data: Mapping[str, bytes], key: str, where: str, required: bool = True) -> str | None:
+    value = data.get(key, b"").decode(errors="replace").strip()
+    if not value and required:
+        raise ReconcileError("KeyMissing", f"Secret {where} has no key {key!r}")
+    return value or None
+
+
+def _aws_error(error: Exception, action: str) -> ReconcileError:
+    if isinstance(error, botocore.exceptions.ClientError):
+        code = error.response.get("Error", {}).get("Code", "Unknown")
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        retry_after = 30.0 if code in ("ThrottlingException", "Throttling") else None
+        transient = code not in _PERMANENT and (status >= 500 or status in (0, 429) or retry_after)
+        reason = "AccessDenied" if code in _PERMANENT else "ProviderError"
+        return ReconcileError(
+            reason,
+            f"AWS {action} failed: {code} (HTTP {status})",
+            transient=bool(transient),
+            retry_after=retry_after,
+        )
+    if isinstance(error, botocore.exceptions.NoCredentialsError):
+        return ReconcileError(
+            "NoCredentials", f"AWS {action}: the operator has no AWS identity of its own"
+        )
+    if isinstance(error, botocore.exceptions.BotoCoreError):
+        return ReconcileError(
+            "ProviderUnreachable", f"AWS {action} failed: {type(error).__name__}", transient=True
+        )
+    raise error
+
+
+def _session(auth: EcrAuth, ctx: ResolveContext, region: str) -> boto3.Session:
+    """The boto3 session for the configured identity."""
+    endpoint = ctx.config.aws_endpoint_url
+    creds = auth.credentials
+    if creds is not None and creds.secret_ref is not None:
+        namespace, data = ctx.secret(creds.secret_ref)
+        where = f"{namespace}/{creds.secret_ref.name}"
+        key_id = _key(data, "accessKeyId", where)
+        secret = _key(data, "secretAccessKey", where)
+        token = _key(data, "sessionToken", where, required=False)
+        session = boto3.Session(
+            aws_access_key_id=key_id,
+            aws_secret_access_key=secret,
+            aws_session_token=token,
+            region_name=region,
+        )
+    elif creds is not None and creds.service_account_ref is not None:
+        assert auth.role_arn is not None  # the CRD requires it with serviceAccountRef
+        account = ctx.service_account_id(creds.service_account_ref)
+        web_token = ctx.service_account_token(creds.service_account_ref, WEB_IDENTITY_AUDIENCE)
+        # Unsigned: the web identity token is the only proof, never the operator's own keys.
+        sts = boto3.client("sts", region_name=region, endpoint_url=endpoint, config=_UNSIGNED)
+        try:
+            answer = sts.assume_role_with_web_identity(
+                RoleArn=auth.role_arn,
+                RoleSessionName=_session_name(account),
+                WebIdentityToken=web_token,
+            )["Credentials"]
+        except Exception as error:
+            raise _aws_error(error, "AssumeRoleWithWebIdentity") from None
+        return _from_sts(answer, region)
+    else:
+        ctx.check_ambient_allowed("ecr")
+        session = boto3.Session(region_name=region)
+    if auth.role_arn:
+        sts = session.client("sts", endpoint_url=endpoint, config=_BOTO_CONFIG)
+        kwargs: dict[str, Any] = {
+            "RoleArn": auth.role_arn,
+            "RoleSessionName": "ocireg",
+        }
+        if auth.external_id:
+            kwargs["ExternalId"] = auth.external_id
+        try:
+            answer = sts.assume_role(**kwargs)["Credentials"]
+        except Exception as error:
+            raise _aws_error(error, "AssumeRole") from None
+        return _from_sts(answer, region)
+    return session
+
+
+def _session_name(account: str) -> str:
+    return ("ocireg-" + account.replace("/", "-"))[:64]
+
+
+def _from_sts(answer: Mapping[str, Any], region: str) -> boto3.Session:
+    return boto3.Session(
+        aws_access_key_id=answer["AccessKeyId"],
+        aws_secret_access_key=answer["SecretAccessKey"],
+        aws_session_token=answer["SessionToken"],
+        region_name=region,
+    )
+
+
+def _expand(server: str, region: str, account: str | None) -> str:
+    host = server.replace("{region}", region)
+    return host.replace("{account}", account) if account else host
+
+
+def _decode(token: str) -> tuple[str, str]:
+    try:
+        user, _, password = base64.b64decode(token).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        raise ReconcileError(
+            "InvalidProviderAnswer", "ECR returned an authorization token that is not base64"
+        ) from None
+    if not password:
+        raise ReconcileError("InvalidProviderAnswer", "ECR returned an empty authorization token")
+    return user, password
+
+
+def mint(spec: RegistrySpec, ctx: ResolveContext) -> Credential:
+    auth = spec.auth.ecr if spec.auth else None
+    assert auth is not None
+    assert spec.server is not None
+    public = spec.server == PUBLIC_HOST
+    regions = ["us-east-1"] if public else auth.regions
+    if len(regions) > 1 and "{region}" not in spec.server:
+        raise ReconcileError(
+            "InvalidSpec",
+            f"{len(regions)} regions are listed but server has no {{region}} to expand",
+        )
+    passwords: list[tuple[str, str]] = []
+    expiries = []
+    username = "AWS"
+    for region in regions:
+        session = _session(auth, ctx, region)
+        service = "ecr-public" if public else "ecr"
+        client = session.client(
+            service, endpoint_url=ctx.config.aws_endpoint_url, config=_BOTO_CONFIG
+        )
+        try:
+            if public:
+                data = [client.get_authorization_token()["authorizationData"]]
+            elif auth.registry_ids:
+                data = client.get_authorization_token(registryIds=auth.registry_ids)[
+                    "authorizationData"
+                ]
+            else:
+                data = client.get_authorization_token()["authorizationData"]
+        except Exception as error:
+            raise _aws_error(error, f"GetAuthorizationToken in {region}") from None
+        ids = auth.registry_ids or [None]
+        for item, account in zip(data, ids, strict=False):
+            username, password = _decode(item["authorizationToken"])
+            passwords.append((_expand(spec.server, region, account), password))
+            if item.get("expiresAt"):
+                expiries.append(item["expiresAt"])
+    hosts = tuple(dict.fromkeys(host for host, _ in passwords))
+    return Credential(
+        "ecr",
+        hosts,
+        username=username,
+        password=passwords[0][1],
+        passwords=tuple(passwords),
+        expires_at=min(expiries) if expiries else None,
+    )
+
+
+def resolve(spec: RegistrySpec, ctx: ResolveContext) -> Credential:
+    auth = spec.auth.ecr if spec.auth else None
+    assert auth is not None
+    assert spec.server is not None
+    # The identity part of the key is computed without minting: reading a Secret is cheap.
+    identity = _identity(auth, ctx)
+    key = ("ecr", identity, spec.server, tuple(auth.regions), tuple(auth.registry_ids or ()))
+    return ctx.cache.get(key, ctx.renew_before, lambda: mint(spec, ctx))
+
+
+def _identity(auth: EcrAuth, ctx: ResolveContext) -> str:
+    """A digest naming the identity, computed without calling AWS (reading a Secret is
+    cheap), so ticks can ask the cache without minting."""
+    creds = auth.credentials
+    if creds is not None and creds.secret_ref is not None:
+        namespace, data = ctx.secret(creds.secret_ref)
+        where = f"{namespace}/{creds.secret_ref.name}"
+        parts: tuple[object, ...] = (
+            "keys",
+            _key(data, "accessKeyId", where),
+            _key(data, "secretAccessKey", where),
+            _key(data, "sessionToken", where, required=False),
+        )
+    elif creds is not None and creds.service_account_ref is not None:
+        parts = ("web-identity", ctx.service_account_id(creds.service_account_ref))
+    else:
+        ctx.check_ambient_allowed("ecr")
+        parts = ("ambient",)
+    return digest(*parts, auth.role_arn, auth.external_id)

@@ -1,0 +1,114 @@
+"""GCP Artifact Registry and Container Registry through google-auth: an OAuth2 access token
+(1 h) from a service-account key in a Secret, or the operator's own ADC (workload identity,
+metadata server, GOOGLE_APPLICATION_CREDENTIALS) for the cluster kind. Username
+`oauth2accesstoken`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import google.auth
+import google.auth.exceptions
+import google.auth.transport.requests
+from google.oauth2 import service_account
+
+from ..credential import Credential
+from ..errors import ReconcileError
+from ..models.spec import RegistrySpec
+from . import ResolveContext, digest
+
+USERNAME = "oauth2accesstoken"
+SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
+# Token endpoints a key may name. A key is user input: its token_uri must not become a way to
+# make the operator call arbitrary (internal) URLs. The operator may add more (test stand-ins).
+GOOGLE_TOKEN_URIS = frozenset(
+    {"https://oauth2.googleapis.com/token", "https://accounts.google.com/o/oauth2/token"}
+)
+
+
+def _key_info(ctx: ResolveContext, spec: RegistrySpec) -> dict | None:
+    auth = spec.auth.gcp if spec.auth else None
+    assert auth is not None
+    if auth.credentials is None or auth.credentials.secret_ref is None:
+        ctx.check_ambient_allowed("gcp")
+        return None
+    ref = auth.credentials.secret_ref
+    namespace, data = ctx.secret(ref)
+    where = f"{namespace}/{ref.name}"
+    if auth.credentials.key not in data:
+        raise ReconcileError("KeyMissing", f"Secret {where} has no key {auth.credentials.key!r}")
+    try:
+        info = json.loads(data[auth.credentials.key])
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ReconcileError("InvalidSecret", f"Secret {where}: the key is not JSON") from None
+    if not isinstance(info, dict) or info.get("type") != "service_account":
+        raise ReconcileError(
+            "InvalidSecret", f"Secret {where}: not a service-account key (type service_account)"
+        )
+    allowed = GOOGLE_TOKEN_URIS | set(ctx.config.gcp_token_uris)
+    if info.get("token_uri") not in allowed:
+        raise ReconcileError(
+            "InvalidSecret",
+            f"Secret {where}: the key's token_uri is not a Google token endpoint",
+        )
+    return info
+
+
+def _expiry(expiry: dt.datetime | None) -> dt.datetime | None:
+    # google-auth keeps naive UTC datetimes.
+    if expiry is None:
+        return None
+    return expiry if expiry.tzinfo else expiry.replace(tzinfo=dt.UTC)
+
+
+def mint(spec: RegistrySpec, info: dict | None) -> Credential:
+    request = google.auth.transport.requests.Request()
+    try:
+        if info is not None:
+            credentials = service_account.Credentials.from_service_account_info(
+                info, scopes=list(SCOPES)
+            )
+        else:
+            credentials, _project = google.auth.default(scopes=list(SCOPES))
+        credentials.refresh(request)
+    except (ValueError, KeyError) as error:
+        raise ReconcileError(
+            "InvalidSecret", f"the service-account key is unusable: {type(error).__name__}"
+        ) from None
+    except google.auth.exceptions.DefaultCredentialsError:
+        raise ReconcileError(
+            "NoCredentials", "the operator has no Google identity of its own (ADC not found)"
+        ) from None
+    except google.auth.exceptions.RefreshError as error:
+        # The message carries the token endpoint's error code (e.g. invalid_grant), no secret.
+        detail = str(error.args[0]) if error.args else "refused"
+        transient = bool(getattr(error, "retryable", False))
+        raise ReconcileError(
+            "ProviderError" if transient else "AccessDenied",
+            f"Google refused to issue a token: {detail[:200]}",
+            transient=transient,
+        ) from None
+    except google.auth.exceptions.TransportError:
+        raise ReconcileError(
+            "ProviderUnreachable", "cannot reach Google's token endpoint", transient=True
+        ) from None
+    assert spec.server is not None
+    return Credential(
+        "gcp",
+        (spec.server,),
+        username=USERNAME,
+        password=credentials.token,
+        expires_at=_expiry(credentials.expiry),
+    )
+
+
+def resolve(spec: RegistrySpec, ctx: ResolveContext) -> Credential:
+    info = _key_info(ctx, spec)
+    identity = (
+        digest("key", info.get("client_email"), info.get("private_key_id"))
+        if info
+        else (digest("ambient"))
+    )
+    key = ("gcp", identity, spec.server)
+    return ctx.cache.get(key, ctx.renew_before, lambda: mint(spec, info))
