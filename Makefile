@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test unit e2e lint tools venv clean
+.PHONY: demo test unit e2e lint tools venv clean manifests
 
 $(STAMP): pyproject.toml requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
@@ -38,6 +38,12 @@ e2e: venv tools
 lint: venv
 	$(BIN)/ruff check operator tests bench
 	$(BIN)/ruff format --check operator tests bench
+
+## Copy the generated CRDs and the ClusterRole into manifests/ and the Helm chart.
+manifests:
+	cp crds/*.yaml manifests/crds/
+	cp crds/*.yaml helm/ocireg/crds/
+	cp manifests/rbac/clusterrole.yaml helm/ocireg/files/clusterrole.yaml
 
 clean:
 	rm -rf $(VENV) .pytest_cache
