@@ -83,9 +83,11 @@ def test_non_root_user_entrypoint_and_oci_labels() -> None:
     users = [line.split()[1] for line in final if line.startswith("USER ")]
     assert users, "no USER in the final stage"
     uid = users[-1].split(":")[0]
-    assert uid.isdigit() and int(uid) != 0, "a numeric non-root UID (runAsNonRoot checks it)"
+    assert uid.isdigit(), "a numeric UID: runAsNonRoot can only check a number"
+    assert int(uid) != 0
     entrypoint = [line for line in final if line.startswith("ENTRYPOINT ")]
-    assert entrypoint and json.loads(entrypoint[-1].split(" ", 1)[1]) == ["ocireg", "run"]
+    assert entrypoint
+    assert json.loads(entrypoint[-1].split(" ", 1)[1]) == ["ocireg", "run"]
     labels = " ".join(line for line in final if line.startswith("LABEL "))
     for key in ("title", "description", "version", "revision", "licenses"):
         assert f"org.opencontainers.image.{key}=" in labels

@@ -64,10 +64,10 @@ def _api_calls() -> set[tuple[str, str, str]]:
         for method in re.findall(r"\.core\.(\w+)\(", text):
             prefix, _, rest = method.partition("_")
             rest = rest.removeprefix("namespaced_").removesuffix("_for_all_namespaces")
-            assert prefix in VERBS and rest in RESOURCES, (
-                f"{path.name}: CoreV1Api.{method} is new to this test: map it in VERBS/RESOURCES "
-                "and add its rule to manifests/rbac/clusterrole.yaml"
-            )
+            new = f"{path.name}: CoreV1Api.{method} is new to this test: map it in VERBS / "
+            new += "RESOURCES and add its rule to manifests/rbac/clusterrole.yaml"
+            assert prefix in VERBS, new
+            assert rest in RESOURCES, new
             calls.add(("", RESOURCES[rest], VERBS[prefix]))
         for method in re.findall(r"\.custom\.(\w+)\(", text):
             prefix = method.split("_")[0]
