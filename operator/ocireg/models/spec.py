@@ -9,6 +9,7 @@ from typing import Annotated
 from pydantic import Field
 
 from .base import ApiModel
+from .charts import Charts
 from .cloud import AcrAuth, EcrAuth, GcpAuth, WebhookAuth
 from .common import (  # noqa: F401 - re-exported for the CRD generator and providers
     CLUSTER_ONLY,
@@ -22,7 +23,7 @@ from .common import (  # noqa: F401 - re-exported for the CRD generator and prov
 from .durations import DURATION_PATTERN, RENEW_BEFORE_PATTERN
 
 # host[:port]; `{region}` may stand in the host for per-region endpoints.
-SERVER_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9.{}-]*[A-Za-z0-9}])?(:[0-9]{1,5})?$"
+SERVER_PATTERN = r"^[A-Za-z0-9{]([A-Za-z0-9.{}-]*[A-Za-z0-9}])?(:[0-9]{1,5})?$"
 
 
 class Anonymous(ApiModel):
@@ -301,7 +302,8 @@ class RegistrySpec(ApiModel):
         str | None,
         Field(
             description="Registry host[:port], without scheme or path, e.g. ghcr.io or "
-            "registry.example.com:5000. Docker Hub is docker.io.",
+            "registry.example.com:5000. Docker Hub is docker.io. For ECR, {region} and "
+            "{account} expand to each of auth.ecr.regions and registryIds.",
             max_length=253,
             pattern=SERVER_PATTERN,
             json_schema_extra={
@@ -336,6 +338,7 @@ class RegistrySpec(ApiModel):
     targets: Annotated[Targets | None, Field(description=Targets.__doc__)] = None
     refresh: Annotated[Refresh | None, Field(description="Renewal and re-verification.")] = None
     verify: Annotated[Verify | None, Field(description=Verify.__doc__)] = None
+    charts: Annotated[Charts | None, Field(description=Charts.__doc__)] = None
 
     @property
     def effective_targets(self) -> Targets:
