@@ -99,7 +99,7 @@ class VerifyResult:
 class _Target:
     """What a request was about, to turn an HTTP status into a precise error."""
 
-    kind: str  # "base" | "repository" | "manifest" | "blob" | "upload"
+    kind: str  # "base" | "repository" | "manifest" | "blob" | "upload" | "catalog"
     repository: str | None = None
     reference: str | None = None
     action: str = "pull"
@@ -457,6 +457,55 @@ class RegistryClient:
         if algorithm == "sha256" and hashlib.sha256(body).hexdigest() != expected:
             raise self._invalid(f"blob {digest} of {repo} does not match its digest")
         return body
+
+    def head_manifest(self, repository: str, reference: str) -> str | None:
+        """The digest a tag points to now, from ``HEAD`` (which Docker Hub does not count
+        against pull limits); None when the registry does not say (then GET the manifest)."""
+        repo = self._repository(repository)
+        ref = _reference(reference)
+        url = self._url(f"/v2/{repo}/manifests/{ref}")
+        headers = {"Accept": ", ".join(MANIFEST_MEDIA_TYPES)}
+        resp = self._send("HEAD", url, scope=_scope(repo, "pull"), headers=headers, redirects=True)
+        with contextlib.closing(resp):
+            if resp.status_code != 200:
+                raise self._error_for(resp, "HEAD", url, _Target("manifest", repo, ref))
+            digest = (resp.headers.get("Docker-Content-Digest") or "").strip()
+        return digest if _DIGEST_RE.fullmatch(digest) else None
+
+    def list_repositories(self, page_size: int | None = None) -> list[str]:
+        """Every repository the catalog API (``/v2/_catalog``) lists, following Link pages.
+        Many registries refuse it (401/403/404) or list nothing; that is a RegistryError or
+        an empty list for the caller to explain."""
+        if page_size is not None and (isinstance(page_size, bool) or page_size < 1):
+            raise ValueError(f"page_size must be a positive integer, got {page_size!r}")
+        url = self._url("/v2/_catalog")
+        if page_size is not None:
+            url += f"?n={int(page_size)}"
+        names: dict[str, None] = {}
+        seen = {url}
+        for _ in range(MAX_TAG_PAGES):
+            resp = self._send("GET", url, scope="registry:catalog:*")
+            with contextlib.closing(resp):
+                if resp.status_code != 200:
+                    raise self._error_for(resp, "GET", url, _Target("catalog"))
+                body = self._read_json(resp, MAX_JSON_BYTES, "the catalog")
+                link = resp.headers.get("Link")
+                page_url = resp.url or url
+            page = body.get("repositories") if isinstance(body, dict) else None
+            if not (page is None or isinstance(page, list)):
+                raise self._invalid("the catalog is not a JSON object with repositories")
+            for name in page or ():
+                if isinstance(name, str) and _REPOSITORY_RE.fullmatch(name):
+                    names[name] = None
+            try:
+                next_url = parse_link_next(link, page_url)
+            except ValueError:
+                raise self._invalid("the catalog came with a malformed Link header") from None
+            if next_url is None or next_url in seen:
+                break
+            seen.add(next_url)
+            url = next_url
+        return list(names)
 
     # ---------------------------------------------------------------- verify helpers
 
