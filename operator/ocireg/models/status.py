@@ -8,6 +8,7 @@ from typing import Annotated
 from pydantic import Field
 
 from .base import ApiModel
+from .charts import ChartsStatus
 
 
 class Condition(ApiModel):
@@ -78,3 +79,6 @@ class RegistryStatus(ApiModel):
     ] = []
     credentials: CredentialsStatus | None = None
     targets: TargetsStatus | None = None
+    charts: Annotated[
+        ChartsStatus | None, Field(description="Helm charts found in the registry (spec.charts).")
+    ] = None
