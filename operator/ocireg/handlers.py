@@ -193,3 +193,6 @@ def on_service_account(event: dict, body: kopf.Body, memo: kopf.Memo, **_: Any) 
             secret_name = plan.secret_names(targets, ref.name)[plan.Format.dockerconfigjson]
             if plan.service_account_patch(dict(body), secret_name, want=True):
                 memo.kube.update_service_account(namespace, dict(body), adding(secret_name))
+
+
+from . import chart_handlers  # noqa: E402, F401 - registers the chart sync handlers

@@ -182,6 +182,60 @@ class Kube:
             raise
         return {k: v.encode() for k, v in (config_map.data or {}).items()}
 
+    def read_config_map_body(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self._dict(self.core.read_namespaced_config_map(name, namespace))
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def apply_config_map(
+        self,
+        desired: dict[str, Any],
+        decide: Callable[[dict[str, Any], dict[str, Any] | None], str],
+    ) -> str:
+        """Write the ConfigMap if ``decide(desired, observed)`` says so: created | updated |
+        unchanged | conflict | gone (its namespace is missing or terminating)."""
+        namespace, name = desired["metadata"]["namespace"], desired["metadata"]["name"]
+        for _attempt in range(3):
+            observed = self.read_config_map_body(namespace, name)
+            decision = decide(desired, observed)
+            try:
+                if decision == "create":
+                    self.core.create_namespaced_config_map(namespace, desired)
+                    return "created"
+                if decision == "update":
+                    assert observed is not None
+                    body = {**desired, "metadata": dict(desired["metadata"])}
+                    body["metadata"]["resourceVersion"] = observed["metadata"]["resourceVersion"]
+                    self.core.replace_namespaced_config_map(name, namespace, body)
+                    return "updated"
+            except ApiException as error:
+                if error.status == 409:
+                    continue  # raced with another writer: look again
+                if error.status == 404 or (
+                    error.status == 403 and "terminat" in str(error.body).lower()
+                ):
+                    return "gone"
+                raise ReconcileError(
+                    "APIError",
+                    f"writing ConfigMap {namespace}/{name}: HTTP {error.status}",
+                    transient=True,
+                ) from None
+            return decision
+        return "conflict"
+
+    def delete_config_map(self, namespace: str, name: str, uid: str | None = None) -> None:
+        options = kubernetes.client.V1DeleteOptions(
+            preconditions=kubernetes.client.V1Preconditions(uid=uid) if uid else None
+        )
+        try:
+            self.core.delete_namespaced_config_map(name, namespace, body=options)
+        except ApiException as error:
+            if error.status not in (404, 409):
+                raise
+
     def update_service_account(
         self,
         namespace: str,

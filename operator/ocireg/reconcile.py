@@ -348,6 +348,16 @@ def _wall(seconds_from_now: float) -> str:
     return moment.replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
+# The conditions this reconcile writes; others (ChartsSynced) belong to other handlers.
+_OWN_CONDITIONS = {"Ready", "CredentialsReady", "TargetsSynced", "Reconciling", "Stalled"}
+
+
+def _others(old: dict[str, Any]) -> list[dict[str, Any]]:
+    """Conditions written by other handlers, kept as they are: status.conditions is
+    written as a whole list, which would otherwise drop them."""
+    return [c for c in old.get("conditions") or [] if c.get("type") not in _OWN_CONDITIONS]
+
+
 def _failure_status(
     error: ReconcileError, generation: int | None, old: dict[str, Any], retry_in: float
 ) -> dict[str, Any]:
@@ -374,6 +384,7 @@ def _failure_status(
     previous = {c.get("type"): c for c in old.get("conditions") or []}
     if "TargetsSynced" in previous:
         conditions.insert(2, previous["TargetsSynced"])  # the last good Secrets stay
+    conditions.extend(_others(old))
     status: dict[str, Any] = {
         "observedGeneration": generation,
         "conditions": keep_transition_times(conditions, old.get("conditions") or []),
@@ -426,6 +437,7 @@ def _success_status(
         _condition("Reconciling", False, "Reconciled", "up to date", generation),
         _condition("Stalled", False, "Progressing", "no problem", generation),
     ]
+    conditions.extend(_others(old))
     credentials = {
         "provider": credential.provider,
         "endpoints": list(credential.endpoints),

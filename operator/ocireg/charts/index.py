@@ -89,24 +89,31 @@ def build_index(
         rows = []
         for v in ordered:
             entry = v.entry(server)
-            size = len(yaml.safe_dump([entry], sort_keys=False)) + 4
+            dumped = yaml.safe_dump([entry], sort_keys=False)
+            size = len(dumped.encode()) + 2 * dumped.count("\n") + 4  # nested two levels deeper
             rows.append((v, entry, size))
             total += size
         entries[name] = rows
         total += len(name) + 4
     dropped = 0
-    while total > max_bytes:
-        name = max(entries, key=lambda n: (len(entries[n]), n))
-        _, _, size = entries[name].pop()
-        total -= size
-        dropped += 1
-        if not entries[name]:
-            del entries[name]
-    document = {
-        "apiVersion": "v1",
-        "entries": {name: [entry for _, entry, _ in rows] for name, rows in entries.items()},
-    }
-    return Index(document, dropped, duplicates)
+    while True:
+        while total > max_bytes and entries:
+            name = max(entries, key=lambda n: (len(entries[n]), n))
+            _, _, size = entries[name].pop()
+            total -= size
+            dropped += 1
+            if not entries[name]:
+                del entries[name]
+        document = {
+            "apiVersion": "v1",
+            "entries": {name: [entry for _, entry, _ in rows] for name, rows in entries.items()},
+        }
+        index = Index(document, dropped, duplicates)
+        # The estimate is close; the exact size decides (and rarely costs one more round).
+        actual = len(index.text("2000-01-01T00:00:00Z").encode())
+        if actual <= max_bytes or not entries:
+            return index
+        total = max(total, actual) + 1
 
 
 def _order(v: IndexedVersion) -> tuple[Any, ...]:

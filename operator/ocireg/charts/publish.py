@@ -1,0 +1,264 @@
+"""Pure decisions for publishing a chart sync: the index ConfigMap, status.charts, the
+ChartsSynced condition and the Events. No I/O here."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from ..models.charts import MAX_ERRORS_IN_STATUS, MAX_ITEMS_IN_STATUS, ChartsStatus
+from ..plan import ANNOTATION_OWNER, RegistryRef
+from .index import Index, IndexedVersion
+from .sync import RepoState, SyncResult, relative
+from .versions import latest, parse_version
+
+CONDITION: Final = "ChartsSynced"
+INDEX_KEY: Final = "index.yaml"
+ANNOTATION_DIGEST: Final = "ocireg.dev/index-digest"
+LABEL_CHARTS: Final = "ocireg.dev/charts"
+MAX_VERSION_EVENTS: Final = 10
+_MAX_NAME = 253
+
+
+def config_map_name(registry_name: str) -> str:
+    name = f"{registry_name}-charts"
+    if len(name) <= _MAX_NAME:
+        return name
+    digest = hashlib.sha256(registry_name.encode()).hexdigest()[:12]
+    return f"{registry_name[: _MAX_NAME - 20]}-{digest}-charts"
+
+
+def desired_config_map(
+    ref: RegistryRef, namespace: str, index: Index, generated: str
+) -> dict[str, Any]:
+    metadata: dict[str, Any] = {
+        "name": config_map_name(ref.name),
+        "namespace": namespace,
+        "labels": {**ref.labels(), LABEL_CHARTS: "index"},
+        "annotations": {ANNOTATION_OWNER: ref.display, ANNOTATION_DIGEST: index.content_digest},
+    }
+    if ref.uid:
+        # A namespaced object may have a cluster-scoped owner, so both kinds can own it:
+        # garbage collection removes the index with its registry object.
+        metadata["ownerReferences"] = [
+            {
+                "apiVersion": "ocireg.dev/v1alpha1",
+                "kind": ref.kind,
+                "name": ref.name,
+                "uid": ref.uid,
+                "blockOwnerDeletion": False,
+            }
+        ]
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata,
+        "data": {INDEX_KEY: index.text(generated)},
+    }
+
+
+def owns(ref: RegistryRef, observed: dict[str, Any]) -> bool:
+    labels = (observed.get("metadata") or {}).get("labels") or {}
+    return all(labels.get(k) == v for k, v in ref.labels().items())
+
+
+def config_map_decision(desired: dict[str, Any], observed: dict[str, Any] | None) -> str:
+    """create | update | unchanged | conflict (someone else's ConfigMap of that name)."""
+    if observed is None:
+        return "create"
+    labels = (observed.get("metadata") or {}).get("labels") or {}
+    if any(labels.get(k) != v for k, v in desired["metadata"]["labels"].items()):
+        return "conflict"
+    want = desired["metadata"]["annotations"][ANNOTATION_DIGEST]
+    have = ((observed.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_DIGEST)
+    if have == want and INDEX_KEY in (observed.get("data") or {}):
+        return "unchanged"
+    return "update"
+
+
+# --------------------------------------------------------------------------- status
+
+
+@dataclass(frozen=True)
+class Report:
+    status: dict[str, Any]
+    condition: tuple[bool, str, str]  # (ok, reason, message)
+    events: list[tuple[str, str, str]]
+    known: set[tuple[str, str]]  # (chart, version) now in the index
+
+
+def report(
+    result: SyncResult,
+    prefix: str | None,
+    index: Index,
+    config_map: str,
+    synced_at: str,
+    requests: int,
+    previous: set[tuple[str, str]] | None,
+) -> Report:
+    """What to tell the user after a sync. ``previous``: the (chart, version) pairs indexed
+    before (None the first time: one summary Event instead of one per version)."""
+    items = []
+    for repository, state in sorted(result.repos.items()):
+        if not state.versions:
+            continue
+        newest = latest(v for v in (parse_version(x.version) for x in state.versions) if v)
+        items.append(
+            {
+                "repository": relative(prefix, repository),
+                "name": state.versions[0].name,
+                "latest": newest.text if newest else state.versions[0].version,
+                "versions": len(state.versions),
+            }
+        )
+    errors = _errors(result.repos, prefix)
+    for kept, left in index.duplicates:
+        errors.append(
+            {
+                "repository": relative(prefix, left.repository),
+                "reason": "DuplicateChart",
+                "message": f"chart {left.name} {left.version} is also in "
+                f"{relative(prefix, kept.repository)}; the index lists that one",
+            }
+        )
+    indexed = _indexed(index)
+    status = ChartsStatus.model_validate(
+        {
+            "repositories": len(items),
+            "versions": len(indexed),
+            "skipped": sum(s.skipped for s in result.repos.values()),
+            "lastSyncedAt": synced_at,
+            "configMap": config_map,
+            "requests": requests,
+            "items": items[:MAX_ITEMS_IN_STATUS],
+            "errors": errors[:MAX_ERRORS_IN_STATUS],
+            "errorCount": len(errors),
+        }
+    ).to_api()
+    charts = len(index.document["entries"])
+    summary = (
+        f"indexed {len(indexed)} version(s) of {charts} chart(s) from {len(items)} "
+        f"repository(ies) into ConfigMap {config_map}"
+    )
+    if index.dropped:
+        summary += f"; {index.dropped} older version(s) left out to keep the ConfigMap small"
+    failed = [e for e in errors if e["reason"] != "DuplicateChart"]
+    if failed:
+        names = ", ".join(f"{e['repository']} ({e['reason']}: {e['message']})" for e in failed[:3])
+        reason = failed[0]["reason"] if len(failed) == len(result.repos) else "RepositoriesFailed"
+        condition = (
+            False,
+            reason,
+            f"{len(failed)} of {len(result.repos)} repositories could not be read: {names}; "
+            f"{summary}",
+        )
+    else:
+        condition = (True, "Synced", summary)
+    if result.discovery_note:
+        condition = (
+            condition[0],
+            condition[1],
+            f"{condition[2]}; discover: {result.discovery_note}",
+        )
+    return Report(status, condition, _events(indexed, previous, charts), set(indexed))
+
+
+def _errors(repos: dict[str, RepoState], prefix: str | None) -> list[dict[str, str]]:
+    return [
+        {"repository": relative(prefix, repository), "reason": s.error[0], "message": s.error[1]}
+        for repository, s in sorted(repos.items())
+        if s.error is not None
+    ]
+
+
+def _indexed(index: Index) -> dict[tuple[str, str], str]:
+    """(chart, version) -> url for everything in the index."""
+    return {
+        (name, entry["version"]): entry["urls"][0]
+        for name, rows in index.document["entries"].items()
+        for entry in rows
+    }
+
+
+def _events(
+    indexed: dict[tuple[str, str], str],
+    previous: set[tuple[str, str]] | None,
+    charts: int,
+) -> list[tuple[str, str, str]]:
+    if previous is None:
+        if not indexed:
+            return []
+        return [
+            ("Normal", "ChartsIndexed", f"indexed {len(indexed)} version(s) of {charts} chart(s)")
+        ]
+    added = sorted(key for key in indexed if key not in previous)
+    events = [
+        (
+            "Normal",
+            "ChartVersionAdded",
+            f"chart {name} {version} is available at {indexed[(name, version)]}",
+        )
+        for name, version in added[:MAX_VERSION_EVENTS]
+    ]
+    if len(added) > MAX_VERSION_EVENTS:
+        events.append(
+            (
+                "Normal",
+                "ChartVersionAdded",
+                f"and {len(added) - MAX_VERSION_EVENTS} more new chart version(s)",
+            )
+        )
+    return events
+
+
+def problem_status(old: dict[str, Any] | None, synced_at: str) -> dict[str, Any]:
+    """status.charts when the sync could not run: the last good figures stay."""
+    status = dict(old or {})
+    status.pop("requests", None)
+    return status or ChartsStatus(last_synced_at=synced_at).to_api()
+
+
+def versions_of(state: Iterable[IndexedVersion]) -> set[tuple[str, str]]:
+    return {(v.name, v.version) for v in state}
+
+
+def with_condition(
+    conditions: list[dict[str, Any]],
+    ok: bool,
+    reason: str,
+    message: str,
+    generation: int | None,
+    now: str,
+) -> list[dict[str, Any]]:
+    """The conditions with ChartsSynced set (its transition time kept while its status
+    holds) and every other condition as it was: the core reconcile owns those."""
+    before = next((c for c in conditions if c.get("type") == CONDITION), None)
+    status = "True" if ok else "False"
+    condition = {
+        "type": CONDITION,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+        "lastTransitionTime": (
+            before.get("lastTransitionTime", now)
+            if before and before.get("status") == status
+            else now
+        ),
+    }
+    return [*without_condition(conditions), condition]
+
+
+def without_condition(conditions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [c for c in conditions if c.get("type") != CONDITION]
+
+
+def same_condition(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    keys = ("status", "reason", "message", "observedGeneration")
+    return a is not None and b is not None and all(a.get(k) == b.get(k) for k in keys)
+
+
+def find_condition(conditions: list[dict[str, Any]]) -> dict[str, Any] | None:
+    return next((c for c in conditions if c.get("type") == CONDITION), None)
