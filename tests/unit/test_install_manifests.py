@@ -1,0 +1,110 @@
+"""The plain manifests' Deployment and the chart's values, read as files (no cluster, no helm):
+the properties a platform team's admission policies check, and a schema that rejects typos.
+tests/e2e/test_install.py renders and applies both for real."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "ocireg"
+
+
+def _deployment() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "manifests/deployment.yaml").read_text())
+
+
+def test_one_active_replica_non_root_read_only_with_probes_and_resources() -> None:
+    deployment = _deployment()
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    assert "--standalone" in container["args"]
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    liveness = next(a for a in container["args"] if a.startswith("--liveness="))
+    assert liveness.endswith(":8080/healthz")
+    assert {"name": "health", "containerPort": 8080, "protocol": "TCP"} in container["ports"]
+    assert set(container["resources"]) == {"requests", "limits"}
+    assert "memory" in container["resources"]["limits"]
+
+
+def _schema() -> dict[str, Any]:
+    return json.loads((CHART / "values.schema.json").read_text())
+
+
+def _values() -> dict[str, Any]:
+    return yaml.safe_load((CHART / "values.yaml").read_text())
+
+
+def test_default_values_satisfy_the_schema() -> None:
+    jsonschema.validate(_values(), _schema())
+
+
+def test_chart_defaults_match_the_plain_manifests() -> None:
+    values = _values()
+    (container,) = _deployment()["spec"]["template"]["spec"]["containers"]
+    assert values["resources"] == container["resources"]
+    assert values["securityContext"] == container["securityContext"]
+    assert (
+        values["podSecurityContext"] == _deployment()["spec"]["template"]["spec"]["securityContext"]
+    )
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"watchNamespace": ["a"]},  # a typo of watchNamespaces
+        {"watchNamespaces": ["Not_A_Namespace"]},
+        {"webhook": {"allowedCIDRs": ["10.0.0.0"]}},
+        {"metrics": {"enabled": "yes"}},
+        {"metrics": {"port": 8080}},  # the health port
+        {"logFormat": "xml"},
+        {"allowTenantAmbientIdentity": "true"},
+        {"serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": 1}}},
+        {"image": {"repository": "x", "digest": "latest"}},
+        {"resources": {"limit": {"cpu": 1}}},
+    ],
+)
+def test_schema_rejects_mistakes(change: dict[str, Any]) -> None:
+    values = {**_values(), **change}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(values, _schema())
+
+
+def test_schema_accepts_a_full_configuration() -> None:
+    values = {
+        **_values(),
+        "watchNamespaces": ["team-a", "team-b"],
+        "credentialsNamespace": "platform-creds",
+        "allowTenantAmbientIdentity": True,
+        "webhook": {"allowedCIDRs": ["10.20.0.0/16", "fd00::/8"]},
+        "metrics": {"enabled": True, "port": 9090},
+        "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
+        "serviceAccount": {
+            "create": True,
+            "name": "ocireg",
+            "annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/r"},
+        },
+        "podLabels": {"azure.workload.identity/use": "true"},
+        "image": {
+            "repository": "registry.corp/ocireg",
+            "tag": "0.1.0",
+            "digest": "sha256:" + "a" * 64,
+        },
+    }
+    jsonschema.validate(values, _schema())
