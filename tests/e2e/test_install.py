@@ -569,3 +569,66 @@ def _with_defaults(stored: dict[str, Any], written: dict[str, Any]) -> dict[str,
         else:
             merged[key] = value
     return merged
+
+
+# -- uninstalling (docs/install.md) --------------------------------------------------------
+
+
+def test_uninstalling_the_operator_keeps_pull_secrets_and_a_reinstall_finishes_deletion(
+    cluster: ControlPlane,
+    chart_install: ChartInstall,
+    registries: LocalRegistries,
+    run_operator,
+    namespace: str,
+) -> None:
+    registry = registries.basic
+    apply(
+        cluster,
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "login", "namespace": namespace},
+            "stringData": {"username": registry.username, "password": registry.password},
+        },
+    )
+    target = f"{namespace}-target"
+    cluster.kubectl("create", "namespace", target)
+    args, env = _operator_args_and_env(chart_install)
+    env["OCIREG_CREDENTIALS_NAMESPACE"] = namespace
+    kubeconfig = cluster.kubeconfig_for_service_account(
+        chart_install.namespace, chart_install.service_account
+    )
+    name = f"uninstall-{secrets.token_hex(3)}"
+    spec = {
+        "server": registry.host,
+        "auth": {"basic": {"secretRef": {"name": "login"}}},
+        "tls": {"insecureSkipVerify": True},
+        "targets": {"namespaces": [target], "secretName": "pull"},
+    }
+    first = run_operator(*args, kubeconfig=kubeconfig, env=env)
+    apply(cluster, registry_object("ClusterOCIRegistry", name, spec))
+    written = wait_for(lambda: secret(cluster, target, "pull"), 30, "the pull secret")
+    wait_for(lambda: pull_secret_refs(cluster, target) == ["pull"], 20, "the reference")
+
+    # The operator goes (helm uninstall): its pull secrets and references stay as they were.
+    assert first.stop() == 0
+    assert secret(cluster, target, "pull")["data"] == written["data"]
+    assert pull_secret_refs(cluster, target) == ["pull"]
+
+    # The registry object is deleted without an operator: the finalizer holds it.
+    cluster.kubectl("delete", "clusterociregistry", name, "--wait=false")
+    held = cluster.get_json("clusterociregistry", name)
+    assert held["metadata"]["deletionTimestamp"]
+    assert held["metadata"]["finalizers"] == ["ocireg.dev/cleanup"]
+    assert secret(cluster, target, "pull") is not None
+
+    # Reinstalled, the operator finishes the deletion.
+    run_operator(*args, kubeconfig=kubeconfig, env=env)
+    wait_for(
+        lambda: cluster.kubectl("get", "clusterociregistry", name, check=False).returncode != 0,
+        30,
+        "the registry object to go",
+    )
+    assert secret(cluster, target, "pull") is None
+    assert pull_secret_refs(cluster, target) == []
+    cluster.kubectl("delete", "namespace", target, "--wait=false", check=False)
