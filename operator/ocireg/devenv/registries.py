@@ -249,6 +249,9 @@ class LocalRegistries:
         self.ca_file = self.workdir / "ca.crt"
         self.token_server: TokenServer | None = None
         self.servers: dict[str, RegistryServer] = {}
+        # Users besides each registry's own, e.g. cloud stand-ins' minted tokens.
+        self._extra_users: dict[str, dict[str, str]] = {}
+        self._htpasswd_lock = threading.Lock()
 
     @property
     def basic(self) -> RegistryServer:
@@ -346,16 +349,34 @@ class LocalRegistries:
 
     def set_password(self, kind: str, password: str) -> None:
         """Change the registry user's password (htpasswd is re-read by the registry)."""
-        import bcrypt
-
         server = self.servers[kind]
         server.password = password
         if kind == "token":
             assert self.token_server is not None
             self.token_server.add_user(server.username, password)
             return
-        hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=5)).decode()
-        (self.workdir / kind / "htpasswd").write_text(f"{server.username}:{hashed}\n")
+        self._write_htpasswd(kind)
+
+    def set_user(self, kind: str, username: str, password: str) -> None:
+        """Let another user in (the basic registry): a cloud stand-in's latest token."""
+        self._extra_users.setdefault(kind, {})[username] = password
+        self._write_htpasswd(kind)
+
+    def _write_htpasswd(self, kind: str) -> None:
+        import bcrypt
+
+        server = self.servers[kind]
+        users = {server.username: server.password, **self._extra_users.get(kind, {})}
+        lines = [
+            f"{user}:{bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=5)).decode()}\n"
+            for user, password in users.items()
+        ]
+        path = self.workdir / kind / "htpasswd"
+        with self._htpasswd_lock:
+            # Written whole then renamed: the registry must never read half a file.
+            partial = path.with_suffix(".tmp")
+            partial.write_text("".join(lines))
+            partial.replace(path)
 
 
 def _pings(server: RegistryServer, ca_file: Path) -> bool:

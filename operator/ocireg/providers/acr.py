@@ -86,6 +86,14 @@ def _credential(auth: AcrAuth, ctx: ResolveContext) -> tuple[TokenCredential, st
     return identity.DefaultAzureCredential(**authority), digest("ambient")
 
 
+def _cause(error: BaseException) -> str:
+    """The innermost exception's type and text: says refused vs TLS vs timeout. urllib3 and
+    requests messages name host and port only, never credentials."""
+    while error.__context__ is not None and error.__context__ is not error:
+        error = error.__context__
+    return f"{type(error).__name__}: {str(error)[:160]}"
+
+
 def _exchange(
     url: str, registry: str, tenant: str | None, access_token: str, verify: bool | str
 ) -> str:
@@ -97,7 +105,7 @@ def _exchange(
     except requests.exceptions.RequestException as error:
         raise ReconcileError(
             "ProviderUnreachable",
-            f"the ACR token exchange at {registry} did not answer ({type(error).__name__})",
+            f"the ACR token exchange at {registry} did not answer ({_cause(error)})",
             transient=True,
         ) from None
     if response.status_code == 429 or response.status_code >= 500:

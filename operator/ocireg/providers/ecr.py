@@ -23,7 +23,7 @@ from . import ResolveContext, digest
 PUBLIC_HOST = "public.ecr.aws"
 WEB_IDENTITY_AUDIENCE = "sts.amazonaws.com"
 _BOTO_CONFIG = botocore.config.Config(
-    connect_timeout=5, read_timeout=10, retries={"max_attempts": 2, "mode": "standard"}
+    connect_timeout=5, read_timeout=10, retries={"total_max_attempts": 2, "mode": "standard"}
 )
 _UNSIGNED = _BOTO_CONFIG.merge(botocore.config.Config(signature_version=botocore.UNSIGNED))
 # AWS error codes a retry cannot fix.

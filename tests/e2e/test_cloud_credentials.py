@@ -1,0 +1,451 @@
+"""Cloud and webhook credentials on the real control plane, the SDKs running their real code
+against local stand-ins (moto for ECR/STS, a Google token endpoint and metadata server, an
+Entra ID + ACR exchange endpoint, a webhook). Minted tokens are accepted by the real local
+registry, so every pull secret is checked with skopeo."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from ocireg.devenv.clients import Clients, docker_config, write_docker_config
+from ocireg.devenv.controlplane import ControlPlane
+from ocireg.devenv.registries import LocalRegistries
+from ocireg.devenv.standins import (
+    AwsStandIn,
+    AzureStandIn,
+    Fault,
+    GoogleStandIn,
+    WebhookStandIn,
+)
+
+from .helpers import (
+    apply,
+    condition,
+    events_for,
+    registry_object,
+    secret,
+    wait_for,
+    wait_for_reason,
+)
+
+CLUSTER = "ClusterOCIRegistry"
+TENANT = "OCIRegistry"
+TEAM_KEY = "wJalrXUtnFEMI-team-one-secret-key"
+MOTO_PASSWORD = "123456789012-auth-token"  # moto's answer for its default account
+
+
+@pytest.fixture(scope="module")
+def image(registries: LocalRegistries, clients: Clients, tmp_path_factory) -> str:
+    basic = registries.basic
+    pusher = write_docker_config(
+        tmp_path_factory.mktemp("pusher"),
+        docker_config({basic.host: (basic.username, basic.password)}),
+    ).parent
+    ref = f"{basic.host}/cloud/app:1"
+    clients.push_image(ref, b"cloud", pusher)
+    return ref
+
+
+def pulls(clients: Clients, image: str, pull_secret: dict, tmp_path: Path) -> bool:
+    authfile = tmp_path / f"auth-{secrets.token_hex(3)}.json"
+    authfile.write_bytes(base64.b64decode(pull_secret["data"][".dockerconfigjson"]))
+    return clients.skopeo_pull(image, authfile, tmp_path / "pulled").returncode == 0
+
+
+def entry(pull_secret: dict, host: str) -> dict:
+    config = json.loads(base64.b64decode(pull_secret["data"][".dockerconfigjson"]))
+    return config["auths"][host]
+
+
+def ca(namespace: str, registries: LocalRegistries) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "registry-ca", "namespace": namespace},
+        "data": {"ca.crt": registries.ca_file.read_text()},
+    }
+
+
+def opaque(name: str, namespace: str, **data: str) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "stringData": data,
+    }
+
+
+def cluster_registry(name: str, server: str, auth: dict, target: str, **extra: object) -> dict:
+    spec = {
+        "server": server,
+        "auth": auth,
+        "tls": {"caBundleRef": {"configMap": "registry-ca"}},
+        "targets": {"namespaces": [target], "secretName": name},
+        **extra,
+    }
+    return registry_object(CLUSTER, name, spec)
+
+
+@pytest.fixture
+def target(cluster: ControlPlane, namespace: str) -> Iterator[str]:
+    name = f"{namespace}-t"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def delete_all(cluster: ControlPlane, kind: str, names: list[str], namespace: str | None = None):
+    args = ["-n", namespace] if namespace else []
+    for name in names:
+        cluster.kubectl(
+            "delete", kind, name, *args, "--ignore-not-found", "--wait=false", check=False
+        )
+
+
+# ---------------------------------------------------------------------------- AWS ECR
+
+
+def test_ecr_static_keys_web_identity_shared_mints_and_failures(
+    cluster: ControlPlane,
+    crds: None,
+    registries: LocalRegistries,
+    clients: Clients,
+    run_operator,
+    namespace: str,
+    target: str,
+    image: str,
+    tmp_path: Path,
+) -> None:
+    basic = registries.basic
+    registries.set_user("basic", "AWS", MOTO_PASSWORD)
+    aws = AwsStandIn().start()
+    try:
+        apply(
+            cluster,
+            ca(namespace, registries),
+            opaque("aws-keys", namespace, accessKeyId="AKIDTEAMONE", secretAccessKey=TEAM_KEY),
+            opaque("aws-other", namespace, accessKeyId="AKIDTEAMTWO", secretAccessKey="k2"),
+        )
+        operator = run_operator(
+            "--credentials-namespace", namespace, "--aws-endpoint-url", aws.url,
+            env={"AWS_EC2_METADATA_DISABLED": "true", "AWS_ACCESS_KEY_ID": "AKIDOPERATOR",
+                 "AWS_SECRET_ACCESS_KEY": "operator", "AWS_DEFAULT_REGION": "eu-west-1"},
+        )  # fmt: skip
+        keys = {
+            "ecr": {"regions": ["eu-west-1"], "credentials": {"secretRef": {"name": "aws-keys"}}}
+        }
+        apply(
+            cluster,
+            cluster_registry("ecr-a", basic.host, keys, target),
+            cluster_registry("ecr-b", basic.host, keys, target),
+        )
+        for name in ("ecr-a", "ecr-b"):
+            wait_for_reason(cluster, CLUSTER, name, "Ready")
+        # Two objects, one identity and region: one mint.
+        assert aws.calls["GetAuthorizationToken"] == 1
+        written = secret(cluster, target, "ecr-a")
+        assert entry(written, basic.host)["username"] == "AWS"
+        assert pulls(clients, image, written, tmp_path)
+        status = cluster.get_json("clusterociregistry", "ecr-a")["status"]
+        # moto issues tokens that expired in 2015: shown, explained, and no hot loop.
+        assert status["credentials"]["expiresAt"].startswith("2015-01-01")
+        assert (
+            "already expired" in condition(cluster, CLUSTER, "ecr-a", "CredentialsReady")["message"]
+        )
+
+        # A tenant uses its own IAM role through its ServiceAccount's token.
+        role = "arn:aws:iam::123456789012:role/team-puller"
+        apply(
+            cluster,
+            registry_object(
+                TENANT,
+                "own-role",
+                {
+                    "server": basic.host,
+                    "auth": {"ecr": {"regions": ["eu-west-1"], "roleArn": role,
+                                     "credentials": {"serviceAccountRef": {"name": "default"}}}},
+                    "tls": {"insecureSkipVerify": True},
+                },
+                target,
+            ),
+        )  # fmt: skip
+        wait_for_reason(cluster, TENANT, "own-role", "Ready", target)
+        assert aws.calls["AssumeRoleWithWebIdentity"] == 1
+        # ...and cannot fall back to the operator's identity: refused at apply time.
+        refused = cluster.kubectl(
+            "apply", "-f", "-", check=False,
+            input=json.dumps(registry_object(TENANT, "ambient", {
+                "server": basic.host, "auth": {"ecr": {"regions": ["eu-west-1"]}}}, target)),
+        )  # fmt: skip
+        assert refused.returncode != 0
+        assert "must set credentials" in refused.stderr
+
+        # A failing provider: the condition says so, the Event is posted, then it recovers.
+        # Two failed mints (the SDK tries each twice), then success after our backoff.
+        before = aws.calls["GetAuthorizationToken"]
+        aws.fail_next("GetAuthorizationToken", 4, Fault(500, b'{"__type":"ServerException"}'))
+        other = {
+            "ecr": {"regions": ["eu-west-1"], "credentials": {"secretRef": {"name": "aws-other"}}}
+        }
+        apply(cluster, cluster_registry("ecr-c", basic.host, other, target))
+        failing = wait_for_reason(cluster, CLUSTER, "ecr-c", "ProviderError")
+        assert "GetAuthorizationToken" in failing["message"]
+        assert condition(cluster, CLUSTER, "ecr-c", "Reconciling")["status"] == "True"
+        assert any(e["reason"] == "ProviderError" for e in events_for(cluster, "ecr-c"))
+        wait_for_reason(cluster, CLUSTER, "ecr-c", "Ready", timeout=90)
+
+        # Two more ticks of every object later: no new mint for anyone, although moto's tokens
+        # "expired in 2015"; ecr-c made 4 failed calls and 1 good one.
+        time.sleep(22)
+        assert aws.calls["GetAuthorizationToken"] == before + 5
+        assert TEAM_KEY not in operator.logs()
+    finally:
+        delete_all(cluster, "clusterociregistry", ["ecr-a", "ecr-b", "ecr-c"])
+        aws.stop()
+
+
+# ---------------------------------------------------------------------------- webhook
+
+
+def test_webhook_rotation_failure_and_tenant_address_guard(
+    cluster: ControlPlane,
+    crds: None,
+    registries: LocalRegistries,
+    clients: Clients,
+    run_operator,
+    namespace: str,
+    target: str,
+    image: str,
+    tmp_path: Path,
+) -> None:
+    basic = registries.basic
+    hook = WebhookStandIn(
+        lambda user, password: registries.set_user("basic", user, password),
+        header=("X-Api-Key", "let-me-in"),
+        lifetime=40,
+    ).start()
+    hook.json_answers = True
+    try:
+        apply(
+            cluster,
+            ca(namespace, registries),
+            opaque("hook-headers", namespace, **{"X-Api-Key": "let-me-in"}),
+        )
+        operator = run_operator("--credentials-namespace", namespace)
+        auth = {
+            "webhook": {
+                "url": f"{hook.url}/credentials",
+                "insecure": True,
+                "headersSecretRef": {"name": "hook-headers"},
+                "format": "JSON",
+                "usernameField": "auth.user",
+                "passwordField": "auth.token",
+                "expiresInField": "auth.expires_in",
+            }
+        }
+        apply(
+            cluster,
+            cluster_registry("hook", basic.host, auth, target, refresh={"renewBefore": "50%"}),
+        )
+        wait_for_reason(cluster, CLUSTER, "hook", "Ready")
+        first = secret(cluster, target, "hook")
+        assert pulls(clients, image, first, tmp_path)
+        credentials = cluster.get_json("clusterociregistry", "hook")["status"]["credentials"]
+        assert {"expiresAt", "refreshedAt", "nextRefreshAt"} <= set(credentials)
+
+        # Renewed at half of its 40 s life (plus jitter and a tick): every copy rewritten,
+        # the new token works, the old one no longer does.
+        rotated = wait_for(
+            lambda: (s := secret(cluster, target, "hook")) and s["data"] != first["data"] and s,
+            45,
+            "the pull secret to be renewed",
+        )
+        assert pulls(clients, image, rotated, tmp_path)
+        assert not pulls(clients, image, first, tmp_path)
+        assert any(e["reason"] == "CredentialsRenewed" for e in events_for(cluster, "hook"))
+
+        # The webhook starts answering garbage: condition + Warning Event, Secret kept.
+        hook.malformed_next = 1000
+        failed = wait_for_reason(
+            cluster, CLUSTER, "hook", "InvalidProviderAnswer", type_="CredentialsReady", timeout=60
+        )
+        assert failed["status"] == "False"
+        kept = secret(cluster, target, "hook")
+        assert kept["data"] != {}
+        assert any(e["reason"] == "InvalidProviderAnswer" for e in events_for(cluster, "hook"))
+        hook.malformed_next = 0
+        wait_for_reason(cluster, CLUSTER, "hook", "Ready", timeout=90)
+        assert pulls(clients, image, secret(cluster, target, "hook"), tmp_path)
+
+        # A tenant cannot point a webhook at loopback (nor metadata or private ranges).
+        apply(
+            cluster,
+            opaque("hook-headers", target, **{"X-Api-Key": "let-me-in"}),
+            registry_object(TENANT, "sneaky", {"server": basic.host, "auth": auth}, target),
+        )
+        refused = wait_for_reason(cluster, TENANT, "sneaky", "WebhookAddressNotAllowed", target)
+        assert "127.0.0.1" in refused["message"]
+        assert hook.calls  # the cluster object did call it...
+        logs = operator.logs()
+        assert "let-me-in" not in logs
+    finally:
+        delete_all(cluster, "clusterociregistry", ["hook"])
+        hook.stop()
+
+
+# ---------------------------------------------------------------------------- GCP
+
+
+def _service_account_key(token_uri: str) -> str:
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    return json.dumps(
+        {
+            "type": "service_account",
+            "project_id": "ocireg-test",
+            "private_key_id": secrets.token_hex(8),
+            "private_key": pem,
+            "client_email": "puller@ocireg-test.iam.gserviceaccount.com",
+            "client_id": "1234567890",
+            "token_uri": token_uri,
+        }
+    )
+
+
+def test_gcp_key_and_metadata_server(
+    cluster: ControlPlane,
+    crds: None,
+    registries: LocalRegistries,
+    clients: Clients,
+    run_operator,
+    namespace: str,
+    target: str,
+    image: str,
+    tmp_path: Path,
+) -> None:
+    basic = registries.basic
+    google = GoogleStandIn(lambda user, password: registries.set_user("basic", user, password))
+    google.start()
+    try:
+        apply(
+            cluster,
+            ca(namespace, registries),
+            opaque("gcp-key", namespace, **{"key.json": _service_account_key(google.token_uri)}),
+            opaque("gcp-broken", namespace, **{"key.json": "{not json"}),
+        )
+        run_operator(
+            "--credentials-namespace", namespace, "--gcp-token-uri", google.token_uri,
+            env={"GCE_METADATA_HOST": google.metadata_host, "GCE_METADATA_IP": google.metadata_host,
+                 "GOOGLE_CLOUD_PROJECT": "ocireg-test"},
+        )  # fmt: skip
+        apply(
+            cluster,
+            cluster_registry(
+                "gar",
+                basic.host,
+                {"gcp": {"credentials": {"secretRef": {"name": "gcp-key"}}}},
+                target,
+            ),
+            cluster_registry(
+                "gar-broken",
+                basic.host,
+                {"gcp": {"credentials": {"secretRef": {"name": "gcp-broken"}}}},
+                target,
+            ),
+        )
+        wait_for_reason(cluster, CLUSTER, "gar", "Ready")
+        written = secret(cluster, target, "gar")
+        assert entry(written, basic.host)["username"] == "oauth2accesstoken"
+        assert pulls(clients, image, written, tmp_path)
+        assert google.calls["POST /token"] == 1
+        broken = wait_for_reason(cluster, CLUSTER, "gar-broken", "InvalidSecret")
+        assert "gcp-broken" in broken["message"]
+
+        # The operator's own identity (the metadata server), for the cluster kind.
+        apply(cluster, cluster_registry("gar-ambient", basic.host, {"gcp": {}}, target))
+        wait_for_reason(cluster, CLUSTER, "gar-ambient", "Ready")
+        assert pulls(clients, image, secret(cluster, target, "gar-ambient"), tmp_path)
+        assert any("service-accounts/default/token" in call for call in google.calls)
+    finally:
+        delete_all(cluster, "clusterociregistry", ["gar", "gar-broken", "gar-ambient"])
+        google.stop()
+
+
+# ---------------------------------------------------------------------------- Azure ACR
+
+
+def test_acr_client_secret_exchange(
+    cluster: ControlPlane,
+    crds: None,
+    registries: LocalRegistries,
+    clients: Clients,
+    run_operator,
+    namespace: str,
+    target: str,
+    tmp_path: Path,
+) -> None:
+    # ACR refresh tokens are long JWTs; htpasswd (bcrypt) stops at 72 bytes, so the registry
+    # here is the Bearer-token one, whose token server compares whole passwords.
+    registry = registries.token
+    token_server = registries.token_server
+    assert token_server is not None
+    pusher = write_docker_config(
+        tmp_path / "pusher", docker_config({registry.host: (registry.username, registry.password)})
+    ).parent
+    image = f"{registry.host}/acr/app:1"
+    clients.push_image(image, b"acr", pusher)
+    azure = AzureStandIn(registries.ca, tmp_path / "azure", token_server.add_user)
+    azure.client_secrets["11111111-2222-3333-4444-555555555555"] = "app-s3cret"
+    azure.start()
+    # azure-identity (MSAL) must trust the stand-in's certificate: the system roots plus the
+    # test CA, for this operator process only.
+    bundle = tmp_path / "roots.pem"
+    system = Path(ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt")
+    bundle.write_text(system.read_text() + registries.ca_file.read_text())
+    try:
+        apply(
+            cluster,
+            ca(namespace, registries),
+            opaque("acr-app", namespace, clientSecret="app-s3cret"),
+        )
+        operator = run_operator(
+            "--credentials-namespace", namespace,
+            "--azure-authority-host", azure.authority_host,
+            "--acr-exchange-url", azure.exchange_url,
+            env={"REQUESTS_CA_BUNDLE": str(bundle), "SSL_CERT_FILE": str(bundle)},
+        )  # fmt: skip
+        auth = {
+            "acr": {
+                "tenantId": "ocireg-test-tenant",
+                "clientId": "11111111-2222-3333-4444-555555555555",
+                "credentials": {"secretRef": {"name": "acr-app"}},
+            }
+        }
+        apply(cluster, cluster_registry("acr", registry.host, auth, target))
+        wait_for_reason(cluster, CLUSTER, "acr", "Ready")
+        written = secret(cluster, target, "acr")
+        assert entry(written, registry.host)["username"] == "00000000-0000-0000-0000-000000000000"
+        assert pulls(clients, image, written, tmp_path)
+        assert azure.calls["exchange"] == 1
+        expires = cluster.get_json("clusterociregistry", "acr")["status"]["credentials"][
+            "expiresAt"
+        ]
+        assert expires > time.strftime("%Y-%m-%dT%H:%M", time.gmtime(time.time() + 2 * 3600))
+        assert "app-s3cret" not in operator.logs()
+    finally:
+        delete_all(cluster, "clusterociregistry", ["acr"])
+        azure.stop()
