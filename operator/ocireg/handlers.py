@@ -113,7 +113,12 @@ def _tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, plural: str) -> N
             tracked.placed = outcome.placed
         if outcome.tls is not None:
             tracked.tls = outcome.tls
-    if outcome.status is not None and outcome.status != dict(body.get("status") or {}):
+    current = dict(body.get("status") or {})
+    # Only the fields this loop owns are compared (and merge-patched): status.charts belongs
+    # to the chart sync, and an unchanged status must cost no write.
+    if outcome.status is not None and any(
+        current.get(key) != value for key, value in outcome.status.items()
+    ):
         patch["status"] = outcome.status
     for kind, reason, message in outcome.events:
         kopf.event(body, type=kind, reason=reason, message=message)
