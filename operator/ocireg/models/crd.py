@@ -41,6 +41,10 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
         node = {**target, **node}  # the field's own description wins over the model's
     if isinstance(node.get("description"), str):  # docstrings carry their indentation
         node["description"] = " ".join(node["description"].split())
+    if node.get("properties") == {}:
+        # An object with no fields (auth.anonymous): the API server drops `properties: {}`,
+        # so keeping it would make every apply of the CRD look like a change to GitOps tools.
+        del node["properties"]
     return {k: _resolve(v, defs) for k, v in node.items() if k not in _DROP}
 
 
