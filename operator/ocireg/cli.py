@@ -65,6 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="coordinate replicas through this kopf peering object",
     )
 
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(os.environ.get("OCIREG_METRICS_PORT") or 0),
+        help="serve Prometheus metrics on this port (env OCIREG_METRICS_PORT); off by default",
+    )
+    run.add_argument(
+        "--metrics-address",
+        default=os.environ.get("OCIREG_METRICS_ADDRESS", "0.0.0.0"),  # noqa: S104 - in a pod
+        help="address the metrics endpoint listens on",
+    )
     cloud = run.add_argument_group("cloud credentials")
     cloud.add_argument(
         "--allow-tenant-ambient-identity",
@@ -139,6 +150,8 @@ def config_from_args(args: argparse.Namespace) -> OperatorConfig:
         azure_authority_host=args.azure_authority_host,
         acr_exchange_url=args.acr_exchange_url,
         gcp_token_uris=tuple(args.gcp_token_uris or _env_list("OCIREG_GCP_TOKEN_URIS")),
+        metrics_port=args.metrics_port,
+        metrics_address=args.metrics_address,
     )
 
 

@@ -36,6 +36,9 @@ class OperatorConfig:
     azure_authority_host: str | None = None
     acr_exchange_url: str | None = None
     gcp_token_uris: tuple[str, ...] = ()
+    # Prometheus endpoint (none when 0).
+    metrics_port: int = 0
+    metrics_address: str = "0.0.0.0"  # noqa: S104 - inside a pod
 
     @property
     def clusterwide(self) -> bool:

@@ -10,7 +10,7 @@ from typing import Any
 
 import kopf
 
-from . import plan, schedule
+from . import metrics, plan, schedule
 from .config import OperatorConfig
 from .credential import Credential
 from .kube import Kube, load_config
@@ -55,6 +55,25 @@ class Registries:
         with self._lock:
             return self._tracked.pop(ref, None)
 
+    def samples(self) -> list[metrics.RegistrySample]:
+        """Per-object figures for the metrics endpoint."""
+        with self._lock:
+            items = list(self._tracked.items())
+        out = []
+        for ref, t in items:
+            expires = t.credential.expires_at if t.credential else None
+            formats = len(t.spec.effective_targets.formats) if t.spec else 0
+            out.append(
+                (
+                    ref.kind,
+                    ref.namespace or "",
+                    ref.name,
+                    metrics.seconds_until(expires),
+                    len(t.placed) * formats,
+                )
+            )
+        return out
+
     def ready(self) -> list[tuple[plan.RegistryRef, Tracked]]:
         """Registries with verified credentials and a pull secret to place."""
         with self._lock:
@@ -82,6 +101,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo.kube = Kube()
     memo.registries = Registries()
     memo.mint_cache = MintCache()  # one mint per cloud identity, shared by all objects
+    metrics.watch_registries(memo.registries.samples)
+    if memo.config.metrics_port:
+        metrics.serve(memo.config.metrics_port, memo.config.metrics_address)
     if "config" not in memo:
         memo.config = OperatorConfig()
 
@@ -94,6 +116,7 @@ def _ref(body: kopf.Body, plural: str) -> plan.RegistryRef:
 def _tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, plural: str) -> None:
     ref = _ref(body, plural)
     tracked = memo.registries.get(ref)
+    started = time.monotonic()
     with tracked.lock:
         outcome = reconcile(
             memo.kube,
@@ -113,6 +136,10 @@ def _tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, plural: str) -> N
             tracked.placed = outcome.placed
         if outcome.tls is not None:
             tracked.tls = outcome.tls
+    if outcome.status is not None:  # the tick did work
+        result = "success" if outcome.credential is not None else "failure"
+        metrics.RECONCILES.labels(ref.kind, result).inc()
+        metrics.RECONCILE_SECONDS.labels(ref.kind).observe(time.monotonic() - started)
     current = dict(body.get("status") or {})
     # Only the fields this loop owns are compared (and merge-patched): status.charts belongs
     # to the chart sync, and an unchanged status must cost no write.

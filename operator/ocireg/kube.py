@@ -9,6 +9,7 @@ from typing import Any
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
+from . import metrics
 from .errors import ReconcileError
 from .plan import DesiredSecret, RegistryRef, secret_decision
 
@@ -113,11 +114,13 @@ class Kube:
             try:
                 if decision == "create":
                     self.core.create_namespaced_secret(desired.namespace, desired.body())
+                    metrics.SECRET_WRITES.inc()
                     return "created"
                 if decision == "update":
                     body = desired.body()
                     body["metadata"]["resourceVersion"] = observed["metadata"]["resourceVersion"]  # type: ignore[index]
                     self.core.replace_namespaced_secret(desired.name, desired.namespace, body)
+                    metrics.SECRET_WRITES.inc()
                     return "updated"
             except ApiException as error:
                 if error.status == 409:

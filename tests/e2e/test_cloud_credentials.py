@@ -62,6 +62,11 @@ def pulls(clients: Clients, image: str, pull_secret: dict, tmp_path: Path) -> bo
     return clients.skopeo_pull(image, authfile, tmp_path / "pulled").returncode == 0
 
 
+def jwt_claims(token: str) -> dict:
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
 def entry(pull_secret: dict, host: str) -> dict:
     config = json.loads(base64.b64decode(pull_secret["data"][".dockerconfigjson"]))
     return config["auths"][host]
@@ -181,6 +186,9 @@ def test_ecr_static_keys_web_identity_shared_mints_and_failures(
         )  # fmt: skip
         wait_for_reason(cluster, TENANT, "own-role", "Ready", target)
         assert aws.calls["AssumeRoleWithWebIdentity"] == 1
+        claims = jwt_claims(aws.web_identity_tokens[-1])  # a real token from the API server
+        assert claims["sub"] == f"system:serviceaccount:{target}:default"
+        assert claims["aud"] == ["sts.amazonaws.com"]
         # ...and cannot fall back to the operator's identity: refused at apply time.
         refused = cluster.kubectl(
             "apply", "-f", "-", check=False,
@@ -286,6 +294,16 @@ def test_webhook_rotation_failure_and_tenant_address_guard(
         hook.malformed_next = 0
         wait_for_reason(cluster, CLUSTER, "hook", "Ready", timeout=90)
         assert pulls(clients, image, secret(cluster, target, "hook"), tmp_path)
+
+        # Rate limited at the next renewal: the wait the webhook asks for is honoured.
+        hook.fail_next("GET /credentials", 1, Fault(429, b"slow down", retry_after=30))
+        limited = wait_for_reason(
+            cluster, CLUSTER, "hook", "WebhookError", type_="CredentialsReady", timeout=60
+        )
+        assert "429" in limited["message"]
+        waiting = condition(cluster, CLUSTER, "hook", "Reconciling")["message"]
+        assert int(waiting.split("retrying in ")[1].split("s")[0]) >= 25
+        wait_for_reason(cluster, CLUSTER, "hook", "Ready", timeout=90)
 
         # A tenant cannot point a webhook at loopback (nor metadata or private ranges).
         apply(
@@ -445,6 +463,29 @@ def test_acr_client_secret_exchange(
             "expiresAt"
         ]
         assert expires > time.strftime("%Y-%m-%dT%H:%M", time.gmtime(time.time() + 2 * 3600))
+        # A tenant with workload identity: its ServiceAccount's token is the client assertion.
+        workload = {
+            "acr": {
+                "tenantId": "ocireg-test-tenant",
+                "clientId": "66666666-7777-8888-9999-000000000000",
+                "credentials": {"serviceAccountRef": {"name": "default"}},
+            }
+        }
+        apply(
+            cluster,
+            registry_object(
+                TENANT,
+                "workload",
+                {"server": registry.host, "auth": workload, "tls": {"insecureSkipVerify": True}},
+                target,
+            ),
+        )
+        wait_for_reason(cluster, TENANT, "workload", "Ready", target)
+        assert pulls(clients, image, secret(cluster, target, "workload"), tmp_path)
+        # The assertion is a real token from the API server for that ServiceAccount.
+        claims = jwt_claims(azure.assertions[-1])
+        assert claims["sub"] == f"system:serviceaccount:{target}:default"
+        assert claims["aud"] == ["api://AzureADTokenExchange"]
         assert "app-s3cret" not in operator.logs()
     finally:
         delete_all(cluster, "clusterociregistry", ["acr"])

@@ -7,8 +7,11 @@ import base64
 import json
 from pathlib import Path
 
+import requests
+
 from ocireg.devenv.clients import Clients
 from ocireg.devenv.controlplane import ControlPlane
+from ocireg.devenv.processes import free_port
 from ocireg.devenv.registries import LocalRegistries
 
 from .helpers import (
@@ -56,7 +59,8 @@ def test_tenant_registry_formats_service_accounts_extends_and_cleanup(
             "metadata": {"name": "builder", "namespace": namespace},
         },
     )
-    run_operator()
+    metrics_port = free_port()
+    run_operator("--metrics-port", str(metrics_port), "--metrics-address", "127.0.0.1")
     base = {
         "server": basic.host,
         "auth": {
@@ -139,6 +143,16 @@ def test_tenant_registry_formats_service_accounts_extends_and_cleanup(
     assert status["targets"]["namespaces"] == 1
     assert status["targets"]["serviceAccounts"] >= 2
     assert any(e["reason"] == "SecretsWritten" for e in events_for(cluster, "tools"))
+
+    # The metrics endpoint reports the work and the Secrets per object.
+    scraped = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+    assert 'ocireg_reconciles_total{kind="OCIRegistry",result="success"}' in scraped
+    assert (
+        f'ocireg_managed_secrets{{kind="OCIRegistry",name="tools",namespace="{namespace}"}} 3.0'
+        in scraped
+    )
+    assert "ocireg_secret_writes_total" in scraped
+    assert "ocireg_reconcile_duration_seconds_bucket" in scraped
 
     # `kubectl get` shows what a user needs at a glance.
     table = cluster.kubectl("get", "ocir", "-n", namespace).stdout

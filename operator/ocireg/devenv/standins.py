@@ -162,6 +162,7 @@ class AwsStandIn(StandIn):
         from moto.server import ThreadedMotoServer
 
         self._moto = ThreadedMotoServer(ip_address=LOOPBACK, port=free_port(), verbose=False)
+        self.web_identity_tokens: list[str] = []  # what AssumeRoleWithWebIdentity was given
 
     def start(self) -> AwsStandIn:
         self._moto.start()
@@ -177,6 +178,8 @@ class AwsStandIn(StandIn):
         if target:
             return target.rsplit(".", 1)[-1]
         form = parse_qs(body.decode(errors="replace"))
+        if form.get("WebIdentityToken"):
+            self.web_identity_tokens.append(form["WebIdentityToken"][0])
         return (form.get("Action") or ["unknown"])[0]
 
     def answer(self, method: str, path: str, headers: Any, body: bytes) -> Reply:
@@ -265,6 +268,7 @@ class AzureStandIn(StandIn):
         self.on_token = on_token
         self.lifetime = lifetime
         self.client_secrets: dict[str, str] = {}  # client id -> secret
+        self.assertions: list[str] = []  # client assertions (ServiceAccount tokens) seen
 
     @property
     def authority_host(self) -> str:
@@ -301,6 +305,8 @@ class AzureStandIn(StandIn):
             client = (form.get("client_id") or [""])[0]
             secret = (form.get("client_secret") or [""])[0]
             assertion = (form.get("client_assertion") or [""])[0]
+            if assertion:
+                self.assertions.append(assertion)
             if not (assertion or (client and self.client_secrets.get(client) == secret)):
                 return Reply(401, b'{"error":"invalid_client"}')
             now = int(time.time())

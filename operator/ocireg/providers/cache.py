@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, replace
 
+from .. import metrics
 from ..credential import Credential
 from ..errors import ReconcileError
 from ..models.durations import renew_margin
@@ -100,7 +101,9 @@ class MintCache:
                 count = failure.count + 1 if failure else 1
                 delay = backoff(count, error.retry_after)
                 self._failures[key] = Failure(error, count, now + dt.timedelta(seconds=delay))
-                self.errors[key[0] if isinstance(key, tuple) else str(key)] += 1
+                provider = str(key[0]) if isinstance(key, tuple) else str(key)
+                self.errors[provider] += 1
+                metrics.MINT_ERRORS.labels(provider, error.reason).inc()
                 raise
             self._failures.pop(key, None)
             issued = now
@@ -115,6 +118,7 @@ class MintCache:
             credential = replace(credential, issued_at=issued, note=note)
             self._entries[key] = Entry(credential, issued, random.uniform(0, JITTER))  # noqa: S311
             self.mints[credential.provider] += 1
+            metrics.MINTS.labels(credential.provider).inc()
             return credential
 
     def next_renewal(self, credential: Credential, renew_before: str) -> dt.datetime | None:
