@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import re
 import secrets
+import time
 from pathlib import Path
 
 import yaml
@@ -243,6 +244,16 @@ def test_chart_repositories_are_indexed_and_every_listed_version_pulls(
             code, output = helm_pull(clients, tmp_path, url, row["version"], authfile)
             assert code == 0, output
             assert row["digest"] in output  # helm reports the digest the index lists
+
+    # Synced and verified, both loops go quiet: more ticks (every 10 s) write nothing.
+    version = cluster.get_json("ociregistry", "corp", "-n", namespace)["metadata"][
+        "resourceVersion"
+    ]
+    time.sleep(12)
+    assert (
+        cluster.get_json("ociregistry", "corp", "-n", namespace)["metadata"]["resourceVersion"]
+        == version
+    )
 
     # Deleting the registry object removes its index.
     cluster.kubectl("delete", "ociregistry", "corp", "-n", namespace)
