@@ -46,6 +46,12 @@ _STALLED = {
     "UnsupportedAuth",
     "Forbidden",
     "TLSError",
+    "WebhookTLSError",
+    "AccessDenied",
+    "AmbientIdentityNotAllowed",
+    "WebhookAddressNotAllowed",
+    "NoCredentials",
+    "ServiceAccountNotFound",
 }
 
 
@@ -111,11 +117,20 @@ def _tls(kube: Kube, spec: RegistrySpec, default_namespace: str) -> TLSOptions:
     return TLSOptions(insecure=tls.insecure, skip_verify=tls.insecure_skip_verify, ca_bundle=bundle)
 
 
-def verify(spec: RegistrySpec, credential: Credential, tls: TLSOptions) -> None:
+def verified_host(spec: RegistrySpec, credential: Credential) -> str:
+    """The host verification talks to: the server, or for a `{region}`/`{account}` template
+    the first host the provider expanded it to."""
     assert spec.server is not None
+    if "{" in spec.server and credential.endpoints:
+        return credential.endpoints[0]
+    return spec.server
+
+
+def verify(spec: RegistrySpec, credential: Credential, tls: TLSOptions) -> None:
+    host = verified_host(spec, credential)
     creds = RegistryCredentials(
         username=credential.username,
-        password=credential.password,
+        password=credential.password_for(host),
         identity_token=credential.identity_token,
         registry_token=credential.registry_token,
     )
@@ -124,7 +139,7 @@ def verify(spec: RegistrySpec, credential: Credential, tls: TLSOptions) -> None:
         prefix = f"{spec.repository_prefix}/" if spec.repository_prefix else ""
         repository = prefix + spec.verify.repository
     try:
-        with RegistryClient(spec.server, creds, tls) as client:
+        with RegistryClient(host, creds, tls) as client:
             client.verify(repository, push=bool(spec.verify and spec.verify.push))
     except RegistryError as error:
         raise ReconcileError(
@@ -429,7 +444,7 @@ def _success_status(
             "CredentialsReady",
             True,
             "Verified",
-            f"{credential.provider} credentials accepted by {spec.server}"
+            f"{credential.provider} credentials accepted by {verified_host(spec, credential)}"
             + (f"; {credential.note}" if credential.note else ""),
             generation,
         ),
@@ -475,6 +490,7 @@ def reconcile(
     current = schedule.fingerprint("spec", body.get("spec"), generation)
     try:
         spec = effective_spec(kube, ref, body.get("spec") or {})
+        tls = _tls(kube, spec, default_ns)
         ctx = providers.ResolveContext(
             kube.read_secret,
             default_ns,
@@ -484,9 +500,9 @@ def reconcile(
             cache,
             spec.effective_refresh.renew_before,
             parse_duration(spec.effective_refresh.interval),
+            tls,
         )
         credential = providers.resolve(spec, ctx)
-        tls = _tls(kube, spec, default_ns)
         current = schedule.fingerprint(
             spec.to_api(), credential.fingerprint_parts(), tls.ca_bundle, generation
         )
@@ -532,5 +548,6 @@ def reconcile(
         spec, credential, generation, old, targets_status, refreshed_at, next_at
     )
     if work is schedule.Work.verify and not old.get("conditions"):
-        events.append(("Normal", "Verified", f"credentials accepted by {spec.server}"))
+        host = verified_host(spec, credential)
+        events.append(("Normal", "Verified", f"credentials accepted by {host}"))
     return Outcome(memory, status, events, spec, credential, placed, tls)

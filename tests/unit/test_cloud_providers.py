@@ -395,3 +395,37 @@ def test_ecr_ambient_identity_for_the_cluster_kind_and_shared_mints() -> None:
     second = resolve(spec(auth), ctx)
     assert first is second
     assert cache.mints["ecr"] == 1
+
+
+def test_max_age_does_not_shorten_an_expiring_credential() -> None:
+    clock, calls = Clock(), []
+    cache = MintCache(clock)
+    mint = minter(dt.timedelta(hours=3), clock, calls)
+    cache.get("k", "20%", mint, max_age=dt.timedelta(hours=1))
+    clock.now = T0 + dt.timedelta(hours=2)
+    cache.get("k", "20%", mint, max_age=dt.timedelta(hours=1))
+    assert len(calls) == 1
+
+
+def test_verification_uses_the_expanded_host_of_a_template() -> None:
+    from ocireg.reconcile import verified_host
+
+    templated = spec({"ecr": {"regions": ["eu-west-1", "us-east-2"]}}, "1.dkr.ecr.{region}.x")
+    credential = Credential(
+        "ecr",
+        ("1.dkr.ecr.eu-west-1.x", "1.dkr.ecr.us-east-2.x"),
+        "AWS",
+        "pw-eu",
+        passwords=(("1.dkr.ecr.eu-west-1.x", "pw-eu"), ("1.dkr.ecr.us-east-2.x", "pw-us")),
+    )
+    assert verified_host(templated, credential) == "1.dkr.ecr.eu-west-1.x"
+    assert credential.password_for("1.dkr.ecr.us-east-2.x") == "pw-us"
+    plain = spec({"basic": {"secretRef": {"name": "x"}}}, "registry.example.com")
+    assert verified_host(plain, credential) == "registry.example.com"
+
+
+def test_ecr_answers_are_matched_to_accounts_by_endpoint() -> None:
+    assert ecr._account_of("https://222222222222.dkr.ecr.eu-west-1.amazonaws.com") == (
+        "222222222222"
+    )
+    assert ecr._account_of("https://public.ecr.aws") is None

@@ -12,6 +12,7 @@ from ..credential import Credential
 from ..errors import ReconcileError
 from ..models.cloud import ServiceAccountRef
 from ..models.spec import RegistrySpec, SecretRef
+from ..registry import TLSOptions
 from . import static
 from .cache import MintCache
 
@@ -37,6 +38,8 @@ class ResolveContext:
     cache: MintCache = field(default_factory=MintCache)
     renew_before: str = "20%"
     refresh_interval: dt.timedelta = dt.timedelta(hours=1)
+    # How to reach the registry itself, for providers that call it (ACR's token exchange).
+    registry_tls: TLSOptions = field(default_factory=TLSOptions)
 
     def secret(self, ref: SecretRef) -> tuple[str, Mapping[str, bytes]]:
         namespace = self._namespace(ref.namespace)

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import datetime as dt
 import json
+import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 import requests
@@ -19,6 +22,7 @@ from ..credential import Credential
 from ..errors import ReconcileError
 from ..models.cloud import AcrAuth
 from ..models.spec import RegistrySpec
+from ..registry import TLSOptions
 from . import ResolveContext, digest
 
 USERNAME = "00000000-0000-0000-0000-000000000000"
@@ -94,6 +98,22 @@ def _cause(error: BaseException) -> str:
     return f"{type(error).__name__}: {str(error)[:160]}"
 
 
+@contextlib.contextmanager
+def _verify_option(tls: TLSOptions) -> Iterator[bool | str]:
+    """requests' verify= for the registry's TLS options (a CA bundle goes through a private
+    temporary file, removed afterwards)."""
+    if tls.skip_verify:
+        yield False
+        return
+    if not tls.ca_bundle:
+        yield True
+        return
+    with tempfile.NamedTemporaryFile("w", suffix=".pem") as bundle:
+        bundle.write(tls.ca_bundle)
+        bundle.flush()
+        yield bundle.name
+
+
 def _exchange(
     url: str, registry: str, tenant: str | None, access_token: str, verify: bool | str
 ) -> str:
@@ -151,10 +171,12 @@ def mint(spec: RegistrySpec, ctx: ResolveContext, credential: TokenCredential) -
             f"Entra ID did not answer ({type(error).__name__})",
             transient=True,
         ) from None
-    url = ctx.config.acr_exchange_url or f"https://{spec.server}/oauth2/exchange"
-    tls = spec.effective_tls
-    verify: bool | str = not tls.insecure_skip_verify
-    refresh = _exchange(url, spec.server, auth.tenant_id, access.token, verify)
+    # The exchange is the registry's own endpoint: reach it the way the registry is reached.
+    tls = ctx.registry_tls
+    scheme = "http" if tls.insecure else "https"
+    url = ctx.config.acr_exchange_url or f"{scheme}://{spec.server}/oauth2/exchange"
+    with _verify_option(tls) as verify:
+        refresh = _exchange(url, spec.server, auth.tenant_id, access.token, verify)
     return Credential(
         "acr", (spec.server,), username=USERNAME, password=refresh, expires_at=jwt_expiry(refresh)
     )
@@ -165,4 +187,7 @@ def resolve(spec: RegistrySpec, ctx: ResolveContext) -> Credential:
     assert auth is not None
     credential, identity = _credential(auth, ctx)
     key = ("acr", identity, spec.server)
-    return ctx.cache.get(key, ctx.renew_before, lambda: mint(spec, ctx, credential))
+    # A refresh token without a readable `exp` is renewed every refresh.interval.
+    return ctx.cache.get(
+        key, ctx.renew_before, lambda: mint(spec, ctx, credential), max_age=ctx.refresh_interval
+    )

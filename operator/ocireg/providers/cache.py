@@ -77,7 +77,7 @@ class MintCache:
     ) -> Credential:
         """The cached credential for ``key`` unless it is due for renewal; otherwise mint one
         (once, even when several registry objects ask at the same time). ``max_age`` bounds
-        how long a credential without an expiry is kept."""
+        how long a credential without an expiry is kept; expiring ones follow their expiry."""
         with self._lock:
             key_lock = self._key_locks.setdefault(key, threading.Lock())
         with key_lock:
@@ -87,9 +87,8 @@ class MintCache:
                 due = renew_at(
                     entry.issued_at, entry.credential.expires_at, renew_before, entry.jitter
                 )
-                if max_age is not None:
-                    aged = entry.issued_at + max_age
-                    due = aged if due is None else min(due, aged)
+                if max_age is not None and due is None:
+                    due = entry.issued_at + max_age
                 if due is None or now < due:
                     return entry.credential
             failure = self._failures.get(key)

@@ -139,6 +139,12 @@ def _expand(server: str, region: str, account: str | None) -> str:
     return host.replace("{account}", account) if account else host
 
 
+def _account_of(proxy_endpoint: str) -> str | None:
+    host = proxy_endpoint.split("://", 1)[-1].split("/", 1)[0]
+    first = host.split(".", 1)[0]
+    return first if first.isdigit() else None
+
+
 def _decode(token: str) -> tuple[str, str]:
     try:
         user, _, password = base64.b64decode(token).decode().partition(":")
@@ -182,9 +188,10 @@ def mint(spec: RegistrySpec, ctx: ResolveContext) -> Credential:
                 data = client.get_authorization_token()["authorizationData"]
         except Exception as error:
             raise _aws_error(error, f"GetAuthorizationToken in {region}") from None
-        ids = auth.registry_ids or [None]
-        for item, account in zip(data, ids, strict=False):
+        for item in data:
             username, password = _decode(item["authorizationToken"])
+            # Which account an answer is for comes from its endpoint, not from its position.
+            account = _account_of(item.get("proxyEndpoint", ""))
             passwords.append((_expand(spec.server, region, account), password))
             if item.get("expiresAt"):
                 expiries.append(item["expiresAt"])
