@@ -99,6 +99,60 @@ REJECTED = {
         {"server": "ghcr.io", "auth": BASIC, "sever": "x"},
         'unknown field "spec.sever"',
     ),
+    "tenant-ecr-without-credentials": (
+        "OCIRegistry",
+        {"server": "1.dkr.ecr.eu-west-1.amazonaws.com", "auth": {"ecr": {}}},
+        "only a ClusterOCIRegistry may use the operator's own cloud identity",
+    ),
+    "tenant-gcp-without-credentials": (
+        "OCIRegistry",
+        {"server": "europe-docker.pkg.dev", "auth": {"gcp": {}}},
+        "must set credentials",
+    ),
+    "tenant-other-namespaces-service-account": (
+        "OCIRegistry",
+        {
+            "server": "r.example.com",
+            "auth": {
+                "ecr": {
+                    "roleArn": "arn:aws:iam::123456789012:role/x",
+                    "credentials": {"serviceAccountRef": {"name": "sa", "namespace": "other"}},
+                }
+            },
+        },
+        "namespace is only allowed on ClusterOCIRegistry",
+    ),
+    "web-identity-without-role": (
+        "ClusterOCIRegistry",
+        {
+            "server": "r.example.com",
+            "auth": {"ecr": {"credentials": {"serviceAccountRef": {"name": "sa"}}}},
+        },
+        "serviceAccountRef needs roleArn",
+    ),
+    "two-aws-credential-sources": (
+        "ClusterOCIRegistry",
+        {
+            "server": "r.example.com",
+            "auth": {
+                "ecr": {
+                    "roleArn": "arn:aws:iam::123456789012:role/x",
+                    "credentials": {"secretRef": {"name": "k"}, "serviceAccountRef": {"name": "s"}},
+                }
+            },
+        },
+        "set at most one of secretRef, serviceAccountRef",
+    ),
+    "plain-http-webhook": (
+        "ClusterOCIRegistry",
+        {"server": "r.example.com", "auth": {"webhook": {"url": "http://creds.example.com/x"}}},
+        "the webhook url must be https://",
+    ),
+    "bad-ecr-region": (
+        "ClusterOCIRegistry",
+        {"server": "r.example.com", "auth": {"ecr": {"regions": ["Mars"]}}},
+        "should match",
+    ),
 }
 
 
