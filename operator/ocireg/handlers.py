@@ -97,6 +97,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.posting.level = 30  # our own Events are posted explicitly; kopf's only warnings
+    if "config" not in memo:
+        memo.config = OperatorConfig()
     load_config()
     memo.kube = Kube()
     memo.registries = Registries()
@@ -104,8 +106,6 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     metrics.watch_registries(memo.registries.samples)
     if memo.config.metrics_port:
         metrics.serve(memo.config.metrics_port, memo.config.metrics_address)
-    if "config" not in memo:
-        memo.config = OperatorConfig()
 
 
 def _ref(body: kopf.Body, plural: str) -> plan.RegistryRef:
