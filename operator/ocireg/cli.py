@@ -66,6 +66,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     run.add_argument(
+        "--concurrency",
+        type=int,
+        default=int(os.environ.get("OCIREG_CONCURRENCY") or 16),
+        help="namespaces one registry object writes into at once (env OCIREG_CONCURRENCY)",
+    )
+    run.add_argument(
+        "--resync",
+        type=float,
+        default=float(os.environ.get("OCIREG_RESYNC_SECONDS") or 300),
+        metavar="SECONDS",
+        help="re-list targets this often to repair drift (env OCIREG_RESYNC_SECONDS)",
+    )
+    run.add_argument(
         "--metrics-port",
         type=int,
         default=int(os.environ.get("OCIREG_METRICS_PORT") or 0),
@@ -151,6 +164,8 @@ def config_from_args(args: argparse.Namespace) -> OperatorConfig:
         acr_exchange_url=args.acr_exchange_url,
         gcp_token_uris=tuple(args.gcp_token_uris or _env_list("OCIREG_GCP_TOKEN_URIS")),
         metrics_port=args.metrics_port,
+        concurrency=max(1, args.concurrency),
+        resync_seconds=max(10.0, args.resync),
         metrics_address=args.metrics_address,
     )
 

@@ -36,6 +36,10 @@ class OperatorConfig:
     azure_authority_host: str | None = None
     acr_exchange_url: str | None = None
     gcp_token_uris: tuple[str, ...] = ()
+    # How many namespaces one registry object writes into at once.
+    concurrency: int = 16
+    # Re-list targets this often even without a signal (drift repair), seconds.
+    resync_seconds: float = 300.0
     # Prometheus endpoint (none when 0).
     metrics_port: int = 0
     metrics_address: str = "0.0.0.0"  # noqa: S104 - inside a pod

@@ -28,7 +28,6 @@ from .providers.cache import MintCache
 from .registry import RegistryClient, RegistryCredentials, RegistryError, TLSOptions
 
 log = logging.getLogger(__name__)
-FAN_OUT = 16
 MAX_FAILED_IN_STATUS = 20
 # Reasons that retrying cannot fix: the user has to change something.
 _STALLED = {
@@ -239,7 +238,11 @@ def removing(names: set[str]) -> Callable[[dict[str, Any]], dict[str, Any] | Non
 
 
 def sync_targets(
-    kube: Kube, ref: plan.RegistryRef, spec: RegistrySpec, credential: Credential
+    kube: Kube,
+    ref: plan.RegistryRef,
+    spec: RegistrySpec,
+    credential: Credential,
+    concurrency: int = 16,
 ) -> tuple[dict[str, Any], list[tuple[str, str, str]], set[str]]:
     """Bring every selected namespace up to date and remove copies from the others.
     Unchanged Secrets cost no write: the cluster-wide lists are compared first."""
@@ -269,7 +272,7 @@ def sync_targets(
             accounts.get(namespace, []),
         )
 
-    with ThreadPoolExecutor(max_workers=FAN_OUT) as pool:
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
         results = list(pool.map(one, selected))
     failed = [r.failure for r in results if r.failure]
     written = sum(r.written for r in results)
@@ -507,7 +510,7 @@ def reconcile(
             spec.to_api(), credential.fingerprint_parts(), tls.ca_bundle, generation
         )
         interval = parse_duration(spec.effective_refresh.interval).total_seconds()
-        work = schedule.work_due(memory, current, now, interval)
+        work = schedule.work_due(memory, current, now, interval, config.resync_seconds)
         if work is schedule.Work.none:
             return Outcome(memory, spec=spec, credential=credential, tls=tls)
         if work is schedule.Work.verify:
@@ -530,7 +533,7 @@ def reconcile(
     targets_status, events, placed = (
         ({"namespaces": 0, "serviceAccounts": 0}, [], set())
         if credential.anonymous
-        else sync_targets(kube, ref, spec, credential)
+        else sync_targets(kube, ref, spec, credential, config.concurrency)
     )
     if work is schedule.Work.verify:
         if credential.expires_at is not None and memory.fingerprint not in (None, current):

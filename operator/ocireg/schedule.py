@@ -55,7 +55,13 @@ def backoff(failures: int, retry_after: float | None = None, jitter: float = 0.1
     return delay
 
 
-def work_due(memory: Memory, current: str, now: float, verify_interval: float) -> Work:
+def work_due(
+    memory: Memory,
+    current: str,
+    now: float,
+    verify_interval: float,
+    resync: float = TARGET_RESYNC,
+) -> Work:
     """What a tick should do, given the fingerprint of the inputs as they are now."""
     if memory.failures:
         # Changed inputs (the user fixed the Secret) are tried at once; otherwise wait.
@@ -66,7 +72,7 @@ def work_due(memory: Memory, current: str, now: float, verify_interval: float) -
         return Work.verify
     if now - memory.verified_at >= verify_interval:
         return Work.verify
-    if memory.synced_at is None or now - memory.synced_at >= TARGET_RESYNC:
+    if memory.synced_at is None or now - memory.synced_at >= resync:
         return Work.targets
     return Work.none
 

@@ -19,6 +19,7 @@ class OperatorProcess:
         args: Sequence[str] = (),
         env: dict[str, str] | None = None,
         name: str = "ocireg",
+        verbose: bool = True,
     ) -> None:
         self.health_port = free_port()
         self.process = Process(
@@ -28,7 +29,7 @@ class OperatorProcess:
                 "-m",
                 "ocireg",
                 "run",
-                "--verbose",
+                *(["--verbose"] if verbose else []),
                 f"--liveness=http://{LOOPBACK}:{self.health_port}/healthz",
                 *args,
             ],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -79,6 +80,9 @@ def endpoints(spec: RegistrySpec) -> tuple[str, ...]:
     return (spec.server,)
 
 
+CLOUD_METHODS = frozenset({"ecr", "gcp", "acr", "webhook"})
+
+
 def resolve(spec: RegistrySpec, ctx: ResolveContext) -> Credential:
     if spec.auth is None or spec.server is None:
         raise ReconcileError(
@@ -87,17 +91,13 @@ def resolve(spec: RegistrySpec, ctx: ResolveContext) -> Credential:
     method = spec.auth.method
     if method in static.METHODS:
         return static.resolve(spec, ctx, endpoints(spec))
-    from . import acr, ecr, gcp, webhook  # the cloud SDKs load only when used
-
-    resolvers: dict[str, Callable[[RegistrySpec, ResolveContext], Credential]] = {
-        "ecr": ecr.resolve,
-        "gcp": gcp.resolve,
-        "acr": acr.resolve,
-        "webhook": webhook.resolve,
-    }
-    if method not in resolvers:
+    if method not in CLOUD_METHODS:
         raise ReconcileError("UnsupportedAuth", f"auth method {method} is not supported")
-    return resolvers[method](spec, ctx)
+    # Each SDK is imported only when an object uses it: boto3, azure-identity and google-auth
+    # together would add tens of MB to every operator that never needs them.
+    module = importlib.import_module(f"{__name__}.{method}")
+    resolver: Callable[[RegistrySpec, ResolveContext], Credential] = module.resolve
+    return resolver(spec, ctx)
 
 
 __all__ = ["ResolveContext", "SecretReader", "TokenRequester", "digest", "resolve"]
