@@ -78,7 +78,12 @@ def _expiry(value: Any, what: str, now: dt.datetime) -> dt.datetime:
     if isinstance(value, bool):
         raise ReconcileError("InvalidProviderAnswer", f"the webhook's {what} is not a time")
     if isinstance(value, int | float):
-        return dt.datetime.fromtimestamp(value, dt.UTC)
+        try:
+            return dt.datetime.fromtimestamp(value, dt.UTC)
+        except (OverflowError, OSError, ValueError):
+            raise ReconcileError(
+                "InvalidProviderAnswer", f"the webhook's {what} is not a usable Unix time"
+            ) from None
     if isinstance(value, str):
         try:
             moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -132,7 +137,13 @@ def parse_answer(
             raise ReconcileError(
                 "InvalidProviderAnswer", f"the webhook's {auth.expires_in_field!r} is not a number"
             )
-        expires = now + dt.timedelta(seconds=seconds)
+        try:
+            expires = now + dt.timedelta(seconds=seconds)
+        except (OverflowError, ValueError):
+            raise ReconcileError(
+                "InvalidProviderAnswer",
+                f"the webhook's {auth.expires_in_field!r} is not a usable number of seconds",
+            ) from None
     return username or auth.username or "", password, expires
 
 
