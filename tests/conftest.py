@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 import subprocess
 from collections.abc import Callable, Iterator
@@ -11,6 +12,7 @@ import pytest
 
 from ocireg.devenv.clients import Clients
 from ocireg.devenv.controlplane import ControlPlane
+from ocireg.devenv.hygiene import KNOWN_SECRETS, Leak
 from ocireg.devenv.operator import OperatorProcess
 from ocireg.devenv.processes import Tools
 from ocireg.devenv.registries import LocalRegistries
@@ -84,12 +86,52 @@ def namespace(cluster: ControlPlane, request: pytest.FixtureRequest) -> Iterator
     cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
 
 
+def _ocireg_objects_shown(cluster: ControlPlane) -> list[tuple[str, str]]:
+    """(where, text) of what users see besides logs: every Event, and the status and
+    annotations of every ocireg object."""
+    shown: list[tuple[str, str]] = []
+    events = cluster.kubectl("get", "events", "-A", "-o", "json", check=False)
+    if events.returncode == 0:
+        for event in json.loads(events.stdout).get("items", []):
+            meta = event.get("metadata", {})
+            where = f"Event {meta.get('namespace')}/{meta.get('name')}"
+            shown.append((where, json.dumps(event)))
+    for kind in ("ociregistries", "clusterociregistries"):
+        found = cluster.kubectl("get", kind, "-A", "-o", "json", check=False)
+        if found.returncode != 0:
+            continue  # the CRDs are not installed in this session
+        for item in json.loads(found.stdout).get("items", []):
+            meta = item.get("metadata", {})
+            where = f"{kind} {meta.get('namespace') or ''}/{meta.get('name')}".replace(" /", " ")
+            shown.append((where, json.dumps([item.get("status"), meta.get("annotations")])))
+    return shown
+
+
+def check_secret_hygiene(cluster: ControlPlane, operators: list[OperatorProcess]) -> list[Leak]:
+    """Every known credential value (the local registries' passwords, the token server's and
+    the cloud stand-ins' tokens...) found in an operator log, an Event or an ocireg object's
+    status. Refuses to pass vacuously: there must be secrets to look for and logs to read."""
+    assert len(KNOWN_SECRETS) > 0, "no known secrets to scan for"
+    logs = [(f"operator log {o.log_path.name}", o.logs()) for o in operators]
+    assert any(text.strip() for _, text in logs), "the operator logs are all empty"
+    leaks: list[Leak] = []
+    for where, text in [*logs, *_ocireg_objects_shown(cluster)]:
+        leaks.extend(KNOWN_SECRETS.find(text, where))
+    return leaks
+
+
 @pytest.fixture
 def run_operator(
-    cluster: ControlPlane, tmp_path: Path, request: pytest.FixtureRequest
+    cluster: ControlPlane,
+    registries: LocalRegistries,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> Iterator[Callable[..., OperatorProcess]]:
-    """Start `ocireg run` (admin identity unless a kubeconfig is given); stopped at teardown,
-    its log attached to the report when the test fails."""
+    """Start `ocireg run` (admin identity unless a kubeconfig is given; --standalone unless
+    standalone=False, for peering); stopped at teardown, its log attached to the report when
+    the test fails. At teardown the operators' logs, Events and ocireg status are scanned for
+    every known credential value (ocireg.devenv.hygiene): any hit fails the test. The local
+    registries are always started so that there are credentials to look for."""
     started: list[OperatorProcess] = []
     request.node.stash[OPERATOR_LOGS] = started
 
@@ -98,11 +140,12 @@ def run_operator(
         kubeconfig: Path | None = None,
         env: dict[str, str] | None = None,
         name: str = "ocireg",
+        standalone: bool = True,
     ) -> OperatorProcess:
         operator = OperatorProcess(
             kubeconfig or cluster.admin_kubeconfig,
             tmp_path,
-            ("--standalone", *args),
+            ("--standalone", *args) if standalone else args,
             env,
             name=f"{name}-{len(started)}",
         )
@@ -112,6 +155,11 @@ def run_operator(
     yield start
     for operator in started:
         operator.stop()
+    if started:
+        leaks = check_secret_hygiene(cluster, started)
+        if leaks:
+            shown = "\n".join(f"  {leak.label} ({leak.form}) in {leak.where}" for leak in leaks)
+            pytest.fail(f"credential values leaked:\n{shown}", pytrace=False)
 
 
 def kubectl_ok(result: subprocess.CompletedProcess[str]) -> str:

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from ocireg.credential import Credential
+from ocireg.devenv.hygiene import KnownSecrets, forms
 from ocireg.errors import ReconcileError
 from ocireg.models.cloud import WebhookAuth, WebhookFormat
 from ocireg.models.durations import format_duration, parse_duration, renew_margin
@@ -569,3 +570,32 @@ def test_jwt_expiry_absurd_exp_returns_none(exp: str) -> None:
     payload = _b64(('{"exp": ' + exp + "}").encode())
     token = f"{_b64(b'{}')}.{payload}.sig"
     _check_jwt_expiry(token)
+
+
+# ------------------------------------------------------------------------------ leak detection
+# The e2e suite's secret-hygiene check (tests/conftest.py) relies on this finding a secret in
+# any of the forms a careless log line would take.
+
+
+@SETTINGS
+@given(
+    st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=0x2FF), min_size=8, max_size=30),
+    st.sampled_from(sorted(forms("x" * 8, "user"))),
+    st.text(max_size=40),
+    st.text(max_size=40),
+)
+def test_known_secrets_found_in_every_form(secret: str, form: str, before: str, after: str) -> None:
+    known = KnownSecrets()
+    known.add(secret, "a password", "user")
+    leaked = forms(secret, "user")[form]
+    leaks = known.find(f"{before}{leaked}{after}", "a log")
+    assert [(leak.label, leak.where) for leak in leaks] == [("a password", "a log")]
+    assert secret not in repr(leaks)
+
+
+def test_known_secrets_ignore_short_values_and_clean_text() -> None:
+    known = KnownSecrets()
+    known.add("short", "too short to tell from ordinary text")
+    known.add("S3CR3T-long-enough", "a password")
+    assert len(known) == 1
+    assert known.find("nothing to see, short and S3CR3T-long-enoug", "a log") == []

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from .hygiene import remember
 from .pki import CertificateAuthority, cert_pem, key_pem
 from .processes import LOOPBACK, Process, Tools, free_port, wait_until
 
@@ -91,11 +92,13 @@ class TokenServer:
 
     def add_user(self, username: str, password: str) -> None:
         self.users[username] = password
+        remember(password, f"token server password of {username}", username)
 
     def issue_refresh_token(self, username: str) -> str:
         """An identity token for ``username``, as a registry login would store it."""
         token = secrets.token_urlsafe(24)
         self.refresh_tokens[token] = username
+        remember(token, "token server refresh token")
         return token
 
     def _jwt(self, subject: str, scopes: list[str]) -> str:
@@ -128,6 +131,7 @@ class TokenServer:
 
     def _answer(self, subject: str, scopes: list[str], refresh: str | None = None) -> dict:
         token = self._jwt(subject, scopes)
+        remember(token, "token server access token")
         body: dict[str, Any] = {
             "token": token,
             "access_token": token,
@@ -318,6 +322,7 @@ class LocalRegistries:
             )
             http["tls"] = {"certificate": str(crt), "key": str(key)}
             username, password = f"{kind}-user", secrets.token_urlsafe(18)
+            remember(password, f"registry {kind} password", username)
         if kind == "basic":
             hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=5)).decode()
             (directory / "htpasswd").write_text(f"{username}:{hashed}\n")
@@ -351,6 +356,7 @@ class LocalRegistries:
         """Change the registry user's password (htpasswd is re-read by the registry)."""
         server = self.servers[kind]
         server.password = password
+        remember(password, f"registry {kind} password (changed)", server.username)
         if kind == "token":
             assert self.token_server is not None
             self.token_server.add_user(server.username, password)
@@ -360,6 +366,7 @@ class LocalRegistries:
     def set_user(self, kind: str, username: str, password: str) -> None:
         """Let another user in (the basic registry): a cloud stand-in's latest token."""
         self._extra_users.setdefault(kind, {})[username] = password
+        remember(password, f"registry {kind} password of {username}", username)
         self._write_htpasswd(kind)
 
     def _write_htpasswd(self, kind: str) -> None:

@@ -9,7 +9,9 @@ really work against a real registry."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import re
 import secrets
 import ssl
 import threading
@@ -25,6 +27,7 @@ from urllib.parse import parse_qs, urlparse
 
 import requests
 
+from .hygiene import remember
 from .pki import CertificateAuthority
 from .processes import LOOPBACK, free_port
 
@@ -197,7 +200,26 @@ class AwsStandIn(StandIn):
             not in ("content-length", "transfer-encoding", "connection", "server", "date")
         }
         content_type = kept.pop("Content-Type", "application/json")
+        _remember_aws_secrets(response.content)
         return Reply(response.status_code, response.content, content_type, kept)
+
+
+_AWS_SECRET_FIELDS = re.compile(
+    rb"<(SecretAccessKey|SessionToken)>([^<]+)</|\"(authorizationToken)\"\s*:\s*\"([^\"]+)\""
+)
+
+
+def _remember_aws_secrets(body: bytes) -> None:
+    """STS session keys and ECR authorization tokens moto hands out."""
+    for match in _AWS_SECRET_FIELDS.finditer(body):
+        field_name = (match.group(1) or match.group(3)).decode()
+        value = (match.group(2) or match.group(4)).decode(errors="replace")
+        remember(value, f"AWS {field_name}")
+        if field_name == "authorizationToken":
+            # base64 AWS:password: the password goes into pull secrets as it is.
+            with contextlib.suppress(ValueError):
+                _, _, password = base64.b64decode(value).decode().partition(":")
+                remember(password, "ECR password", "AWS")
 
 
 class GoogleStandIn(StandIn):
@@ -225,6 +247,7 @@ class GoogleStandIn(StandIn):
             self.malformed_next -= 1
             return Reply(200, b"<html>not json</html>", "text/html")
         token = "ya29." + secrets.token_urlsafe(24)
+        remember(token, "Google access token", "oauth2accesstoken")
         self.on_token("oauth2accesstoken", token)
         answer = {"access_token": token, "expires_in": self.lifetime, "token_type": "Bearer"}
         return Reply(200, json.dumps(answer).encode())
@@ -309,8 +332,10 @@ class AzureStandIn(StandIn):
                 self.assertions.append(assertion)
             if not (assertion or (client and self.client_secrets.get(client) == secret)):
                 return Reply(401, b'{"error":"invalid_client"}')
+            remember(secret, "Entra client secret")
             now = int(time.time())
             access = jwt_like({"aud": "https://management.azure.com", "exp": now + 3600})
+            remember(access, "Entra ID access token")
             answer = {
                 "access_token": access,
                 "token_type": "Bearer",
@@ -324,6 +349,7 @@ class AzureStandIn(StandIn):
             ):
                 return Reply(400, b'{"error":"unsupported grant"}')
             refresh = jwt_like({"exp": int(time.time()) + self.lifetime, "grant_type": "refresh"})
+            remember(refresh, "ACR refresh token", "00000000-0000-0000-0000-000000000000")
             self.on_token("00000000-0000-0000-0000-000000000000", refresh)
             return Reply(200, json.dumps({"refresh_token": refresh}).encode())
         return Reply(404, b'{"error":"not found"}')
@@ -350,6 +376,7 @@ class WebhookStandIn(StandIn):
             self.malformed_next -= 1
             return Reply(200, b"%%% not an answer %%%", "text/plain")
         token = secrets.token_urlsafe(18)
+        remember(token, "webhook token", "webhook-user")
         self.on_token("webhook-user", token)
         if not self.json_answers:
             return Reply(200, base64.b64encode(f"webhook-user:{token}".encode()), "text/plain")
