@@ -105,13 +105,14 @@ class Bench:
         )  # fmt: skip
         basic = self.registries.basic
         self.core.create_namespace({"metadata": {"name": CREDS_NS}})
-        self.core.create_namespaced_secret(
-            CREDS_NS,
-            {
-                "metadata": {"name": "login"},
-                "stringData": {"username": basic.username, "password": basic.password},
-            },
-        )
+        for index in range(self.args.registries):  # one login per registry: P2 rotates one
+            self.core.create_namespaced_secret(
+                CREDS_NS,
+                {
+                    "metadata": {"name": f"login-{index}"},
+                    "stringData": {"username": basic.username, "password": basic.password},
+                },
+            )
         self.core.create_namespaced_config_map(
             CREDS_NS,
             {"metadata": {"name": "ca"}, "data": {"ca.crt": self.registries.ca_file.read_text()}},
@@ -153,7 +154,7 @@ class Bench:
 
     def registry_spec(self, index: int) -> dict[str, Any]:
         basic = self.registries.basic
-        auth: dict[str, Any] = {"basic": {"secretRef": {"name": "login"}}}
+        auth: dict[str, Any] = {"basic": {"secretRef": {"name": f"login-{index}"}}}
         if index == self.args.registries - 1:  # the minting identity
             assert self.hook is not None
             auth = {
@@ -278,10 +279,9 @@ class Bench:
             list(pool.map(plain_replace, floor_names))
         floor = time.monotonic() - started
 
-        # ocireg: change the password (registry first, then the Secret) and time every copy.
-        basic = self.registries.basic
+        # ocireg: a second registry user (the new credential) goes into reg-0's login Secret.
         new_password = "rotated-" + str(int(time.time()))
-        self.registries.set_password("basic", new_password)
+        self.registries.set_user("basic", "rotated-user", new_password)
         before = {
             s.metadata.namespace: s.data
             for s in self.core.list_secret_for_all_namespaces(
@@ -290,7 +290,9 @@ class Bench:
         }
         started = time.monotonic()
         self.core.patch_namespaced_secret(
-            "login", CREDS_NS, {"stringData": {"password": new_password}}
+            "login-0",
+            CREDS_NS,
+            {"stringData": {"username": "rotated-user", "password": new_password}},
         )
 
         def rotated() -> bool:
@@ -304,8 +306,7 @@ class Bench:
         total = time.monotonic() - started
         self.quiesce()  # the other registries sharing the login rotate too; let them finish
         # The operator notices the change on its next tick (up to 10 s); the fan-out itself
-        # starts then. Both figures are reported.
-        assert basic.password == new_password
+        # starts then.
         return {
             "copies": len(before),
             "ocireg_total_s": total,
@@ -349,9 +350,19 @@ class Bench:
             1,
         )
         converged = time.monotonic() - started
+        self.quiesce()
+        writes = _metric(self.metrics_port, "ocireg_secret_writes_total")
+        # The webhook-backed registry mints a new token after a restart (new data, so its
+        # copies are rewritten); the static ones have nothing new to write.
+        minted = len(
+            self.core.list_secret_for_all_namespaces(
+                label_selector=f"ocireg.dev/registry=reg-{self.args.registries - 1}"
+            ).items
+        )
         return {
             "converged_s": converged,
-            "writes_on_restart": _metric(self.metrics_port, "ocireg_secret_writes_total"),
+            "writes_on_restart": writes,
+            "writes_on_restart_static": max(0.0, writes - minted),
         }
 
     def run(self) -> dict[str, Any]:
@@ -416,7 +427,8 @@ def table(results: dict[str, Any]) -> str:
         ("P4 operator RSS", f"{results['P4_rss_mb']:.0f} MB",
          f"after the run {results['P4_rss_mb_after']:.0f} MB; aim <= 120 MB"),
         ("P6 restart -> converged", f"{p6['converged_s']:.1f} s",
-         f"{p6['writes_on_restart']:.0f} writes on restart"),
+         f"{p6['writes_on_restart']:.0f} writes on restart, "
+         f"{p6['writes_on_restart_static']:.0f} of them by static registries"),
     ]  # fmt: skip
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"{name:<{width}}  {value:<36}  {note}" for name, value, note in rows)

@@ -3,8 +3,10 @@ in reconcile, I/O in kube."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +18,7 @@ from .credential import Credential
 from .kube import Kube, load_config
 from .models.spec import RegistrySpec
 from .providers.cache import MintCache
-from .reconcile import adding, cleanup, reconcile, remove_from_namespace, sync_namespace
+from .reconcile import adding_all, cleanup, reconcile, remove_from_namespace, sync_namespace
 from .registry import TLSOptions
 
 GROUP = "ocireg.dev"
@@ -178,6 +180,34 @@ for _plural in KINDS:
             cleanup(memo.kube, ref)
 
 
+# Namespace events fan out to every registry at once: a new namespace waits for the slowest
+# registry, not for the sum of them.
+_NAMESPACE_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ocireg-ns")
+
+
+def _namespace_changed(
+    memo: kopf.Memo,
+    ref: plan.RegistryRef,
+    tracked: Tracked,
+    name: str,
+    labels: dict[str, str],
+    phase: str,
+) -> None:
+    with tracked.lock:
+        if tracked.spec is None or tracked.credential is None:
+            return
+        targets = tracked.spec.effective_targets
+        selected = plan.namespace_selected(ref, targets, name, labels, phase)
+        if selected and name not in tracked.placed:
+            result = sync_namespace(memo.kube, ref, targets, tracked.credential, name)
+            if result.failure is None:
+                tracked.placed.add(name)
+        elif not selected and name in tracked.placed:
+            if phase == "Active":  # a terminating namespace takes our Secrets with it
+                remove_from_namespace(memo.kube, ref, name)
+            tracked.placed.discard(name)
+
+
 @kopf.on.event("namespaces")
 def on_namespace(event: dict, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A new or relabelled namespace gets (or loses) the pull secrets at once."""
@@ -188,43 +218,47 @@ def on_namespace(event: dict, body: kopf.Body, memo: kopf.Memo, **_: Any) -> Non
     phase = (body.get("status") or {}).get("phase", "Active")
     if event.get("type") == "DELETED" or meta.get("deletionTimestamp"):
         phase = "Terminating"
-    for ref, tracked in memo.registries.ready():
-        if ref.namespaced and ref.namespace != name:
-            continue
-        with tracked.lock:
-            if tracked.spec is None or tracked.credential is None:
-                continue
-            targets = tracked.spec.effective_targets
-            selected = plan.namespace_selected(ref, targets, name, labels, phase)
-            if selected and name not in tracked.placed:
-                result = sync_namespace(memo.kube, ref, targets, tracked.credential, name)
-                if result.failure is None:
-                    tracked.placed.add(name)
-            elif not selected and name in tracked.placed:
-                if phase == "Active":  # a terminating namespace takes our Secrets with it
-                    remove_from_namespace(memo.kube, ref, name)
-                tracked.placed.discard(name)
+    work = [
+        (ref, tracked)
+        for ref, tracked in memo.registries.ready()
+        if not (ref.namespaced and ref.namespace != name)
+    ]
+    futures = [
+        _NAMESPACE_POOL.submit(_namespace_changed, memo, ref, tracked, name, labels, phase)
+        for ref, tracked in work
+    ]
+    for future in futures:
+        future.result()  # errors surface to kopf, which logs them
 
 
 @kopf.on.event("serviceaccounts")
 def on_service_account(event: dict, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """ServiceAccounts created after the pull secret (like `default` in a new namespace),
-    or whose list of pull secrets was replaced without ours."""
+    or whose list of pull secrets was replaced without ours. All registries' references go
+    in one patch."""
     if event.get("type") not in ("ADDED", "MODIFIED") or "registries" not in memo:
         return
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-    for ref, tracked in memo.registries.ready():
-        if namespace not in tracked.placed:
-            continue
-        with tracked.lock:  # serialised with removals, which would otherwise be undone
+    candidates = sorted(
+        ((ref, t) for ref, t in memo.registries.ready() if namespace in t.placed),
+        key=lambda item: (item[0].kind, item[0].namespace or "", item[0].name),
+    )
+    if not candidates:
+        return
+    # Every involved registry's lock, in one order (no deadlock), so no removal can run
+    # between deciding and patching: it would otherwise be undone.
+    with contextlib.ExitStack() as locks:
+        wanted = []
+        for ref, tracked in candidates:
+            locks.enter_context(tracked.lock)
             if namespace not in tracked.placed or tracked.spec is None:
                 continue
             targets = tracked.spec.effective_targets
-            if not plan.service_account_selected(targets, name):
-                continue
-            secret_name = plan.secret_names(targets, ref.name)[plan.Format.dockerconfigjson]
-            if plan.service_account_patch(dict(body), secret_name, want=True):
-                memo.kube.update_service_account(namespace, dict(body), adding(secret_name))
+            if plan.service_account_selected(targets, name):
+                wanted.append(plan.secret_names(targets, ref.name)[plan.Format.dockerconfigjson])
+        missing = [n for n in wanted if plan.service_account_patch(dict(body), n, want=True)]
+        if missing:
+            memo.kube.update_service_account(namespace, dict(body), adding_all(missing))
 
 
 from . import chart_handlers  # noqa: E402, F401 - registers the chart sync handlers

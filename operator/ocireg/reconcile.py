@@ -221,7 +221,22 @@ def sync_namespace(
 
 
 def adding(secret_name: str) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
-    return lambda sa: plan.service_account_patch(sa, secret_name, want=True)
+    return adding_all([secret_name])
+
+
+def adding_all(names: list[str]) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
+    """One patch adding every name in ``names`` that is missing (and only those)."""
+
+    def change(sa: dict[str, Any]) -> dict[str, Any] | None:
+        patch = None
+        for name in names:
+            step = plan.service_account_patch(sa, name, want=True)
+            if step:
+                patch = step
+                sa = {**sa, **step, "metadata": {**sa["metadata"], **step["metadata"]}}
+        return patch
+
+    return change
 
 
 def removing(names: set[str]) -> Callable[[dict[str, Any]], dict[str, Any] | None]:

@@ -380,3 +380,24 @@ def test_removing_several_references_in_one_patch() -> None:
         "resourceVersion": "3",
         "annotations": {plan.ANNOTATION_SA_REFS: None},
     }
+
+
+def test_adding_several_references_in_one_patch() -> None:
+    sa = {
+        "metadata": {"name": "default", "resourceVersion": "5"},
+        "imagePullSecrets": [{"name": "theirs"}, {"name": "b"}],
+    }
+    patch = reconcile.adding_all(["a", "b", "c"])(sa)
+    assert patch is not None
+    # "b" was put there by someone else: left alone, not claimed.
+    assert patch["imagePullSecrets"] == [
+        {"name": "theirs"},
+        {"name": "b"},
+        {"name": "a"},
+        {"name": "c"},
+    ]
+    assert patch["metadata"] == {
+        "resourceVersion": "5",
+        "annotations": {plan.ANNOTATION_SA_REFS: "a,c"},
+    }
+    assert reconcile.adding_all(["b"])(sa) is None
