@@ -352,6 +352,16 @@ class LocalRegistries:
         ).start()
         return RegistryServer(kind, port, kind != "plain", process, username, password)
 
+    def stop_server(self, kind: str) -> None:
+        """Stop one registry (a fault to recover from); :meth:`start_server` brings it back."""
+        self.servers[kind].process.stop()
+
+    def start_server(self, kind: str, timeout: float = 30) -> None:
+        """Start a stopped registry again, same port and data, and wait until it answers."""
+        server = self.servers[kind]
+        server.process.start()
+        wait_until(lambda: _pings(server, self.ca_file), timeout, server.name, server.process)
+
     def set_password(self, kind: str, password: str) -> None:
         """Change the registry user's password (htpasswd is re-read by the registry)."""
         server = self.servers[kind]
