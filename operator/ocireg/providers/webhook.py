@@ -3,7 +3,10 @@ from a Secret; the answer is base64 `username:token` or a JSON object.
 
 A tenant's webhook could be aimed at the cloud metadata service or at services inside the
 cluster network; for the namespaced kind the URL's addresses must be public unless the
-operator was started with allowed CIDRs."""
+operator was started with allowed CIDRs. The addresses are checked twice: when the host is
+resolved before the request, and on the socket actually connected, before a byte (TLS
+handshake, headers from the Secret) is sent, so a DNS answer that changes in between (DNS
+rebinding) cannot lead the request to a refused address."""
 
 from __future__ import annotations
 
@@ -18,6 +21,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from ..credential import Credential
 from ..errors import ReconcileError
@@ -42,15 +48,25 @@ def address_refused(
     return not address.is_global or address.is_multicast
 
 
-def check_destination(
-    url: str, allowed_cidrs: Iterable[str], resolve: Any = socket.getaddrinfo
-) -> None:
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _refusal(host: str, address: object) -> ReconcileError:
+    return ReconcileError(
+        "WebhookAddressNotAllowed",
+        f"the webhook host {host} resolves to {address}, a non-public address an "
+        "OCIRegistry may not reach (the operator can allow ranges with "
+        "--webhook-allowed-cidr)",
+    )
+
+
+def check_destination(url: str, allowed_cidrs: Iterable[str], resolve: Any = None) -> None:
     host = urlsplit(url).hostname
     if not host:
         raise ReconcileError("InvalidSpec", "the webhook url has no host")
     allowed = [ipaddress.ip_network(c, strict=False) for c in allowed_cidrs]
     try:
-        infos = resolve(host, None, proto=socket.IPPROTO_TCP)
+        infos = (resolve or socket.getaddrinfo)(host, None, proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError):
         raise ReconcileError(
             "WebhookUnreachable", f"cannot resolve the webhook host {host}", transient=True
@@ -58,12 +74,57 @@ def check_destination(
     for info in infos:
         address = ipaddress.ip_address(info[4][0].split("%", 1)[0])
         if address_refused(address, allowed):
-            raise ReconcileError(
-                "WebhookAddressNotAllowed",
-                f"the webhook host {host} resolves to {address}, a non-public address an "
-                "OCIRegistry may not reach (the operator can allow ranges with "
-                "--webhook-allowed-cidr)",
-            )
+            raise _refusal(host, address)
+
+
+class _PeerRefused(Exception):
+    """The socket connected to a refused address (raised before anything is sent)."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(address)
+        self.address = address
+
+
+def _guarded_pools(
+    allowed: list[Network],
+) -> dict[str, type[HTTPConnectionPool]]:
+    """Connection pools whose connections check the address they are connected to."""
+
+    def check(sock: socket.socket) -> socket.socket:
+        peer = str(sock.getpeername()[0]).split("%", 1)[0]
+        if address_refused(ipaddress.ip_address(peer), allowed):
+            sock.close()
+            raise _PeerRefused(peer)
+        return sock
+
+    class GuardedHTTPConnection(HTTPConnection):
+        def _new_conn(self) -> socket.socket:
+            return check(super()._new_conn())
+
+    class GuardedHTTPSConnection(HTTPSConnection):
+        def _new_conn(self) -> socket.socket:
+            return check(super()._new_conn())
+
+    class GuardedHTTPPool(HTTPConnectionPool):
+        ConnectionCls = GuardedHTTPConnection
+
+    class GuardedHTTPSPool(HTTPSConnectionPool):
+        ConnectionCls = GuardedHTTPSConnection
+
+    return {"http": GuardedHTTPPool, "https": GuardedHTTPSPool}
+
+
+class _GuardedAdapter(HTTPAdapter):
+    """Direct connections only to addresses a tenant may reach. (Through a proxy, the socket
+    is the proxy's; the check before the request is all there is then.)"""
+
+    def __init__(self, allowed: list[Network]) -> None:
+        self._allowed = allowed
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _guarded_pools(self._allowed)
 
 
 def _field(answer: Any, path: str) -> Any:
@@ -172,6 +233,12 @@ def mint(spec: RegistrySpec, ctx: ResolveContext, headers: dict[str, str]) -> Cr
     host = urlsplit(auth.url).hostname
     try:
         with requests.Session() as session:
+            if ctx.namespaced:
+                allowed = [
+                    ipaddress.ip_network(c, strict=False) for c in ctx.config.webhook_allowed_cidrs
+                ]
+                session.mount("http://", _GuardedAdapter(allowed))
+                session.mount("https://", _GuardedAdapter(allowed))
             # Redirects could lead anywhere, past the address check: refuse them.
             response = session.get(
                 auth.url,
@@ -183,6 +250,8 @@ def mint(spec: RegistrySpec, ctx: ResolveContext, headers: dict[str, str]) -> Cr
             )
             with response:
                 body = response.raw.read(MAX_ANSWER_BYTES + 1, decode_content=True)
+    except _PeerRefused as refused:
+        raise _refusal(host or "", refused.address) from None
     except requests.exceptions.SSLError:
         raise ReconcileError("WebhookTLSError", f"TLS to the webhook {host} failed") from None
     except requests.exceptions.RequestException as error:
