@@ -27,7 +27,7 @@ from ocireg.devenv.standins import WebhookStandIn
 from ocireg.plan import ANNOTATION_OWNER, LABEL_KIND, MANAGED_BY, MANAGER
 from tests.conftest import check_secret_hygiene
 
-from .helpers import apply, registry_object, secret, wait_for, wait_for_reason
+from .helpers import apply, condition, registry_object, secret, wait_for, wait_for_reason
 
 KIND = "OCIRegistry"
 NAMESPACE_ONLY_CLUSTER = "namespace is only allowed on ClusterOCIRegistry"
@@ -277,6 +277,9 @@ def test_tenant_cannot_reach_outside_her_namespace(
         for name in ("hook-loopback", "hook-localhost", "hook-metadata", "hook-private",
                      "hook-ipv6-loopback", "hook-mapped"):  # fmt: skip
             wait_for_reason(cluster, KIND, name, "WebhookAddressNotAllowed", namespace)
+        # Refusals only the tenant can fix are Stalled, not retried in a hot loop.
+        for name in ("ambient-ecr", "borrowed-base", "hook-metadata"):
+            assert condition(cluster, KIND, name, "Stalled", namespace)["status"] == "True", name
         assert not hook.calls, "a tenant's webhook reached a loopback address"
         wait_for_reason(cluster, KIND, "own", "Ready", namespace)
         assert secret(cluster, namespace, "own-pull") is not None
