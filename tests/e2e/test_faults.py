@@ -4,8 +4,12 @@ duplicate ServiceAccount references."""
 
 from __future__ import annotations
 
+import secrets
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from ocireg.devenv.controlplane import ControlPlane
 from ocireg.devenv.processes import Tools
@@ -119,6 +123,92 @@ def test_registry_down_then_back(
 FAN_OUT = 40
 
 
+class FanOut:
+    """A ClusterOCIRegistry writing into FAN_OUT labelled namespaces of ``cluster``."""
+
+    def __init__(self, cluster: ControlPlane, registries: LocalRegistries, namespace: str) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+        self.label = f"fanout-{namespace[-6:]}"
+        self.targets = [f"{namespace[:50]}-{i}" for i in range(FAN_OUT)]
+        self.name = f"fanout-{namespace[-6:]}"
+        basic = registries.basic
+        apply(
+            cluster,
+            *(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Namespace",
+                    "metadata": {"name": name, "labels": {"fanout": self.label}},
+                }
+                for name in self.targets
+            ),
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "creds", "namespace": namespace},
+                "stringData": {"username": basic.username, "password": basic.password},
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "registry-ca", "namespace": namespace},
+                "data": {"ca.crt": registries.ca_file.read_text()},
+            },
+        )
+        self.body = registry_object(
+            "ClusterOCIRegistry",
+            self.name,
+            {
+                "server": basic.host,
+                "auth": {"basic": {"secretRef": {"name": "creds"}}},
+                "tls": {"caBundleRef": {"configMap": "registry-ca"}},
+                "targets": {
+                    "namespaceSelector": {"matchLabels": {"fanout": self.label}},
+                    "secretName": "fanned",
+                },
+            },
+        )
+        # One namespace at a time, so the fan-out lasts long enough to be interrupted.
+        self.operator_args = ("--credentials-namespace", namespace, "--concurrency", "1")
+
+    def written(self) -> int:
+        selector = f"ocireg.dev/registry={self.name}"
+        return len(self.cluster.get_json("secrets", "-A", "-l", selector)["items"])
+
+    def start_and_wait_for_the_first_copy(self) -> int:
+        apply(self.cluster, self.body)
+        deadline = time.monotonic() + 60
+        while (count := self.written()) == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return count
+
+    def check_converged_then_delete(self) -> None:
+        """Every namespace has its Secret and one reference; deleting leaves nothing."""
+        wait_for_reason(self.cluster, "ClusterOCIRegistry", self.name, "Ready", timeout=120)
+        selector = f"ocireg.dev/registry={self.name}"
+        written = self.cluster.get_json("secrets", "-A", "-l", selector)["items"]
+        assert sorted(s["metadata"]["namespace"] for s in written) == sorted(self.targets)
+        for target in self.targets:
+            assert pull_secret_refs(self.cluster, target).count("fanned") == 1, target
+            found = secret(self.cluster, target, "fanned")
+            assert found is not None
+            assert found["data"][".dockerconfigjson"]
+        self.cluster.kubectl("delete", "clusterociregistry", self.name, "--timeout=120s")
+        assert self.written() == 0
+        for target in self.targets:
+            assert "fanned" not in pull_secret_refs(self.cluster, target), target
+
+    def cleanup(self) -> None:
+        self.cluster.kubectl(
+            "delete", "clusterociregistry", self.name, "--ignore-not-found", "--wait=false",
+            check=False,
+        )  # fmt: skip
+        self.cluster.kubectl(
+            "delete", "namespace", "-l", f"fanout={self.label}", "--wait=false", check=False
+        )
+
+
 def test_operator_killed_mid_fan_out_and_restarted(
     cluster: ControlPlane,
     crds: None,
@@ -129,82 +219,54 @@ def test_operator_killed_mid_fan_out_and_restarted(
     """SIGKILL while a ClusterOCIRegistry is being written into many namespaces (one at a
     time): the restarted operator finishes the job, every namespace has its Secret and one
     reference, and deleting the object leaves nothing behind."""
-    basic = registries.basic
-    label = f"fanout-{namespace[-6:]}"
-    targets = [f"{namespace[:50]}-{i}" for i in range(FAN_OUT)]
-    apply(
-        cluster,
-        *(
-            {
-                "apiVersion": "v1",
-                "kind": "Namespace",
-                "metadata": {"name": name, "labels": {"fanout": label}},
-            }
-            for name in targets
-        ),
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "creds", "namespace": namespace},
-            "stringData": {"username": basic.username, "password": basic.password},
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": "registry-ca", "namespace": namespace},
-            "data": {"ca.crt": registries.ca_file.read_text()},
-        },
-    )
-    body = registry_object(
-        "ClusterOCIRegistry",
-        f"fanout-{namespace[-6:]}",
-        {
-            "server": basic.host,
-            "auth": {"basic": {"secretRef": {"name": "creds"}}},
-            "tls": {"caBundleRef": {"configMap": "registry-ca"}},
-            "targets": {
-                "namespaceSelector": {"matchLabels": {"fanout": label}},
-                "secretName": "fanned",
-            },
-        },
-    )
-    name = body["metadata"]["name"]
-    selector = f"ocireg.dev/registry={name}"
-
-    def written() -> int:
-        return len(cluster.get_json("secrets", "-A", "-l", selector)["items"])
-
-    args = ("--credentials-namespace", namespace, "--concurrency", "1")
+    fan_out = FanOut(cluster, registries, namespace)
     try:
-        first = run_operator(*args, name="before-kill")
-        apply(cluster, body)
-        deadline = time.monotonic() + 60
-        while (count := written()) == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        first = run_operator(*fan_out.operator_args, name="before-kill")
+        count = fan_out.start_and_wait_for_the_first_copy()
         assert first.process.popen is not None
         first.process.popen.kill()
         first.process.popen.wait(10)
-        at_kill = written()
+        at_kill = fan_out.written()
         assert 0 < count <= at_kill < FAN_OUT, f"not killed mid fan-out ({at_kill}/{FAN_OUT})"
         print(f"killed with {at_kill}/{FAN_OUT} namespaces written")
 
-        run_operator(*args, name="after-restart")
-        wait_for_reason(cluster, "ClusterOCIRegistry", name, "Ready", timeout=120)
-        secrets_written = cluster.get_json("secrets", "-A", "-l", selector)["items"]
-        assert sorted(s["metadata"]["namespace"] for s in secrets_written) == sorted(targets)
-        for target in targets:
-            assert pull_secret_refs(cluster, target).count("fanned") == 1, target
-            found = secret(cluster, target, "fanned")
-            assert found is not None
-            assert found["data"][".dockerconfigjson"]
-
-        # Deleted: every copy and every reference goes, nothing orphaned.
-        cluster.kubectl("delete", "clusterociregistry", name, "--timeout=120s")
-        assert written() == 0
-        for target in targets:
-            assert "fanned" not in pull_secret_refs(cluster, target), target
+        run_operator(*fan_out.operator_args, name="after-restart")
+        fan_out.check_converged_then_delete()
     finally:
-        cluster.kubectl(
-            "delete", "clusterociregistry", name, "--ignore-not-found", "--wait=false", check=False
-        )
-        cluster.kubectl("delete", "namespace", "-l", f"fanout={label}", "--wait=false", check=False)
+        fan_out.cleanup()
+
+
+@pytest.fixture
+def own_cluster(tools: Tools, tmp_path: Path) -> Iterator[ControlPlane]:
+    """A control plane of this test's own, so restarting its API server disturbs no other."""
+    control_plane = ControlPlane(tmp_path / "own-cluster", tools)
+    try:
+        control_plane.start()
+        control_plane.kubectl("apply", "-f", str(Path(__file__).resolve().parents[2] / "crds"))
+        control_plane.kubectl(
+            "wait", "--for=condition=Established", "--timeout=60s",
+            "crd/ociregistries.ocireg.dev", "crd/clusterociregistries.ocireg.dev",
+        )  # fmt: skip
+        yield control_plane
+    finally:
+        control_plane.stop()
+
+
+def test_api_server_restarted_during_a_fan_out(
+    own_cluster: ControlPlane, registries: LocalRegistries, run_operator
+) -> None:
+    """The API server goes away for a few seconds while the operator writes into many
+    namespaces: the operator rides it out (no crash), then finishes the job; every namespace
+    has its Secret and one reference, and deleting the object leaves nothing behind."""
+    namespace = f"apirestart-{secrets.token_hex(3)}"
+    own_cluster.kubectl("create", "namespace", namespace)
+    fan_out = FanOut(own_cluster, registries, namespace)
+    operator = run_operator(*fan_out.operator_args, kubeconfig=own_cluster.admin_kubeconfig)
+    count = fan_out.start_and_wait_for_the_first_copy()
+    own_cluster.restart_apiserver(down_for=5)
+    at_restart = fan_out.written()
+    assert count > 0, "the fan-out never started"
+    assert at_restart < FAN_OUT, f"not restarted mid fan-out ({at_restart}/{FAN_OUT})"
+    print(f"API server restarted with {at_restart}/{FAN_OUT} namespaces written")
+    fan_out.check_converged_then_delete()
+    assert operator.process.running, "the operator exited when the API server went away"

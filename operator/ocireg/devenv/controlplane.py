@@ -12,6 +12,7 @@ import base64
 import json
 import subprocess
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -148,6 +149,16 @@ class ControlPlane:
             controller_manager,
         )
         return self
+
+    def restart_apiserver(self, down_for: float = 0, timeout: float = 120) -> None:
+        """Stop kube-apiserver (SIGTERM), wait ``down_for`` seconds, start it again on the same
+        port with the same certificates and etcd, and wait until it is ready: a fault clients
+        must ride out."""
+        apiserver = next(p for p in self.processes if p.name == "kube-apiserver")
+        apiserver.stop()
+        time.sleep(down_for)
+        apiserver.start()
+        wait_until(self._ready, timeout, "kube-apiserver /readyz after a restart", apiserver)
 
     def stop(self) -> None:
         for process in reversed(self.processes):
