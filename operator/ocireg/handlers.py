@@ -3,9 +3,10 @@ in reconcile, I/O in kube."""
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ from .providers.cache import MintCache
 from .reconcile import adding_all, cleanup, reconcile, remove_from_namespace, sync_namespace
 from .registry import TLSOptions
 
+log = logging.getLogger(__name__)
 GROUP = "ocireg.dev"
 KINDS = {"ociregistries": "OCIRegistry", "clusterociregistries": "ClusterOCIRegistry"}
 # Every registry object ticks this often. A tick re-reads the referenced Secrets and does
@@ -39,6 +41,46 @@ class Tracked:
     credential: Credential | None = None
     placed: set[str] = field(default_factory=set)  # namespaces holding our Secrets
     tls: TLSOptions | None = None  # how to connect, for other work on the same registry
+    # Namespace and ServiceAccount work that arrived while `lock` was held (a reconcile can
+    # hold it for seconds at scale): the holder runs it before letting go, so events never
+    # wait behind a resync. Keyed, so repeated events for one object collapse into one job.
+    deferred: dict[tuple[str, ...], Callable[[], None]] = field(default_factory=dict)
+    mutex: threading.Lock = field(default_factory=threading.Lock)
+
+    def release(self) -> None:
+        """Run deferred jobs (holding ``lock``), then release it."""
+        while True:
+            while True:
+                with self.mutex:
+                    jobs = list(self.deferred.values())
+                    self.deferred.clear()
+                if not jobs:
+                    break
+                for job in jobs:
+                    try:
+                        job()
+                    except Exception:  # one failed namespace must not strand the others
+                        log.exception("deferred namespace work failed")
+            self.lock.release()
+            # A job deferred between our last look and the release would wait for the next
+            # holder: take the lock back if nobody else did, and run it.
+            with self.mutex:
+                waiting = bool(self.deferred)
+            if not (waiting and self.lock.acquire(blocking=False)):
+                return
+
+    def run_or_defer(self, key: tuple[str, ...], job: Callable[[], None]) -> None:
+        """Run ``job`` under ``lock`` now if it is free, else leave it to the holder."""
+        if self.lock.acquire(blocking=False):
+            try:
+                job()
+            finally:
+                self.release()
+            return
+        with self.mutex:
+            self.deferred[key] = job
+        if self.lock.acquire(blocking=False):  # the holder may have just let go
+            self.release()
 
 
 class Registries:
@@ -119,7 +161,8 @@ def _tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, plural: str) -> N
     ref = _ref(body, plural)
     tracked = memo.registries.get(ref)
     started = time.monotonic()
-    with tracked.lock:
+    tracked.lock.acquire()
+    try:
         outcome = reconcile(
             memo.kube,
             ref,
@@ -138,6 +181,8 @@ def _tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, plural: str) -> N
             tracked.placed = outcome.placed
         if outcome.tls is not None:
             tracked.tls = outcome.tls
+    finally:
+        tracked.release()
     if outcome.status is not None:  # the tick did work
         result = "success" if outcome.credential is not None else "failure"
         metrics.RECONCILES.labels(ref.kind, result).inc()
@@ -173,11 +218,14 @@ for _plural in KINDS:
     def on_delete(body: kopf.Body, memo: kopf.Memo, _plural: str = _plural, **_: Any) -> None:
         ref = _ref(body, _plural)
         tracked = memo.registries.forget(ref) or Tracked()
-        with tracked.lock:
+        tracked.lock.acquire()
+        try:
             # Nothing may re-add a reference while (or after) we remove them.
             tracked.spec, tracked.credential = None, None
             tracked.placed.clear()
             cleanup(memo.kube, ref)
+        finally:
+            tracked.release()
 
 
 # Namespace events fan out to every registry at once: a new namespace waits for the slowest
@@ -193,19 +241,19 @@ def _namespace_changed(
     labels: dict[str, str],
     phase: str,
 ) -> None:
-    with tracked.lock:
-        if tracked.spec is None or tracked.credential is None:
-            return
-        targets = tracked.spec.effective_targets
-        selected = plan.namespace_selected(ref, targets, name, labels, phase)
-        if selected and name not in tracked.placed:
-            result = sync_namespace(memo.kube, ref, targets, tracked.credential, name)
-            if result.failure is None:
-                tracked.placed.add(name)
-        elif not selected and name in tracked.placed:
-            if phase == "Active":  # a terminating namespace takes our Secrets with it
-                remove_from_namespace(memo.kube, ref, name)
-            tracked.placed.discard(name)
+    """Runs holding tracked.lock (directly or deferred)."""
+    if tracked.spec is None or tracked.credential is None:
+        return
+    targets = tracked.spec.effective_targets
+    selected = plan.namespace_selected(ref, targets, name, labels, phase)
+    if selected and name not in tracked.placed:
+        result = sync_namespace(memo.kube, ref, targets, tracked.credential, name)
+        if result.failure is None:
+            tracked.placed.add(name)
+    elif not selected and name in tracked.placed:
+        if phase == "Active":  # a terminating namespace takes our Secrets with it
+            remove_from_namespace(memo.kube, ref, name)
+        tracked.placed.discard(name)
 
 
 @kopf.on.event("namespaces")
@@ -214,19 +262,19 @@ def on_namespace(event: dict, body: kopf.Body, memo: kopf.Memo, **_: Any) -> Non
     if "registries" not in memo:
         return
     meta = body["metadata"]
-    name, labels = meta["name"], meta.get("labels") or {}
+    name, labels = meta["name"], dict(meta.get("labels") or {})
     phase = (body.get("status") or {}).get("phase", "Active")
     if event.get("type") == "DELETED" or meta.get("deletionTimestamp"):
         phase = "Terminating"
-    work = [
-        (ref, tracked)
-        for ref, tracked in memo.registries.ready()
-        if not (ref.namespaced and ref.namespace != name)
-    ]
-    futures = [
-        _NAMESPACE_POOL.submit(_namespace_changed, memo, ref, tracked, name, labels, phase)
-        for ref, tracked in work
-    ]
+    futures = []
+    for ref, tracked in memo.registries.ready():
+        if ref.namespaced and ref.namespace != name:
+            continue
+
+        def job(ref: plan.RegistryRef = ref, tracked: Tracked = tracked) -> None:
+            _namespace_changed(memo, ref, tracked, name, labels, phase)
+
+        futures.append(_NAMESPACE_POOL.submit(tracked.run_or_defer, ("namespace", name), job))
     for future in futures:
         future.result()  # errors surface to kopf, which logs them
 
@@ -234,31 +282,47 @@ def on_namespace(event: dict, body: kopf.Body, memo: kopf.Memo, **_: Any) -> Non
 @kopf.on.event("serviceaccounts")
 def on_service_account(event: dict, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """ServiceAccounts created after the pull secret (like `default` in a new namespace),
-    or whose list of pull secrets was replaced without ours. All registries' references go
-    in one patch."""
+    or whose list of pull secrets was replaced without ours. The registries that are free
+    add their references in one patch; a busy one adds its own when it is done."""
     if event.get("type") not in ("ADDED", "MODIFIED") or "registries" not in memo:
         return
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    account = dict(body)
     candidates = sorted(
         ((ref, t) for ref, t in memo.registries.ready() if namespace in t.placed),
         key=lambda item: (item[0].kind, item[0].namespace or "", item[0].name),
     )
-    if not candidates:
-        return
-    # Every involved registry's lock, in one order (no deadlock), so no removal can run
-    # between deciding and patching: it would otherwise be undone.
-    with contextlib.ExitStack() as locks:
-        wanted = []
-        for ref, tracked in candidates:
-            locks.enter_context(tracked.lock)
-            if namespace not in tracked.placed or tracked.spec is None:
-                continue
-            targets = tracked.spec.effective_targets
-            if plan.service_account_selected(targets, name):
-                wanted.append(plan.secret_names(targets, ref.name)[plan.Format.dockerconfigjson])
-        missing = [n for n in wanted if plan.service_account_patch(dict(body), n, want=True)]
+    held: list[tuple[plan.RegistryRef, Tracked]] = []
+    busy: list[tuple[plan.RegistryRef, Tracked]] = []
+    for ref, tracked in candidates:  # one order, and never waiting: no deadlock
+        (held if tracked.lock.acquire(blocking=False) else busy).append((ref, tracked))
+    try:
+        wanted = [n for n in (_wanted(ref, t, namespace, name) for ref, t in held) if n]
+        missing = [n for n in wanted if plan.service_account_patch(account, n, want=True)]
         if missing:
-            memo.kube.update_service_account(namespace, dict(body), adding_all(missing))
+            memo.kube.update_service_account(namespace, account, adding_all(missing))
+    finally:
+        for _, tracked in held:
+            tracked.release()
+    for ref, tracked in busy:
+
+        def job(ref: plan.RegistryRef = ref, tracked: Tracked = tracked) -> None:
+            secret_name = _wanted(ref, tracked, namespace, name)
+            if secret_name and plan.service_account_patch(account, secret_name, want=True):
+                memo.kube.update_service_account(namespace, account, adding_all([secret_name]))
+
+        tracked.run_or_defer(("serviceaccount", namespace, name), job)
+
+
+def _wanted(ref: plan.RegistryRef, tracked: Tracked, namespace: str, account: str) -> str | None:
+    """The pull secret this registry wants referenced from the ServiceAccount, if any
+    (called holding tracked.lock)."""
+    if namespace not in tracked.placed or tracked.spec is None:
+        return None
+    targets = tracked.spec.effective_targets
+    if not plan.service_account_selected(targets, account):
+        return None
+    return plan.secret_names(targets, ref.name)[plan.Format.dockerconfigjson]
 
 
 from . import chart_handlers  # noqa: E402, F401 - registers the chart sync handlers

@@ -401,3 +401,19 @@ def test_adding_several_references_in_one_patch() -> None:
         "annotations": {plan.ANNOTATION_SA_REFS: "a,c"},
     }
     assert reconcile.adding_all(["b"])(sa) is None
+
+
+def test_work_for_a_busy_registry_is_run_by_the_holder_not_lost() -> None:
+    from ocireg.handlers import Tracked
+
+    tracked, ran = Tracked(), []
+    tracked.lock.acquire()  # a reconcile is running
+    tracked.run_or_defer(("namespace", "a"), lambda: ran.append("first"))
+    tracked.run_or_defer(("namespace", "a"), lambda: ran.append("latest"))  # collapses
+    tracked.run_or_defer(("namespace", "b"), lambda: ran.append("b"))
+    assert ran == []  # nobody waited for the lock
+    tracked.release()  # the holder runs what was left to it, then lets go
+    assert ran == ["latest", "b"]
+    assert not tracked.lock.locked()
+    tracked.run_or_defer(("namespace", "c"), lambda: ran.append("c"))  # free: runs at once
+    assert ran == ["latest", "b", "c"]
