@@ -17,6 +17,7 @@ from ocireg.devenv.registries import LocalRegistries
 
 from .helpers import (
     apply,
+    condition,
     events_for,
     pull_secret_refs,
     registry_object,
@@ -270,3 +271,90 @@ def test_api_server_restarted_during_a_fan_out(
     print(f"API server restarted with {at_restart}/{FAN_OUT} namespaces written")
     fan_out.check_converged_then_delete()
     assert operator.process.running, "the operator exited when the API server went away"
+
+
+def test_registry_token_server_answers_5xx_429_and_garbage(
+    cluster: ControlPlane,
+    crds: None,
+    tools: Tools,
+    run_operator,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    """The registry's Bearer token server fails in each way in turn: the condition names it,
+    transient failures are retried (429's Retry-After honoured), the Secret is never touched,
+    and each time the object is Ready again on its own once the token server heals."""
+    faulty = LocalRegistries(tmp_path / "token-faults", tools).start(("token",))
+    server = faulty.token
+    token_server = faulty.token_server
+    assert token_server is not None
+    try:
+        apply(
+            cluster,
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "creds", "namespace": namespace},
+                "stringData": {"password": server.password},
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "ca", "namespace": namespace},
+                "data": {"ca.crt": faulty.ca_file.read_text()},
+            },
+        )
+        run_operator()
+        apply(
+            cluster,
+            registry_object(
+                KIND,
+                "bearer",
+                {
+                    "server": server.host,
+                    "auth": {
+                        "basic": {"secretRef": {"name": "creds"}, "username": server.username}
+                    },
+                    "tls": {"caBundleRef": {"configMap": "ca"}},
+                    "targets": {"secretName": "pull"},
+                    "refresh": {"interval": f"{VERIFY_INTERVAL}s"},
+                },
+                namespace,
+            ),
+        )
+        wait_for_reason(cluster, KIND, "bearer", "Ready", namespace)
+        good = secret(cluster, namespace, "pull")
+        assert good is not None
+
+        faults = [
+            # (status, body, headers, reason, transient)
+            (503, b"<html>maintenance</html>", {}, "RegistryError", True),
+            (429, b'{"errors":[]}', {"Retry-After": "40"}, "RateLimited", True),
+            (200, b"<html>not a token</html>", {}, "InvalidResponse", True),
+        ]
+        for status, body, headers, reason, transient in faults:
+            token_server.fail_with(status, body, headers)
+            failed = wait_for_reason(
+                cluster, KIND, "bearer", reason, namespace, timeout=VERIFY_INTERVAL + 30
+            )
+            assert failed["status"] == "False"
+            assert "token server" in failed["message"], failed["message"]
+            stalled = condition(cluster, KIND, "bearer", "Stalled", namespace)
+            assert stalled["status"] == ("False" if transient else "True"), (reason, stalled)
+            if status == 429:
+                waiting = condition(cluster, KIND, "bearer", "Reconciling", namespace)["message"]
+                assert int(waiting.split("retrying in ")[1].split("s")[0]) >= 35, waiting
+            kept = secret(cluster, namespace, "pull")
+            assert kept is not None
+            assert kept["data"] == good["data"]
+            assert kept["metadata"]["resourceVersion"] == good["metadata"]["resourceVersion"]
+            token_server.heal()
+            wait_for_reason(cluster, KIND, "bearer", "Ready", namespace, timeout=90)
+        assert token_server.counts["fault"] >= len(faults)
+        after = secret(cluster, namespace, "pull")
+        assert after is not None
+        assert after["metadata"]["resourceVersion"] == good["metadata"]["resourceVersion"]
+        assert pull_secret_refs(cluster, namespace) == ["pull"]
+    finally:
+        cluster.kubectl("delete", "ociregistry", "bearer", "-n", namespace, "--wait=false")
+        faulty.stop()

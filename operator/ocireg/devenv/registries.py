@@ -83,6 +83,20 @@ class TokenServer:
         self._ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._ssl.load_cert_chain(crt, key)
         self._httpd: ThreadingHTTPServer | None = None
+        # (status, body, headers) every request gets instead of an answer, until heal().
+        self.fault: tuple[int, bytes, dict[str, str]] | None = None
+
+    def fail_with(
+        self,
+        status: int,
+        body: bytes = b'{"error":"injected"}',
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """Answer every request with this until :meth:`heal`: 5xx, 429, garbage..."""
+        self.fault = (status, body, headers or {})
+
+    def heal(self) -> None:
+        self.fault = None
 
     @property
     def realm(self) -> str:
@@ -191,11 +205,30 @@ class TokenServer:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def _faulty(self) -> bool:
+                fault = server.fault
+                if fault is None:
+                    return False
+                status, body, headers = fault
+                with server._lock:
+                    server.counts["fault"] += 1
+                self.send_response(status)
+                for name, value in {"Content-Type": "text/html", **headers}.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return True
+
             def do_GET(self) -> None:
+                if self._faulty():
+                    return
                 url = urlparse(self.path)
                 self._reply(*server.handle("GET", self.headers, parse_qs(url.query), {}))
 
             def do_POST(self) -> None:
+                if self._faulty():
+                    return
                 url = urlparse(self.path)
                 length = int(self.headers.get("Content-Length") or 0)
                 form = parse_qs(self.rfile.read(length).decode())
