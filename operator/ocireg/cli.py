@@ -11,6 +11,20 @@ from collections.abc import Sequence
 from . import __version__
 from .config import LogFormat, OperatorConfig
 
+# Libraries whose debug logs can carry credentials.
+QUIET_LOGGERS = (
+    "botocore",
+    "boto3",
+    "s3transfer",
+    "urllib3",
+    "azure",
+    "msal",
+    "google",
+    "google.auth",
+    "requests_oauthlib",
+    "kubernetes.client.rest",
+)
+
 
 def _env_list(name: str) -> list[str]:
     return [item for item in os.environ.get(name, "").replace(",", " ").split() if item]
@@ -181,6 +195,11 @@ def run_operator(config: OperatorConfig) -> int:
         LogFormat.json: kopf.LogFormat.JSON,
     }[config.log_format]
     kopf.configure(verbose=config.verbose, debug=config.debug, log_format=log_format)
+    # kopf's verbose/debug modes lower the root logger; the SDKs would then log whole HTTP
+    # bodies, tokens and keys included (botocore logs GetAuthorizationToken's answer). They
+    # stay at WARNING whatever the operator's own level.
+    for noisy in QUIET_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("ocireg").info(
         "ocireg %s starting; scope: %s",
         __version__,

@@ -262,14 +262,9 @@ def test_docker_config_entry_reconcile_error_only(text: str, server: str) -> Non
     assert isinstance(entry, dict)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in providers/static.py: a non-ASCII `auth` field raises a bare ValueError "
-    "(base64.b64decode), and non-string username/password values reach the Credential",
-)
 @SETTINGS
 @given(_docker_config_texts())
-# A known counterexample runs first, so the xfail does not depend on the search finding it.
+# Known counterexamples (found earlier) run first, whatever the search finds.
 @example(json.dumps({"auths": {"reg.example": {"auth": "é"}}}))
 def test_docker_config_resolve_reconcile_error_only_and_strings(text: str) -> None:
     _check_docker_config_resolve(text.encode())
@@ -301,7 +296,6 @@ def _check_docker_config_resolve(raw: bytes) -> None:
     ],
     ids=["non-ascii-auth", "non-string-password"],
 )
-@pytest.mark.xfail(strict=True, reason="bug in providers/static.py (see above)")
 def test_docker_config_resolve_known_counterexamples(config: dict[str, Any]) -> None:
     _check_docker_config_resolve(json.dumps(config).encode())
 
@@ -561,11 +555,6 @@ def test_jwt_expiry_none_or_datetime_on_ordinary_input(token: str) -> None:
 
 
 @pytest.mark.parametrize("exp", ["1e20", "-1e20", "NaN", "Infinity", str(10**30)])
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in providers/acr.py jwt_expiry: an out-of-range or NaN exp raises "
-    "OverflowError/ValueError/OSError from datetime.fromtimestamp instead of returning None",
-)
 def test_jwt_expiry_absurd_exp_returns_none(exp: str) -> None:
     payload = _b64(('{"exp": ' + exp + "}").encode())
     token = f"{_b64(b'{}')}.{payload}.sig"

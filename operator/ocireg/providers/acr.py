@@ -45,7 +45,10 @@ def jwt_expiry(token: str) -> dt.datetime | None:
     exp = claims.get("exp") if isinstance(claims, dict) else None
     if not isinstance(exp, int | float) or isinstance(exp, bool):
         return None
-    return dt.datetime.fromtimestamp(exp, dt.UTC)
+    try:
+        return dt.datetime.fromtimestamp(exp, dt.UTC)
+    except (OverflowError, ValueError, OSError):  # NaN, infinity, years beyond 9999
+        return None
 
 
 def _credential(auth: AcrAuth, ctx: ResolveContext) -> tuple[TokenCredential, str]:

@@ -63,20 +63,28 @@ def docker_config_entry(config_text: str, server: str, where: str) -> dict:
     )
 
 
+def _text(entry: dict, key: str, where: str) -> str | None:
+    value = entry.get(key)
+    if value is None or isinstance(value, str):
+        return value or None
+    raise ReconcileError("InvalidDockerConfig", f"Secret {where}: the {key} field is not a string")
+
+
 def _from_docker_entry(entry: dict, where: str) -> dict[str, str | None]:
-    username, password = entry.get("username"), entry.get("password")
-    if entry.get("auth") and not password:
+    username, password = _text(entry, "username", where), _text(entry, "password", where)
+    auth = _text(entry, "auth", where)
+    if auth and not password:
         try:
-            username, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError, TypeError):
+            username, _, password = base64.b64decode(auth).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError, TypeError, ValueError):
             raise ReconcileError(
                 "InvalidDockerConfig", f"Secret {where}: the auth field is not base64 user:password"
             ) from None
     out = {
         "username": username or None,
         "password": password or None,
-        "identity_token": entry.get("identitytoken") or None,
-        "registry_token": entry.get("registrytoken") or None,
+        "identity_token": _text(entry, "identitytoken", where),
+        "registry_token": _text(entry, "registrytoken", where),
     }
     if not (out["password"] or out["identity_token"] or out["registry_token"]):
         raise ReconcileError(
