@@ -226,24 +226,22 @@ def adding(secret_name: str) -> Callable[[dict[str, Any]], dict[str, Any] | None
 
 def adding_all(names: list[str]) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
     """One patch adding every name in ``names`` that is missing (and only those)."""
+    return _each(names, want=True)
+
+
+def removing(names: set[str]) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
+    """One patch removing every name in ``names`` that we added (and only those)."""
+    return _each(sorted(names), want=False)
+
+
+def _each(names: list[str], want: bool) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
+    """Fold plan.service_account_patch over ``names``: each step sees the previous one's
+    result, and the last patch carries the whole list and annotation."""
 
     def change(sa: dict[str, Any]) -> dict[str, Any] | None:
         patch = None
         for name in names:
-            step = plan.service_account_patch(sa, name, want=True)
-            if step:
-                patch = step
-                sa = {**sa, **step, "metadata": {**sa["metadata"], **step["metadata"]}}
-        return patch
-
-    return change
-
-
-def removing(names: set[str]) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
-    def change(sa: dict[str, Any]) -> dict[str, Any] | None:
-        patch = None
-        for name in sorted(names):
-            step = plan.service_account_patch(sa, name, want=False)
+            step = plan.service_account_patch(sa, name, want=want)
             if step:
                 patch = step
                 sa = {**sa, **step, "metadata": {**sa["metadata"], **step["metadata"]}}

@@ -6,6 +6,7 @@ import base64
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
@@ -30,6 +31,27 @@ def wait_for(check: Callable[[], T], timeout: float, what: str) -> T:
 
 def apply(cluster: ControlPlane, *objects: dict[str, Any]) -> None:
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(objects))
+
+
+def secret_object(name: str, namespace: str, **string_data: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "stringData": string_data,
+    }
+
+
+def ca_config_map(
+    namespace: str, ca_file: Path, name: str = "registry-ca", key: str = "ca.crt"
+) -> dict[str, Any]:
+    """A ConfigMap holding a CA bundle, for tls.caBundleRef."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": namespace},
+        "data": {key: ca_file.read_text()},
+    }
 
 
 def registry_object(

@@ -17,11 +17,13 @@ from ocireg.devenv.registries import LocalRegistries, RegistryServer
 
 from .helpers import (
     apply,
+    ca_config_map,
     condition,
     events_for,
     registry,
     registry_object,
     secret,
+    secret_object,
     wait_for,
     wait_for_reason,
 )
@@ -140,18 +142,8 @@ def test_chart_repositories_are_indexed_and_every_listed_version_pulls(
 
     apply(
         cluster,
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "creds", "namespace": namespace},
-            "stringData": {"username": basic.username, "password": basic.password},
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": "corp-ca", "namespace": namespace},
-            "data": {"ca.crt": registries.ca_file.read_text()},
-        },
+        secret_object("creds", namespace, username=basic.username, password=basic.password),
+        ca_config_map(namespace, registries.ca_file, name="corp-ca"),
     )
     run_operator(env={"OCIREG_CHARTS_PAGE_SIZE": "2"})
     spec = {
@@ -278,18 +270,8 @@ def test_discovered_repositories_on_a_bearer_registry(
         pushed[(name, version)] = push_chart(clients, token, push_config, package, prefix)
     apply(
         cluster,
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "token-creds", "namespace": namespace},
-            "stringData": {"username": token.username, "password": token.password},
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": "corp-ca", "namespace": namespace},
-            "data": {"ca.crt": registries.ca_file.read_text()},
-        },
+        secret_object("token-creds", namespace, username=token.username, password=token.password),
+        ca_config_map(namespace, registries.ca_file, name="corp-ca"),
     )
     run_operator("--credentials-namespace", namespace)
     name = f"charts-{namespace}"[:63]

@@ -30,10 +30,12 @@ from ocireg.devenv.standins import (
 
 from .helpers import (
     apply,
+    ca_config_map,
     condition,
     events_for,
     registry_object,
     secret,
+    secret_object,
     wait_for,
     wait_for_reason,
 )
@@ -70,24 +72,6 @@ def jwt_claims(token: str) -> dict:
 def entry(pull_secret: dict, host: str) -> dict:
     config = json.loads(base64.b64decode(pull_secret["data"][".dockerconfigjson"]))
     return config["auths"][host]
-
-
-def ca(namespace: str, registries: LocalRegistries) -> dict:
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": "registry-ca", "namespace": namespace},
-        "data": {"ca.crt": registries.ca_file.read_text()},
-    }
-
-
-def opaque(name: str, namespace: str, **data: str) -> dict:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name, "namespace": namespace},
-        "stringData": data,
-    }
 
 
 def cluster_registry(name: str, server: str, auth: dict, target: str, **extra: object) -> dict:
@@ -137,9 +121,11 @@ def test_ecr_static_keys_web_identity_shared_mints_and_failures(
     try:
         apply(
             cluster,
-            ca(namespace, registries),
-            opaque("aws-keys", namespace, accessKeyId="AKIDTEAMONE", secretAccessKey=TEAM_KEY),
-            opaque("aws-other", namespace, accessKeyId="AKIDTEAMTWO", secretAccessKey="k2"),
+            ca_config_map(namespace, registries.ca_file),
+            secret_object(
+                "aws-keys", namespace, accessKeyId="AKIDTEAMONE", secretAccessKey=TEAM_KEY
+            ),
+            secret_object("aws-other", namespace, accessKeyId="AKIDTEAMTWO", secretAccessKey="k2"),
         )
         operator = run_operator(
             "--credentials-namespace", namespace, "--aws-endpoint-url", aws.url,
@@ -246,8 +232,8 @@ def test_webhook_rotation_failure_and_tenant_address_guard(
     try:
         apply(
             cluster,
-            ca(namespace, registries),
-            opaque("hook-headers", namespace, **{"X-Api-Key": "let-me-in"}),
+            ca_config_map(namespace, registries.ca_file),
+            secret_object("hook-headers", namespace, **{"X-Api-Key": "let-me-in"}),
         )
         operator = run_operator("--credentials-namespace", namespace)
         auth = {
@@ -308,7 +294,7 @@ def test_webhook_rotation_failure_and_tenant_address_guard(
         # A tenant cannot point a webhook at loopback (nor metadata or private ranges).
         apply(
             cluster,
-            opaque("hook-headers", target, **{"X-Api-Key": "let-me-in"}),
+            secret_object("hook-headers", target, **{"X-Api-Key": "let-me-in"}),
             registry_object(TENANT, "sneaky", {"server": basic.host, "auth": auth}, target),
         )
         refused = wait_for_reason(cluster, TENANT, "sneaky", "WebhookAddressNotAllowed", target)
@@ -361,9 +347,11 @@ def test_gcp_key_and_metadata_server(
     try:
         apply(
             cluster,
-            ca(namespace, registries),
-            opaque("gcp-key", namespace, **{"key.json": _service_account_key(google.token_uri)}),
-            opaque("gcp-broken", namespace, **{"key.json": "{not json"}),
+            ca_config_map(namespace, registries.ca_file),
+            secret_object(
+                "gcp-key", namespace, **{"key.json": _service_account_key(google.token_uri)}
+            ),
+            secret_object("gcp-broken", namespace, **{"key.json": "{not json"}),
         )
         run_operator(
             "--credentials-namespace", namespace, "--gcp-token-uri", google.token_uri,
@@ -437,8 +425,8 @@ def test_acr_client_secret_exchange(
     try:
         apply(
             cluster,
-            ca(namespace, registries),
-            opaque("acr-app", namespace, clientSecret="app-s3cret"),
+            ca_config_map(namespace, registries.ca_file),
+            secret_object("acr-app", namespace, clientSecret="app-s3cret"),
         )
         operator = run_operator(
             "--credentials-namespace", namespace,

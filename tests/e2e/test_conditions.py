@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import json
 import time
-from pathlib import Path
 
 from ocireg.devenv.controlplane import ControlPlane
 from ocireg.devenv.processes import free_port
@@ -16,33 +15,17 @@ from ocireg.devenv.registries import LocalRegistries
 
 from .helpers import (
     apply,
+    ca_config_map,
     condition,
     events_for,
     registry_object,
     secret,
+    secret_object,
     wait_for,
     wait_for_reason,
 )
 
 KIND = "OCIRegistry"
-
-
-def _creds_secret(name: str, namespace: str, **data: str) -> dict:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name, "namespace": namespace},
-        "stringData": data,
-    }
-
-
-def _ca_config_map(namespace: str, ca_file: Path) -> dict:
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": "registry-ca", "namespace": namespace},
-        "data": {"ca.crt": ca_file.read_text()},
-    }
 
 
 def test_problems_become_conditions_and_recover(
@@ -58,12 +41,7 @@ def test_problems_become_conditions_and_recover(
     def basic_auth(secret_name: str) -> dict:
         return {"basic": {"secretRef": {"name": secret_name}}}
 
-    unmanaged = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "conflict", "namespace": namespace},
-        "stringData": {"mine": "keep me"},
-    }
+    unmanaged = secret_object("conflict", namespace, mine="keep me")
     cases = {
         # name: (spec, expected Ready reason)
         "missing-secret": (
@@ -110,10 +88,10 @@ def test_problems_become_conditions_and_recover(
     }
     apply(
         cluster,
-        _ca_config_map(namespace, registries.ca_file),
-        _creds_secret("good", namespace, username=basic.username, password=basic.password),
-        _creds_secret("no-password", namespace, username=basic.username),
-        _creds_secret("wrong", namespace, username=basic.username, password="not-the-password"),
+        ca_config_map(namespace, registries.ca_file),
+        secret_object("good", namespace, username=basic.username, password=basic.password),
+        secret_object("no-password", namespace, username=basic.username),
+        secret_object("wrong", namespace, username=basic.username, password="not-the-password"),
         unmanaged,
     )
     cluster.kubectl(
@@ -174,7 +152,7 @@ def test_problems_become_conditions_and_recover(
     # Fixing the input is noticed without waiting for the backoff.
     apply(
         cluster,
-        _creds_secret("created-later", namespace, username=basic.username, password=basic.password),
+        secret_object("created-later", namespace, username=basic.username, password=basic.password),
     )
     wait_for_reason(cluster, KIND, "missing-secret", "Ready", namespace, timeout=30)
     assert secret(cluster, namespace, "missing-secret") is not None
@@ -210,9 +188,9 @@ def test_bearer_token_registry_with_password_and_identity_token(
     refresh_token = registries.token_server.issue_refresh_token(server.username)
     apply(
         cluster,
-        _ca_config_map(namespace, registries.ca_file),
-        _creds_secret("login", namespace, username=server.username, password=server.password),
-        _creds_secret("refresh", namespace, token=refresh_token),
+        ca_config_map(namespace, registries.ca_file),
+        secret_object("login", namespace, username=server.username, password=server.password),
+        secret_object("refresh", namespace, token=refresh_token),
     )
     run_operator()
     ca = {"caBundleRef": {"configMap": "registry-ca"}}

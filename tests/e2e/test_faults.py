@@ -17,11 +17,13 @@ from ocireg.devenv.registries import LocalRegistries
 
 from .helpers import (
     apply,
+    ca_config_map,
     condition,
     events_for,
     pull_secret_refs,
     registry_object,
     secret,
+    secret_object,
     wait_for_reason,
 )
 
@@ -43,18 +45,8 @@ def test_registry_down_then_back(
     try:
         apply(
             cluster,
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {"name": "creds", "namespace": namespace},
-                "stringData": {"password": server.password},
-            },
-            {
-                "apiVersion": "v1",
-                "kind": "ConfigMap",
-                "metadata": {"name": "ca", "namespace": namespace},
-                "data": {"ca.crt": faulty.ca_file.read_text()},
-            },
+            secret_object("creds", namespace, password=server.password),
+            ca_config_map(namespace, faulty.ca_file, name="ca"),
         )
         run_operator()
         apply(
@@ -144,18 +136,8 @@ class FanOut:
                 }
                 for name in self.targets
             ),
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {"name": "creds", "namespace": namespace},
-                "stringData": {"username": basic.username, "password": basic.password},
-            },
-            {
-                "apiVersion": "v1",
-                "kind": "ConfigMap",
-                "metadata": {"name": "registry-ca", "namespace": namespace},
-                "data": {"ca.crt": registries.ca_file.read_text()},
-            },
+            secret_object("creds", namespace, username=basic.username, password=basic.password),
+            ca_config_map(namespace, registries.ca_file),
         )
         self.body = registry_object(
             "ClusterOCIRegistry",
@@ -291,18 +273,8 @@ def test_registry_token_server_answers_5xx_429_and_garbage(
     try:
         apply(
             cluster,
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {"name": "creds", "namespace": namespace},
-                "stringData": {"password": server.password},
-            },
-            {
-                "apiVersion": "v1",
-                "kind": "ConfigMap",
-                "metadata": {"name": "ca", "namespace": namespace},
-                "data": {"ca.crt": faulty.ca_file.read_text()},
-            },
+            secret_object("creds", namespace, password=server.password),
+            ca_config_map(namespace, faulty.ca_file, name="ca"),
         )
         run_operator()
         apply(

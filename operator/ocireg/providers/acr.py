@@ -22,7 +22,7 @@ from ..credential import Credential
 from ..errors import ReconcileError
 from ..models.cloud import AcrAuth
 from ..models.spec import RegistrySpec
-from ..registry import TLSOptions
+from ..registry import TLSOptions, parse_retry_after
 from . import ResolveContext, digest
 
 USERNAME = "00000000-0000-0000-0000-000000000000"
@@ -137,7 +137,7 @@ def _exchange(
             "ProviderError",
             f"the ACR token exchange at {registry} answered HTTP {response.status_code}",
             transient=True,
-            retry_after=float(retry) if retry and retry.isdigit() else None,
+            retry_after=parse_retry_after(retry),
         )
     if response.status_code != 200:
         raise ReconcileError(

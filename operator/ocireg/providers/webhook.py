@@ -29,6 +29,7 @@ from ..credential import Credential
 from ..errors import ReconcileError
 from ..models.cloud import WebhookAuth, WebhookFormat
 from ..models.spec import RegistrySpec
+from ..registry import parse_retry_after
 from . import ResolveContext, digest
 
 MAX_ANSWER_BYTES = 64 * 1024
@@ -267,7 +268,7 @@ def mint(spec: RegistrySpec, ctx: ResolveContext, headers: dict[str, str]) -> Cr
             "WebhookError",
             f"the webhook {host} answered HTTP {status}",
             transient=True,
-            retry_after=float(retry) if retry and retry.isdigit() else None,
+            retry_after=parse_retry_after(retry),
         )
     if not 200 <= status < 300:
         raise ReconcileError("WebhookError", f"the webhook {host} answered HTTP {status}")
