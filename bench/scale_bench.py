@@ -139,7 +139,6 @@ class Bench:
             self.cluster.admin_kubeconfig,
             self.workdir,
             (
-                "--standalone",
                 "--credentials-namespace", CREDS_NS,
                 "--concurrency", str(self.args.concurrency),
                 "--resync", str(RESYNC),

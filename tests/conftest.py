@@ -127,11 +127,11 @@ def run_operator(
     tmp_path: Path,
     request: pytest.FixtureRequest,
 ) -> Iterator[Callable[..., OperatorProcess]]:
-    """Start `ocireg run` (admin identity unless a kubeconfig is given; --standalone unless
-    standalone=False, for peering); stopped at teardown, its log attached to the report when
-    the test fails. At teardown the operators' logs, Events and ocireg status are scanned for
-    every known credential value (ocireg.devenv.hygiene): any hit fails the test. The local
-    registries are always started so that there are credentials to look for."""
+    """Start `ocireg run` (admin identity unless a kubeconfig is given); stopped at teardown,
+    its log attached to the report when the test fails. At teardown the operators' logs,
+    Events and ocireg status are scanned for every known credential value
+    (ocireg.devenv.hygiene): any hit fails the test. The local registries are always started
+    so that there are credentials to look for."""
     started: list[OperatorProcess] = []
     request.node.stash[OPERATOR_LOGS] = started
 
@@ -140,12 +140,11 @@ def run_operator(
         kubeconfig: Path | None = None,
         env: dict[str, str] | None = None,
         name: str = "ocireg",
-        standalone: bool = True,
     ) -> OperatorProcess:
         operator = OperatorProcess(
             kubeconfig or cluster.admin_kubeconfig,
             tmp_path,
-            ("--standalone", *args) if standalone else args,
+            args,
             env,
             name=f"{name}-{len(started)}",
         )

@@ -65,18 +65,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("-v", "--verbose", action="store_true")
     run.add_argument("--debug", action="store_true")
-    peering = run.add_mutually_exclusive_group()
-    peering.add_argument(
-        "--standalone",
+    # Accepted and ignored: kopf always runs standalone now (replicas use the Lease).
+    run.add_argument("--standalone", action="store_true", help=argparse.SUPPRESS)
+    ha = run.add_argument_group("high availability")
+    ha.add_argument(
+        "--leader-elect",
         action="store_true",
-        default=None,
-        help="never coordinate with other replicas",
+        default=os.environ.get("OCIREG_LEADER_ELECT", "") == "true",
+        help="run as one of several replicas: only the holder of a Lease works, the others "
+        "stand by and take over (env OCIREG_LEADER_ELECT=true)",
     )
-    peering.add_argument(
-        "--peering",
-        dest="peering_name",
+    ha.add_argument(
+        "--leader-election-namespace",
+        default=os.environ.get("OCIREG_LEADER_ELECTION_NAMESPACE"),
+        metavar="NAMESPACE",
+        help="namespace of the Lease (default: the credentials namespace)",
+    )
+    ha.add_argument(
+        "--leader-election-id",
+        default=os.environ.get("OCIREG_LEADER_ELECTION_ID", "ocireg-leader"),
         metavar="NAME",
-        help="coordinate replicas through this kopf peering object",
+        help="name of the Lease (default: ocireg-leader)",
     )
 
     run.add_argument(
@@ -167,8 +176,9 @@ def config_from_args(args: argparse.Namespace) -> OperatorConfig:
         log_format=LogFormat(args.log_format),
         verbose=args.verbose,
         debug=args.debug,
-        standalone=True if args.standalone else None,
-        peering_name=args.peering_name,
+        leader_elect=args.leader_elect,
+        leader_election_namespace=args.leader_election_namespace or args.credentials_namespace,
+        leader_election_id=args.leader_election_id,
         allow_tenant_ambient_identity=args.allow_tenant_ambient_identity,
         webhook_allowed_cidrs=tuple(
             args.webhook_allowed_cidrs or _env_list("OCIREG_WEBHOOK_ALLOWED_CIDRS")
@@ -205,14 +215,27 @@ def run_operator(config: OperatorConfig) -> int:
         __version__,
         "cluster" if config.clusterwide else ", ".join(config.namespaces),
     )
-    kopf.run(
-        clusterwide=config.clusterwide,
-        namespaces=list(config.namespaces),
-        liveness_endpoint=config.liveness_endpoint,
-        standalone=config.standalone,
-        peering_name=config.peering_name,
-        memo=kopf.Memo(config=config),
-    )
+
+    def operate() -> None:
+        kopf.run(
+            clusterwide=config.clusterwide,
+            namespaces=list(config.namespaces),
+            liveness_endpoint=config.liveness_endpoint,
+            standalone=True,  # replicas coordinate through the Lease, never kopf peering
+            memo=kopf.Memo(config=config),
+        )
+
+    if not config.leader_elect:
+        operate()
+        return 0
+    from .kube import load_config
+    from .leader import LeaderElection, run_while_leading
+
+    load_config()
+    # Leadership changes are always logged, whatever the operator's own level.
+    logging.getLogger("ocireg.leader").setLevel(logging.INFO)
+    election = LeaderElection(config.leader_election_namespace, config.leader_election_id)
+    run_while_leading(election, operate, config.liveness_endpoint)
     return 0
 
 

@@ -13,6 +13,32 @@ class LogFormat(StrEnum):
     json = "json"
 
 
+# Namespaces the admission webhook is never called for: the control plane's own.
+SYSTEM_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
+
+
+@dataclass(frozen=True)
+class AdmissionConfig:
+    """The optional mutating webhook that adds pull secret references to ServiceAccounts as
+    they are created (admission.py, docs/admission.md)."""
+
+    enabled: bool = False
+    address: str = "0.0.0.0"  # noqa: S104 - inside a pod
+    port: int = 9443
+    # Host or IP the API server calls (in a pod: its IP); default: the listen address, or
+    # 127.0.0.1 when listening on every address.
+    host: str | None = None
+    # The serving certificate; without these, a self-signed one is made in memory at start.
+    cert_file: str | None = None
+    key_file: str | None = None
+    ca_file: str | None = None  # the CA to publish in caBundle (default: cert_file)
+    # The MutatingWebhookConfiguration ocireg keeps pointing at itself; None: someone else
+    # installs it (then cert_file and ca_file are needed).
+    configuration: str | None = "ocireg"
+    timeout_seconds: int = 3
+    exclude_namespaces: tuple[str, ...] = SYSTEM_NAMESPACES
+
+
 @dataclass(frozen=True)
 class OperatorConfig:
     # Namespaces whose OCIRegistry objects we serve; empty means the whole cluster.
@@ -25,9 +51,10 @@ class OperatorConfig:
     log_format: LogFormat = LogFormat.plain
     verbose: bool = False
     debug: bool = False
-    # None: kopf peering if its CRDs exist, else standalone. True: never peer.
-    standalone: bool | None = None
-    peering_name: str | None = None
+    # Active/standby through a Lease (see leader.py); kopf itself always runs standalone.
+    leader_elect: bool = False
+    leader_election_namespace: str = "ocireg-system"
+    leader_election_id: str = "ocireg-leader"
     # Cloud credentials. Tenants (OCIRegistry) never get the operator's own identity unless
     # this says so; endpoints are overridable here only, never from an object.
     allow_tenant_ambient_identity: bool = False
@@ -43,6 +70,7 @@ class OperatorConfig:
     # Prometheus endpoint (none when 0).
     metrics_port: int = 0
     metrics_address: str = "0.0.0.0"  # noqa: S104 - inside a pod
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
 
     @property
     def clusterwide(self) -> bool:

@@ -155,7 +155,7 @@ def run_demo(keep: bool = False) -> int:
         operator = OperatorProcess(
             cluster.admin_kubeconfig,
             workdir,
-            ("--standalone", "--credentials-namespace", CREDENTIALS_NAMESPACE),
+            ("--credentials-namespace", CREDENTIALS_NAMESPACE),
         )
         operator.start()
         print(f"    healthy; log: {operator.log_path}")

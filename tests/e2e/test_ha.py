@@ -1,82 +1,49 @@
-"""Two operator replicas coordinating through kopf peering (`ocireg run --peering NAME`, the
-CRDs from manifests/peering/), on the real control plane.
-
-What holds today: while two replicas live, nothing is written twice (no write fights); when
-one is SIGKILLed, the survivor serves again once the dead one's peering record expires (kopf's
-60 s lifetime), and follows a credentials change. What does not: `ocireg run` sets no kopf
-peering priority, and kopf freezes *every* replica that sees a live peer with the same
-priority, so two identical replicas serve nothing until one of them dies (xfail below)."""
+"""Two operator replicas electing a leader through a Lease (`ocireg run --leader-elect`), on
+the real control plane: one works, the other stands by; a killed leader is replaced after one
+lease duration, a stopping one hands over at once, and a deposed one stops writing."""
 
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import secrets
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from ocireg.devenv.controlplane import ControlPlane
 from ocireg.devenv.operator import OperatorProcess
 from ocireg.devenv.registries import LocalRegistries
+from ocireg.leader import Timing
 
-from .helpers import apply, pull_secret_refs, registry_object, secret, wait_for, wait_for_reason
+from .helpers import (
+    apply,
+    ca_config_map,
+    pull_secret_refs,
+    registry_object,
+    secret,
+    secret_object,
+    wait_for,
+    wait_for_reason,
+)
 
 CLUSTER = "ClusterOCIRegistry"
-PEERING_CRDS = Path(__file__).resolve().parents[2] / "manifests" / "peering" / "crds.yaml"
-PEER_LIFETIME = 60  # kopf's default peering lifetime: a dead peer is forgotten after this
-PAUSED = "Pausing all operators, including self"
-CONFLICT = "Possibly conflicting operators with the same priority"
-
-
-@pytest.fixture
-def peering(cluster: ControlPlane) -> Iterator[str]:
-    """A fresh ClusterKopfPeering (its CRDs installed from manifests/peering/)."""
-    cluster.kubectl("apply", "-f", str(PEERING_CRDS))
-    cluster.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/clusterkopfpeerings.kopf.dev",
-        "crd/kopfpeerings.kopf.dev",
-    )
-    name = f"ocireg-ha-{secrets.token_hex(3)}"
-    apply(
-        cluster,
-        {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": name}},
-    )
-    yield name
-    cluster.kubectl("delete", "clusterkopfpeering", name, "--ignore-not-found", check=False)
-
-
-def peers(cluster: ControlPlane, name: str) -> dict[str, dict]:
-    return cluster.get_json("clusterkopfpeering", name).get("status") or {}
+TIMING = Timing()
 
 
 @pytest.fixture
 def setup(cluster: ControlPlane, crds: None, registries: LocalRegistries, namespace: str) -> str:
-    """Credentials and CA in `namespace` (the operators' credentials namespace); returns the
-    target namespace."""
+    """Credentials and CA in `namespace` (the operators' credentials namespace, which also
+    holds their Lease); returns the target namespace."""
     basic = registries.basic
     target = f"{namespace[:55]}-t"
     cluster.kubectl("create", "namespace", target)
     apply(
         cluster,
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "creds", "namespace": namespace},
-            "stringData": {"username": basic.username, "password": basic.password},
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": "registry-ca", "namespace": namespace},
-            "data": {"ca.crt": registries.ca_file.read_text()},
-        },
+        secret_object("creds", namespace, username=basic.username, password=basic.password),
+        ca_config_map(namespace, registries.ca_file),
     )
     return target
 
@@ -94,10 +61,46 @@ def _registry(registries: LocalRegistries, target: str) -> dict:
     )
 
 
-def _start(run_operator, peering: str, namespace: str, name: str) -> OperatorProcess:
-    return run_operator(
-        "--peering", peering, "--credentials-namespace", namespace, name=name, standalone=False
-    )
+class Replicas:
+    """Starts elected replicas, each with its own identity (HOSTNAME, as in a pod)."""
+
+    def __init__(self, cluster: ControlPlane, run_operator, namespace: str) -> None:
+        self.cluster, self.run_operator, self.namespace = cluster, run_operator, namespace
+        self.lease = f"ocireg-leader-{secrets.token_hex(3)}"
+
+    def start(self, name: str) -> OperatorProcess:
+        return self.run_operator(
+            "--leader-elect",
+            "--leader-election-id",
+            self.lease,
+            "--credentials-namespace",
+            self.namespace,
+            name=name,
+            env={"HOSTNAME": name},
+        )
+
+    def spec(self) -> dict:
+        found = self.cluster.kubectl("get", "lease", self.lease, "-n", self.namespace, "-o", "json")
+        return json.loads(found.stdout)["spec"]
+
+    def holder(self) -> str:
+        """The replica name holding the Lease ('' when none)."""
+        found = self.cluster.kubectl(
+            "get", "lease", self.lease, "-n", self.namespace, "-o", "json", check=False
+        )
+        if found.returncode != 0:
+            return ""
+        identity = json.loads(found.stdout)["spec"].get("holderIdentity") or ""
+        return identity.rsplit("_", 1)[0]
+
+
+@pytest.fixture
+def replicas(cluster: ControlPlane, run_operator, namespace: str) -> Replicas:
+    return Replicas(cluster, run_operator, namespace)
+
+
+def _leads(operator: OperatorProcess) -> bool:
+    return "this replica leads" in operator.logs()
 
 
 def _password_in_pull_secret(cluster: ControlPlane, target: str) -> str:
@@ -114,18 +117,29 @@ def _resource_version(cluster: ControlPlane, target: str) -> str:
     return found["metadata"]["resourceVersion"]
 
 
-def test_survivor_takes_over_after_the_other_replica_is_killed(
+def _rotate(cluster: ControlPlane, registries: LocalRegistries, namespace: str) -> str:
+    new_password = secrets.token_urlsafe(18)
+    registries.set_password("basic", new_password)
+    cluster.kubectl(
+        "patch", "secret", "creds", "-n", namespace, "--type=merge",
+        "-p", json.dumps({"stringData": {"password": new_password}}),
+    )  # fmt: skip
+    return new_password
+
+
+def test_standby_takes_over_when_the_leader_is_killed(
     cluster: ControlPlane,
     registries: LocalRegistries,
-    run_operator,
+    replicas: Replicas,
     namespace: str,
-    peering: str,
     setup: str,
     record_property,
 ) -> None:
     target = setup
-    first = _start(run_operator, peering, namespace, "replica-a")
-    wait_for(lambda: len(peers(cluster, peering)) == 1, 30, "replica a in the peering object")
+    first = replicas.start("replica-a")
+    wait_for(lambda: replicas.holder() == "replica-a", 20, "replica a to take the Lease")
+    second = replicas.start("replica-b")
+    assert "standing by for Lease" in second.logs()
     body = _registry(registries, target)
     name = body["metadata"]["name"]
     try:
@@ -133,83 +147,104 @@ def test_survivor_takes_over_after_the_other_replica_is_killed(
         wait_for_reason(cluster, CLUSTER, name, "Ready")
         assert _password_in_pull_secret(cluster, target) == registries.basic.password
 
-        second = _start(run_operator, peering, namespace, "replica-b")
-        wait_for(lambda: len(peers(cluster, peering)) == 2, 30, "both replicas in the peering")
-        wait_for(
-            # The newcomer starts paused and stays so; the one that was working pauses too.
-            lambda: PAUSED in first.logs() and CONFLICT in second.logs(),
-            30,
-            "kopf to pause both same-priority replicas",
-        )
-
-        # Two replicas alive: nothing is written twice (the pull secret does not churn).
+        # Two replicas alive: one works, nothing is written twice, the standby does nothing.
         before = _resource_version(cluster, target)
         time.sleep(10)
         assert _resource_version(cluster, target) == before
+        assert replicas.holder() == "replica-a"
+        assert not _leads(second)
+        assert "Handler" not in second.logs()  # kopf never ran in the standby
 
-        # The replica that did the work is killed without a chance to clean up.
+        # The leader is killed without a chance to hand over; the credentials change.
         assert first.process.popen is not None
         first.process.popen.send_signal(signal.SIGKILL)
         first.process.popen.wait(10)
         killed_at = time.monotonic()
+        new_password = _rotate(cluster, registries, namespace)
 
-        # The credentials change; the survivor must follow it.
-        new_password = secrets.token_urlsafe(18)
-        registries.set_password("basic", new_password)
-        cluster.kubectl(
-            "patch", "secret", "creds", "-n", namespace, "--type=merge",
-            "-p", json.dumps({"stringData": {"password": new_password}}),
-        )  # fmt: skip
+        # The standby waits out one lease duration, then leads and follows the change.
+        wait_for(lambda: replicas.holder() == "replica-b", 40, "replica b to take the Lease")
+        took_lease = time.monotonic() - killed_at
         wait_for(
             lambda: _password_in_pull_secret(cluster, target) == new_password,
-            PEER_LIFETIME + 45,
-            "the surviving replica to write the new password",
+            40,
+            "the new leader to write the new password",
         )
         takeover = time.monotonic() - killed_at
+        record_property("lease_taken_seconds", round(took_lease, 1))
         record_property("takeover_seconds", round(takeover, 1))
-        print(f"takeover after SIGKILL: {takeover:.1f}s")
-        assert takeover < PEER_LIFETIME + 45
-        assert second.process.running
-        assert "Resuming operations after the pause" in second.logs()
+        print(f"after SIGKILL: Lease taken in {took_lease:.1f}s, new password in {takeover:.1f}s")
+        # Not before the dead leader's lease ran out (no overlap), and not much after.
+        assert took_lease >= TIMING.lease_seconds - TIMING.retry_period - 1
+        assert took_lease < TIMING.lease_seconds + 3 * TIMING.retry_period + 5
+        assert replicas.spec()["leaseTransitions"] == 1
+        assert _leads(second)
 
-        # Converged and quiet: the dead replica's record is cleaned up, the pull secret is
-        # referenced once, and it is not rewritten while nothing changes.
-        wait_for(lambda: len(peers(cluster, peering)) == 1, 30, "the dead replica's record gone")
+        # Converged and quiet: one reference, Ready, no rewrites while nothing changes.
         assert pull_secret_refs(cluster, target).count("ha-pull") == 1
         wait_for_reason(cluster, CLUSTER, name, "Ready")
         settled = _resource_version(cluster, target)
-        time.sleep(15)
+        time.sleep(12)
         assert _resource_version(cluster, target) == settled
     finally:
         cluster.kubectl("delete", "clusterociregistry", name, "--wait=false", check=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`ocireg run --peering` sets no kopf priority; kopf pauses every replica that sees "
-    "a live peer of the same priority, so two identical replicas serve nothing",
-)
-def test_two_live_replicas_keep_serving(
+def test_a_stopping_leader_hands_over_at_once(
     cluster: ControlPlane,
     registries: LocalRegistries,
-    run_operator,
-    namespace: str,
-    peering: str,
+    replicas: Replicas,
     setup: str,
+    record_property,
 ) -> None:
     target = setup
-    first = _start(run_operator, peering, namespace, "replica-a")
-    second = _start(run_operator, peering, namespace, "replica-b")
-    wait_for(lambda: len(peers(cluster, peering)) == 2, 30, "both replicas in the peering")
-    # Let the replicas see each other before the object appears.
-    time.sleep(5)
+    first = replicas.start("replica-a")
+    wait_for(lambda: replicas.holder() == "replica-a", 20, "replica a to take the Lease")
+    second = replicas.start("replica-b")
+
+    # A rollout or a drained node: SIGTERM. The leader finishes, releases, exits 0.
+    stopping = time.monotonic()
+    assert first.stop() == 0
+    assert "released Lease" in first.logs()
+    wait_for(lambda: replicas.holder() == "replica-b", 15, "replica b to take the Lease")
+    handover = time.monotonic() - stopping
+    record_property("handover_seconds", round(handover, 1))
+    print(f"handover after SIGTERM: {handover:.1f}s")
+    # Well inside a lease duration: the standby did not have to wait the lease out.
+    assert handover < TIMING.lease_seconds - TIMING.retry_period
+
     body = _registry(registries, target)
     try:
-        apply(cluster, body)
+        apply(cluster, body)  # served by the new leader
         wait_for_reason(cluster, CLUSTER, body["metadata"]["name"], "Ready", timeout=40)
-        assert first.process.running
+        assert _password_in_pull_secret(cluster, target) == registries.basic.password
+        assert pull_secret_refs(cluster, target) == ["ha-pull"]
         assert second.process.running
     finally:
         cluster.kubectl(
             "delete", "clusterociregistry", body["metadata"]["name"], "--wait=false", check=False
         )
+
+
+def test_a_deposed_leader_stops_at_once(
+    cluster: ControlPlane, replicas: Replicas, namespace: str, setup: str
+) -> None:
+    """Someone else holds the Lease (as after a partition the leader did not notice): the
+    leader cannot renew, and exits within the renew deadline, before the lease could pass to
+    anyone else."""
+    leader = replicas.start("replica-a")
+    wait_for(lambda: replicas.holder() == "replica-a", 20, "replica a to take the Lease")
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    cluster.kubectl(
+        "patch", "lease", replicas.lease, "-n", namespace, "--type=merge",
+        "-p", json.dumps({"spec": {"holderIdentity": "intruder_1", "renewTime": now}}),
+    )  # fmt: skip
+    deposed = time.monotonic()
+    assert leader.process.popen is not None
+    code = leader.process.popen.wait(TIMING.renew_deadline + 3 * TIMING.retry_period + 5)
+    stopped = time.monotonic() - deposed
+    print(f"deposed leader stopped after {stopped:.1f}s with code {code}")
+    assert code == 1
+    assert stopped < TIMING.lease_seconds  # gone before a standby could take the Lease
+    assert "lost Lease" in leader.logs()
+    assert replicas.holder() == "intruder"

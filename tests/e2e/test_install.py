@@ -59,6 +59,7 @@ FULL_VALUES: dict[str, Any] = {
         "limits": {"cpu": "2", "memory": "400Mi"},
     },
     "priorityClassName": "system-cluster-critical",
+    "replicas": 3,
     "nodeSelector": {"kubernetes.io/os": "linux"},
     "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
 }
@@ -121,6 +122,8 @@ def test_chart_lints_clean_and_renders_every_value(tools: Tools, tmp_path: Path)
         "ClusterRole",
         "ClusterRoleBinding",
         "Deployment",
+        "Role",
+        "RoleBinding",
         "ServiceAccount",
     ]
     assert _one(defaults, "ClusterRole")["rules"] == _manifest_rules()
@@ -128,8 +131,27 @@ def test_chart_lints_clean_and_renders_every_value(tools: Tools, tmp_path: Path)
     assert env == {
         "OCIREG_LOG_FORMAT": "json",
         "OCIREG_CREDENTIALS_NAMESPACE": "ocireg-system",
+        "OCIREG_LEADER_ELECTION_NAMESPACE": "ocireg-system",
+        "OCIREG_LEADER_ELECTION_ID": "ocireg-leader",
         "OCIREG_ALLOW_TENANT_AMBIENT_IDENTITY": "false",
     }
+    # One process without the election, and never two unelected ones.
+    single = _render(
+        tools,
+        "ocireg",
+        "ocireg-system",
+        None,
+        "--set",
+        "leaderElection.enabled=false",
+        "--set",
+        "replicas=1",
+    )
+    assert "--leader-elect" not in _container(single)["args"]
+    assert _one(single, "Deployment")["spec"]["strategy"] == {"type": "Recreate"}
+    assert not [o for o in single if o["kind"] in ("Role", "RoleBinding")]
+    unelected = _helm(tools, "template", "x", str(CHART), "--set", "leaderElection.enabled=false")
+    assert unelected.returncode != 0
+    assert "replicas > 1 needs leaderElection.enabled" in unelected.stderr
 
     full = _render(tools, "corp", "platform", values)
     pod = _one(full, "Deployment")["spec"]["template"]
@@ -138,6 +160,8 @@ def test_chart_lints_clean_and_renders_every_value(tools: Tools, tmp_path: Path)
     assert env == {
         "OCIREG_LOG_FORMAT": "plain",
         "OCIREG_CREDENTIALS_NAMESPACE": "platform-creds",
+        "OCIREG_LEADER_ELECTION_NAMESPACE": "platform",
+        "OCIREG_LEADER_ELECTION_ID": "corp-ocireg-leader",
         "OCIREG_NAMESPACES": "team-a,team-b",
         "OCIREG_ALLOW_TENANT_AMBIENT_IDENTITY": "true",
         "OCIREG_WEBHOOK_ALLOWED_CIDRS": "10.20.0.0/16,192.168.1.0/24",
@@ -145,6 +169,7 @@ def test_chart_lints_clean_and_renders_every_value(tools: Tools, tmp_path: Path)
         "HTTPS_PROXY": "http://proxy.corp:3128",
     }
     assert container["image"] == "registry.corp.example/ocireg:9.9.9"
+    assert _one(full, "Deployment")["spec"]["replicas"] == 3
     assert {"name": "metrics", "containerPort": 9102, "protocol": "TCP"} in container["ports"]
     assert container["resources"] == FULL_VALUES["resources"]
     assert pod["metadata"]["labels"]["azure.workload.identity/use"] == "true"
@@ -176,14 +201,15 @@ def test_chart_and_plain_manifests_install_the_same_operator(
     chart = _render(tools, "ocireg", "ocireg-system")
     plain = _kustomize(cluster)
     assert _one(plain, "ClusterRole")["rules"] == _one(chart, "ClusterRole")["rules"]
+    assert _one(plain, "Role")["rules"] == _one(chart, "Role")["rules"]
     ours, theirs = _container(plain), _container(chart)
     for key in ("args", "ports", "livenessProbe", "readinessProbe", "resources", "securityContext"):
         assert ours[key] == theirs[key], key
     assert ours["image"] == theirs["image"]
     for objects in (plain, chart):
         spec = _one(objects, "Deployment")["spec"]
-        assert spec["replicas"] == 1
-        assert spec["strategy"] == {"type": "Recreate"}
+        assert spec["replicas"] == 2
+        assert spec["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
         assert spec["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
 
 
@@ -223,7 +249,7 @@ def test_kubectl_apply_k_manifests(cluster: ControlPlane, crds: None) -> None:
             for line in again
             if line.endswith(" configured") and "customresourcedefinition" not in line
         ]
-        assert len(again) == 7, again
+        assert len(again) == 9, again
         assert changed == [], again
     finally:
         # Not `delete -k`: that would delete the CRDs, and with them every test's objects.
@@ -231,6 +257,8 @@ def test_kubectl_apply_k_manifests(cluster: ControlPlane, crds: None) -> None:
             "delete",
             "deployment/ocireg",
             "serviceaccount/ocireg",
+            "role/ocireg-leader-election",
+            "rolebinding/ocireg-leader-election",
             "-n",
             "ocireg-system",
             "--ignore-not-found",
@@ -507,6 +535,26 @@ def test_the_chart_identity_can_do_what_it_needs_and_nothing_else(
     cluster: ControlPlane, chart_install: ChartInstall, allowed: bool, args: tuple[str, ...]
 ) -> None:
     assert _can(cluster, chart_install, *args) is allowed
+
+
+def test_the_chart_identity_holds_only_its_own_lease(
+    cluster: ControlPlane, chart_install: ChartInstall
+) -> None:
+    env = {e["name"]: e.get("value") for e in _container(chart_install.objects)["env"]}
+    lease, home = env["OCIREG_LEADER_ELECTION_ID"], chart_install.namespace
+    assert home == env["OCIREG_LEADER_ELECTION_NAMESPACE"]
+    for verb in ("get", "update"):
+        assert _can(cluster, chart_install, verb, f"leases.coordination.k8s.io/{lease}", "-n", home)
+        assert not _can(
+            cluster, chart_install, verb, "leases.coordination.k8s.io/other", "-n", home
+        )
+    assert _can(cluster, chart_install, "create", "leases.coordination.k8s.io", "-n", home)
+    assert not _can(
+        cluster, chart_install, "create", "leases.coordination.k8s.io", "-n", "any-team"
+    )
+    assert not _can(
+        cluster, chart_install, "delete", f"leases.coordination.k8s.io/{lease}", "-n", home
+    )
 
 
 def test_the_chart_identity_holds_no_wildcards(

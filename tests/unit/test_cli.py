@@ -43,15 +43,29 @@ def test_run_options() -> None:
         "json",
         "--liveness",
         "http://0.0.0.0:8080/healthz",
-        "--peering",
-        "ocireg",
         "--credentials-namespace",
         "platform",
     )
     assert config.log_format is LogFormat.json
     assert config.liveness_endpoint == "http://0.0.0.0:8080/healthz"
-    assert config.peering_name == "ocireg"
     assert config.credentials_namespace == "platform"
+    assert not config.leader_elect
+
+
+def test_leader_election_defaults_to_the_credentials_namespace() -> None:
+    config = _config("--leader-elect", "--credentials-namespace", "platform")
+    assert config.leader_elect
+    assert config.leader_election_namespace == "platform"
+    assert config.leader_election_id == "ocireg-leader"
+
+
+def test_leader_election_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OCIREG_LEADER_ELECT", "true")
+    monkeypatch.setenv("OCIREG_LEADER_ELECTION_NAMESPACE", "ops")
+    monkeypatch.setenv("OCIREG_LEADER_ELECTION_ID", "ocireg-a")
+    config = _config()
+    assert (config.leader_elect, config.leader_election_namespace) == (True, "ops")
+    assert config.leader_election_id == "ocireg-a"
 
 
 @pytest.mark.parametrize(

@@ -20,15 +20,20 @@ def _deployment() -> dict[str, Any]:
     return yaml.safe_load((ROOT / "manifests/deployment.yaml").read_text())
 
 
-def test_one_active_replica_non_root_read_only_with_probes_and_resources() -> None:
+def test_elected_replicas_non_root_read_only_with_probes_and_resources() -> None:
     deployment = _deployment()
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    # Two replicas only ever run with the Lease election: one works, one stands by.
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
     pod = deployment["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     (container,) = pod["containers"]
-    assert "--standalone" in container["args"]
+    assert "--leader-elect" in container["args"]
+    lease_namespace = next(
+        e for e in container["env"] if e["name"] == "OCIREG_LEADER_ELECTION_NAMESPACE"
+    )
+    assert lease_namespace["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert container["securityContext"] == {
         "allowPrivilegeEscalation": False,
         "readOnlyRootFilesystem": True,

@@ -33,7 +33,12 @@ def test_kustomization_installs_every_crd_and_the_rbac_file() -> None:
     resources = kustomization["resources"]
     for source in _crds():
         assert f"crds/{source.name}" in resources
-    for name in ("namespace.yaml", "rbac/clusterrole.yaml", "deployment.yaml"):
+    for name in (
+        "namespace.yaml",
+        "rbac/clusterrole.yaml",
+        "rbac/leader-election.yaml",
+        "deployment.yaml",
+    ):
         assert name in resources
     for entry in resources:
         assert (ROOT / "manifests" / entry).is_file(), entry

@@ -35,3 +35,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The Lease the replicas elect their leader with. */}}
+{{- define "ocireg.leaseName" -}}
+{{- printf "%s-leader" (include "ocireg.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
