@@ -102,6 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="re-list targets this often to repair drift (env OCIREG_RESYNC_SECONDS)",
     )
     run.add_argument(
+        "--watch-timeout",
+        type=int,
+        default=int(os.environ.get("OCIREG_WATCH_TIMEOUT_SECONDS") or 300),
+        metavar="SECONDS",
+        help="the API server ends each watch request after this and ocireg resumes it; lower "
+        "it behind proxies that cut quiet connections sooner (env OCIREG_WATCH_TIMEOUT_SECONDS)",
+    )
+    run.add_argument(
         "--metrics-port",
         type=int,
         default=int(os.environ.get("OCIREG_METRICS_PORT") or 0),
@@ -190,6 +198,7 @@ def config_from_args(args: argparse.Namespace) -> OperatorConfig:
         metrics_port=args.metrics_port,
         concurrency=max(1, args.concurrency),
         resync_seconds=max(10.0, args.resync),
+        watch_timeout=max(1, args.watch_timeout),
         metrics_address=args.metrics_address,
     )
 

@@ -65,6 +65,8 @@ class OperatorConfig:
     gcp_token_uris: tuple[str, ...] = ()
     # How many namespaces one registry object writes into at once.
     concurrency: int = 16
+    # Server-side timeout of each watch request, seconds.
+    watch_timeout: int = 300
     # Re-list targets this often even without a signal (drift repair), seconds.
     resync_seconds: float = 300.0
     # Prometheus endpoint (none when 0).

@@ -137,12 +137,13 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
     )
-    # Re-establish watches well before typical load-balancer idle timeouts close them.
-    settings.watching.server_timeout = 300
-    settings.watching.client_timeout = 330
-    settings.posting.level = 30  # our own Events are posted explicitly; kopf's only warnings
+    # The API server ends each watch request after this; kopf resumes from the last seen
+    # resourceVersion (or re-lists on 410 Gone). Under typical load-balancer idle timeouts.
     if "config" not in memo:
         memo.config = OperatorConfig()
+    settings.watching.server_timeout = memo.config.watch_timeout
+    settings.watching.client_timeout = settings.watching.server_timeout + 30
+    settings.posting.level = 30  # our own Events are posted explicitly; kopf's only warnings
     load_config()
     memo.kube = Kube()
     memo.registries = Registries()
@@ -199,16 +200,19 @@ def _tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, plural: str) -> N
 
 
 for _plural in KINDS:
-
-    @kopf.on.resume(GROUP, _plural)
-    @kopf.on.create(GROUP, _plural)
-    @kopf.on.update(GROUP, _plural, field="spec")
+    # backoff: an exception (the API server away) is retried at the next tick, not kopf's
+    # default of a minute later; problems a user must fix never raise (they are conditions).
+    @kopf.on.resume(GROUP, _plural, backoff=TICK_SECONDS)
+    @kopf.on.create(GROUP, _plural, backoff=TICK_SECONDS)
+    @kopf.on.update(GROUP, _plural, field="spec", backoff=TICK_SECONDS)
     def on_change(
         body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, _plural: str = _plural, **_: Any
     ) -> None:
         _tick(body, patch, memo, _plural)
 
-    @kopf.timer(GROUP, _plural, interval=TICK_SECONDS, initial_delay=TICK_SECONDS)
+    @kopf.timer(
+        GROUP, _plural, interval=TICK_SECONDS, initial_delay=TICK_SECONDS, backoff=TICK_SECONDS
+    )
     def tick(
         body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, _plural: str = _plural, **_: Any
     ) -> None:
@@ -284,7 +288,9 @@ def on_service_account(event: dict, body: kopf.Body, memo: kopf.Memo, **_: Any) 
     """ServiceAccounts created after the pull secret (like `default` in a new namespace),
     or whose list of pull secrets was replaced without ours. The registries that are free
     add their references in one patch; a busy one adds its own when it is done."""
-    if event.get("type") not in ("ADDED", "MODIFIED") or "registries" not in memo:
+    # type None: listed (at start, or again after a watch's 410 Gone), where a change made
+    # while the watch was down shows up; handled like ADDED.
+    if event.get("type") == "DELETED" or "registries" not in memo:
         return
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     account = dict(body)

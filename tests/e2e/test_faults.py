@@ -24,6 +24,7 @@ from .helpers import (
     registry_object,
     secret,
     secret_object,
+    wait_for,
     wait_for_reason,
 )
 
@@ -239,18 +240,42 @@ def test_api_server_restarted_during_a_fan_out(
     own_cluster: ControlPlane, registries: LocalRegistries, run_operator
 ) -> None:
     """The API server goes away for a few seconds while the operator writes into many
-    namespaces: the operator rides it out (no crash), then finishes the job; every namespace
-    has its Secret and one reference, and deleting the object leaves nothing behind."""
+    namespaces: the operator rides it out (no crash), its watches recover from 410 Gone, it
+    finishes the job and serves a namespace created afterwards; every namespace has its
+    Secret and one reference, and deleting the object leaves nothing behind."""
     namespace = f"apirestart-{secrets.token_hex(3)}"
     own_cluster.kubectl("create", "namespace", namespace)
     fan_out = FanOut(own_cluster, registries, namespace)
-    operator = run_operator(*fan_out.operator_args, kubeconfig=own_cluster.admin_kubeconfig)
+    operator = run_operator(
+        *fan_out.operator_args, "--debug", kubeconfig=own_cluster.admin_kubeconfig
+    )
     count = fan_out.start_and_wait_for_the_first_copy()
     own_cluster.restart_apiserver(down_for=5)
     at_restart = fan_out.written()
     assert count > 0, "the fan-out never started"
     assert at_restart < FAN_OUT, f"not restarted mid fan-out ({at_restart}/{FAN_OUT})"
     print(f"API server restarted with {at_restart}/{FAN_OUT} namespaces written")
+    # The restarted server no longer has the resourceVersions the watches would resume
+    # from (410 Gone): they start again from a fresh list, and still see what happens next.
+    wait_for(
+        lambda: "Restarting the watch-stream for namespaces" in operator.logs(),
+        60,
+        "the namespace watch to be re-listed after 410 Gone",
+    )
+    # Once the fan-out has finished, a new namespace can only come through the watch (the
+    # drift-repair resync is minutes away).
+    wait_for(lambda: fan_out.written() == FAN_OUT, 120, "the fan-out to finish")
+    late = f"{namespace}-late"
+    apply(
+        own_cluster,
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": late, "labels": {"fanout": fan_out.label}},
+        },
+    )
+    fan_out.targets.append(late)
+    wait_for(lambda: secret(own_cluster, late, "fanned"), 10, "the pull secret in a new namespace")
     fan_out.check_converged_then_delete()
     assert operator.process.running, "the operator exited when the API server went away"
 
@@ -330,3 +355,84 @@ def test_registry_token_server_answers_5xx_429_and_garbage(
     finally:
         cluster.kubectl("delete", "ociregistry", "bearer", "-n", namespace, "--wait=false")
         faulty.stop()
+
+
+WATCH_TIMEOUT = 2  # seconds: every watch request of the operator ends this often
+
+
+def _watch_requests(cluster: ControlPlane, resource: str) -> int:
+    """WATCH requests the API server has answered for `resource`, from its own metrics."""
+    metrics = cluster.kubectl("get", "--raw", "/metrics").stdout
+    total = 0
+    for line in metrics.splitlines():
+        if (
+            line.startswith("apiserver_request_total{")
+            and 'verb="WATCH"' in line
+            and f'resource="{resource}"' in line
+        ):
+            total += int(float(line.rsplit(" ", 1)[1]))
+    return total
+
+
+def test_watch_streams_expiring_every_few_seconds(
+    cluster: ControlPlane, crds: None, registries: LocalRegistries, run_operator, namespace: str
+) -> None:
+    """The API server ends every watch request after 2 s (`--watch-timeout 2`, as a proxy that
+    cuts quiet connections would): the operator resumes each one without missing an event. A
+    namespace labelled in, a ServiceAccount stripped of its reference, a namespace labelled
+    out, all well after many expiries, are each acted on within seconds (the drift-repair
+    resync is 5 minutes away, so only the watches can do it)."""
+    label = f"watch-{namespace[-6:]}"
+    basic = registries.basic
+    apply(
+        cluster,
+        secret_object("creds", namespace, username=basic.username, password=basic.password),
+        ca_config_map(namespace, registries.ca_file),
+    )
+    operator = run_operator(
+        "--credentials-namespace", namespace, "--watch-timeout", str(WATCH_TIMEOUT)
+    )
+    name = f"watch-{namespace[-6:]}"
+    body = registry_object(
+        "ClusterOCIRegistry",
+        name,
+        {
+            "server": basic.host,
+            "auth": {"basic": {"secretRef": {"name": "creds"}}},
+            "tls": {"caBundleRef": {"configMap": "registry-ca"}},
+            "targets": {"namespaceSelector": {"matchLabels": {"watch": label}}},
+        },
+    )
+    late = f"{namespace[:50]}-late"
+    try:
+        apply(cluster, body)
+        wait_for_reason(cluster, "ClusterOCIRegistry", name, "Ready")
+        before = _watch_requests(cluster, "namespaces")
+        time.sleep(6 * WATCH_TIMEOUT)
+        restarts = _watch_requests(cluster, "namespaces") - before
+        assert restarts >= 4, f"only {restarts} namespace watch requests in 12 s"
+
+        cluster.kubectl("create", "namespace", late)
+        cluster.kubectl("label", "namespace", late, f"watch={label}")
+        wait_for(lambda: secret(cluster, late, name), 10, "the pull secret in the new namespace")
+        wait_for(lambda: pull_secret_refs(cluster, late) == [name], 10, "the reference")
+
+        time.sleep(3 * WATCH_TIMEOUT)
+        cluster.kubectl(
+            "patch", "serviceaccount", "default", "-n", late, "--type=merge",
+            "-p", '{"imagePullSecrets": [{"name": "teams-own"}]}',
+        )  # fmt: skip
+        wait_for(
+            lambda: pull_secret_refs(cluster, late) == ["teams-own", name],
+            10,
+            "the stripped reference to be added back beside the team's own",
+        )
+
+        time.sleep(3 * WATCH_TIMEOUT)
+        cluster.kubectl("label", "namespace", late, "watch-")
+        wait_for(lambda: secret(cluster, late, name) is None, 10, "the pull secret to go")
+        wait_for(lambda: pull_secret_refs(cluster, late) == ["teams-own"], 10, "our reference gone")
+        assert "Traceback" not in operator.logs()
+    finally:
+        cluster.kubectl("delete", "clusterociregistry", name, "--wait=false", check=False)
+        cluster.kubectl("delete", "namespace", late, "--wait=false", check=False)
