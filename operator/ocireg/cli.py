@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .config import LogFormat, OperatorConfig
+from .config import SYSTEM_NAMESPACES, AdmissionConfig, LogFormat, OperatorConfig
 
 # Libraries whose debug logs can carry credentials.
 QUIET_LOGGERS = (
@@ -164,6 +164,65 @@ def build_parser() -> argparse.ArgumentParser:
         "OCIREG_GCP_TOKEN_URIS); Google's own are always accepted",
     )
 
+    hook = run.add_argument_group(
+        "admission webhook",
+        "add the pull secrets to ServiceAccounts in the request that creates them "
+        "(docs/admission.md)",
+    )
+    hook.add_argument(
+        "--admission-webhook",
+        action="store_true",
+        default=os.environ.get("OCIREG_ADMISSION_WEBHOOK", "") == "true",
+        help="serve the mutating webhook (env OCIREG_ADMISSION_WEBHOOK=true); off by default",
+    )
+    hook.add_argument(
+        "--admission-address",
+        default="0.0.0.0",  # noqa: S104 - in a pod
+        metavar="ADDRESS",
+        help="address the webhook listens on (default: all)",
+    )
+    hook.add_argument("--admission-port", type=int, default=9443, help="default: 9443")
+    hook.add_argument(
+        "--admission-host",
+        metavar="HOST",
+        help="host name or IP the API server calls, and the self-signed certificate names "
+        "(in a pod: its IP); default: the listen address, 127.0.0.1 for all addresses",
+    )
+    hook.add_argument(
+        "--admission-cert-file",
+        metavar="PATH",
+        help="serving certificate (PEM, reloaded when it changes); default: a self-signed "
+        "one made in memory at start",
+    )
+    hook.add_argument("--admission-key-file", metavar="PATH", help="its private key (PEM)")
+    hook.add_argument(
+        "--admission-ca-file",
+        metavar="PATH",
+        help="CA bundle the API server should trust (default: the certificate itself)",
+    )
+    hook.add_argument(
+        "--admission-configuration",
+        default="ocireg",
+        metavar="NAME",
+        help="MutatingWebhookConfiguration ocireg keeps pointing at itself (default: ocireg); "
+        "'' if you install it yourself (then give the certificate files)",
+    )
+    hook.add_argument(
+        "--admission-timeout",
+        type=int,
+        default=3,
+        metavar="SECONDS",
+        help="the webhook's timeoutSeconds, 1-30 (default: 3); failurePolicy is always Ignore",
+    )
+    hook.add_argument(
+        "--admission-exclude-namespace",
+        dest="admission_exclude_namespaces",
+        action="append",
+        metavar="NAMESPACE",
+        help="never called for ServiceAccounts in this namespace (repeatable; default: "
+        f"{', '.join(SYSTEM_NAMESPACES)})",
+    )
+
     sub.add_parser("version", help="print the version")
 
     crds = sub.add_parser("crds", help="write the CRDs generated from the models")
@@ -200,13 +259,52 @@ def config_from_args(args: argparse.Namespace) -> OperatorConfig:
         resync_seconds=max(10.0, args.resync),
         watch_timeout=max(1, args.watch_timeout),
         metrics_address=args.metrics_address,
+        admission=admission_from_args(args),
     )
+
+
+def admission_from_args(args: argparse.Namespace) -> AdmissionConfig:
+    """The webhook settings; an impossible combination stops the start with a message."""
+    config = AdmissionConfig(
+        enabled=args.admission_webhook,
+        address=args.admission_address,
+        port=args.admission_port,
+        host=args.admission_host or None,
+        cert_file=args.admission_cert_file or None,
+        key_file=args.admission_key_file or None,
+        ca_file=args.admission_ca_file or None,
+        configuration=args.admission_configuration or None,
+        timeout_seconds=args.admission_timeout,
+        exclude_namespaces=tuple(
+            dict.fromkeys(args.admission_exclude_namespaces or SYSTEM_NAMESPACES)
+        ),
+    )
+    if not config.enabled:
+        return config
+    problem = None
+    if bool(config.cert_file) != bool(config.key_file):
+        problem = "--admission-cert-file and --admission-key-file go together"
+    elif config.configuration is None and not config.cert_file:
+        problem = (
+            "--admission-configuration '' (installed by someone else) needs "
+            "--admission-cert-file and --admission-key-file: a self-signed certificate's CA "
+            "would be known to nobody"
+        )
+    elif not 1 <= config.timeout_seconds <= 30:
+        problem = "--admission-timeout must be 1-30 seconds (the API server's limit is 30)"
+    elif not 1 <= config.port <= 65535:
+        problem = "--admission-port must be 1-65535"
+    if problem:
+        raise SystemExit(f"ocireg run: error: {problem}")
+    return config
 
 
 def run_operator(config: OperatorConfig) -> int:
     import kopf
 
-    from . import handlers  # noqa: F401 - registers the handlers with kopf
+    from . import admission, handlers  # noqa: F401 - registers the handlers with kopf
+
+    admission.register(config.admission)  # only when --admission-webhook
 
     log_format = {
         LogFormat.plain: kopf.LogFormat.PLAIN,

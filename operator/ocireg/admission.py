@@ -1,0 +1,605 @@
+"""Admission-time injection (optional, ``--admission-webhook``): a mutating webhook that adds
+the managed pull secrets to a ServiceAccount in the request that creates it.
+
+Without it, a new ServiceAccount (the ``default`` of a new namespace, most often) gets its
+references from the ServiceAccount watch in handlers.py, a moment after it was created; a
+pod admitted in that moment copies the account's empty ``imagePullSecrets`` and never gets
+them (pods do not follow later changes), so it may end in ImagePullBackOff. The webhook closes
+that window: the account is stored with the references in its very first version.
+
+The rules, all meant to keep the cluster working whatever happens to the operator:
+
+- failurePolicy Ignore and a short timeout: a stopped, hung or unreachable operator delays a
+  ServiceAccount creation by at most the timeout and never fails it;
+- every error inside the handler (API trouble, a slow read, a bug) answers "allowed,
+  unchanged" and is logged by name; only names are ever logged;
+- the decision is `wanted` / `account_fields` below (pure), the same selection the
+  watch uses (namespace_selected, service_account_selected), from the registries this
+  process has verified (``memo.registries``), plus the namespace's labels read from the API
+  (a namespace created a moment ago has not reached the namespace watch yet);
+- the account's own entries are kept, none is duplicated, and ours are recorded in the same
+  annotation the watch uses, so cleanup removes exactly those.
+
+Certificates and the MutatingWebhookConfiguration: by default the process makes a
+self-signed certificate in memory when the webhook server starts and keeps the webhook entry
+``pull-secrets.ocireg.dev`` of one named configuration pointing at itself (URL + caBundle),
+re-checking it every minute and removing its entry on a clean shutdown. With
+``--admission-cert-file`` etc. it serves a certificate from files (reloaded when they change).
+See docs/admission.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ipaddress
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Collection, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Final
+
+import kopf
+import kubernetes
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from kubernetes.client.exceptions import ApiException
+
+from . import plan
+from .config import AdmissionConfig
+from .kube import load_config
+from .models.spec import Format, Targets
+
+log = logging.getLogger(__name__)
+
+HANDLER_ID: Final = "pull-secrets"  # kopf routes POST /<handler id> to the handler
+WEBHOOK_NAME: Final = "pull-secrets.ocireg.dev"
+CERT_VALIDITY: Final = dt.timedelta(days=3650)
+# How often the configuration is re-checked (drift, deletion), and retried after a failure.
+KEEP_SECONDS: Final = 60.0
+RETRY_SECONDS: Final = 5.0
+# Part of the webhook's timeoutSeconds kept for the answer to travel back: the handler gives
+# up (and allows unchanged) this much before the API server would.
+MARGIN_SECONDS: Final = 1.0
+PARTIAL_METADATA: Final = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+# Admission reads never queue behind reconciles on kopf's own thread pool.
+_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ocireg-admission")
+
+
+# -- pure parts: the decision ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A registry with verified credentials, as the webhook sees it."""
+
+    ref: plan.RegistryRef
+    targets: Targets
+    placed: bool  # its pull secret is known to be written in the namespace at hand
+
+
+def wanted(
+    candidates: list[Candidate],
+    namespace: str,
+    labels: Mapping[str, str],
+    account: str,
+    phase: str = "Active",
+) -> list[tuple[Candidate, str]]:
+    """The pull secrets a ServiceAccount being created should refer to: one per registry
+    that selects its namespace and the account (the watch's own rules), each name once, in
+    a stable order."""
+    out: list[tuple[Candidate, str]] = []
+    seen: set[str] = set()
+    for candidate in sorted(
+        candidates, key=lambda c: (c.ref.kind, c.ref.namespace or "", c.ref.name)
+    ):
+        targets = candidate.targets
+        if not plan.service_account_selected(targets, account):
+            continue
+        if not plan.namespace_selected(candidate.ref, targets, namespace, labels, phase):
+            continue
+        name = plan.secret_names(targets, candidate.ref.name)[Format.dockerconfigjson]
+        if name not in seen:
+            seen.add(name)
+            out.append((candidate, name))
+    return out
+
+
+def secret_is_ours(ref: plan.RegistryRef, observed: Mapping[str, Any] | None) -> bool:
+    """Whether a Secret may be referred to on this registry's behalf: absent (the registry
+    writes it in a moment) or written by this registry. A Secret someone else owns under
+    the same name is a SecretConflict, and never becomes ours by reference."""
+    if observed is None:
+        return True
+    labels = (observed.get("metadata") or {}).get("labels") or {}
+    return all(labels.get(k) == v for k, v in ref.labels().items())
+
+
+def account_fields(service_account: Mapping[str, Any], names: list[str]) -> dict[str, Any] | None:
+    """The ServiceAccount's imagePullSecrets and our bookkeeping annotation (the one the
+    watch and cleanup use) with the given references added, as the fields to set on the
+    object being created; None when there is nothing to add. Entries already present stay
+    as they are, in their order; none is duplicated; a name someone else already listed
+    stays theirs (it is not recorded as ours)."""
+    refs = [dict(r) for r in service_account.get("imagePullSecrets") or []]
+    present = {r.get("name") for r in refs}
+    added = [n for n in dict.fromkeys(names) if n not in present]
+    if not added:
+        return None
+    annotations = (service_account.get("metadata") or {}).get("annotations") or {}
+    recorded = (annotations.get(plan.ANNOTATION_SA_REFS) or "").split(",")
+    ours = sorted({*filter(None, recorded), *added})
+    return {
+        "imagePullSecrets": refs + [{"name": n} for n in added],
+        "metadata": {"annotations": {plan.ANNOTATION_SA_REFS: ",".join(ours)}},
+    }
+
+
+# -- pure parts: the certificate and the configuration ---------------------------------------
+
+
+def self_signed_certificate(
+    hostnames: Collection[str], now: dt.datetime | None = None
+) -> tuple[bytes, bytes]:
+    """A self-signed serving certificate (ECDSA P-256) for these names and addresses, and its
+    key, both PEM. The certificate is also the CA the API server is told to trust."""
+    now = now or dt.datetime.now(dt.UTC)
+    names: list[x509.GeneralName] = []
+    for host in dict.fromkeys(hostnames):
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            names.append(x509.DNSName(host))
+            continue
+        if not address.is_unspecified:
+            names.append(x509.IPAddress(address))
+    if not names:
+        raise ValueError("no usable host name or address for the webhook certificate")
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ocireg admission webhook")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + CERT_VALIDITY)
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+def webhook_url(base_url: str) -> str:
+    return f"{base_url.rstrip('/')}/{HANDLER_ID}"
+
+
+def webhook_entry(
+    url: str, ca_bundle: str | None, timeout_seconds: int, exclude_namespaces: Collection[str]
+) -> dict[str, Any]:
+    """Our entry of the MutatingWebhookConfiguration: ServiceAccount CREATE only, never
+    failing a request, never called for the excluded namespaces."""
+    client_config: dict[str, Any] = {"url": url}
+    if ca_bundle:
+        client_config["caBundle"] = ca_bundle
+    selector: dict[str, Any] = {}
+    if exclude_namespaces:
+        selector = {
+            "matchExpressions": [
+                {
+                    "key": "kubernetes.io/metadata.name",
+                    "operator": "NotIn",
+                    "values": sorted(set(exclude_namespaces)),
+                }
+            ]
+        }
+    return {
+        "name": WEBHOOK_NAME,
+        "clientConfig": client_config,
+        "rules": [
+            {
+                "apiGroups": [""],
+                "apiVersions": ["v1"],
+                "operations": ["CREATE"],
+                "resources": ["serviceaccounts"],
+                "scope": "Namespaced",
+            }
+        ],
+        "failurePolicy": "Ignore",
+        "sideEffects": "None",
+        "timeoutSeconds": timeout_seconds,
+        "admissionReviewVersions": ["v1"],
+        "matchPolicy": "Equivalent",
+        "reinvocationPolicy": "IfNeeded",
+        "namespaceSelector": selector,
+    }
+
+
+def _contains(actual: Any, desired: Any) -> bool:
+    """Whether ``actual`` (as the API server returns it, with its defaults filled in) has
+    every field ``desired`` sets, with the same value."""
+    if isinstance(desired, Mapping):
+        return isinstance(actual, Mapping) and all(
+            _contains(actual.get(key), value) for key, value in desired.items()
+        )
+    if isinstance(desired, list):
+        return (
+            isinstance(actual, list)
+            and len(actual) == len(desired)
+            and all(_contains(a, d) for a, d in zip(actual, desired, strict=True))
+        )
+    return actual == desired
+
+
+def configuration_patch(
+    observed: Mapping[str, Any], entry: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """A JSON merge patch that puts ``entry`` into the configuration (other entries kept), or
+    None when it is there already. It carries the resourceVersion it was computed from, so a
+    concurrent writer makes it fail with 409 instead of being overwritten."""
+    webhooks = list(observed.get("webhooks") or [])
+    current = next((w for w in webhooks if w.get("name") == entry["name"]), None)
+    if current is not None and _contains(current, entry):
+        return None
+    others = [w for w in webhooks if w.get("name") != entry["name"]]
+    return {
+        "metadata": {"resourceVersion": (observed.get("metadata") or {}).get("resourceVersion")},
+        "webhooks": [*others, dict(entry)],
+    }
+
+
+def removal_patch(observed: Mapping[str, Any], url: str) -> dict[str, Any] | None:
+    """A JSON merge patch that removes our entry, only while it still points at ``url`` (a
+    replica that took over since then has written its own)."""
+    webhooks = list(observed.get("webhooks") or [])
+    ours = [
+        w
+        for w in webhooks
+        if w.get("name") == WEBHOOK_NAME and (w.get("clientConfig") or {}).get("url") == url
+    ]
+    if not ours:
+        return None
+    return {
+        "metadata": {"resourceVersion": (observed.get("metadata") or {}).get("resourceVersion")},
+        "webhooks": [w for w in webhooks if w not in ours],
+    }
+
+
+def configuration_object(name: str, entry: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": name, "labels": {plan.MANAGED_BY: plan.MANAGER}},
+        "webhooks": [dict(entry)],
+    }
+
+
+# -- the Kubernetes API -----------------------------------------------------------------------
+
+
+def _json(response: Any) -> dict[str, Any]:
+    return json.loads(response.data)
+
+
+class AdmissionAPI:
+    """The API calls of the webhook: two reads per decision, the configuration writes. A
+    client of its own, so admission requests never wait for the operator's other calls."""
+
+    def __init__(self) -> None:
+        self.api = kubernetes.client.ApiClient()
+        self.core = kubernetes.client.CoreV1Api(self.api)
+        self.registration = kubernetes.client.AdmissionregistrationV1Api(self.api)
+
+    def namespace(self, name: str, timeout: float) -> tuple[dict[str, str], str] | None:
+        """(labels, phase) of a namespace, or None if there is none by that name. A list
+        with a field selector: the operator's role may list namespaces, not get them."""
+        found = _json(
+            self.core.list_namespace(
+                field_selector=f"metadata.name={name}",
+                _request_timeout=timeout,
+                _preload_content=False,
+            )
+        )
+        for item in found.get("items") or []:
+            labels = dict((item.get("metadata") or {}).get("labels") or {})
+            return labels, (item.get("status") or {}).get("phase") or "Active"
+        return None
+
+    def secret_metadata(self, namespace: str, name: str, timeout: float) -> dict | None:
+        """A Secret's metadata only (its data never crosses the wire), or None if absent."""
+        try:
+            return _json(
+                self.core.read_namespaced_secret(
+                    name,
+                    namespace,
+                    _request_timeout=timeout,
+                    _preload_content=False,
+                    _headers={"Accept": PARTIAL_METADATA},
+                )
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def ensure_configuration(self, name: str, entry: Mapping[str, Any]) -> str:
+        """Create the configuration or put our entry into it: created | updated | unchanged."""
+        try:
+            observed = _json(
+                self.registration.read_mutating_webhook_configuration(
+                    name, _request_timeout=10, _preload_content=False
+                )
+            )
+        except ApiException as error:
+            if error.status != 404:
+                raise
+            self.registration.create_mutating_webhook_configuration(
+                configuration_object(name, entry), _request_timeout=10
+            )
+            return "created"
+        patch = configuration_patch(observed, entry)
+        if patch is None:
+            return "unchanged"
+        self.registration.patch_mutating_webhook_configuration(
+            name, patch, _request_timeout=10, _content_type="application/merge-patch+json"
+        )
+        return "updated"
+
+    def remove_entry(self, name: str, url: str) -> bool:
+        try:
+            observed = _json(
+                self.registration.read_mutating_webhook_configuration(
+                    name, _request_timeout=5, _preload_content=False
+                )
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+        patch = removal_patch(observed, url)
+        if patch is None:
+            return False
+        self.registration.patch_mutating_webhook_configuration(
+            name, patch, _request_timeout=5, _content_type="application/merge-patch+json"
+        )
+        return True
+
+
+# -- the webhook server -----------------------------------------------------------------------
+
+
+class AdmissionServer(kopf.WebhookServer):
+    """kopf's HTTPS webhook server, with a certificate made by ``cryptography`` (kopf's own
+    self-signed certificates need the optional certbuilder package) and, when a
+    configuration name is given, keeping that MutatingWebhookConfiguration pointed at it."""
+
+    def __init__(self, config: AdmissionConfig, api: AdmissionAPI | None = None) -> None:
+        super().__init__(
+            addr=config.address,
+            port=config.port,
+            host=config.host,
+            certfile=config.cert_file,
+            pkeyfile=config.key_file,
+            cafile=config.ca_file,
+            file_check_interval=30.0,
+        )
+        self.config = config
+        self.api = api
+
+    @staticmethod
+    def build_certificate(
+        hostnames: Collection[str], password: str | None = None
+    ) -> tuple[bytes, bytes]:
+        del password  # the key only ever sits in kopf's short-lived temporary file
+        return self_signed_certificate(hostnames)
+
+    async def __call__(self, fn: Any) -> AsyncIterator[Any]:
+        # kopf yields again after restarting with renewed certificate files.
+        name = self.config.configuration if self.api is not None else None
+        keeper: asyncio.Task[None] | None = None
+        url: str | None = None
+        try:
+            async for client_config in super().__call__(fn):
+                url = webhook_url(client_config["url"])
+                log.info("admission webhook serving ServiceAccount creations at %s", url)
+                if keeper is not None:
+                    keeper.cancel()
+                if self.api is not None and name:
+                    entry = webhook_entry(
+                        url,
+                        client_config.get("caBundle"),
+                        self.config.timeout_seconds,
+                        self.config.exclude_namespaces,
+                    )
+                    keeper = asyncio.create_task(
+                        _keep(self.api, name, entry), name="admission configuration"
+                    )
+                yield client_config
+        finally:
+            if keeper is not None:
+                keeper.cancel()
+            if self.api is not None and name and url is not None:
+                await _remove(self.api, name, url)
+
+
+async def _keep(api: AdmissionAPI, name: str, entry: dict[str, Any]) -> None:
+    """Keep our entry in the configuration: now, then every minute (it may have been deleted
+    or edited), sooner after a failure."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            result = await loop.run_in_executor(_POOL, api.ensure_configuration, name, entry)
+        except ApiException as error:
+            hint = " (the operator may not write it: see docs/admission.md)"
+            log.error(
+                "admission: MutatingWebhookConfiguration %s: HTTP %s%s",
+                name,
+                error.status,
+                hint if error.status == 403 else "",
+            )
+            await asyncio.sleep(RETRY_SECONDS)
+            continue
+        except Exception as error:
+            log.error("admission: MutatingWebhookConfiguration %s: %r", name, error)
+            await asyncio.sleep(RETRY_SECONDS)
+            continue
+        if result != "unchanged":
+            log.info("admission: MutatingWebhookConfiguration %s %s", name, result)
+        await asyncio.sleep(KEEP_SECONDS)
+
+
+async def _remove(api: AdmissionAPI, name: str, url: str) -> None:
+    """On a clean stop: take our entry out, so nothing calls a process that is gone (the API
+    server would skip it anyway, after a refused connection or the timeout)."""
+    loop = asyncio.get_running_loop()
+    try:
+        removed = await asyncio.wait_for(
+            loop.run_in_executor(_POOL, api.remove_entry, name, url), timeout=6
+        )
+    except Exception as error:
+        log.warning("admission: could not remove the webhook entry from %s: %r", name, error)
+        return
+    if removed:
+        log.info("admission: removed the webhook entry from MutatingWebhookConfiguration %s", name)
+
+
+# -- the handler ------------------------------------------------------------------------------
+
+
+def candidates(memo: Mapping[str, Any], namespace: str) -> list[Candidate]:
+    """The registries this process has verified credentials for."""
+    registries = memo.get("registries")
+    if registries is None:
+        return []
+    out = []
+    for ref, tracked in registries.ready():
+        spec = tracked.spec
+        if spec is not None:
+            targets = spec.effective_targets
+            out.append(Candidate(ref, targets, namespace in tracked.placed))
+    return out
+
+
+def decide(
+    api: AdmissionAPI,
+    found: list[Candidate],
+    service_account: Mapping[str, Any],
+    namespace: str,
+    deadline: float,
+) -> tuple[dict[str, Any] | None, list[str]]:
+    """The fields to set on the ServiceAccount being created (None: none) and the names
+    added. Blocking: runs on the admission pool."""
+    account = (service_account.get("metadata") or {}).get("name") or ""
+    relevant = [c for c in found if plan.service_account_selected(c.targets, account)]
+    if not relevant:
+        return None, []
+
+    def remaining() -> float:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("out of time")
+        return left
+
+    seen = api.namespace(namespace, remaining())
+    if seen is None:
+        return None, []
+    labels, phase = seen
+    names = [
+        name
+        for candidate, name in wanted(relevant, namespace, labels, account, phase)
+        if candidate.placed
+        or secret_is_ours(candidate.ref, api.secret_metadata(namespace, name, remaining()))
+    ]
+    patch = account_fields(service_account, names)
+    return patch, ([] if patch is None else names)
+
+
+async def mutate_service_account(
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any
+) -> None:
+    """Add the managed pull secrets to a ServiceAccount being created. Never raises: any
+    error lets the request through unchanged (kopf would deny it otherwise)."""
+    meta = body.get("metadata") or {}
+    namespace, account = meta.get("namespace"), meta.get("name") or meta.get("generateName")
+    try:
+        if not namespace:
+            return
+        found = candidates(memo, namespace)
+        if not found:
+            return
+        config: AdmissionConfig = memo.config.admission
+        budget = max(0.5, config.timeout_seconds - MARGIN_SECONDS)
+        deadline = time.monotonic() + budget
+        loop = asyncio.get_running_loop()
+        fields, added = await asyncio.wait_for(
+            loop.run_in_executor(
+                _POOL, decide, memo.admission_api, found, dict(body), namespace, deadline
+            ),
+            timeout=budget,
+        )
+    except Exception as error:
+        reason = f"HTTP {error.status}" if isinstance(error, ApiException) else repr(error)
+        log.warning(
+            "admission: ServiceAccount %s/%s admitted unchanged: %s", namespace, account, reason
+        )
+        return
+    if fields is None:
+        return
+    patch["imagePullSecrets"] = fields["imagePullSecrets"]
+    for key, value in fields["metadata"]["annotations"].items():
+        patch.metadata.annotations[key] = value
+    log.info(
+        "admission: ServiceAccount %s/%s created with imagePullSecrets %s",
+        namespace,
+        account,
+        ", ".join(added),
+    )
+
+
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    config: AdmissionConfig = memo.config.admission
+    load_config()  # the clients below copy the configuration as it is when they are made
+    memo.admission_api = AdmissionAPI()
+    settings.admission.server = AdmissionServer(config, memo.admission_api)
+    settings.admission.managed = None  # our own writer: kopf's has a fixed 30 s timeout
+
+
+def register(config: AdmissionConfig) -> None:
+    """Register the webhook with kopf (before kopf.run). Without this nothing is served: kopf
+    refuses to start with admission handlers and no server."""
+    if not config.enabled:
+        return
+    kopf.on.startup(id="admission-configure")(configure)
+    kopf.on.mutate(
+        "serviceaccounts",
+        id=HANDLER_ID,
+        operations=["CREATE"],
+        ignore_failures=True,
+        side_effects=False,
+    )(mutate_service_account)
