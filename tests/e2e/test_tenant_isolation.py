@@ -27,7 +27,15 @@ from ocireg.devenv.standins import WebhookStandIn
 from ocireg.plan import ANNOTATION_OWNER, LABEL_KIND, MANAGED_BY, MANAGER
 from tests.conftest import check_secret_hygiene
 
-from .helpers import apply, condition, registry_object, secret, wait_for, wait_for_reason
+from .helpers import (
+    apply,
+    condition,
+    registry_object,
+    secret,
+    secret_object,
+    wait_for,
+    wait_for_reason,
+)
 
 KIND = "OCIRegistry"
 NAMESPACE_ONLY_CLUSTER = "namespace is only allowed on ClusterOCIRegistry"
@@ -64,15 +72,6 @@ def _role(namespace: str, user: str) -> list[dict[str, Any]]:
             "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
         },
     ]
-
-
-def _secret(name: str, namespace: str, **data: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name, "namespace": namespace},
-        "stringData": data,
-    }
 
 
 class Tenant:
@@ -134,7 +133,7 @@ def test_tenant_cannot_reach_outside_her_namespace(
     # Another team's namespace holds a working Secret and a base registry object.
     apply(
         cluster,
-        _secret("shared-creds", other_namespace, password=basic.password),
+        secret_object("shared-creds", other_namespace, password=basic.password),
         registry_object(
             KIND,
             "corp-base",
@@ -149,7 +148,7 @@ def test_tenant_cannot_reach_outside_her_namespace(
     )
 
     # RBAC: alice cannot touch the other namespace at all.
-    denied = alice.apply(_secret("planted", other_namespace, password="x" * 12))
+    denied = alice.apply(secret_object("planted", other_namespace, password="x" * 12))
     assert denied.returncode != 0
     assert "forbidden" in denied.stderr.lower()
 
@@ -248,7 +247,8 @@ def test_tenant_cannot_reach_outside_her_namespace(
     hook = WebhookStandIn(lambda user, password: None, ("X-Key", "k"), lifetime=None).start()
     try:
         run_operator()
-        assert alice.apply(_secret("mine", namespace, password=basic.password)).returncode == 0
+        mine = secret_object("mine", namespace, password=basic.password)
+        assert alice.apply(mine).returncode == 0
         accepted = [
             ("ambient-ecr", {"server": "1.dkr.ecr.eu-west-1.amazonaws.com",
                              "auth": {"ecr": {"regions": ["eu-west-1"], "credentials": {}}}}),
