@@ -219,8 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="admission_exclude_namespaces",
         action="append",
         metavar="NAMESPACE",
-        help="never called for ServiceAccounts in this namespace (repeatable; default: "
-        f"{', '.join(SYSTEM_NAMESPACES)})",
+        help="never called for ServiceAccounts in this namespace (repeatable; '' for none; "
+        f"default: {', '.join(SYSTEM_NAMESPACES)})",
     )
 
     sub.add_parser("version", help="print the version")
@@ -275,9 +275,9 @@ def admission_from_args(args: argparse.Namespace) -> AdmissionConfig:
         ca_file=args.admission_ca_file or None,
         configuration=args.admission_configuration or None,
         timeout_seconds=args.admission_timeout,
-        exclude_namespaces=tuple(
-            dict.fromkeys(args.admission_exclude_namespaces or SYSTEM_NAMESPACES)
-        ),
+        exclude_namespaces=SYSTEM_NAMESPACES
+        if args.admission_exclude_namespaces is None
+        else tuple(dict.fromkeys(n for n in args.admission_exclude_namespaces if n)),
     )
     if not config.enabled:
         return config

@@ -11,19 +11,23 @@ import json
 import os
 import secrets
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import kubernetes
 import pytest
+import yaml
 from kubernetes.client.exceptions import ApiException
 
 from ocireg.admission import WEBHOOK_NAME
+from ocireg.config import SYSTEM_NAMESPACES
 from ocireg.devenv.controlplane import ControlPlane
 from ocireg.devenv.operator import OperatorProcess
-from ocireg.devenv.processes import LOOPBACK, free_port
+from ocireg.devenv.processes import LOOPBACK, Tools, free_port
 from ocireg.devenv.registries import LocalRegistries
 from ocireg.plan import ANNOTATION_SA_REFS
 
@@ -288,3 +292,211 @@ def test_a_hung_killed_or_stopped_operator_never_blocks_service_accounts(
     assert setup.webhook() is None
     took, _ = _timed(lambda: setup.create_account(target, "after-stop"))
     assert took < 1.5, took
+
+
+# -- installing it ----------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "ocireg"
+COMPONENT = ROOT / "manifests" / "admission"
+
+
+def _objects(text: str) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def _kind(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    (found,) = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    return found
+
+
+def _container(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def _helm_template(tools: Tools, release: str, namespace: str, *values: str) -> list[dict]:
+    result = subprocess.run(
+        [tools.path("helm"), "template", release, str(CHART), "--namespace", namespace, *values],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return _objects(result.stdout)
+
+
+def test_chart_and_kustomize_component_turn_the_webhook_on(
+    tools: Tools, cluster: ControlPlane, tmp_path: Path
+) -> None:
+    off = _helm_template(tools, "ocireg", "ocireg-system")
+    assert not [o for o in off if o["kind"] == "MutatingWebhookConfiguration"]
+    assert not [a for a in _container(off)["args"] if a.startswith("--admission")]
+
+    chart = _helm_template(tools, "ocireg", "ocireg-system", "--set", "admission.enabled=true")
+    # The same objects and the same operator settings as the kustomize component.
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(ROOT / "manifests", overlay)],
+                "components": [os.path.relpath(COMPONENT, overlay)],
+            }
+        )
+    )
+    plain = _objects(cluster.kubectl("kustomize", str(overlay)).stdout)
+    for objects in (chart, plain):
+        configuration = _kind(objects, "MutatingWebhookConfiguration", "ocireg")
+        assert "webhooks" not in configuration  # the operator writes its entry
+        role = _kind(objects, "ClusterRole", "ocireg-admission")
+        assert (
+            role["rules"]
+            == yaml.safe_load(COMPONENT.joinpath("clusterrole.yaml").read_text())["rules"]
+        )
+        binding = _kind(objects, "ClusterRoleBinding", "ocireg-admission")
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "ocireg", "namespace": "ocireg-system"}
+        ]
+        container = _container(objects)
+        args = [a for a in container["args"] if a.startswith("--admission")]
+        assert args[:4] == [
+            "--admission-webhook",
+            "--admission-port=9443",
+            "--admission-host=$(POD_IP)",
+            "--admission-configuration=ocireg",
+        ]
+        env = {e["name"]: e for e in container["env"]}
+        assert env["POD_IP"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+        assert {"name": "webhook", "containerPort": 9443, "protocol": "TCP"} in container["ports"]
+    # The chart passes its timeout and exclusions; the component relies on the same defaults.
+    assert [a for a in _container(chart)["args"] if a.startswith("--admission")][4:] == [
+        "--admission-timeout=3",
+        *(f"--admission-exclude-namespace={n}" for n in SYSTEM_NAMESPACES),
+    ]
+    # Values are checked before anything is rendered.
+    bad = subprocess.run(
+        [tools.path("helm"), "template", "x", str(CHART), "--set", "admission.timeoutSeconds=60"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert bad.returncode != 0
+    assert "timeoutSeconds" in bad.stderr
+
+
+def test_operator_as_the_chart_service_account_keeps_its_webhook(
+    tools: Tools,
+    cluster: ControlPlane,
+    crds: None,
+    registries: LocalRegistries,
+    run_operator,
+    tmp_path: Path,
+) -> None:
+    """The chart's objects applied for real; the operator runs as the chart's ServiceAccount
+    with the chart's arguments (its address moved to loopback): its rights are enough to fill
+    in, serve and remove the webhook entry, and no more than that."""
+    suffix = secrets.token_hex(3)
+    namespace, release = f"adm-rel-{suffix}", f"adm-{suffix}"
+    name = f"{release}-ocireg"
+    cluster.kubectl("create", "namespace", namespace)
+    objects = _helm_template(tools, release, namespace, "--set", "admission.enabled=true")
+    rendered = tmp_path / "rendered.yaml"
+    rendered.write_text(yaml.safe_dump_all(objects))
+    cluster.kubectl("apply", "-f", str(rendered))
+    cluster_scoped = [
+        f"{o['kind'].lower()}/{o['metadata']['name']}"
+        for o in objects
+        if o["kind"] in ("ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration")
+    ]
+    basic = registries.basic
+    label, registry = f"pull-{suffix}", f"chart-adm-{suffix}"
+    try:
+        account = _kind(objects, "ServiceAccount", name)["metadata"]["name"]
+        user = f"system:serviceaccount:{namespace}:{account}"
+
+        def can(*args: str) -> bool:
+            found = cluster.kubectl("auth", "can-i", *args, f"--as={user}", check=False)
+            return found.stdout.strip() == "yes"
+
+        assert can("patch", f"mutatingwebhookconfigurations/{name}")
+        assert not can("create", "mutatingwebhookconfigurations")
+        assert not can("patch", "mutatingwebhookconfigurations/another")
+        assert not can("delete", f"mutatingwebhookconfigurations/{name}")
+        assert not can("patch", "validatingwebhookconfigurations")
+
+        apply(
+            cluster,
+            secret_object("creds", namespace, username=basic.username, password=basic.password),
+            ca_config_map(namespace, registries.ca_file),
+        )
+        container = _container(objects)
+        port = free_port()
+        args = [
+            f"--admission-port={port}" if a.startswith("--admission-port") else a
+            for a in container["args"]
+            if not a.startswith("--liveness")
+        ]
+        args = [a.replace("$(POD_IP)", LOOPBACK) for a in args]
+        args.append(f"--admission-address={LOOPBACK}")
+        env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+        kubeconfig = cluster.kubeconfig_for_service_account(namespace, account)
+        operator = run_operator(*args, kubeconfig=kubeconfig, env=env)
+
+        def entry() -> dict[str, Any] | None:
+            found = cluster.get_json("mutatingwebhookconfiguration", name)
+            return next((w for w in found.get("webhooks") or [] if w["name"] == WEBHOOK_NAME), None)
+
+        written = wait_for(entry, 60, "the operator's webhook entry")
+        assert written["clientConfig"]["url"] == f"https://{LOOPBACK}:{port}/pull-secrets"
+        assert written["failurePolicy"] == "Ignore"
+        assert written["timeoutSeconds"] == 3
+        assert written["namespaceSelector"]["matchExpressions"][0]["values"] == sorted(
+            SYSTEM_NAMESPACES
+        )
+
+        spec = {
+            "server": basic.host,
+            "auth": {"basic": {"secretRef": {"name": "creds"}}},
+            "tls": {"caBundleRef": {"configMap": "registry-ca"}},
+            "targets": {
+                "namespaceSelector": {"matchLabels": {label: "yes"}},
+                "serviceAccounts": ["*"],
+            },
+        }
+        apply(cluster, registry_object("ClusterOCIRegistry", registry, spec))
+        probe = f"{namespace}-probe"
+        cluster.kubectl("create", "namespace", probe)
+        cluster.kubectl("label", "namespace", probe, f"{label}=yes")
+        wait_for(lambda: secret(cluster, probe, registry), 60, "the pull secret")
+        target = f"{namespace}-target"
+        apply(
+            cluster,
+            {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {"name": target, "labels": {label: "yes"}},
+            },
+        )
+        # The create call's answer is the first stored version: the webhook's work.
+        created = json.loads(
+            cluster.kubectl(
+                "create", "serviceaccount", "builder", "-n", target, "-o", "json"
+            ).stdout
+        )
+        assert _refs(created) == [registry]
+        assert _ours(created) == registry
+
+        operator.stop()
+        assert entry() is None  # removed with nothing but `patch`
+        assert "HTTP 403" not in operator.logs()
+    finally:
+        cluster.kubectl("delete", "clusterociregistry", registry, "--wait=false", check=False)
+        cluster.kubectl("delete", *cluster_scoped, "--ignore-not-found", check=False)
+        for gone in (namespace, f"{namespace}-probe", f"{namespace}-target"):
+            cluster.kubectl("delete", "namespace", gone, "--wait=false", check=False)

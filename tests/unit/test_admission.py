@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import re
 import ssl
 from pathlib import Path
 
 import pytest
+import yaml
 from cryptography import x509
 
 from ocireg import admission
@@ -254,6 +256,11 @@ def test_webhook_flags() -> None:
     assert config.cert_file is None  # self-signed
 
 
+def test_no_namespace_excluded_on_request() -> None:
+    config = _config("--admission-webhook", "--admission-exclude-namespace=").admission
+    assert config.exclude_namespaces == ()
+
+
 def test_webhook_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OCIREG_ADMISSION_WEBHOOK", "true")
     assert _config().admission.enabled
@@ -285,3 +292,34 @@ def test_an_installed_configuration_with_our_own_certificate_is_fine() -> None:
     ).admission
     assert config.configuration is None
     assert (config.cert_file, config.key_file, config.ca_file) == ("tls.crt", "tls.key", "ca.crt")
+
+
+# -- what the webhook may do on the API ---------------------------------------------------
+
+
+def test_the_admission_role_allows_exactly_the_configuration_calls() -> None:
+    """Every AdmissionregistrationV1Api call in admission.py is allowed by
+    manifests/admission/clusterrole.yaml, for the one configuration, and nothing else is.
+    (Its reads of namespaces and Secrets are core calls that tests/unit/test_install_rbac.py
+    checks against the main ClusterRole.)"""
+    root = Path(__file__).resolve().parents[2]
+    code = (root / "operator/ocireg/admission.py").read_text()
+    verbs = {"read": "get", "patch": "patch", "create": "create", "delete": "delete"}
+    calls = {
+        verbs[method.split("_")[0]]
+        for method in re.findall(r"\.registration\.(\w+)\(", code)
+        if method.endswith("mutating_webhook_configuration")
+    }
+    # create only happens when the configuration is missing and the role allows it (a
+    # development run as admin); installs create the configuration themselves.
+    assert calls == {"get", "patch", "create"}
+    text = (root / "manifests/admission/clusterrole.yaml").read_text()
+    (rule,) = yaml.safe_load(text)["rules"]
+    assert rule == {
+        "apiGroups": ["admissionregistration.k8s.io"],
+        "resources": ["mutatingwebhookconfigurations"],
+        "resourceNames": ["ocireg"],
+        "verbs": ["get", "patch"],
+    }
+    body = text.split("rules:\n", 1)[1].splitlines()
+    assert body[0].startswith("#"), "the rule is explained"
