@@ -588,6 +588,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.admission_api = AdmissionAPI()
     settings.admission.server = AdmissionServer(config, memo.admission_api)
     settings.admission.managed = None  # our own writer: kopf's has a fixed 30 s timeout
+    # One access log line per ServiceAccount creation is noise, even with --verbose.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 def register(config: AdmissionConfig) -> None:

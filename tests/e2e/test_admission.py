@@ -153,7 +153,7 @@ def _start(setup: Setup, run_operator: Callable[..., OperatorProcess]) -> Operat
 
 
 def test_service_accounts_are_created_with_the_pull_secret(setup: Setup, run_operator) -> None:
-    _start(setup, run_operator)
+    operator = _start(setup, run_operator)
     entry = setup.webhook()
     assert entry is not None
     assert entry["failurePolicy"] == "Ignore"
@@ -238,6 +238,52 @@ def test_service_accounts_are_created_with_the_pull_secret(setup: Setup, run_ope
         assert now is not None
         assert now["metadata"]["resourceVersion"] == account["metadata"]["resourceVersion"]
     wait_for(lambda: secret(setup.cluster, team, setup.pull), 30, "the pull secret in team")
+    # Every answer above was a decision, not an error let through.
+    assert "admitted unchanged" not in operator.logs()
+
+
+def test_tenant_registries_and_secrets_owned_by_others(
+    setup: Setup, run_operator, registries: LocalRegistries
+) -> None:
+    operator = _start(setup, run_operator)
+    cluster, basic = setup.cluster, registries.basic
+
+    # A namespace holding someone else's Secret under the pull secret's name: the registry
+    # leaves it alone (SecretConflict), and the webhook does not point accounts at it.
+    taken = setup.namespace(selected=False)
+    apply(cluster, secret_object(setup.pull, taken, token="not ours"))
+    cluster.kubectl("label", "namespace", taken, f"{setup.label}=yes")
+    time.sleep(2)  # the operator has seen the label and tried
+    assert _refs(setup.create_account(taken, "builder")) == []
+    foreign = secret(cluster, taken, setup.pull)
+    assert foreign is not None
+    assert foreign["type"] == "Opaque"
+
+    # A tenant's OCIRegistry serves its own namespace only, every account there.
+    tenant = setup.namespace(selected=False)
+    name = f"tenant-{secrets.token_hex(3)}"
+    spec = {
+        "server": basic.host,
+        "auth": {"basic": {"secretRef": {"name": "creds"}}},
+        "tls": {"caBundleRef": {"configMap": "registry-ca"}},
+        "targets": {"serviceAccounts": ["*"]},
+    }
+    apply(
+        cluster,
+        secret_object("creds", tenant, username=basic.username, password=basic.password),
+        ca_config_map(tenant, registries.ca_file),
+        registry_object("OCIRegistry", name, spec, tenant),
+    )
+    try:
+        wait_for(lambda: secret(cluster, tenant, name), 60, "the tenant's pull secret")
+        assert _refs(setup.create_account(tenant, "robot")) == [name]
+        # Elsewhere only the ClusterOCIRegistry's reference, where it selects the namespace.
+        assert _refs(setup.create_account(setup.namespace(selected=False), "robot")) == []
+        selected = setup.namespace(selected=True)
+        assert _refs(setup.create_account(selected, "builder")) == [setup.pull]
+        assert "admitted unchanged" not in operator.logs()
+    finally:
+        cluster.kubectl("delete", "ociregistry", name, "-n", tenant, "--timeout=30s", check=False)
 
 
 def _get_account(setup: Setup, namespace: str, name: str) -> dict[str, Any] | None:

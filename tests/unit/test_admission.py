@@ -4,20 +4,24 @@ tests/e2e/test_admission.py has the real API server call the webhook."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import ipaddress
 import re
 import ssl
 from pathlib import Path
+from types import SimpleNamespace
 
+import kopf
 import pytest
 import yaml
 from cryptography import x509
+from kubernetes.client.exceptions import ApiException
 
 from ocireg import admission
 from ocireg.admission import Candidate, account_fields, secret_is_ours, wanted
 from ocireg.cli import build_parser, config_from_args
-from ocireg.config import SYSTEM_NAMESPACES
+from ocireg.config import SYSTEM_NAMESPACES, AdmissionConfig, OperatorConfig
 from ocireg.models.spec import Format, LabelSelector, Targets
 from ocireg.plan import ANNOTATION_SA_REFS, RegistryRef
 
@@ -323,3 +327,75 @@ def test_the_admission_role_allows_exactly_the_configuration_calls() -> None:
     }
     body = text.split("rules:\n", 1)[1].splitlines()
     assert body[0].startswith("#"), "the rule is explained"
+
+
+# -- the handler: a decision, or the request let through unchanged ------------------------
+
+
+class _Registries:
+    def __init__(self, *entries: tuple[RegistryRef, Targets, set[str]]) -> None:
+        self.entries = entries
+
+    def ready(self) -> list[tuple[RegistryRef, SimpleNamespace]]:
+        return [
+            (ref, SimpleNamespace(spec=SimpleNamespace(effective_targets=t), placed=placed))
+            for ref, t, placed in self.entries
+        ]
+
+
+class _API:
+    """Stands in for the two reads; `fail` makes them raise like a broken API would."""
+
+    def __init__(self, labels: dict[str, str], fail: Exception | None = None) -> None:
+        self.labels, self.fail, self.reads = labels, fail, 0
+
+    def namespace(self, name: str, timeout: float) -> tuple[dict[str, str], str] | None:
+        self.reads += 1
+        if self.fail:
+            raise self.fail
+        return self.labels, "Active"
+
+    def secret_metadata(self, namespace: str, name: str, timeout: float) -> dict | None:
+        return None
+
+
+def _admit(api: _API, account: dict) -> kopf.Patch:
+    memo = kopf.Memo(
+        config=OperatorConfig(admission=AdmissionConfig(enabled=True)),
+        registries=_Registries((SHARED, BY_LABEL, set())),
+        admission_api=api,
+    )
+    body = kopf.Body(account)
+    patch = kopf.Patch(body=body)
+    asyncio.run(admission.mutate_service_account(body=body, patch=patch, memo=memo))
+    return patch
+
+
+def test_the_handler_sets_the_references_as_a_json_patch() -> None:
+    account = {"metadata": {"name": "default", "namespace": "new"}}
+    patch = _admit(_API({"pull": "yes"}), account)
+    assert sorted(patch.as_json_patch(), key=lambda op: op["path"]) == [
+        {"op": "add", "path": "/imagePullSecrets", "value": [{"name": "shared"}]},
+        {"op": "add", "path": "/metadata/annotations", "value": {ANNOTATION_SA_REFS: "shared"}},
+    ]
+    assert not _admit(_API({"pull": "no"}), account)
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [ApiException(status=500), TimeoutError("slow"), RuntimeError("a bug"), KeyError("x")],
+)
+def test_any_error_lets_the_account_through_unchanged(
+    failure: Exception, caplog: pytest.LogCaptureFixture
+) -> None:
+    api = _API({"pull": "yes"}, fail=failure)
+    patch = _admit(api, {"metadata": {"name": "default", "namespace": "new"}})
+    assert api.reads == 1
+    assert not patch  # no patch, no exception: kopf answers allowed
+    assert "admitted unchanged" in caplog.text
+
+
+def test_nothing_is_read_when_no_registry_could_want_the_account() -> None:
+    api = _API({"pull": "yes"})
+    assert not _admit(api, {"metadata": {"name": "builder", "namespace": "new"}})
+    assert api.reads == 0
