@@ -400,10 +400,11 @@ class AdmissionServer(kopf.WebhookServer):
     configuration name is given, keeping that MutatingWebhookConfiguration pointed at it."""
 
     def __init__(self, config: AdmissionConfig, api: AdmissionAPI | None = None) -> None:
+        unspecified = config.address in ("", "0.0.0.0", "::")  # noqa: S104 - a comparison
         super().__init__(
-            addr=config.address,
+            addr=config.address or None,  # None: every address, IPv4 and IPv6
             port=config.port,
-            host=config.host,
+            host=config.host or ("127.0.0.1" if unspecified else None),
             certfile=config.cert_file,
             pkeyfile=config.key_file,
             cafile=config.ca_file,

@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--concurrency",
         type=int,
         default=int(os.environ.get("OCIREG_CONCURRENCY") or 16),
-        help="namespaces one registry object writes into at once (env OCIREG_CONCURRENCY)",
+        help="namespaces written into at once, all registry objects together "
+        "(env OCIREG_CONCURRENCY)",
     )
     run.add_argument(
         "--resync",
@@ -177,9 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     hook.add_argument(
         "--admission-address",
-        default="0.0.0.0",  # noqa: S104 - in a pod
+        default="",
         metavar="ADDRESS",
-        help="address the webhook listens on (default: all)",
+        help="address the webhook listens on (default: all, IPv4 and IPv6)",
     )
     hook.add_argument("--admission-port", type=int, default=9443, help="default: 9443")
     hook.add_argument(

@@ -23,7 +23,7 @@ class AdmissionConfig:
     they are created (admission.py, docs/admission.md)."""
 
     enabled: bool = False
-    address: str = "0.0.0.0"  # noqa: S104 - inside a pod
+    address: str = ""  # every address, IPv4 and IPv6
     port: int = 9443
     # Host or IP the API server calls (in a pod: its IP); default: the listen address, or
     # 127.0.0.1 when listening on every address.
@@ -63,7 +63,7 @@ class OperatorConfig:
     azure_authority_host: str | None = None
     acr_exchange_url: str | None = None
     gcp_token_uris: tuple[str, ...] = ()
-    # How many namespaces one registry object writes into at once.
+    # How many namespaces are written into at once (one job per namespace, all registries).
     concurrency: int = 16
     # Server-side timeout of each watch request, seconds.
     watch_timeout: int = 300

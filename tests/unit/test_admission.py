@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import ipaddress
+import json
 import re
 import ssl
 from pathlib import Path
 from types import SimpleNamespace
 
+import jsonschema
 import kopf
 import pytest
 import yaml
@@ -399,3 +401,41 @@ def test_nothing_is_read_when_no_registry_could_want_the_account() -> None:
     api = _API({"pull": "yes"})
     assert not _admit(api, {"metadata": {"name": "builder", "namespace": "new"}})
     assert api.reads == 0
+
+
+# -- the chart's values -------------------------------------------------------------------
+
+
+def _chart_values() -> tuple[dict, dict]:
+    chart = Path(__file__).resolve().parents[2] / "helm" / "ocireg"
+    schema = json.loads((chart / "values.schema.json").read_text())
+    return yaml.safe_load((chart / "values.yaml").read_text()), schema
+
+
+def test_the_chart_leaves_the_webhook_off_with_the_operators_defaults() -> None:
+    values, schema = _chart_values()
+    assert values["admission"] == {
+        "enabled": False,
+        "port": 9443,
+        "timeoutSeconds": AdmissionConfig().timeout_seconds,
+        "excludeNamespaces": list(SYSTEM_NAMESPACES),
+    }
+    jsonschema.validate({**values, "admission": {**values["admission"], "enabled": True}}, schema)
+
+
+@pytest.mark.parametrize(
+    "admission_values",
+    [
+        {"enabled": "yes"},
+        {"timeoutSeconds": 0},
+        {"timeoutSeconds": 31},  # the API server's limit is 30
+        {"port": 8080},  # the health port
+        {"excludeNamespaces": ["Kube_System"]},
+        {"excludeNamespace": ["kube-system"]},  # a typo
+        {"failurePolicy": "Fail"},  # not a choice: never blocking is the point
+    ],
+)
+def test_the_chart_refuses_bad_webhook_values(admission_values: dict) -> None:
+    values, schema = _chart_values()
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**values, "admission": admission_values}, schema)
