@@ -3,24 +3,21 @@ in reconcile, I/O in kube."""
 
 from __future__ import annotations
 
+import contextvars
+import copy
 import logging
-import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 
-from . import metrics, plan, schedule
+from . import metrics, plan
 from .config import OperatorConfig
-from .credential import Credential
+from .fanout import Fanout, KeyedQueue, Registries, Tracked
+from .index import ClusterIndex, Store, Watcher
 from .kube import Kube, load_config
-from .models.spec import RegistrySpec
 from .providers.cache import MintCache
-from .reconcile import adding_all, cleanup, reconcile, remove_from_namespace, sync_namespace
-from .registry import TLSOptions
+from .reconcile import cleanup, reconcile
 
 log = logging.getLogger(__name__)
 GROUP = "ocireg.dev"
@@ -29,104 +26,6 @@ KINDS = {"ociregistries": "OCIRegistry", "clusterociregistries": "ClusterOCIRegi
 # real work only when they changed or something is due (see schedule.work_due), so a changed
 # password reaches every copy within about this time.
 TICK_SECONDS = 10
-
-
-@dataclass
-class Tracked:
-    """What the operator remembers about one registry object between ticks."""
-
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    memory: schedule.Memory = field(default_factory=schedule.Memory)
-    spec: RegistrySpec | None = None
-    credential: Credential | None = None
-    placed: set[str] = field(default_factory=set)  # namespaces holding our Secrets
-    tls: TLSOptions | None = None  # how to connect, for other work on the same registry
-    # Namespace and ServiceAccount work that arrived while `lock` was held (a reconcile can
-    # hold it for seconds at scale): the holder runs it before letting go, so events never
-    # wait behind a resync. Keyed, so repeated events for one object collapse into one job.
-    deferred: dict[tuple[str, ...], Callable[[], None]] = field(default_factory=dict)
-    mutex: threading.Lock = field(default_factory=threading.Lock)
-
-    def release(self) -> None:
-        """Run deferred jobs (holding ``lock``), then release it."""
-        while True:
-            while True:
-                with self.mutex:
-                    jobs = list(self.deferred.values())
-                    self.deferred.clear()
-                if not jobs:
-                    break
-                for job in jobs:
-                    try:
-                        job()
-                    except Exception:  # one failed namespace must not strand the others
-                        log.exception("deferred namespace work failed")
-            self.lock.release()
-            # A job deferred between our last look and the release would wait for the next
-            # holder: take the lock back if nobody else did, and run it.
-            with self.mutex:
-                waiting = bool(self.deferred)
-            if not (waiting and self.lock.acquire(blocking=False)):
-                return
-
-    def run_or_defer(self, key: tuple[str, ...], job: Callable[[], None]) -> None:
-        """Run ``job`` under ``lock`` now if it is free, else leave it to the holder."""
-        if self.lock.acquire(blocking=False):
-            try:
-                job()
-            finally:
-                self.release()
-            return
-        with self.mutex:
-            self.deferred[key] = job
-        if self.lock.acquire(blocking=False):  # the holder may have just let go
-            self.release()
-
-
-class Registries:
-    """The registry objects this operator serves, for the namespace and ServiceAccount
-    watches to consult without calling the API."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._tracked: dict[plan.RegistryRef, Tracked] = {}
-
-    def get(self, ref: plan.RegistryRef) -> Tracked:
-        with self._lock:
-            return self._tracked.setdefault(ref, Tracked())
-
-    def forget(self, ref: plan.RegistryRef) -> Tracked | None:
-        with self._lock:
-            return self._tracked.pop(ref, None)
-
-    def samples(self) -> list[metrics.RegistrySample]:
-        """Per-object figures for the metrics endpoint."""
-        with self._lock:
-            items = list(self._tracked.items())
-        out = []
-        for ref, t in items:
-            expires = t.credential.expires_at if t.credential else None
-            formats = len(t.spec.effective_targets.formats) if t.spec else 0
-            out.append(
-                (
-                    ref.kind,
-                    ref.namespace or "",
-                    ref.name,
-                    metrics.seconds_until(expires),
-                    len(t.placed) * formats,
-                )
-            )
-        return out
-
-    def ready(self) -> list[tuple[plan.RegistryRef, Tracked]]:
-        """Registries with verified credentials and a pull secret to place."""
-        with self._lock:
-            items = list(self._tracked.items())
-        return [
-            (ref, t)
-            for ref, t in items
-            if t.spec is not None and t.credential is not None and not t.credential.anonymous
-        ]
 
 
 @kopf.on.startup()
@@ -153,37 +52,114 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         metrics.serve(memo.config.metrics_port, memo.config.metrics_address)
 
 
+# How long a reconcile waits for the index's first complete list before it falls back to
+# listing targets from the API itself (an old ClusterRole without `watch` on Secrets).
+INDEX_WAIT_SECONDS = 60.0
+
+
+@kopf.on.startup()
+def watch_cluster(memo: kopf.Memo, **_: Any) -> None:
+    """The watch-fed index of namespaces, ServiceAccounts and our Secrets, the namespace
+    jobs fed by it, and the watch on the credentials namespace."""
+    config: OperatorConfig = memo.config
+    memo.index = index = ClusterIndex()
+    memo.fanout = fanout = Fanout(memo.kube, index, memo.registries, config.concurrency)
+    memo.pokes = KeyedQueue(lambda ref: _poked(memo, ref), 2, "ocireg-poke")
+    memo.index_deadline = time.monotonic() + INDEX_WAIT_SECONDS
+    watching = Kube()  # its own connections: long watches never hold up writes
+    ours = f"{plan.MANAGED_BY}={plan.MANAGER}"
+
+    def namespace_changed(_: str, name: str) -> None:
+        fanout.changed(name)
+
+    def in_namespace_changed(namespace: str, _: str) -> None:
+        fanout.changed(namespace)
+
+    def credentials_changed(namespace: str, _: str) -> None:
+        for ref in memo.registries.refs():
+            if not ref.namespaced or ref.namespace == namespace:
+                memo.pokes.submit(ref)
+
+    # Of the credentials namespace's Secrets only the resourceVersions, and not our own.
+    credentials = Store("credentials", lambda body: body["metadata"]["resourceVersion"])
+    theirs = f"{plan.MANAGED_BY}!={plan.MANAGER}"
+
+    def watcher(source: Any, store: Store[Any], changed: Any) -> Watcher:
+        return Watcher(source, store, changed, timeout=config.watch_timeout)
+
+    memo.watchers = [
+        watcher(watching.watch_source("namespaces"), index.namespaces, namespace_changed),
+        watcher(watching.watch_source("serviceaccounts"), index.accounts, in_namespace_changed),
+        watcher(
+            watching.watch_source("secrets", label_selector=ours),
+            index.secrets,
+            in_namespace_changed,
+        ),
+        watcher(
+            watching.watch_source(
+                "secrets", namespace=config.credentials_namespace, label_selector=theirs
+            ),
+            credentials,
+            credentials_changed,
+        ),
+    ]
+    for started in memo.watchers:
+        started.start()
+
+
+@kopf.on.cleanup()
+def stop_watching(memo: kopf.Memo, **_: Any) -> None:
+    for watcher in memo.get("watchers") or []:
+        watcher.stop.set()
+    for queue in (memo.get("fanout") and memo.fanout.queue, memo.get("pokes")):
+        if queue is not None:
+            queue.stop()
+
+
 def _ref(body: kopf.Body, plural: str) -> plan.RegistryRef:
     meta = body["metadata"]
     return plan.RegistryRef(KINDS[plural], meta["name"], meta.get("namespace"), meta.get("uid"))
 
 
-def _tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, plural: str) -> None:
-    ref = _ref(body, plural)
-    tracked = memo.registries.get(ref)
+def _sync(memo: kopf.Memo) -> Any:
+    """How targets are written: from the index once it is complete; before that (or if it
+    never completes) by listing them from the API, as without an index."""
+    index: ClusterIndex | None = memo.get("index")
+    if index is None:
+        return None
+    if index.wait_synced(max(0.0, memo.index_deadline - time.monotonic())):
+        return memo.fanout.resync
+    log.warning("the watch-fed index is not complete; listing targets from the API")
+    return None
+
+
+def _work(
+    ref: plan.RegistryRef, tracked: Tracked, body: dict[str, Any], memo: kopf.Memo
+) -> tuple[dict[str, Any] | None, list[tuple[str, str, str]]]:
+    """One reconcile of one object: the status fields to merge (None: unchanged) and the
+    Events to post."""
     started = time.monotonic()
-    tracked.lock.acquire()
-    try:
+    with tracked.lock:
+        if tracked.deleted:
+            return None, []
         outcome = reconcile(
             memo.kube,
             ref,
-            dict(body),
+            body,
             memo.config,
             tracked.memory,
             time.monotonic(),
             memo.mint_cache,
+            _sync(memo),
         )
         tracked.memory = outcome.memory
-        if outcome.spec is not None:
-            tracked.spec = outcome.spec
-        if outcome.credential is not None:
-            tracked.credential = outcome.credential
+        if outcome.spec is not None or outcome.credential is not None:
+            tracked.publish(outcome.spec or tracked.spec, outcome.credential or tracked.credential)
         if outcome.placed is not None:
-            tracked.placed = outcome.placed
+            with tracked.mutex:
+                tracked.placed = outcome.placed
         if outcome.tls is not None:
             tracked.tls = outcome.tls
-    finally:
-        tracked.release()
     if outcome.status is not None:  # the tick did work
         result = "success" if outcome.credential is not None else "failure"
         metrics.RECONCILES.labels(ref.kind, result).inc()
@@ -194,9 +170,36 @@ def _tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, plural: str) -> N
     if outcome.status is not None and any(
         current.get(key) != value for key, value in outcome.status.items()
     ):
-        patch["status"] = outcome.status
-    for kind, reason, message in outcome.events:
+        return outcome.status, outcome.events
+    return None, outcome.events
+
+
+def _tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, plural: str) -> None:
+    ref = _ref(body, plural)
+    tracked = memo.registries.get(ref)
+    tracked.body = copy.deepcopy(dict(body))
+    tracked.context = contextvars.copy_context()  # kopf's, for Events from triggered runs
+    status, events = _work(ref, tracked, tracked.body, memo)
+    if status is not None:
+        patch["status"] = status
+    for kind, reason, message in events:
         kopf.event(body, type=kind, reason=reason, message=message)
+
+
+def _poked(memo: kopf.Memo, ref: plan.RegistryRef) -> None:
+    """A Secret in the credentials namespace changed: reconcile now rather than at the next
+    tick, writing the status (which kopf would write after a tick) ourselves."""
+    tracked = memo.registries.find(ref)
+    if tracked is None or tracked.body is None:
+        return  # kopf has not handed it over yet; its first handler runs soon anyway
+    body = tracked.body
+    status, events = _work(ref, tracked, body, memo)
+    if status is not None:
+        memo.kube.patch_registry_status(ref, status)
+        body["status"] = {**(body.get("status") or {}), **status}
+    for kind, reason, message in events:
+        if tracked.context is not None:
+            tracked.context.copy().run(kopf.event, body, type=kind, reason=reason, message=message)
 
 
 for _plural in KINDS:
@@ -222,113 +225,16 @@ for _plural in KINDS:
     def on_delete(body: kopf.Body, memo: kopf.Memo, _plural: str = _plural, **_: Any) -> None:
         ref = _ref(body, _plural)
         tracked = memo.registries.forget(ref) or Tracked()
-        tracked.lock.acquire()
-        try:
-            # Nothing may re-add a reference while (or after) we remove them.
-            tracked.spec, tracked.credential = None, None
-            tracked.placed.clear()
+        with tracked.lock:
+            # Nothing may re-add a Secret or reference while (or after) we remove them:
+            # no job starts writing for it from now on, and the ones writing finish first.
+            tracked.deleted = True
+            tracked.publish(None, None)
+            with tracked.mutex:
+                tracked.placed.clear()
+            if "fanout" in memo:
+                memo.fanout.queue.barrier()
             cleanup(memo.kube, ref)
-        finally:
-            tracked.release()
-
-
-# Namespace events fan out to every registry at once: a new namespace waits for the slowest
-# registry, not for the sum of them.
-_NAMESPACE_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ocireg-ns")
-
-
-def _namespace_changed(
-    memo: kopf.Memo,
-    ref: plan.RegistryRef,
-    tracked: Tracked,
-    name: str,
-    labels: dict[str, str],
-    phase: str,
-) -> None:
-    """Runs holding tracked.lock (directly or deferred)."""
-    if tracked.spec is None or tracked.credential is None:
-        return
-    targets = tracked.spec.effective_targets
-    selected = plan.namespace_selected(ref, targets, name, labels, phase)
-    if selected and name not in tracked.placed:
-        result = sync_namespace(memo.kube, ref, targets, tracked.credential, name)
-        if result.failure is None:
-            tracked.placed.add(name)
-    elif not selected and name in tracked.placed:
-        if phase == "Active":  # a terminating namespace takes our Secrets with it
-            remove_from_namespace(memo.kube, ref, name)
-        tracked.placed.discard(name)
-
-
-@kopf.on.event("namespaces")
-def on_namespace(event: dict, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """A new or relabelled namespace gets (or loses) the pull secrets at once."""
-    if "registries" not in memo:
-        return
-    meta = body["metadata"]
-    name, labels = meta["name"], dict(meta.get("labels") or {})
-    phase = (body.get("status") or {}).get("phase", "Active")
-    if event.get("type") == "DELETED" or meta.get("deletionTimestamp"):
-        phase = "Terminating"
-    futures = []
-    for ref, tracked in memo.registries.ready():
-        if ref.namespaced and ref.namespace != name:
-            continue
-
-        def job(ref: plan.RegistryRef = ref, tracked: Tracked = tracked) -> None:
-            _namespace_changed(memo, ref, tracked, name, labels, phase)
-
-        futures.append(_NAMESPACE_POOL.submit(tracked.run_or_defer, ("namespace", name), job))
-    for future in futures:
-        future.result()  # errors surface to kopf, which logs them
-
-
-@kopf.on.event("serviceaccounts")
-def on_service_account(event: dict, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """ServiceAccounts created after the pull secret (like `default` in a new namespace),
-    or whose list of pull secrets was replaced without ours. The registries that are free
-    add their references in one patch; a busy one adds its own when it is done."""
-    # type None: listed (at start, or again after a watch's 410 Gone), where a change made
-    # while the watch was down shows up; handled like ADDED.
-    if event.get("type") == "DELETED" or "registries" not in memo:
-        return
-    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-    account = dict(body)
-    candidates = sorted(
-        ((ref, t) for ref, t in memo.registries.ready() if namespace in t.placed),
-        key=lambda item: (item[0].kind, item[0].namespace or "", item[0].name),
-    )
-    held: list[tuple[plan.RegistryRef, Tracked]] = []
-    busy: list[tuple[plan.RegistryRef, Tracked]] = []
-    for ref, tracked in candidates:  # one order, and never waiting: no deadlock
-        (held if tracked.lock.acquire(blocking=False) else busy).append((ref, tracked))
-    try:
-        wanted = [n for n in (_wanted(ref, t, namespace, name) for ref, t in held) if n]
-        missing = [n for n in wanted if plan.service_account_patch(account, n, want=True)]
-        if missing:
-            memo.kube.update_service_account(namespace, account, adding_all(missing))
-    finally:
-        for _, tracked in held:
-            tracked.release()
-    for ref, tracked in busy:
-
-        def job(ref: plan.RegistryRef = ref, tracked: Tracked = tracked) -> None:
-            secret_name = _wanted(ref, tracked, namespace, name)
-            if secret_name and plan.service_account_patch(account, secret_name, want=True):
-                memo.kube.update_service_account(namespace, account, adding_all([secret_name]))
-
-        tracked.run_or_defer(("serviceaccount", namespace, name), job)
-
-
-def _wanted(ref: plan.RegistryRef, tracked: Tracked, namespace: str, account: str) -> str | None:
-    """The pull secret this registry wants referenced from the ServiceAccount, if any
-    (called holding tracked.lock)."""
-    if namespace not in tracked.placed or tracked.spec is None:
-        return None
-    targets = tracked.spec.effective_targets
-    if not plan.service_account_selected(targets, account):
-        return None
-    return plan.secret_names(targets, ref.name)[plan.Format.dockerconfigjson]
 
 
 from . import chart_handlers  # noqa: E402, F401 - registers the chart sync handlers

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Mapping
+import json
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
+from kubernetes.watch.watch import iter_resp_lines
 
 from . import metrics
 from .errors import ReconcileError
-from .plan import DesiredSecret, RegistryRef, secret_decision
+from .plan import DesiredSecret, RegistryRef, SecretState, secret_decision, secret_state
 
 GROUP, VERSION = "ocireg.dev", "v1alpha1"
 
@@ -29,6 +31,66 @@ def load_config() -> None:
         kubernetes.config.load_incluster_config()
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()
+
+
+# Written objects are handed to this (the body the API answered with), so the index knows
+# them before their watch event arrives.
+Written = Callable[[dict[str, Any]], None]
+
+
+class WatchSource:
+    """A list function of the API, called for pages of raw JSON and for watch streams
+    (no client model objects: the index keeps a few fields of each object)."""
+
+    PAGE = 500
+
+    def __init__(self, lister: Callable[..., Any], **selector: str) -> None:
+        self.lister = lister
+        self.selector = selector
+
+    def page(self, token: str | None) -> dict[str, Any]:
+        response = self.lister(
+            **self.selector,
+            limit=self.PAGE,
+            _continue=token,
+            _preload_content=False,
+            _request_timeout=60,
+        )
+        try:
+            return json.loads(response.data)
+        finally:
+            response.release_conn()
+
+    def watch(self, resource_version: str, timeout: int) -> Iterator[dict[str, Any]]:
+        response = self.lister(
+            **self.selector,
+            watch=True,
+            resource_version=resource_version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=timeout,
+            _preload_content=False,
+            _request_timeout=(10, timeout + 30),
+        )
+        try:
+            for line in iter_resp_lines(response):
+                if line.strip():
+                    yield json.loads(line)
+        finally:
+            response.close()
+            response.release_conn()
+
+
+def _state(observed: dict[str, Any] | SecretState | None) -> SecretState | None:
+    if observed is None or isinstance(observed, SecretState):
+        return observed
+    return secret_state(observed)
+
+
+def _json(response: Any) -> dict[str, Any]:
+    try:
+        return json.loads(response.data)
+    finally:
+        response.release_conn()
 
 
 class Kube:
@@ -102,26 +164,34 @@ class Kube:
         ]
 
     def apply_secret(
-        self, desired: DesiredSecret, observed: dict[str, Any] | Unknown | None = UNKNOWN
+        self,
+        desired: DesiredSecret,
+        observed: dict[str, Any] | SecretState | Unknown | None = UNKNOWN,
+        written: Written | None = None,
     ) -> str:
         """Write the Secret if needed: created | updated | unchanged | conflict | gone.
 
-        ``observed`` is the Secret as last listed (None: absent); without it, it is read."""
+        ``observed`` is the Secret as last listed or indexed (None: absent); without it, it
+        is read. ``written`` gets the body the API answered a write with."""
         for _attempt in range(2):
             if observed is UNKNOWN:
                 observed = self._read_secret_body(desired.namespace, desired.name)
-            decision = secret_decision(desired, observed)  # type: ignore[arg-type]
+            state = _state(observed)  # type: ignore[arg-type]
+            decision = secret_decision(desired, state)
             try:
                 if decision == "create":
-                    self.core.create_namespaced_secret(desired.namespace, desired.body())
-                    metrics.SECRET_WRITES.inc()
-                    return "created"
-                if decision == "update":
+                    answer = self.core.create_namespaced_secret(
+                        desired.namespace, desired.body(), _preload_content=False
+                    )
+                elif decision == "update":
+                    assert state is not None
                     body = desired.body()
-                    body["metadata"]["resourceVersion"] = observed["metadata"]["resourceVersion"]  # type: ignore[index]
-                    self.core.replace_namespaced_secret(desired.name, desired.namespace, body)
-                    metrics.SECRET_WRITES.inc()
-                    return "updated"
+                    body["metadata"]["resourceVersion"] = state.resource_version
+                    answer = self.core.replace_namespaced_secret(
+                        desired.name, desired.namespace, body, _preload_content=False
+                    )
+                else:
+                    return decision
             except ApiException as error:
                 if error.status == 409:
                     observed = UNKNOWN  # raced with another writer (or a stale list): re-read
@@ -132,7 +202,11 @@ class Kube:
                 ):
                     return "gone"
                 raise
-            return decision
+            metrics.SECRET_WRITES.inc()
+            answered = _json(answer)
+            if written is not None:
+                written(answered)
+            return decision + "d"
         return "conflict"
 
     def _read_secret_body(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -161,6 +235,40 @@ class Kube:
             self.core.delete_namespaced_secret(name, namespace, body=options)
         except ApiException as error:
             if error.status not in (404, 409):  # gone already, or not the one we listed
+                raise
+
+    def watch_source(
+        self, kind: str, namespace: str | None = None, label_selector: str | None = None
+    ) -> WatchSource:
+        """What the index watches: namespaces, ServiceAccounts, and Secrets (ours, by label,
+        or all of one namespace)."""
+        selector = {"label_selector": label_selector} if label_selector else {}
+        if kind == "namespaces":
+            return WatchSource(self.core.list_namespace, **selector)
+        if kind == "serviceaccounts":
+            return WatchSource(self.core.list_service_account_for_all_namespaces, **selector)
+        if kind == "secrets" and namespace:
+            return WatchSource(self.core.list_namespaced_secret, namespace=namespace, **selector)
+        if kind == "secrets":
+            return WatchSource(self.core.list_secret_for_all_namespaces, **selector)
+        raise ValueError(f"no watch source for {kind}")
+
+    def patch_registry_status(self, ref: RegistryRef, status: dict[str, Any]) -> None:
+        """Merge ``status`` into the object's status (for work done outside a kopf handler,
+        which would otherwise write it). A deleted object is not an error."""
+        plural, body = PLURALS[ref.kind], {"status": status}
+        merge = "application/merge-patch+json"
+        try:
+            if ref.namespace:
+                self.custom.patch_namespaced_custom_object_status(
+                    GROUP, VERSION, ref.namespace, plural, ref.name, body, _content_type=merge
+                )
+            else:
+                self.custom.patch_cluster_custom_object_status(
+                    GROUP, VERSION, plural, ref.name, body, _content_type=merge
+                )
+        except ApiException as error:
+            if error.status != 404:
                 raise
 
     def service_accounts(self, namespace: str | None = None) -> list[dict[str, Any]]:
@@ -244,10 +352,11 @@ class Kube:
         namespace: str,
         service_account: dict[str, Any],
         change: Callable[[dict[str, Any]], dict[str, Any] | None],
+        written: Written | None = None,
     ) -> bool:
         """Apply ``change`` (ServiceAccount -> JSON merge patch or None) to the listed
         ServiceAccount; on a conflict re-read it and compute the patch again. True if
-        patched."""
+        patched; ``written`` gets the patched ServiceAccount."""
         name = service_account["metadata"]["name"]
         current: dict[str, Any] | None = service_account
         for _attempt in range(5):
@@ -262,9 +371,16 @@ class Kube:
             if patch is None:
                 return False
             try:
-                self.core.patch_namespaced_service_account(
-                    name, namespace, patch, _content_type="application/merge-patch+json"
+                answer = self.core.patch_namespaced_service_account(
+                    name,
+                    namespace,
+                    patch,
+                    _content_type="application/merge-patch+json",
+                    _preload_content=False,
                 )
+                answered = _json(answer)
+                if written is not None:
+                    written(answered)
                 return True
             except ApiException as error:
                 if error.status == 404:

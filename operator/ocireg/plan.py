@@ -9,7 +9,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .credential import Credential
 from .models.spec import Format, LabelSelector, Targets
@@ -178,22 +178,69 @@ def desired_secrets(
     return out
 
 
-def secret_decision(desired: DesiredSecret, observed: Mapping[str, Any] | None) -> str:
+class SecretState(NamedTuple):
+    """What the decisions need of an existing Secret: a few short strings and a digest of
+    its data, never the data (the watch-fed index keeps one of these per managed Secret)."""
+
+    labels: tuple[tuple[str, str], ...]  # only ours: managed-by, registry, kind
+    type: str | None
+    digest: bytes  # data_digest(data)
+    annotations: tuple[tuple[str, str], ...]  # only ours: the owner
+    uid: str | None
+    resource_version: str | None
+
+    def label(self, key: str) -> str | None:
+        return dict(self.labels).get(key)
+
+
+_STATE_LABELS = (MANAGED_BY, LABEL_REGISTRY, LABEL_KIND)
+
+
+def data_digest(data: Mapping[str, str] | None) -> bytes:
+    """A digest of a Secret's data (base64 values, as the API returns them)."""
+    text = json.dumps(dict(data or {}), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).digest()[:16]
+
+
+def secret_state(body: Mapping[str, Any]) -> SecretState:
+    meta = body.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    annotations = meta.get("annotations") or {}
+    return SecretState(
+        tuple((k, labels[k]) for k in _STATE_LABELS if k in labels),
+        body.get("type"),
+        data_digest(body.get("data")),
+        ((ANNOTATION_OWNER, annotations[ANNOTATION_OWNER]),)
+        if ANNOTATION_OWNER in annotations
+        else (),
+        meta.get("uid"),
+        meta.get("resourceVersion"),
+    )
+
+
+def secret_decision(
+    desired: DesiredSecret, observed: Mapping[str, Any] | SecretState | None
+) -> str:
     """create | unchanged | update | conflict (a Secret we do not manage, or another
-    registry's)."""
+    registry's). ``observed`` is the Secret's body or its SecretState."""
     if observed is None:
         return "create"
-    labels = (observed.get("metadata") or {}).get("labels") or {}
-    if labels.get(MANAGED_BY) != MANAGER or any(
-        labels.get(k) != v for k, v in desired.labels.items()
+    state = observed if isinstance(observed, SecretState) else secret_state(observed)
+    if state.label(MANAGED_BY) != MANAGER or any(
+        state.label(k) != v for k, v in desired.labels.items()
     ):
         return "conflict"
-    if observed.get("type") != desired.type:
+    if state.type != desired.type:
         return "conflict"  # the type is immutable; replacing it is the user's decision
-    same_data = (observed.get("data") or {}) == desired.data
-    annotations = (observed.get("metadata") or {}).get("annotations") or {}
+    same_data = state.digest == data_digest(desired.data)
+    annotations = dict(state.annotations)
     same_meta = all(annotations.get(k) == v for k, v in desired.annotations.items())
     return "unchanged" if same_data and same_meta else "update"
+
+
+def secret_owned_by(ref: RegistryRef, state: SecretState) -> bool:
+    """Whether this Secret carries all of the registry's labels (it wrote it)."""
+    return all(state.label(k) == v for k, v in ref.labels().items())
 
 
 def _selector_matches(selector: LabelSelector, labels: Mapping[str, str]) -> bool:
@@ -236,6 +283,76 @@ def service_account_selected(targets: Targets, name: str) -> bool:
     if Format.dockerconfigjson not in targets.formats:
         return False
     return "*" in targets.service_accounts or name in targets.service_accounts
+
+
+class AccountState(NamedTuple):
+    """What the decisions need of a ServiceAccount (the index keeps one per account)."""
+
+    refs: tuple[str, ...]  # imagePullSecrets names, in order
+    ours: str  # ANNOTATION_SA_REFS as written ("" when absent)
+    resource_version: str | None
+
+
+def account_state(body: Mapping[str, Any]) -> AccountState:
+    meta = body.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    return AccountState(
+        tuple(r.get("name") or "" for r in body.get("imagePullSecrets") or []),
+        annotations.get(ANNOTATION_SA_REFS) or "",
+        meta.get("resourceVersion"),
+    )
+
+
+def account_body(namespace: str, name: str, state: AccountState) -> dict[str, Any]:
+    """The parts of a ServiceAccount service_account_patch reads, rebuilt from its state."""
+    metadata: dict[str, Any] = {
+        "name": name,
+        "namespace": namespace,
+        "resourceVersion": state.resource_version,
+    }
+    if state.ours:
+        metadata["annotations"] = {ANNOTATION_SA_REFS: state.ours}
+    return {"metadata": metadata, "imagePullSecrets": [{"name": n} for n in state.refs]}
+
+
+def service_account_change(
+    service_account: Mapping[str, Any], add: list[str], remove: list[str]
+) -> dict[str, Any] | None:
+    """One merge patch adding the missing names of ``add`` and removing the names of
+    ``remove`` that we added, or None. Each step sees the previous one's result, so the
+    patch carries the whole new list and annotation."""
+    patch = None
+    current: Mapping[str, Any] = service_account
+    for name, want in [(n, True) for n in add] + [(n, False) for n in remove]:
+        step = service_account_patch(current, name, want=want)
+        if step:
+            patch = step
+            meta = {**(current.get("metadata") or {}), **step["metadata"]}
+            current = {**current, **step, "metadata": meta}
+    return patch
+
+
+def account_changes(
+    accounts: Mapping[str, AccountState],
+    wanted: list[tuple[str, Targets]],
+    unwanted: list[str],
+) -> dict[str, tuple[list[str], list[str]]]:
+    """For one namespace: which ServiceAccounts need a patch, and the names each gets added
+    and removed. ``wanted``: (pull secret name, targets) of every registry whose Secret is in
+    place there; ``unwanted``: names of Secrets being removed. Names someone else added are
+    never claimed or removed (see service_account_patch)."""
+    out: dict[str, tuple[list[str], list[str]]] = {}
+    for name, state in sorted(accounts.items()):
+        present, ours = set(state.refs), set(filter(None, state.ours.split(",")))
+        add = [
+            secret
+            for secret, targets in wanted
+            if service_account_selected(targets, name) and secret not in present
+        ]
+        remove = sorted(n for n in unwanted if n in ours)
+        if add or remove:
+            out[name] = (list(dict.fromkeys(add)), remove)
+    return out
 
 
 def _ours(service_account: Mapping[str, Any]) -> list[str]:

@@ -177,6 +177,16 @@ class NamespaceResult:
     written: int = 0
     service_accounts: int = 0
     failure: dict[str, str] | None = None
+    removed: bool = False  # this registry's Secrets were removed from the namespace
+
+
+def conflict(namespace: str) -> dict[str, str]:
+    return {
+        "namespace": namespace,
+        "reason": "SecretConflict",
+        "message": "a Secret of the same name exists that ocireg does not manage for "
+        "this registry; rename targets.secretName or delete that Secret",
+    }
 
 
 def sync_namespace(
@@ -197,12 +207,7 @@ def sync_namespace(
         seen = UNKNOWN if observed is None else observed.get(desired.name)
         outcomes.append(kube.apply_secret(desired, seen))
     if "conflict" in outcomes:
-        result.failure = {
-            "namespace": namespace,
-            "reason": "SecretConflict",
-            "message": "a Secret of the same name exists that ocireg does not manage for "
-            "this registry; rename targets.secretName or delete that Secret",
-        }
+        result.failure = conflict(namespace)
         return result
     if "gone" in outcomes:
         return result  # the namespace is going away
@@ -226,28 +231,20 @@ def adding(secret_name: str) -> Callable[[dict[str, Any]], dict[str, Any] | None
 
 def adding_all(names: list[str]) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
     """One patch adding every name in ``names`` that is missing (and only those)."""
-    return _each(names, want=True)
+    return lambda sa: plan.service_account_change(sa, names, [])
 
 
 def removing(names: set[str]) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
     """One patch removing every name in ``names`` that we added (and only those)."""
-    return _each(sorted(names), want=False)
+    return lambda sa: plan.service_account_change(sa, [], sorted(names))
 
 
-def _each(names: list[str], want: bool) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
-    """Fold plan.service_account_patch over ``names``: each step sees the previous one's
-    result, and the last patch carries the whole list and annotation."""
-
-    def change(sa: dict[str, Any]) -> dict[str, Any] | None:
-        patch = None
-        for name in names:
-            step = plan.service_account_patch(sa, name, want=want)
-            if step:
-                patch = step
-                sa = {**sa, **step, "metadata": {**sa["metadata"], **step["metadata"]}}
-        return patch
-
-    return change
+# How a reconcile brings the targets up to date: (kube, ref, spec, credential, concurrency)
+# -> (status.targets, Events, namespaces holding the Secrets, or None: the sync keeps them).
+Sync = Callable[
+    [Kube, plan.RegistryRef, RegistrySpec, Credential, int],
+    tuple[dict[str, Any], list[tuple[str, str, str]], set[str] | None],
+]
 
 
 def sync_targets(
@@ -287,17 +284,24 @@ def sync_targets(
 
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         results = list(pool.map(one, selected))
+    removed = cleanup(kube, ref, keep=set(selected))
+    status, events = report(results, len(selected), removed)
+    return status, events, {r.namespace for r in results if not r.failure}
+
+
+def report(
+    results: list[NamespaceResult], selected: int, removed: int
+) -> tuple[dict[str, Any], list[tuple[str, str, str]]]:
+    """status.targets and the Events of one sync of every target."""
     failed = [r.failure for r in results if r.failure]
     written = sum(r.written for r in results)
-    placed = {r.namespace for r in results if not r.failure}
-    removed = cleanup(kube, ref, keep=set(selected))
     events = []
     if written:
         events.append(
             (
                 "Normal",
                 "SecretsWritten",
-                f"wrote {written} Secret(s) across {len(selected)} selected namespace(s)",
+                f"wrote {written} Secret(s) across {selected} selected namespace(s)",
             )
         )
     if removed:
@@ -317,12 +321,12 @@ def sync_targets(
             )
         )
     status = {
-        "namespaces": len(placed),
+        "namespaces": sum(1 for r in results if not r.failure),
         "serviceAccounts": sum(r.service_accounts for r in results if not r.failure),
         "failed": failed[:MAX_FAILED_IN_STATUS],
         "failedCount": len(failed),
     }
-    return status, events, placed
+    return status, events
 
 
 def cleanup(kube: Kube, ref: plan.RegistryRef, keep: set[str] | None = None) -> int:
@@ -495,9 +499,11 @@ def reconcile(
     memory: schedule.Memory,
     now: float,
     cache: MintCache | None = None,
+    sync: Sync | None = None,
 ) -> Outcome:
     """One tick for one registry object. Cheap when nothing changed: it reads the
-    referenced Secrets, compares a fingerprint, and returns without writing anything."""
+    referenced Secrets, compares a fingerprint, and returns without writing anything.
+    ``sync`` writes the targets (default: sync_targets, which lists them from the API)."""
     generation = body.get("metadata", {}).get("generation")
     old = body.get("status") or {}
     default_ns = (ref.namespace if ref.namespaced else config.credentials_namespace) or ""
@@ -543,10 +549,11 @@ def reconcile(
             events.append(("Warning", error.reason, error.message))
         return Outcome(memory, status, events, spec=spec)
 
+    placed: set[str] | None
     targets_status, events, placed = (
         ({"namespaces": 0, "serviceAccounts": 0}, [], set())
         if credential.anonymous
-        else sync_targets(kube, ref, spec, credential, config.concurrency)
+        else (sync or sync_targets)(kube, ref, spec, credential, config.concurrency)
     )
     if work is schedule.Work.verify:
         if credential.expires_at is not None and memory.fingerprint not in (None, current):

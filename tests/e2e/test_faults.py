@@ -258,7 +258,7 @@ def test_api_server_restarted_during_a_fan_out(
     # The restarted server no longer has the resourceVersions the watches would resume
     # from (410 Gone): they start again from a fresh list, and still see what happens next.
     wait_for(
-        lambda: "Restarting the watch-stream for namespaces" in operator.logs(),
+        lambda: "re-listing namespaces after 410 Gone" in operator.logs(),
         60,
         "the namespace watch to be re-listed after 410 Gone",
     )

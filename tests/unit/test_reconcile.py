@@ -5,8 +5,9 @@ extends merges and reports loops, and status carries no credential."""
 from __future__ import annotations
 
 import base64
+import copy
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -14,6 +15,8 @@ import pytest
 from ocireg import plan, reconcile, schedule
 from ocireg.config import OperatorConfig
 from ocireg.errors import ReconcileError
+from ocireg.fanout import Fanout, Registries
+from ocireg.index import ClusterIndex
 from ocireg.kube import UNKNOWN
 from ocireg.plan import RegistryRef
 
@@ -30,6 +33,8 @@ class FakeKube:
         self.registries: dict[str, dict[str, Any]] = {}
         self.writes = 0
         self._uid = 0
+        self.sync: Any = None  # reconcile's sync (None: list targets from the API)
+        self.registries_: Registries | None = None
 
     # test set-up helpers
     def add_namespace(self, name: str, **labels: str) -> None:
@@ -63,7 +68,9 @@ class FakeKube:
     def namespaces(self) -> list[tuple[str, dict[str, str], str]]:
         return [(n, labels, "Active") for n, labels in self.namespaces_.items()]
 
-    def apply_secret(self, desired: plan.DesiredSecret, observed: Any = UNKNOWN) -> str:
+    def apply_secret(
+        self, desired: plan.DesiredSecret, observed: Any = UNKNOWN, written: Any = None
+    ) -> str:
         if desired.namespace not in self.namespaces_:
             return "gone"
         current = self.secrets.get((desired.namespace, desired.name))
@@ -73,7 +80,10 @@ class FakeKube:
             self._uid += 1
             body = desired.body()
             body["metadata"]["uid"] = str(self._uid)
+            body["metadata"]["resourceVersion"] = str(self._uid)
             self.secrets[(desired.namespace, desired.name)] = body
+            if written is not None:
+                written(copy.deepcopy(body))
             return decision + "d"
         return decision
 
@@ -93,7 +103,9 @@ class FakeKube:
     def service_accounts(self, namespace: str | None = None) -> list[dict[str, Any]]:
         return [sa for (ns, _), sa in self.accounts.items() if namespace in (None, ns)]
 
-    def update_service_account(self, namespace: str, sa: dict, change: Any) -> bool:
+    def update_service_account(
+        self, namespace: str, sa: dict, change: Any, written: Any = None
+    ) -> bool:
         current = self.accounts[(namespace, sa["metadata"]["name"])]
         patch = change(current)
         if patch is None:
@@ -108,18 +120,54 @@ class FakeKube:
                 annotations[key] = value
         current["metadata"]["resourceVersion"] = str(self.writes)
         current["imagePullSecrets"] = patch["imagePullSecrets"] or []
+        if written is not None:
+            written(copy.deepcopy(current))
         return True
 
 
-@pytest.fixture
-def kube() -> FakeKube:
+def index_of(kube: FakeKube) -> ClusterIndex:
+    """The index as complete watches of the fake cluster would have it."""
+    index = ClusterIndex()
+    index.namespaces.replace(
+        {"metadata": {"name": n, "labels": labels}} for n, labels in kube.namespaces_.items()
+    )
+    index.accounts.replace(copy.deepcopy(list(kube.accounts.values())))
+    managed = [
+        s
+        for s in kube.secrets.values()
+        if (s["metadata"].get("labels") or {}).get(plan.MANAGED_BY) == plan.MANAGER
+    ]
+    index.secrets.replace(copy.deepcopy(managed))
+    return index
+
+
+@pytest.fixture(params=["listing", "index"])
+def kube(request: pytest.FixtureRequest) -> Iterator[FakeKube]:
+    """Every reconcile test runs twice: targets listed from the API (as before the index,
+    and as the fallback), and written from the watch-fed index by namespace jobs."""
     kube = FakeKube()
+    if request.param == "index":
+        registries = Registries()
+        fanout = Fanout(kube, ClusterIndex(), registries, workers=4)  # type: ignore[arg-type]
+
+        def sync(*args: Any) -> Any:
+            fanout.index = index_of(kube)  # the watches have caught up
+            return fanout.resync(*args)
+
+        kube.sync = sync
+        kube.registries_ = registries
+    yield from _setup(kube)
+    if request.param == "index":
+        fanout.queue.stop()
+
+
+def _setup(kube: FakeKube) -> Iterator[FakeKube]:
     kube.add_namespace("ocireg-system")
     kube.add_namespace("team-a", pull="yes")
     kube.add_namespace("team-b", pull="yes")
     kube.add_namespace("other")
     kube.put_secret("ocireg-system", "creds", {"username": "robot", "password": PASSWORD})
-    return kube
+    yield kube
 
 
 class Calls(list):
@@ -156,9 +204,11 @@ def body(**spec: Any) -> dict[str, Any]:
 
 def run(kube: FakeKube, obj: dict, memory: schedule.Memory, now: float) -> reconcile.Outcome:
     config = OperatorConfig(credentials_namespace="ocireg-system")
-    outcome = reconcile.reconcile(kube, REF, obj, config, memory, now)  # type: ignore[arg-type]
+    outcome = reconcile.reconcile(kube, REF, obj, config, memory, now, sync=kube.sync)  # type: ignore[arg-type]
     if outcome.status is not None:
         obj["status"] = outcome.status
+    if outcome.placed is None and kube.registries_ is not None:  # namespace jobs keep them
+        outcome.placed = set(kube.registries_.get(REF).placed)
     return outcome
 
 
@@ -401,19 +451,3 @@ def test_adding_several_references_in_one_patch() -> None:
         "annotations": {plan.ANNOTATION_SA_REFS: "a,c"},
     }
     assert reconcile.adding_all(["b"])(sa) is None
-
-
-def test_work_for_a_busy_registry_is_run_by_the_holder_not_lost() -> None:
-    from ocireg.handlers import Tracked
-
-    tracked, ran = Tracked(), []
-    tracked.lock.acquire()  # a reconcile is running
-    tracked.run_or_defer(("namespace", "a"), lambda: ran.append("first"))
-    tracked.run_or_defer(("namespace", "a"), lambda: ran.append("latest"))  # collapses
-    tracked.run_or_defer(("namespace", "b"), lambda: ran.append("b"))
-    assert ran == []  # nobody waited for the lock
-    tracked.release()  # the holder runs what was left to it, then lets go
-    assert ran == ["latest", "b"]
-    assert not tracked.lock.locked()
-    tracked.run_or_defer(("namespace", "c"), lambda: ran.append("c"))  # free: runs at once
-    assert ran == ["latest", "b", "c"]

@@ -1,0 +1,381 @@
+"""Writing into namespaces, from the watch-fed index (index.py).
+
+All writes into a namespace go through one job per namespace (`Fanout.namespace`): it
+brings that namespace right for every registry this process serves, deciding from the
+index (plan.py decides) and writing only the differences: each registry's Secrets, then one
+patch per ServiceAccount with every reference to add or remove, then the deletions. One job
+per namespace runs at a time (`KeyedQueue`), so two writers never fight over a Secret or a
+ServiceAccount; jobs for namespace, ServiceAccount and Secret events go before the bulk of
+a registry's resync, and a bounded number of them (--concurrency) run at once.
+
+A registry's resync (`Fanout.resync`) decides under its own lock which namespaces differ
+from what it wants, queues jobs for those only, and waits for them without holding up any
+event: namespace events never wait behind a whole-registry resync.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from . import metrics, plan, schedule
+from .credential import Credential
+from .index import ClusterIndex
+from .kube import Kube
+from .models.spec import RegistrySpec
+from .reconcile import NamespaceResult, conflict, report
+from .registry import TLSOptions
+
+log = logging.getLogger(__name__)
+K = TypeVar("K", bound=Hashable)
+R = TypeVar("R")
+RETRY_CAP = 300.0
+
+
+@dataclass
+class Tracked:
+    """What the operator remembers about one registry object between ticks."""
+
+    # Serializes this object's reconciles (kopf's handlers, and runs triggered by a
+    # credentials change). Namespace jobs never take it.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    memory: schedule.Memory = field(default_factory=schedule.Memory)
+    spec: RegistrySpec | None = None
+    credential: Credential | None = None
+    placed: set[str] = field(default_factory=set)  # namespaces holding our Secrets
+    tls: TLSOptions | None = None  # how to connect, for other work on the same registry
+    body: dict[str, Any] | None = None  # as kopf last handed it over, for triggered runs
+    context: Any = None  # kopf's contextvars, to post Events from a triggered run
+    deleted: bool = False
+    mutex: threading.Lock = field(default_factory=threading.Lock)  # spec+credential, placed
+
+    def publish(self, spec: RegistrySpec | None, credential: Credential | None) -> None:
+        """What namespace jobs write from now on (None: nothing)."""
+        with self.mutex:
+            self.spec, self.credential = spec, credential
+
+    def serving(self) -> tuple[RegistrySpec, Credential] | None:
+        with self.mutex:
+            spec, credential = self.spec, self.credential
+        if spec is None or credential is None or credential.anonymous or self.deleted:
+            return None
+        return spec, credential
+
+    def mark_placed(self, namespace: str, placed: bool) -> None:
+        with self.mutex:
+            if placed:
+                self.placed.add(namespace)
+            else:
+                self.placed.discard(namespace)
+
+
+class Registries:
+    """The registry objects this operator serves, for the namespace jobs, the admission
+    webhook and the chart sync to consult without calling the API."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tracked: dict[plan.RegistryRef, Tracked] = {}
+
+    def get(self, ref: plan.RegistryRef) -> Tracked:
+        with self._lock:
+            return self._tracked.setdefault(ref, Tracked())
+
+    def find(self, ref: plan.RegistryRef) -> Tracked | None:
+        with self._lock:
+            return self._tracked.get(ref)
+
+    def forget(self, ref: plan.RegistryRef) -> Tracked | None:
+        with self._lock:
+            return self._tracked.pop(ref, None)
+
+    def refs(self) -> list[plan.RegistryRef]:
+        with self._lock:
+            return list(self._tracked)
+
+    def samples(self) -> list[metrics.RegistrySample]:
+        """Per-object figures for the metrics endpoint."""
+        with self._lock:
+            items = list(self._tracked.items())
+        out = []
+        for ref, t in items:
+            expires = t.credential.expires_at if t.credential else None
+            formats = len(t.spec.effective_targets.formats) if t.spec else 0
+            out.append(
+                (
+                    ref.kind,
+                    ref.namespace or "",
+                    ref.name,
+                    metrics.seconds_until(expires),
+                    len(t.placed) * formats,
+                )
+            )
+        return out
+
+    def ready(self) -> list[tuple[plan.RegistryRef, Tracked]]:
+        """Registries with verified credentials and a pull secret to place, in one order."""
+        with self._lock:
+            items = list(self._tracked.items())
+        return sorted(
+            ((ref, t) for ref, t in items if t.serving() is not None),
+            key=lambda item: (item[0].kind, item[0].namespace or "", item[0].name),
+        )
+
+
+class KeyedQueue(Generic[K, R]):
+    """Jobs by key, run by ``workers`` threads: a key runs once at a time, a key submitted
+    again before it starts is queued once (its callers share one result), and one submitted
+    while it runs runs again afterwards. Urgent keys go before bulk ones. A failed job is
+    retried on its own with backoff (and its callers get the exception)."""
+
+    def __init__(self, run: Callable[[K], R], workers: int, name: str) -> None:
+        self._run = run
+        self._cond = threading.Condition()
+        self._urgent: deque[K] = deque()
+        self._bulk: deque[K] = deque()
+        self._waiting: dict[K, Future[R]] = {}
+        self._running: dict[K, int] = {}  # key -> ticket
+        self._again: set[K] = set()  # submitted while running
+        self._retries: list[tuple[float, int, K]] = []
+        self._failures: dict[K, int] = {}
+        self._tickets = itertools.count()
+        self._stopped = False
+        self._threads = [
+            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
+            for i in range(max(1, workers))
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, key: K, urgent: bool = False) -> Future[R]:
+        with self._cond:
+            future = self._waiting.get(key)
+            if future is None:
+                future = self._waiting[key] = Future()
+                (self._urgent if urgent else self._bulk).append(key)
+            elif urgent:
+                self._urgent.append(key)  # the bulk entry is skipped when it comes up
+            if key in self._running:
+                self._again.add(key)
+            self._cond.notify()
+            return future
+
+    def barrier(self) -> None:
+        """Wait until every job running now has finished."""
+        with self._cond:
+            tickets = set(self._running.values())
+            self._cond.wait_for(lambda: not tickets & set(self._running.values()))
+
+    def idle(self) -> bool:
+        with self._cond:
+            return not (self._waiting or self._running)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+
+    def _next(self) -> tuple[K, Future[R]] | None:
+        with self._cond:
+            while not self._stopped:
+                now = time.monotonic()
+                while self._retries and self._retries[0][0] <= now:
+                    _, _, key = heapq.heappop(self._retries)
+                    if key not in self._waiting:
+                        self._waiting[key] = Future()
+                        self._bulk.append(key)
+                for queue in (self._urgent, self._bulk):
+                    for _ in range(len(queue)):
+                        key = queue.popleft()
+                        if key not in self._waiting:
+                            continue  # taken through its other entry
+                        if key in self._running:
+                            self._again.add(key)  # comes back when the running one ends
+                            continue
+                        self._running[key] = next(self._tickets)
+                        return key, self._waiting.pop(key)
+                wait = self._retries[0][0] - now if self._retries else None
+                self._cond.wait(wait)
+            return None
+
+    def _work(self) -> None:
+        while (item := self._next()) is not None:
+            key, future = item
+            retry = None
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(self._run(key))
+                self._failures.pop(key, None)
+            except Exception as error:
+                failures = self._failures[key] = self._failures.get(key, 0) + 1
+                retry = min(RETRY_CAP, 2.0**failures)
+                log.warning("%s failed (%s); retrying in %.0fs", key, error, retry)
+                future.set_exception(error)
+            with self._cond:
+                del self._running[key]
+                if key in self._again:
+                    self._again.discard(key)
+                    if key in self._waiting:
+                        self._urgent.appendleft(key)
+                if retry is not None:
+                    heapq.heappush(
+                        self._retries, (time.monotonic() + retry, next(self._tickets), key)
+                    )
+                self._cond.notify_all()
+
+
+Results = dict[plan.RegistryRef, NamespaceResult]
+
+
+class Fanout:
+    """Namespace jobs and registry resyncs against one index (see the module text)."""
+
+    def __init__(
+        self, kube: Kube, index: ClusterIndex, registries: Registries, workers: int
+    ) -> None:
+        self.kube = kube
+        self.index = index
+        self.registries = registries
+        self.queue: KeyedQueue[str, Results] = KeyedQueue(self.namespace, workers, "ocireg-fanout")
+
+    # -- events ----------------------------------------------------------------------------
+
+    def changed(self, namespace: str) -> Future[Results] | None:
+        """Something in or about this namespace changed (a watch event): look at it soon.
+        Nothing is done before the index is complete (None)."""
+        if not self.index.synced:
+            return None
+        return self.queue.submit(namespace, urgent=True)
+
+    # -- one namespace -----------------------------------------------------------------------
+
+    def namespace(self, namespace: str) -> Results:
+        """Bring one namespace right for every registry served (runs as its queue job)."""
+        found = self.index.namespaces.get("", namespace)
+        observed = self.index.secrets.in_namespace(namespace)
+        accounts = self.index.accounts.in_namespace(namespace)
+        results: Results = {}
+        wanted: list[tuple[str, Any]] = []
+        unwanted: list[str] = []
+        removals: list[tuple[str, plan.SecretState]] = []
+        for ref, tracked in self.registries.ready():
+            served = tracked.serving()
+            if served is None or (ref.namespaced and ref.namespace != namespace):
+                continue
+            spec, credential = served
+            targets = spec.effective_targets
+            result = results[ref] = NamespaceResult(namespace)
+            if found is not None and plan.namespace_selected(
+                ref, targets, namespace, found.labels, found.phase
+            ):
+                outcomes = [
+                    self.kube.apply_secret(desired, observed.get(desired.name), self._written)
+                    for desired in plan.desired_secrets(ref, targets, credential, namespace)
+                ]
+                if "conflict" in outcomes:
+                    result.failure = conflict(namespace)
+                elif "gone" not in outcomes:
+                    result.written = sum(o in ("created", "updated") for o in outcomes)
+                    result.service_accounts = sum(
+                        plan.service_account_selected(targets, n) for n in accounts
+                    )
+                    pull = plan.secret_names(targets, ref.name)[plan.Format.dockerconfigjson]
+                    wanted.append((pull, targets))
+                tracked.mark_placed(namespace, result.failure is None)
+                continue
+            mine = [(n, s) for n, s in observed.items() if plan.secret_owned_by(ref, s)]
+            if mine and found is not None and found.phase == "Active":
+                removals.extend(mine)  # a terminating namespace takes them with it
+                unwanted.extend(n for n, _ in mine)
+                result.removed = True
+            tracked.mark_placed(namespace, False)
+        for account, (add, remove) in plan.account_changes(accounts, wanted, unwanted).items():
+            self.kube.update_service_account(
+                namespace,
+                plan.account_body(namespace, account, accounts[account]),
+                lambda sa, add=add, remove=remove: plan.service_account_change(sa, add, remove),
+                self._written_account,
+            )
+        for name, state in removals:
+            # The uid precondition: only the Secret we saw, never one re-created since.
+            self.kube.delete_secret(namespace, name, state.uid)
+            self.index.secrets.forget(namespace, name)
+        return results
+
+    def _written(self, body: dict[str, Any]) -> None:
+        self.index.secrets.apply("MODIFIED", body)
+
+    def _written_account(self, body: dict[str, Any]) -> None:
+        self.index.accounts.apply("MODIFIED", body)
+
+    # -- one registry --------------------------------------------------------------------------
+
+    def in_sync(
+        self, ref: plan.RegistryRef, spec: RegistrySpec, credential: Credential, namespace: str
+    ) -> bool:
+        """Whether a selected namespace already holds what this registry wants (its Secrets
+        and its references), as far as the index knows."""
+        targets = spec.effective_targets
+        observed = self.index.secrets.in_namespace(namespace)
+        desired = plan.desired_secrets(ref, targets, credential, namespace)
+        if any(plan.secret_decision(d, observed.get(d.name)) != "unchanged" for d in desired):
+            return False
+        pull = plan.secret_names(targets, ref.name)[plan.Format.dockerconfigjson]
+        accounts = self.index.accounts.in_namespace(namespace)
+        return not plan.account_changes(accounts, [(pull, targets)], [])
+
+    def resync(
+        self,
+        kube: Kube,
+        ref: plan.RegistryRef,
+        spec: RegistrySpec,
+        credential: Credential,
+        concurrency: int,
+    ) -> tuple[dict[str, Any], list[tuple[str, str, str]], set[str] | None]:
+        """A reconcile's sync of every target (reconcile.Sync): publish what the registry
+        wants, queue jobs for the namespaces that differ, wait for them, report."""
+        tracked = self.registries.get(ref)
+        tracked.publish(spec, credential)
+        targets = spec.effective_targets
+        selected: list[str] = []
+        holding = {n for n, _, s in self.index.secrets.items() if plan.secret_owned_by(ref, s)}
+        results: dict[str, NamespaceResult] = {}
+        futures: dict[str, Future[Results]] = {}
+        for _, name, found in self.index.namespaces.items():
+            if not plan.namespace_selected(ref, targets, name, found.labels, found.phase):
+                continue
+            selected.append(name)
+            if self.in_sync(ref, spec, credential, name):
+                accounts = self.index.accounts.in_namespace(name)
+                count = sum(plan.service_account_selected(targets, n) for n in accounts)
+                results[name] = NamespaceResult(name, service_accounts=count)
+                tracked.mark_placed(name, True)
+            else:
+                futures[name] = self.queue.submit(name)
+        chosen = set(selected)
+        for namespace in sorted(holding - chosen):
+            futures[namespace] = self.queue.submit(namespace)
+        removed, error = 0, None
+        for namespace, future in futures.items():
+            try:
+                result = future.result().get(ref, NamespaceResult(namespace))
+            except Exception as failure:  # the queue retries it; this resync reports it
+                error = error or failure
+                continue
+            if namespace in chosen:
+                results[namespace] = result
+            elif result.removed:
+                removed += 1
+        if error is not None:
+            raise error
+        status, events = report(list(results.values()), len(selected), removed)
+        return status, events, None

@@ -1,0 +1,275 @@
+"""A watch-fed view of the cluster, small enough to keep: namespaces (labels, phase),
+ServiceAccounts (their imagePullSecrets names) and the Secrets ocireg manages (labels, type
+and a digest of the data), each as a short tuple rather than an API object.
+
+One list, then a watch from the list's resourceVersion per kind, in a thread of its own
+(`Watcher`); the watch resumes where it stopped after each server timeout, re-lists after
+410 Gone and every `relist` seconds (a safety net for anything missed), and backs off on
+errors. Registries then compare what they want against this view and write only the
+differences, instead of listing everything on every resync.
+
+A `Store` is not trusted before its first complete list (`synced`): acting on a partial
+view would delete or skip things wrongly.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
+
+from kubernetes.client.exceptions import ApiException
+
+from .plan import account_state, secret_state
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Key = tuple[str, str]  # (namespace, name); namespace "" for cluster-scoped objects
+
+# The API server ends a watch after this many seconds; the watcher resumes from there.
+WATCH_TIMEOUT = 300
+# Everything is listed again this often even when every watch went well.
+RELIST_SECONDS = 1800.0
+BACKOFF_CAP = 30.0
+
+
+class NamespaceState(NamedTuple):
+    labels: Mapping[str, str]
+    phase: str
+
+
+def namespace_state(body: Mapping[str, Any]) -> NamespaceState:
+    meta = body.get("metadata") or {}
+    phase = (body.get("status") or {}).get("phase") or "Active"
+    if meta.get("deletionTimestamp"):
+        phase = "Terminating"
+    return NamespaceState(dict(meta.get("labels") or {}), phase)
+
+
+def _version(text: str | None) -> int | None:
+    """A resourceVersion as a number, when it is one (etcd's revisions are)."""
+    return int(text) if text and text.isdigit() else None
+
+
+class Store(Generic[T]):
+    """Objects of one kind by namespace and name, each reduced by ``extract``."""
+
+    def __init__(self, kind: str, extract: Callable[[Mapping[str, Any]], T]) -> None:
+        self.kind = kind
+        self._extract = extract
+        self._lock = threading.Lock()
+        self._items: dict[str, dict[str, tuple[T, int | None]]] = {}
+        self.synced = threading.Event()
+
+    @staticmethod
+    def key(body: Mapping[str, Any]) -> Key:
+        meta = body.get("metadata") or {}
+        return meta.get("namespace") or "", meta.get("name") or ""
+
+    def apply(self, event: str, body: Mapping[str, Any]) -> Key | None:
+        """One watch event (ADDED, MODIFIED, DELETED) or a write of our own; returns the
+        key if what is known about the object changed. An event older than what is known
+        (our own write is noted before its event arrives) is ignored."""
+        namespace, name = self.key(body)
+        version = _version((body.get("metadata") or {}).get("resourceVersion"))
+        state = None if event == "DELETED" else self._extract(body)
+        with self._lock:
+            known = self._items.get(namespace, {}).get(name)
+            if known is not None and None not in (known[1], version) and version < known[1]:  # type: ignore[operator]
+                return None
+            if state is None:
+                if known is None:
+                    return None
+                del self._items[namespace][name]
+                if not self._items[namespace]:
+                    del self._items[namespace]
+                return namespace, name
+            if known is not None and known[0] == state:
+                self._items[namespace][name] = (state, version)
+                return None
+            self._items.setdefault(namespace, {})[name] = (state, version)
+            return namespace, name
+
+    def forget(self, namespace: str, name: str) -> None:
+        """Our own delete, before its event arrives."""
+        with self._lock:
+            self._items.get(namespace, {}).pop(name, None)
+
+    def replace(self, bodies: Iterable[Mapping[str, Any]]) -> set[Key]:
+        """A complete list: everything known is replaced at once. Returns the keys that
+        changed (added, removed or different)."""
+        fresh: dict[str, dict[str, tuple[T, int | None]]] = {}
+        for body in bodies:
+            namespace, name = self.key(body)
+            version = _version((body.get("metadata") or {}).get("resourceVersion"))
+            fresh.setdefault(namespace, {})[name] = (self._extract(body), version)
+        with self._lock:
+            old, self._items = self._items, fresh
+        changed = set()
+        for namespace in old.keys() | fresh.keys():
+            before, after = old.get(namespace, {}), fresh.get(namespace, {})
+            for name in before.keys() | after.keys():
+                a, b = before.get(name), after.get(name)
+                if (a and a[0]) != (b and b[0]):
+                    changed.add((namespace, name))
+        self.synced.set()
+        return changed
+
+    def get(self, namespace: str, name: str) -> T | None:
+        with self._lock:
+            found = self._items.get(namespace, {}).get(name)
+        return None if found is None else found[0]
+
+    def in_namespace(self, namespace: str) -> dict[str, T]:
+        with self._lock:
+            return {name: item[0] for name, item in self._items.get(namespace, {}).items()}
+
+    def items(self) -> list[tuple[str, str, T]]:
+        with self._lock:
+            return [
+                (namespace, name, item[0])
+                for namespace, names in self._items.items()
+                for name, item in names.items()
+            ]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(len(names) for names in self._items.values())
+
+
+class ClusterIndex:
+    """The three stores the fan-out decides from."""
+
+    def __init__(self) -> None:
+        self.namespaces: Store[NamespaceState] = Store("namespaces", namespace_state)
+        self.accounts = Store("serviceaccounts", account_state)
+        self.secrets = Store("secrets", secret_state)
+
+    @property
+    def synced(self) -> bool:
+        return all(s.synced.is_set() for s in (self.namespaces, self.accounts, self.secrets))
+
+    def wait_synced(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        for store in (self.namespaces, self.accounts, self.secrets):
+            if not store.synced.wait(max(0.0, deadline - time.monotonic())):
+                return False
+        return True
+
+
+class Source(Protocol):
+    """Where a Watcher reads from (kube.WatchSource against the API)."""
+
+    def page(self, token: str | None) -> dict[str, Any]:
+        """One page of the list: the API's JSON (items, metadata.continue and
+        metadata.resourceVersion)."""
+        ...
+
+    def watch(self, resource_version: str, timeout: int) -> Iterator[dict[str, Any]]:
+        """Watch events as the API's JSON ({"type": ..., "object": ...})."""
+        ...
+
+
+def backoff(failures: int) -> float:
+    return min(BACKOFF_CAP, 0.5 * 2 ** min(failures, 10)) * random.uniform(0.8, 1.2)  # noqa: S311
+
+
+class Watcher:
+    """Keeps one Store up to date from a Source. ``changed(namespace, name)`` is called for
+    every change after the first complete list (never for the list itself), and for what a
+    later re-list finds different."""
+
+    def __init__(
+        self,
+        source: Source,
+        store: Store[Any],
+        changed: Callable[[str, str], None],
+        relist: float = RELIST_SECONDS,
+        timeout: int = WATCH_TIMEOUT,
+    ) -> None:
+        self.source = source
+        self.store = store
+        self.changed = changed
+        self.relist = relist
+        self.timeout = timeout
+        self.stop = threading.Event()
+        self.thread = threading.Thread(
+            target=self.run, name=f"ocireg-watch-{store.kind}", daemon=True
+        )
+
+    def start(self) -> Watcher:
+        self.thread.start()
+        return self
+
+    def _list(self) -> str:
+        """List everything, a page at a time; only the small states are kept, each page
+        goes as soon as it is read. Returns the list's resourceVersion."""
+        last: dict[str, Any] = {}
+
+        def bodies() -> Iterator[Mapping[str, Any]]:
+            token = None
+            while True:
+                page = self.source.page(token)
+                last.update(page.get("metadata") or {})
+                yield from page.get("items") or []
+                token = (page.get("metadata") or {}).get("continue")
+                if not token:
+                    return
+
+        was_synced = self.store.synced.is_set()
+        changed = self.store.replace(bodies())
+        log.debug("listed %d %s (%d changed)", len(self.store), self.store.kind, len(changed))
+        if was_synced:
+            for key in sorted(changed):
+                self._notify(key)
+        return last.get("resourceVersion") or ""
+
+    def _notify(self, key: Key) -> None:
+        try:
+            self.changed(*key)
+        except Exception:  # a failing listener must not stop the watch
+            log.exception("handling a change of %s %s/%s failed", self.store.kind, *key)
+
+    def _gone(self) -> None:
+        """The resourceVersion to resume from is too old (410 Gone): None, to list again."""
+        log.info("re-listing %s after 410 Gone", self.store.kind)
+        return None
+
+    def run(self) -> None:
+        version: str | None = None
+        listed_at = 0.0
+        failures = 0
+        while not self.stop.is_set():
+            try:
+                if version is None or time.monotonic() - listed_at >= self.relist:
+                    version = self._list()
+                    listed_at = time.monotonic()
+                for event in self.source.watch(version, self.timeout):
+                    kind, body = event.get("type"), event.get("object") or {}
+                    if kind == "ERROR":
+                        if body.get("code") == 410:
+                            version = self._gone()  # too old to resume from
+                            break
+                        raise ApiException(status=body.get("code"), reason=body.get("message"))
+                    if kind != "BOOKMARK":
+                        key = self.store.apply(kind, body)
+                        if key is not None:
+                            self._notify(key)
+                    version = (body.get("metadata") or {}).get("resourceVersion") or version
+                    if self.stop.is_set():
+                        return
+                failures = 0
+            except ApiException as error:
+                if error.status == 410:
+                    version = self._gone()
+                    continue
+                failures += 1
+                log.warning("watching %s: HTTP %s; retrying", self.store.kind, error.status)
+                self.stop.wait(backoff(failures))
+            except Exception as error:  # connection refused or reset, timeouts, bad JSON
+                failures += 1
+                log.warning("watching %s: %s; retrying", self.store.kind, error)
+                self.stop.wait(backoff(failures))

@@ -1,0 +1,249 @@
+"""Namespace jobs from the index: one job per namespace at a time, urgent before bulk,
+every registry's Secrets and one ServiceAccount patch per job, repairs after a copy is
+deleted or edited, nothing done on a partial view, and a resync that writes only what
+differs (against the in-memory stand-in for the API of test_reconcile)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from ocireg import fanout as fanout_module
+from ocireg import plan
+from ocireg.credential import Credential
+from ocireg.fanout import Fanout, KeyedQueue, Registries
+from ocireg.index import ClusterIndex
+from ocireg.models.spec import RegistrySpec
+
+from .test_reconcile import FakeKube, index_of
+
+BASIC = Credential("basic", ("registry.example.com",), "robot", "pw-1")
+
+
+# -- the queue ------------------------------------------------------------------------------
+
+
+def test_a_key_runs_once_at_a_time_and_a_waiting_key_is_queued_once() -> None:
+    started, release, runs = threading.Event(), threading.Event(), []
+
+    def run(key: str) -> str:
+        runs.append(key)
+        started.set()
+        release.wait(5)
+        return f"done {key}"
+
+    q: KeyedQueue[str, str] = KeyedQueue(run, workers=4, name="t")
+    first = q.submit("a")
+    started.wait(5)
+    second, third = q.submit("a"), q.submit("a")  # while "a" runs: one more run, shared
+    assert second is third
+    assert second is not first
+    time.sleep(0.1)
+    assert runs == ["a"]  # not two at once, though workers are free
+    release.set()
+    assert first.result(5) == "done a"
+    assert second.result(5) == "done a"
+    assert runs == ["a", "a"]
+    q.stop()
+
+
+def test_urgent_keys_go_before_bulk_ones() -> None:
+    gate, order = threading.Event(), []
+
+    def run(key: str) -> None:
+        if key == "busy":
+            gate.wait(5)
+        order.append(key)
+
+    q: KeyedQueue[str, None] = KeyedQueue(run, workers=1, name="t")
+    q.submit("busy")
+    time.sleep(0.05)
+    futures = [q.submit(f"bulk-{i}") for i in range(3)]
+    futures.append(q.submit("new-namespace", urgent=True))
+    futures.append(q.submit("bulk-2", urgent=True))  # promoted
+    gate.set()
+    for future in futures:
+        future.result(5)
+    assert order == ["busy", "new-namespace", "bulk-2", "bulk-0", "bulk-1"]
+    q.stop()
+
+
+def test_a_failed_job_reports_to_its_callers_and_is_retried(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(fanout_module, "RETRY_CAP", 0.05)
+    attempts: list[str] = []
+
+    def run(key: str) -> None:
+        attempts.append(key)
+        if len(attempts) == 1:
+            raise ConnectionError("API server away")
+
+    q: KeyedQueue[str, None] = KeyedQueue(run, workers=2, name="t")
+    with pytest.raises(ConnectionError):
+        q.submit("a").result(5)
+    deadline = time.monotonic() + 5
+    while len(attempts) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert attempts == ["a", "a"]
+    q.stop()
+
+
+def test_barrier_waits_for_the_jobs_running_now() -> None:
+    release, finished = threading.Event(), []
+
+    def run(key: str) -> None:
+        release.wait(5)
+        finished.append(key)
+
+    q: KeyedQueue[str, None] = KeyedQueue(run, workers=2, name="t")
+    q.submit("a")
+    time.sleep(0.05)
+    threading.Timer(0.2, release.set).start()
+    q.barrier()
+    assert finished == ["a"]
+    q.stop()
+
+
+# -- namespace jobs -------------------------------------------------------------------------
+
+
+def spec(name: str, **targets: Any) -> RegistrySpec:
+    return RegistrySpec.model_validate(
+        {
+            "server": "registry.example.com",
+            "auth": {"basic": {"secretRef": {"name": "creds"}}},
+            "targets": {"namespaceSelector": {"matchLabels": {"pull": "yes"}}, **targets},
+        }
+    )
+
+
+class Cluster:
+    """The fake API, an index that follows it the way the watches would, and a Fanout."""
+
+    def __init__(self) -> None:
+        self.kube = FakeKube()
+        for name in ("team-a", "team-b", "other"):
+            self.kube.add_namespace(name, **({"pull": "yes"} if name != "other" else {}))
+        self.registries = Registries()
+        self.fanout = Fanout(self.kube, ClusterIndex(), self.registries, workers=4)  # type: ignore[arg-type]
+        self.watch()
+
+    def watch(self) -> None:
+        """The watches catch up with the fake API."""
+        self.fanout.index = index_of(self.kube)
+
+    def serve(self, name: str, credential: Credential = BASIC, **targets: Any) -> plan.RegistryRef:
+        ref = plan.RegistryRef("ClusterOCIRegistry", name, None, f"uid-{name}")
+        self.registries.get(ref).publish(spec(name, **targets), credential)
+        return ref
+
+    def resync(self, ref: plan.RegistryRef) -> tuple[dict, list]:
+        tracked = self.registries.get(ref)
+        assert tracked.spec is not None
+        assert tracked.credential is not None
+        status, events, _ = self.fanout.resync(self.kube, ref, tracked.spec, tracked.credential, 4)  # type: ignore[arg-type]
+        self.watch()
+        return status, events
+
+    def refs(self, namespace: str) -> list[str]:
+        return [
+            r["name"]
+            for r in self.kube.accounts[(namespace, "default")].get("imagePullSecrets") or []
+        ]
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    cluster = Cluster()
+    yield cluster
+    cluster.fanout.queue.stop()
+
+
+def test_one_job_writes_every_registry_and_patches_the_account_once(cluster: Cluster) -> None:
+    for name in ("alpha", "beta", "gamma"):
+        cluster.serve(name)
+    results = cluster.fanout.namespace("team-a")
+    assert {(ns, name) for ns, name in cluster.kube.secrets} >= {
+        ("team-a", "alpha"),
+        ("team-a", "beta"),
+        ("team-a", "gamma"),
+    }
+    assert cluster.refs("team-a") == ["alpha", "beta", "gamma"]
+    assert cluster.kube.writes == 3 + 1  # three Secrets, one ServiceAccount patch
+    assert all(r.written == 1 and r.failure is None for r in results.values())
+    cluster.watch()
+    cluster.fanout.namespace("team-a")
+    assert cluster.kube.writes == 4  # the same again: nothing to write
+
+
+def test_resync_writes_only_what_differs(cluster: Cluster) -> None:
+    ref = cluster.serve("corp")
+    status, events = cluster.resync(ref)
+    assert status["namespaces"] == 2
+    assert status["serviceAccounts"] == 2
+    assert [e[1] for e in events] == ["SecretsWritten"]
+    writes = cluster.kube.writes
+    status, events = cluster.resync(ref)
+    assert cluster.kube.writes == writes
+    assert not events
+    assert status["namespaces"] == 2
+    # A rotated credential rewrites every copy, and only the copies.
+    cluster.registries.get(ref).publish(
+        cluster.registries.get(ref).spec, Credential("basic", BASIC.endpoints, "robot", "pw-2")
+    )
+    cluster.resync(ref)
+    assert cluster.kube.writes == writes + 2
+
+
+def test_a_copy_deleted_or_edited_by_hand_is_repaired_on_its_event(cluster: Cluster) -> None:
+    ref = cluster.serve("corp")
+    cluster.resync(ref)
+    good = cluster.kube.secrets[("team-a", "corp")]["data"]
+    del cluster.kube.secrets[("team-a", "corp")]
+    cluster.watch()  # the DELETED event reached the index ...
+    cluster.fanout.changed("team-a").result(5)  # ... and asked for the namespace's job
+    assert cluster.kube.secrets[("team-a", "corp")]["data"] == good
+    cluster.kube.secrets[("team-b", "corp")]["data"] = {".dockerconfigjson": "e30="}
+    cluster.watch()
+    cluster.fanout.changed("team-b").result(5)
+    assert cluster.kube.secrets[("team-b", "corp")]["data"] == good
+
+
+def test_nothing_is_done_before_the_index_is_complete(cluster: Cluster) -> None:
+    cluster.serve("corp")
+    cluster.fanout.index = ClusterIndex()
+    cluster.fanout.index.namespaces.replace([])  # namespaces listed, the rest not yet
+    assert cluster.fanout.changed("team-a") is None
+    time.sleep(0.05)
+    assert cluster.kube.writes == 0
+
+
+def test_unselected_namespace_loses_only_our_secret_and_reference(cluster: Cluster) -> None:
+    ours, theirs = cluster.serve("corp"), cluster.serve("keep")
+    cluster.resync(ours)
+    cluster.resync(theirs)
+    sa = cluster.kube.accounts[("team-b", "default")]
+    sa["imagePullSecrets"].append({"name": "teams-own"})
+    cluster.kube.namespaces_["team-b"] = {}  # relabelled: neither registry selects it
+    cluster.registries.get(theirs).publish(None, None)  # not ready: its copy is left alone
+    cluster.watch()
+    cluster.fanout.changed("team-b").result(5)
+    assert ("team-b", "corp") not in cluster.kube.secrets
+    assert ("team-b", "keep") in cluster.kube.secrets
+    assert cluster.refs("team-b") == ["keep", "teams-own"]
+    assert ("team-a", "corp") in cluster.kube.secrets
+
+
+def test_a_registry_named_secret_of_someone_else_is_a_conflict(cluster: Cluster) -> None:
+    cluster.kube.put_secret("team-b", "corp", {"mine": "keep"})
+    ref = cluster.serve("corp")
+    status, events = cluster.resync(ref)
+    assert status["failedCount"] == 1
+    assert status["failed"][0]["namespace"] == "team-b"
+    assert ("Warning", "SecretConflict") in [e[:2] for e in events]
+    assert "corp" not in cluster.refs("team-b")

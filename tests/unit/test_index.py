@@ -1,0 +1,209 @@
+"""The watch-fed index: what it keeps of each object, how watch events and re-lists change
+it, and the watch loop (list, watch, resume, 410 Gone, errors) against a scripted source."""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from ocireg import index as index_module
+from ocireg import plan
+from ocireg.index import ClusterIndex, NamespaceState, Store, Watcher, namespace_state
+
+REF = plan.RegistryRef("ClusterOCIRegistry", "corp")
+
+
+def ns(name: str, version: str = "1", **labels: str) -> dict[str, Any]:
+    return {"metadata": {"name": name, "labels": labels, "resourceVersion": version}}
+
+
+def pull_secret(namespace: str, version: str, data: str = "e30=") -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": "corp",
+            "namespace": namespace,
+            "uid": f"uid-{namespace}",
+            "resourceVersion": version,
+            "labels": {**REF.labels(), "team": "ignored"},
+            "annotations": {plan.ANNOTATION_OWNER: REF.display, "other": "ignored"},
+            "managedFields": [{"manager": "big"}] * 3,
+        },
+        "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": data},
+    }
+
+
+def test_a_managed_secret_is_kept_as_a_few_fields_and_a_digest() -> None:
+    state = plan.secret_state(pull_secret("team-a", "7"))
+    assert state.labels == tuple(REF.labels().items())
+    assert state.annotations == ((plan.ANNOTATION_OWNER, REF.display),)
+    assert state.digest == plan.data_digest({".dockerconfigjson": "e30="})
+    assert (state.uid, state.resource_version) == ("uid-team-a", "7")
+    assert "e30=" not in repr(state)  # the data itself is not kept
+    assert sys.getsizeof(state.digest) < 64
+
+
+def test_namespace_state_marks_a_deleting_namespace_terminating() -> None:
+    assert namespace_state(ns("a", pull="yes")) == NamespaceState({"pull": "yes"}, "Active")
+    deleting = {"metadata": {"name": "a", "deletionTimestamp": "now"}, "status": {}}
+    assert namespace_state(deleting).phase == "Terminating"
+
+
+def test_events_change_the_store_and_say_what_changed() -> None:
+    store = ClusterIndex().secrets
+    assert store.apply("ADDED", pull_secret("a", "5")) == ("a", "corp")
+    assert store.apply("MODIFIED", pull_secret("a", "6")) == ("a", "corp")  # new version
+    again = pull_secret("a", "6")
+    assert store.apply("MODIFIED", again) is None  # nothing new
+    assert store.apply("MODIFIED", pull_secret("a", "7", data="eA==")) == ("a", "corp")
+    assert store.get("a", "corp").digest == plan.data_digest({".dockerconfigjson": "eA=="})
+    assert store.apply("DELETED", pull_secret("a", "8")) == ("a", "corp")
+    assert store.get("a", "corp") is None
+    assert store.apply("DELETED", pull_secret("a", "9")) is None  # unknown: no change
+
+
+def test_an_event_older_than_our_own_write_is_ignored() -> None:
+    store = ClusterIndex().secrets
+    store.apply("MODIFIED", pull_secret("a", "20"))  # noted from the API's answer
+    assert store.apply("MODIFIED", pull_secret("a", "19", data="b2xk")) is None
+    assert store.apply("DELETED", pull_secret("a", "18")) is None  # the one before a re-create
+    assert store.get("a", "corp").resource_version == "20"
+
+
+def test_a_relist_replaces_everything_and_reports_the_differences() -> None:
+    store = ClusterIndex().namespaces
+    assert not store.synced.is_set()
+    assert store.replace([ns("a"), ns("b", pull="yes")]) == {("", "a"), ("", "b")}
+    assert store.synced.is_set()
+    changed = store.replace([ns("b", "2", pull="no"), ns("c")])
+    assert changed == {("", "a"), ("", "b"), ("", "c")}
+    assert store.replace([ns("b", "3", pull="no"), ns("c", "4")]) == set()  # versions only
+    assert {name for _, name, _ in store.items()} == {"b", "c"}
+
+
+def test_the_index_is_synced_only_when_every_store_is() -> None:
+    index = ClusterIndex()
+    index.namespaces.replace([])
+    index.accounts.replace([])
+    assert not index.synced
+    assert not index.wait_synced(0.01)
+    index.secrets.replace([])
+    assert index.synced
+    assert index.wait_synced(0)
+
+
+class ScriptedSource:
+    """Pages and watch streams handed out in order; a stream ends with the server timeout,
+    raises, or blocks until the test is done."""
+
+    def __init__(self, lists: list[list[dict]], streams: list[Any]) -> None:
+        self.lists, self.streams = lists, streams
+        self.pages: list[str | None] = []
+        self.watched_from: list[str] = []
+        self.idle = queue.Queue[None]()
+
+    def page(self, token: str | None) -> dict[str, Any]:
+        self.pages.append(token)
+        pages = self.lists[0]
+        index = int(token or 0)
+        if index == len(pages) - 1:
+            self.lists.pop(0)
+        return pages[index]
+
+    def watch(self, resource_version: str, timeout: int) -> Iterator[dict[str, Any]]:
+        self.watched_from.append(resource_version)
+        if not self.streams:
+            self.idle.put(None)
+            threading.Event().wait(5)
+            return
+        stream = self.streams.pop(0)
+        if isinstance(stream, Exception):
+            raise stream
+        yield from stream
+
+
+def _page(items: list[dict], version: str, token: str | None = None) -> dict[str, Any]:
+    return {"items": items, "metadata": {"resourceVersion": version, "continue": token}}
+
+
+def run_until_idle(source: ScriptedSource, store: Store[Any]) -> list[tuple[str, str]]:
+    changes: list[tuple[str, str]] = []
+    watcher = Watcher(source, store, lambda *key: changes.append(key), relist=3600).start()
+    source.idle.get(timeout=10)
+    watcher.stop.set()
+    return changes
+
+
+@pytest.fixture(autouse=True)
+def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(index_module, "backoff", lambda failures: 0.0)
+
+
+def test_watcher_lists_in_pages_then_watches_and_resumes() -> None:
+    source = ScriptedSource(
+        [[_page([ns("a")], "10", token="1"), _page([ns("b")], "10")]],
+        [
+            [
+                {"type": "ADDED", "object": ns("c", "11")},
+                {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "15"}}},
+            ],
+            [{"type": "DELETED", "object": ns("a", "16")}],
+        ],
+    )
+    store = ClusterIndex().namespaces
+    changes = run_until_idle(source, store)
+    assert source.pages == [None, "1"]
+    assert source.watched_from == ["10", "15", "16"]  # each resumed where the last stopped
+    assert changes == [("", "c"), ("", "a")]  # the list itself is no change to act on
+    assert {name for _, name, _ in store.items()} == {"b", "c"}
+
+
+def test_watcher_relists_after_410_gone_and_reports_what_it_missed() -> None:
+    source = ScriptedSource(
+        [[_page([ns("a"), ns("b")], "10")], [_page([ns("b", "30", pull="yes"), ns("c")], "30")]],
+        [[{"type": "ERROR", "object": {"code": 410, "message": "too old"}}]],
+    )
+    store = ClusterIndex().namespaces
+    changes = run_until_idle(source, store)
+    assert source.watched_from == ["10", "30"]
+    assert sorted(changes) == [("", "a"), ("", "b"), ("", "c")]
+
+
+def test_watcher_retries_after_errors_without_losing_its_place() -> None:
+    source = ScriptedSource(
+        [[_page([ns("a")], "10")]],
+        [
+            ConnectionResetError("reset by peer"),
+            ApiException(status=500, reason="etcd"),
+            [{"type": "ADDED", "object": ns("b", "12")}],
+        ],
+    )
+    store = ClusterIndex().namespaces
+    changes = run_until_idle(source, store)
+    assert source.pages == [None]  # no re-list needed
+    assert source.watched_from == ["10", "10", "10", "12"]
+    assert changes == [("", "b")]
+
+
+def test_a_failing_listener_does_not_stop_the_watch() -> None:
+    source = ScriptedSource(
+        [[_page([], "1")]],
+        [[{"type": "ADDED", "object": ns("a", "2")}, {"type": "ADDED", "object": ns("b", "3")}]],
+    )
+    store = ClusterIndex().namespaces
+    seen = []
+
+    def listener(_: str, name: str) -> None:
+        seen.append(name)
+        raise RuntimeError("boom")
+
+    watcher = Watcher(source, store, listener).start()
+    source.idle.get(timeout=10)
+    watcher.stop.set()
+    assert seen == ["a", "b"]
