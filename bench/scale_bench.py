@@ -68,9 +68,10 @@ def _metric(port: int, name: str) -> float:
     return total
 
 
-def _rss_mb(pid: int) -> float:
+def _rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory now (VmRSS), or the peak so far (VmHWM)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return 0.0
 
@@ -295,17 +296,19 @@ class Bench:
         )
 
         def rotated() -> bool:
-            items = self.core.list_secret_for_all_namespaces(
-                label_selector="ocireg.dev/registry=reg-0"
-            ).items
-            changed = sum(1 for s in items if s.data != before.get(s.metadata.namespace))
+            # Raw JSON: decoding 1,000 Secrets into client models every poll would take a
+            # good share of the two cores the operator is being measured on.
+            answer = self.core.list_secret_for_all_namespaces(
+                label_selector="ocireg.dev/registry=reg-0", _preload_content=False
+            )
+            items = json.loads(answer.data)["items"]
+            changed = sum(1 for s in items if s["data"] != before.get(s["metadata"]["namespace"]))
             return changed >= len(before)
 
         _wait(rotated, 600, "every copy rotated", every=0.25)
         total = time.monotonic() - started
-        self.quiesce()  # the other registries sharing the login rotate too; let them finish
-        # The operator notices the change on its next tick (up to 10 s); the fan-out itself
-        # starts then.
+        self.quiesce()  # let every write of the rotation finish before the next figure
+        # The operator watches the credentials namespace: the fan-out starts at the change.
         return {
             "copies": len(before),
             "ocireg_total_s": total,
@@ -380,7 +383,9 @@ class Bench:
         self.start_operator()
         self.results["initial_fan_out_s"] = self.converge()
         assert self.operator is not None
-        self.results["P4_rss_mb"] = _rss_mb(self.operator.process.popen.pid)  # type: ignore[union-attr]
+        pid = self.operator.process.popen.pid  # type: ignore[union-attr]
+        self.results["P4_rss_mb"] = _rss_mb(pid)
+        self.results["P4_rss_peak_mb"] = _rss_mb(pid, "VmHWM")  # the initial fan-out included
         self.results["P1_new_namespace"] = self.p1_new_namespace()
         self.results["P3_quiet"] = self.p3_quiet()
         self.results["P2_rotation"] = self.p2_rotation()
@@ -420,11 +425,12 @@ def table(results: dict[str, Any]) -> str:
          f"max {p1['max_s']:.2f} s over {p1['samples']}; aim p99 <= 1 s"),
         ("P2 rotate one registry", f"{p2['ocireg_total_s']:.1f} s for {p2['copies']} copies",
          f"floor {p2['floor_replace_s']:.1f} s; ratio {p2['ratio_total']:.2f} (aim <= 1.5, "
-         "includes up to one 10 s tick to notice)"),
+         "from the login Secret's change to the last copy)"),
         ("P3 quiet resyncs", f"{p3['secret_writes']:.0f} writes in {p3['resync_periods']} periods",
          f"webhook mints during: {p3['webhook_mints_during']}, total {p3['webhook_mints_total']}"),
         ("P4 operator RSS", f"{results['P4_rss_mb']:.0f} MB",
-         f"after the run {results['P4_rss_mb_after']:.0f} MB; aim <= 120 MB"),
+         f"peak {results['P4_rss_peak_mb']:.0f} MB, after the run "
+         f"{results['P4_rss_mb_after']:.0f} MB; aim <= 120 MB"),
         ("P6 restart -> converged", f"{p6['converged_s']:.1f} s",
          f"{p6['writes_on_restart']:.0f} writes on restart, "
          f"{p6['writes_on_restart_static']:.0f} of them by static registries"),

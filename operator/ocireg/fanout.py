@@ -15,6 +15,7 @@ event: namespace events never wait behind a whole-registry resync.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import logging
@@ -56,6 +57,7 @@ class Tracked:
     context: Any = None  # kopf's contextvars, to post Events from a triggered run
     deleted: bool = False
     mutex: threading.Lock = field(default_factory=threading.Lock)  # spec+credential, placed
+    templates: tuple[Any, Any, list[plan.DesiredSecret]] | None = None  # see desired()
 
     def publish(self, spec: RegistrySpec | None, credential: Credential | None) -> None:
         """What namespace jobs write from now on (None: nothing)."""
@@ -68,6 +70,23 @@ class Tracked:
         if spec is None or credential is None or credential.anonymous or self.deleted:
             return None
         return spec, credential
+
+    def desired(
+        self, ref: plan.RegistryRef, spec: RegistrySpec, credential: Credential, namespace: str
+    ) -> list[plan.DesiredSecret]:
+        """plan.desired_secrets, built once per published credential for a cluster-scoped
+        registry, whose copies differ only in their namespace."""
+        targets = spec.effective_targets
+        if ref.namespaced:
+            return plan.desired_secrets(ref, targets, credential, namespace)
+        built = self.templates
+        if built is None or built[0] is not spec or built[1] is not credential:
+            built = self.templates = (
+                spec,
+                credential,
+                plan.desired_secrets(ref, targets, credential, ""),
+            )
+        return [dataclasses.replace(t, namespace=namespace) for t in built[2]]
 
     def mark_placed(self, namespace: str, placed: bool) -> None:
         with self.mutex:
@@ -279,7 +298,7 @@ class Fanout:
             ):
                 outcomes = [
                     self.kube.apply_secret(desired, observed.get(desired.name), self._written)
-                    for desired in plan.desired_secrets(ref, targets, credential, namespace)
+                    for desired in tracked.desired(ref, spec, credential, namespace)
                 ]
                 if "conflict" in outcomes:
                     result.failure = conflict(namespace)
@@ -326,7 +345,7 @@ class Fanout:
         and its references), as far as the index knows."""
         targets = spec.effective_targets
         observed = self.index.secrets.in_namespace(namespace)
-        desired = plan.desired_secrets(ref, targets, credential, namespace)
+        desired = self.registries.get(ref).desired(ref, spec, credential, namespace)
         if any(plan.secret_decision(d, observed.get(d.name)) != "unchanged" for d in desired):
             return False
         pull = plan.secret_names(targets, ref.name)[plan.Format.dockerconfigjson]
@@ -347,10 +366,18 @@ class Fanout:
         tracked.publish(spec, credential)
         targets = spec.effective_targets
         selected: list[str] = []
-        holding = {n for n, _, s in self.index.secrets.items() if plan.secret_owned_by(ref, s)}
+        if ref.namespaced:  # its own namespace only: no need to look through the others
+            own = ref.namespace or ""
+            secrets = [(own, s) for s in self.index.secrets.in_namespace(own).values()]
+            found = self.index.namespaces.get("", own)
+            namespaces = [("", own, found)] if found is not None else []
+        else:
+            secrets = [(n, s) for n, _, s in self.index.secrets.items()]
+            namespaces = self.index.namespaces.items()
+        holding = {n for n, s in secrets if plan.secret_owned_by(ref, s)}
         results: dict[str, NamespaceResult] = {}
         futures: dict[str, Future[Results]] = {}
-        for _, name, found in self.index.namespaces.items():
+        for _, name, found in namespaces:
             if not plan.namespace_selected(ref, targets, name, found.labels, found.phase):
                 continue
             selected.append(name)

@@ -17,7 +17,7 @@ from .fanout import Fanout, KeyedQueue, Registries, Tracked
 from .index import ClusterIndex, Store, Watcher
 from .kube import Kube, load_config
 from .providers.cache import MintCache
-from .reconcile import cleanup, reconcile
+from .reconcile import Sync, cleanup, reconcile, sync_targets
 
 log = logging.getLogger(__name__)
 GROUP = "ocireg.dev"
@@ -121,16 +121,22 @@ def _ref(body: kopf.Body, plural: str) -> plan.RegistryRef:
     return plan.RegistryRef(KINDS[plural], meta["name"], meta.get("namespace"), meta.get("uid"))
 
 
-def _sync(memo: kopf.Memo) -> Any:
-    """How targets are written: from the index once it is complete; before that (or if it
-    never completes) by listing them from the API, as without an index."""
-    index: ClusterIndex | None = memo.get("index")
-    if index is None:
-        return None
-    if index.wait_synced(max(0.0, memo.index_deadline - time.monotonic())):
-        return memo.fanout.resync
-    log.warning("the watch-fed index is not complete; listing targets from the API")
-    return None
+def _sync(memo: kopf.Memo) -> Sync:
+    """How a reconcile writes its targets: from the index once it is complete; before that
+    (or if it never completes) by listing them from the API, as without an index."""
+
+    def sync(
+        kube: Kube, ref: plan.RegistryRef, spec: Any, credential: Any, concurrency: int
+    ) -> Any:
+        index: ClusterIndex = memo.index
+        if index.wait_synced(max(0.0, memo.index_deadline - time.monotonic())):
+            return memo.fanout.resync(kube, ref, spec, credential, concurrency)
+        if not memo.get("index_warned"):
+            memo.index_warned = True
+            log.warning("the watch-fed index is not complete; listing targets from the API")
+        return sync_targets(kube, ref, spec, credential, concurrency)
+
+    return sync
 
 
 def _work(
@@ -150,7 +156,7 @@ def _work(
             tracked.memory,
             time.monotonic(),
             memo.mint_cache,
-            _sync(memo),
+            _sync(memo) if "index" in memo else None,
         )
         tracked.memory = outcome.memory
         if outcome.spec is not None or outcome.credential is not None:

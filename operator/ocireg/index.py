@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import random
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -46,7 +47,8 @@ def namespace_state(body: Mapping[str, Any]) -> NamespaceState:
     phase = (body.get("status") or {}).get("phase") or "Active"
     if meta.get("deletionTimestamp"):
         phase = "Terminating"
-    return NamespaceState(dict(meta.get("labels") or {}), phase)
+    labels = {sys.intern(k): sys.intern(v) for k, v in (meta.get("labels") or {}).items()}
+    return NamespaceState(labels, sys.intern(phase))
 
 
 def _version(text: str | None) -> int | None:
@@ -66,8 +68,9 @@ class Store(Generic[T]):
 
     @staticmethod
     def key(body: Mapping[str, Any]) -> Key:
+        """(namespace, name), interned: the same names recur in every store and namespace."""
         meta = body.get("metadata") or {}
-        return meta.get("namespace") or "", meta.get("name") or ""
+        return sys.intern(meta.get("namespace") or ""), sys.intern(meta.get("name") or "")
 
     def apply(self, event: str, body: Mapping[str, Any]) -> Key | None:
         """One watch event (ADDED, MODIFIED, DELETED) or a write of our own; returns the

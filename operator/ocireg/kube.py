@@ -6,6 +6,7 @@ import base64
 import json
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
+from urllib.parse import quote
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
@@ -36,11 +37,129 @@ def load_config() -> None:
 # Written objects are handed to this (the body the API answered with), so the index knows
 # them before their watch event arrives.
 Written = Callable[[dict[str, Any]], None]
+Query = str | int | bool | None
+MERGE_PATCH = "application/merge-patch+json"
+
+
+class CoreV1:
+    """The core/v1 calls ocireg makes, with JSON in and out, through the client's ApiClient
+    (its configuration, authentication, TLS and connection pool). The client's own
+    CoreV1Api builds a validator for each of its hundreds of methods when first used, which
+    costs about 19 MB of the operator's memory, and its model objects cost more per object
+    than the dicts the callers want anyway. Names and arguments follow CoreV1Api."""
+
+    def __init__(self, api: kubernetes.client.ApiClient) -> None:
+        self.api = api
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout: Any = None,
+        stream: bool = False,
+        **query: Query,
+    ) -> Any:
+        """The decoded JSON answer, or with ``stream`` the open response. Non-2xx answers
+        raise ApiException, as the client's methods do."""
+        names = {"_continue": "continue"}
+        params = [(names.get(k) or _camel(k), v) for k, v in query.items() if v is not None]
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        request = self.api.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=params,
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        response = self.api.call_api(*request, _request_timeout=timeout)
+        if not 200 <= response.status <= 299:
+            text = response.read().decode(errors="replace")
+            raise ApiException.from_response(http_resp=response, body=text, data=None)
+        if stream:
+            return response.response
+        return json.loads(response.read())
+
+    # Secrets
+    def read_namespaced_secret(self, name: str, namespace: str) -> dict[str, Any]:
+        return self._call("GET", _path(namespace, "secrets", name))
+
+    def create_namespaced_secret(self, namespace: str, body: Any) -> dict[str, Any]:
+        return self._call("POST", _path(namespace, "secrets"), body)
+
+    def replace_namespaced_secret(self, name: str, namespace: str, body: Any) -> dict[str, Any]:
+        return self._call("PUT", _path(namespace, "secrets", name), body)
+
+    def delete_namespaced_secret(self, name: str, namespace: str, body: Any = None) -> None:
+        self._call("DELETE", _path(namespace, "secrets", name), body)
+
+    def list_namespaced_secret(self, namespace: str, **query: Any) -> Any:
+        return self._call("GET", _path(namespace, "secrets"), **query)
+
+    def list_secret_for_all_namespaces(self, **query: Any) -> Any:
+        return self._call("GET", "/api/v1/secrets", **query)
+
+    # ServiceAccounts
+    def read_namespaced_service_account(self, name: str, namespace: str) -> dict[str, Any]:
+        return self._call("GET", _path(namespace, "serviceaccounts", name))
+
+    def patch_namespaced_service_account(
+        self, name: str, namespace: str, body: Any
+    ) -> dict[str, Any]:
+        return self._call("PATCH", _path(namespace, "serviceaccounts", name), body, MERGE_PATCH)
+
+    def create_namespaced_service_account_token(
+        self, name: str, namespace: str, body: Any
+    ) -> dict[str, Any]:
+        return self._call("POST", _path(namespace, "serviceaccounts", name) + "/token", body)
+
+    def list_namespaced_service_account(self, namespace: str, **query: Any) -> Any:
+        return self._call("GET", _path(namespace, "serviceaccounts"), **query)
+
+    def list_service_account_for_all_namespaces(self, **query: Any) -> Any:
+        return self._call("GET", "/api/v1/serviceaccounts", **query)
+
+    # Namespaces
+    def list_namespace(self, **query: Any) -> Any:
+        return self._call("GET", "/api/v1/namespaces", **query)
+
+    # ConfigMaps
+    def read_namespaced_config_map(self, name: str, namespace: str) -> dict[str, Any]:
+        return self._call("GET", _path(namespace, "configmaps", name))
+
+    def create_namespaced_config_map(self, namespace: str, body: Any) -> dict[str, Any]:
+        return self._call("POST", _path(namespace, "configmaps"), body)
+
+    def replace_namespaced_config_map(self, name: str, namespace: str, body: Any) -> dict[str, Any]:
+        return self._call("PUT", _path(namespace, "configmaps", name), body)
+
+    def delete_namespaced_config_map(self, name: str, namespace: str, body: Any = None) -> None:
+        self._call("DELETE", _path(namespace, "configmaps", name), body)
+
+
+def _path(namespace: str, resource: str, name: str | None = None) -> str:
+    path = f"/api/v1/namespaces/{quote(namespace, safe='')}/{resource}"
+    return path if name is None else f"{path}/{quote(name, safe='')}"
+
+
+def _camel(name: str) -> str:
+    first, *rest = name.split("_")
+    return first + "".join(word.title() for word in rest)
+
+
+def _delete_options(uid: str | None) -> dict[str, Any]:
+    """DeleteOptions with a uid precondition: only the object we saw, never one re-created
+    under the same name since."""
+    return {"preconditions": {"uid": uid}} if uid else {}
 
 
 class WatchSource:
-    """A list function of the API, called for pages of raw JSON and for watch streams
-    (no client model objects: the index keeps a few fields of each object)."""
+    """A list call of the API, made for pages of raw JSON and for watch streams (the index
+    keeps a few fields of each object, never the object)."""
 
     PAGE = 500
 
@@ -49,17 +168,7 @@ class WatchSource:
         self.selector = selector
 
     def page(self, token: str | None) -> dict[str, Any]:
-        response = self.lister(
-            **self.selector,
-            limit=self.PAGE,
-            _continue=token,
-            _preload_content=False,
-            _request_timeout=60,
-        )
-        try:
-            return json.loads(response.data)
-        finally:
-            response.release_conn()
+        return self.lister(**self.selector, limit=self.PAGE, _continue=token, timeout=60)
 
     def watch(self, resource_version: str, timeout: int) -> Iterator[dict[str, Any]]:
         response = self.lister(
@@ -68,8 +177,8 @@ class WatchSource:
             resource_version=resource_version,
             allow_watch_bookmarks=True,
             timeout_seconds=timeout,
-            _preload_content=False,
-            _request_timeout=(10, timeout + 30),
+            timeout=(10, timeout + 30),
+            stream=True,
         )
         try:
             for line in iter_resp_lines(response):
@@ -86,21 +195,11 @@ def _state(observed: dict[str, Any] | SecretState | None) -> SecretState | None:
     return secret_state(observed)
 
 
-def _json(response: Any) -> dict[str, Any]:
-    try:
-        return json.loads(response.data)
-    finally:
-        response.release_conn()
-
-
 class Kube:
     def __init__(self, api_client: kubernetes.client.ApiClient | None = None) -> None:
         self.api = api_client or kubernetes.client.ApiClient()
-        self.core = kubernetes.client.CoreV1Api(self.api)
+        self.core = CoreV1(self.api)
         self.custom = kubernetes.client.CustomObjectsApi(self.api)
-
-    def _dict(self, obj: Any) -> dict[str, Any]:
-        return self.api.sanitize_for_serialization(obj)
 
     def read_secret(self, namespace: str, name: str) -> Mapping[str, bytes]:
         try:
@@ -119,13 +218,15 @@ class Kube:
                 f"reading Secret {namespace}/{name}: HTTP {error.status}",
                 transient=True,
             ) from None
-        return {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
+        return {k: base64.b64decode(v) for k, v in (secret.get("data") or {}).items()}
 
     def request_token(self, namespace: str, service_account: str, audience: str) -> str:
         """A short-lived token for a ServiceAccount (TokenRequest), for cloud web identity."""
-        body = kubernetes.client.AuthenticationV1TokenRequest(
-            spec=kubernetes.client.V1TokenRequestSpec(audiences=[audience], expiration_seconds=600)
-        )
+        body = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"audiences": [audience], "expirationSeconds": 600},
+        }
         try:
             answer = self.core.create_namespaced_service_account_token(
                 service_account, namespace, body
@@ -142,7 +243,7 @@ class Kube:
                     f"the operator may not request tokens for {namespace}/{service_account}",
                 ) from None
             raise
-        return answer.status.token
+        return answer["status"]["token"]
 
     def read_registry(self, kind: str, name: str, namespace: str | None) -> dict[str, Any] | None:
         try:
@@ -157,10 +258,13 @@ class Kube:
             raise
 
     def namespaces(self) -> list[tuple[str, dict[str, str], str]]:
-        items = self.core.list_namespace().items
         return [
-            (ns.metadata.name, ns.metadata.labels or {}, ns.status.phase or "Active")
-            for ns in items
+            (
+                ns["metadata"]["name"],
+                ns["metadata"].get("labels") or {},
+                (ns.get("status") or {}).get("phase") or "Active",
+            )
+            for ns in self.core.list_namespace()["items"]
         ]
 
     def apply_secret(
@@ -180,15 +284,13 @@ class Kube:
             decision = secret_decision(desired, state)
             try:
                 if decision == "create":
-                    answer = self.core.create_namespaced_secret(
-                        desired.namespace, desired.body(), _preload_content=False
-                    )
+                    answer = self.core.create_namespaced_secret(desired.namespace, desired.body())
                 elif decision == "update":
                     assert state is not None
                     body = desired.body()
                     body["metadata"]["resourceVersion"] = state.resource_version
                     answer = self.core.replace_namespaced_secret(
-                        desired.name, desired.namespace, body, _preload_content=False
+                        desired.name, desired.namespace, body
                     )
                 else:
                     return decision
@@ -203,15 +305,14 @@ class Kube:
                     return "gone"
                 raise
             metrics.SECRET_WRITES.inc()
-            answered = _json(answer)
             if written is not None:
-                written(answered)
+                written(answer)
             return decision + "d"
         return "conflict"
 
     def _read_secret_body(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return self._dict(self.core.read_namespaced_secret(name, namespace))
+            return self.core.read_namespaced_secret(name, namespace)
         except ApiException as error:
             if error.status == 404:
                 return None
@@ -222,17 +323,14 @@ class Kube:
     ) -> list[dict[str, Any]]:
         """The Secrets this registry object wrote, found by their labels."""
         if namespace is None:
-            items = self.core.list_secret_for_all_namespaces(label_selector=ref.selector()).items
+            found = self.core.list_secret_for_all_namespaces(label_selector=ref.selector())
         else:
-            items = self.core.list_namespaced_secret(namespace, label_selector=ref.selector()).items
-        return [self._dict(s) for s in items]
+            found = self.core.list_namespaced_secret(namespace, label_selector=ref.selector())
+        return found["items"]
 
     def delete_secret(self, namespace: str, name: str, uid: str | None = None) -> None:
-        options = kubernetes.client.V1DeleteOptions(
-            preconditions=kubernetes.client.V1Preconditions(uid=uid) if uid else None
-        )
         try:
-            self.core.delete_namespaced_secret(name, namespace, body=options)
+            self.core.delete_namespaced_secret(name, namespace, body=_delete_options(uid))
         except ApiException as error:
             if error.status not in (404, 409):  # gone already, or not the one we listed
                 raise
@@ -257,15 +355,14 @@ class Kube:
         """Merge ``status`` into the object's status (for work done outside a kopf handler,
         which would otherwise write it). A deleted object is not an error."""
         plural, body = PLURALS[ref.kind], {"status": status}
-        merge = "application/merge-patch+json"
         try:
             if ref.namespace:
                 self.custom.patch_namespaced_custom_object_status(
-                    GROUP, VERSION, ref.namespace, plural, ref.name, body, _content_type=merge
+                    GROUP, VERSION, ref.namespace, plural, ref.name, body, _content_type=MERGE_PATCH
                 )
             else:
                 self.custom.patch_cluster_custom_object_status(
-                    GROUP, VERSION, plural, ref.name, body, _content_type=merge
+                    GROUP, VERSION, plural, ref.name, body, _content_type=MERGE_PATCH
                 )
         except ApiException as error:
             if error.status != 404:
@@ -275,14 +372,14 @@ class Kube:
         """ServiceAccounts of one namespace, or of all namespaces with None."""
         try:
             if namespace is None:
-                items = self.core.list_service_account_for_all_namespaces().items
+                found = self.core.list_service_account_for_all_namespaces()
             else:
-                items = self.core.list_namespaced_service_account(namespace).items
+                found = self.core.list_namespaced_service_account(namespace)
         except ApiException as error:
             if error.status == 404:
                 return []
             raise
-        return [self._dict(sa) for sa in items]
+        return found["items"]
 
     def read_config_map(self, namespace: str, name: str) -> Mapping[str, bytes] | None:
         try:
@@ -291,11 +388,11 @@ class Kube:
             if error.status == 404:
                 return None
             raise
-        return {k: v.encode() for k, v in (config_map.data or {}).items()}
+        return {k: v.encode() for k, v in (config_map.get("data") or {}).items()}
 
     def read_config_map_body(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return self._dict(self.core.read_namespaced_config_map(name, namespace))
+            return self.core.read_namespaced_config_map(name, namespace)
         except ApiException as error:
             if error.status == 404:
                 return None
@@ -338,11 +435,8 @@ class Kube:
         return "conflict"
 
     def delete_config_map(self, namespace: str, name: str, uid: str | None = None) -> None:
-        options = kubernetes.client.V1DeleteOptions(
-            preconditions=kubernetes.client.V1Preconditions(uid=uid) if uid else None
-        )
         try:
-            self.core.delete_namespaced_config_map(name, namespace, body=options)
+            self.core.delete_namespaced_config_map(name, namespace, body=_delete_options(uid))
         except ApiException as error:
             if error.status not in (404, 409):
                 raise
@@ -362,7 +456,7 @@ class Kube:
         for _attempt in range(5):
             if current is None:
                 try:
-                    current = self._dict(self.core.read_namespaced_service_account(name, namespace))
+                    current = self.core.read_namespaced_service_account(name, namespace)
                 except ApiException as error:
                     if error.status == 404:
                         return False
@@ -371,16 +465,9 @@ class Kube:
             if patch is None:
                 return False
             try:
-                answer = self.core.patch_namespaced_service_account(
-                    name,
-                    namespace,
-                    patch,
-                    _content_type="application/merge-patch+json",
-                    _preload_content=False,
-                )
-                answered = _json(answer)
+                answer = self.core.patch_namespaced_service_account(name, namespace, patch)
                 if written is not None:
-                    written(answered)
+                    written(answer)
                 return True
             except ApiException as error:
                 if error.status == 404:

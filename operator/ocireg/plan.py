@@ -202,17 +202,24 @@ def data_digest(data: Mapping[str, str] | None) -> bytes:
     return hashlib.sha256(text.encode()).digest()[:16]
 
 
+# Label sets, owners and types repeat across thousands of Secrets: one copy of each.
+_SHARED: dict[Any, Any] = {}
+
+
+def _shared(value: Any) -> Any:
+    return _SHARED.setdefault(value, value)
+
+
 def secret_state(body: Mapping[str, Any]) -> SecretState:
     meta = body.get("metadata") or {}
     labels = meta.get("labels") or {}
     annotations = meta.get("annotations") or {}
+    owner = annotations.get(ANNOTATION_OWNER)
     return SecretState(
-        tuple((k, labels[k]) for k in _STATE_LABELS if k in labels),
-        body.get("type"),
+        _shared(tuple((k, labels[k]) for k in _STATE_LABELS if k in labels)),
+        _shared(body.get("type")),
         data_digest(body.get("data")),
-        ((ANNOTATION_OWNER, annotations[ANNOTATION_OWNER]),)
-        if ANNOTATION_OWNER in annotations
-        else (),
+        _shared(((ANNOTATION_OWNER, owner),) if owner is not None else ()),
         meta.get("uid"),
         meta.get("resourceVersion"),
     )
@@ -297,8 +304,8 @@ def account_state(body: Mapping[str, Any]) -> AccountState:
     meta = body.get("metadata") or {}
     annotations = meta.get("annotations") or {}
     return AccountState(
-        tuple(r.get("name") or "" for r in body.get("imagePullSecrets") or []),
-        annotations.get(ANNOTATION_SA_REFS) or "",
+        _shared(tuple(r.get("name") or "" for r in body.get("imagePullSecrets") or [])),
+        _shared(annotations.get(ANNOTATION_SA_REFS) or ""),
         meta.get("resourceVersion"),
     )
 

@@ -341,11 +341,6 @@ def cleanup(kube: Kube, ref: plan.RegistryRef, keep: set[str] | None = None) -> 
     return len(namespaces)
 
 
-def remove_from_namespace(kube: Kube, ref: plan.RegistryRef, namespace: str) -> None:
-    """Remove this registry's Secrets and references from one namespace."""
-    _remove(kube, namespace, kube.managed_secrets(ref, namespace))
-
-
 def _remove(kube: Kube, namespace: str, found: list[dict[str, Any]]) -> None:
     names = {s["metadata"]["name"] for s in found}
     for sa in kube.service_accounts(namespace):

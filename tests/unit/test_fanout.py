@@ -247,3 +247,16 @@ def test_a_registry_named_secret_of_someone_else_is_a_conflict(cluster: Cluster)
     assert status["failed"][0]["namespace"] == "team-b"
     assert ("Warning", "SecretConflict") in [e[:2] for e in events]
     assert "corp" not in cluster.refs("team-b")
+
+
+def test_a_tenant_registry_writes_its_own_namespace_only(cluster: Cluster) -> None:
+    ref = plan.RegistryRef("OCIRegistry", "mine", "team-a", "uid-mine")
+    tracked = cluster.registries.get(ref)
+    tracked.publish(spec("mine", namespaces=["*"]), BASIC)
+    status, _ = cluster.resync(ref)
+    assert status["namespaces"] == 1
+    assert [key for key in cluster.kube.secrets if key[1] == "mine"] == [("team-a", "mine")]
+    owner = cluster.kube.secrets[("team-a", "mine")]["metadata"]["ownerReferences"][0]
+    assert owner["uid"] == "uid-mine"
+    cluster.fanout.changed("team-b").result(5)  # another namespace's job leaves it alone
+    assert ("team-b", "mine") not in cluster.kube.secrets
