@@ -21,6 +21,7 @@ from .helpers import (
     apply,
     ca_config_map,
     condition,
+    events_for,
     pull_secret_refs,
     registry_object,
     secret,
@@ -405,6 +406,19 @@ def test_copies_are_repaired_and_follow_the_credentials_within_seconds(
             )
         print(f"repaired {repaired:.1f}s, restored {restored:.1f}s, followed {follows}")
         assert condition(cluster, "ClusterOCIRegistry", name, "Ready")["status"] == "True"
+        # Work started by the credentials watch posts its Events as a tick's would.
+        wait_for(
+            lambda: (
+                sum(
+                    e.get("count") or 1
+                    for e in events_for(cluster, name)
+                    if e["reason"] == "SecretsWritten"
+                )
+                >= 3
+            ),
+            10,
+            "an Event for the first write and for each new login",
+        )
     finally:
         cluster.kubectl("delete", "clusterociregistry", name, "--timeout=60s", check=False)
         for target in targets:
