@@ -114,7 +114,9 @@ def test_registry_down_then_back(
         faulty.stop()
 
 
-FAN_OUT = 40
+# Enough namespaces, written one at a time, that a fan-out lasts a few seconds: without a
+# read before each write, 40 took well under one (too short to interrupt reliably).
+FAN_OUT = 120
 
 
 class FanOut:
@@ -173,15 +175,28 @@ class FanOut:
         selector = f"ocireg.dev/registry={self.name}"
         written = self.cluster.get_json("secrets", "-A", "-l", selector)["items"]
         assert sorted(s["metadata"]["namespace"] for s in written) == sorted(self.targets)
-        for target in self.targets:
-            assert pull_secret_refs(self.cluster, target).count("fanned") == 1, target
-            found = secret(self.cluster, target, "fanned")
-            assert found is not None
-            assert found["data"][".dockerconfigjson"]
+        assert all(s["data"][".dockerconfigjson"] for s in written)
+        # A namespace's `default` ServiceAccount may be created a moment after its Secret.
+        wait_for(
+            lambda: all(refs.count("fanned") == 1 for refs in self.default_refs().values()),
+            30,
+            "one reference in every default ServiceAccount",
+        )
         self.cluster.kubectl("delete", "clusterociregistry", self.name, "--timeout=120s")
         assert self.written() == 0
-        for target in self.targets:
-            assert "fanned" not in pull_secret_refs(self.cluster, target), target
+        for target, refs in self.default_refs().items():
+            assert "fanned" not in refs, target
+
+    def default_refs(self) -> dict[str, list[str]]:
+        """Each target's `default` ServiceAccount's imagePullSecrets names (one list call)."""
+        accounts = self.cluster.get_json(
+            "serviceaccounts", "-A", "--field-selector", "metadata.name=default"
+        )["items"]
+        refs = {
+            sa["metadata"]["namespace"]: [r["name"] for r in sa.get("imagePullSecrets") or []]
+            for sa in accounts
+        }
+        return {target: refs.get(target, []) for target in self.targets}
 
     def cleanup(self) -> None:
         self.cluster.kubectl(
