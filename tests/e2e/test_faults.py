@@ -13,7 +13,7 @@ import pytest
 
 from ocireg.devenv.controlplane import ControlPlane
 from ocireg.devenv.processes import Tools
-from ocireg.devenv.registries import LocalRegistries
+from ocireg.devenv.registries import LocalRegistries, RegistryServer
 
 from .helpers import (
     apply,
@@ -32,6 +32,44 @@ KIND = "OCIRegistry"
 VERIFY_INTERVAL = 30  # refresh.interval below: how often a working registry is re-checked
 
 
+def _ready_registry(
+    cluster: ControlPlane,
+    run_operator,
+    namespace: str,
+    faulty: LocalRegistries,
+    server: RegistryServer,
+    name: str,
+) -> dict:
+    """Credentials and CA for `server` of the test's own registries, the operator, and an
+    OCIRegistry `name` writing Secret `pull`, re-verified every VERIFY_INTERVAL; returns that
+    Secret once the object is Ready."""
+    apply(
+        cluster,
+        secret_object("creds", namespace, password=server.password),
+        ca_config_map(namespace, faulty.ca_file, name="ca"),
+    )
+    run_operator()
+    apply(
+        cluster,
+        registry_object(
+            KIND,
+            name,
+            {
+                "server": server.host,
+                "auth": {"basic": {"secretRef": {"name": "creds"}, "username": server.username}},
+                "tls": {"caBundleRef": {"configMap": "ca"}},
+                "targets": {"secretName": "pull"},
+                "refresh": {"interval": f"{VERIFY_INTERVAL}s"},
+            },
+            namespace,
+        ),
+    )
+    wait_for_reason(cluster, KIND, name, "Ready", namespace)
+    good = secret(cluster, namespace, "pull")
+    assert good is not None
+    return good
+
+
 def test_registry_down_then_back(
     cluster: ControlPlane,
     crds: None,
@@ -44,32 +82,7 @@ def test_registry_down_then_back(
     faulty = LocalRegistries(tmp_path / "faulty", tools).start(("basic",))
     server = faulty.basic
     try:
-        apply(
-            cluster,
-            secret_object("creds", namespace, password=server.password),
-            ca_config_map(namespace, faulty.ca_file, name="ca"),
-        )
-        run_operator()
-        apply(
-            cluster,
-            registry_object(
-                KIND,
-                "flaky",
-                {
-                    "server": server.host,
-                    "auth": {
-                        "basic": {"secretRef": {"name": "creds"}, "username": server.username}
-                    },
-                    "tls": {"caBundleRef": {"configMap": "ca"}},
-                    "targets": {"secretName": "pull"},
-                    "refresh": {"interval": f"{VERIFY_INTERVAL}s"},
-                },
-                namespace,
-            ),
-        )
-        wait_for_reason(cluster, KIND, "flaky", "Ready", namespace)
-        good = secret(cluster, namespace, "pull")
-        assert good is not None
+        good = _ready_registry(cluster, run_operator, namespace, faulty, server, "flaky")
         assert good["data"][".dockerconfigjson"]
         assert pull_secret_refs(cluster, namespace) == ["pull"]
 
@@ -311,32 +324,7 @@ def test_registry_token_server_answers_5xx_429_and_garbage(
     token_server = faulty.token_server
     assert token_server is not None
     try:
-        apply(
-            cluster,
-            secret_object("creds", namespace, password=server.password),
-            ca_config_map(namespace, faulty.ca_file, name="ca"),
-        )
-        run_operator()
-        apply(
-            cluster,
-            registry_object(
-                KIND,
-                "bearer",
-                {
-                    "server": server.host,
-                    "auth": {
-                        "basic": {"secretRef": {"name": "creds"}, "username": server.username}
-                    },
-                    "tls": {"caBundleRef": {"configMap": "ca"}},
-                    "targets": {"secretName": "pull"},
-                    "refresh": {"interval": f"{VERIFY_INTERVAL}s"},
-                },
-                namespace,
-            ),
-        )
-        wait_for_reason(cluster, KIND, "bearer", "Ready", namespace)
-        good = secret(cluster, namespace, "pull")
-        assert good is not None
+        good = _ready_registry(cluster, run_operator, namespace, faulty, server, "bearer")
 
         faults = [
             # (status, body, headers, reason, transient)
