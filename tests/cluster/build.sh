@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # Builds the real components the tests and the demo run on loopback, once, into a cache
 # directory keyed by their versions and this module's sources:
-#   kube-local  etcd + kube-apiserver + kube-controller-manager + kubectl (Kubernetes v1.36.3)
+#   kube-local  etcd + kube-apiserver + kube-controller-manager + kubelet + kubectl
+#               (Kubernetes v1.36.3), and `keyring` (the kubelet's pull-secret matching)
 #   helm        helm.sh/helm/v3
 #   registry    the distribution registry v3
 #   crane       go-containerregistry's CLI
-# and installs skopeo from Debian when it is missing. Prints the bin directory last.
+#   pause       the kubelet tier's sandbox and workload entrypoint (pause/main.go)
+# and installs skopeo, containerd, runc and the CNI plugins from Debian when they are missing
+# (containerd and a kubelet run the kubelet tier of the e2e tests). Prints the bin directory
+# last. `build.sh --where` prints the bin directory this tree's sources would use, building
+# nothing.
 set -euo pipefail
 
 KUBE_VERSION=v1.36.3
@@ -15,10 +20,14 @@ CRANE_VERSION=v0.22.1
 
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${OCIREG_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ocireg}
-key=$(cat "$here/go.mod" "$here/go.sum" "$here/main.go" | sha256sum | cut -c1-12)
+key=$(cat "$here/go.mod" "$here/go.sum" "$here/main.go" "$here/pause/main.go" | sha256sum | cut -c1-12)
 key="k8s-$KUBE_VERSION-helm-$HELM_VERSION-registry-$REGISTRY_VERSION-crane-$CRANE_VERSION-$key"
 dest="$cache/tools/$key"
 bin="$dest/bin"
+if [ "${1:-}" = "--where" ]; then
+  echo "$bin"
+  exit 0
+fi
 
 step=0
 total=6
@@ -38,7 +47,7 @@ else
   if [ -x "$bin/kube-local" ]; then
     progress "kube-local $KUBE_VERSION: already built"
   else
-    progress "kube-local $KUBE_VERSION (etcd, kube-apiserver, kube-controller-manager, kubectl): building, the longest step (about 5 min cold on 2 cores)"
+    progress "kube-local $KUBE_VERSION (etcd, kube-apiserver, kube-controller-manager, kubelet, kubectl): building, the longest step (about 5 min cold on 2 cores)"
     minor=${KUBE_VERSION#v1.}; minor=${minor%%.*}
     ldflags="-s -w"
     for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
@@ -49,7 +58,9 @@ else
     mv "$bin/kube-local.tmp" "$bin/kube-local"
     took "$t"
   fi
-  for name in kubectl kube-apiserver kube-controller-manager etcd; do
+  # The kubelet tier's pause image: a few hundred kilobytes, seconds to build.
+  (cd "$here" && go build -ldflags "-s -w" -o "$bin/pause" ./pause)
+  for name in kubectl kube-apiserver kube-controller-manager kubelet etcd; do
     ln -sf kube-local "$bin/$name"
   done
 
@@ -66,15 +77,31 @@ else
   touch "$dest/.complete"
 fi
 
-if command -v skopeo >/dev/null 2>&1; then
-  progress "skopeo: $(skopeo --version)"
+# Debian packages: skopeo (an independent registry client); containerd, runc and the CNI
+# plugins (loopback) for the kubelet tier. Installing them starts nothing: the devenv runs
+# containerd itself, with its state in a temporary directory.
+missing=()
+command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
+command -v containerd >/dev/null 2>&1 || missing+=(containerd)
+command -v runc >/dev/null 2>&1 || missing+=(runc)
+[ -x /usr/lib/cni/loopback ] || missing+=(containernetworking-plugins)
+if [ ${#missing[@]} -eq 0 ]; then
+  progress "Debian packages: $(skopeo --version), $(containerd --version | cut -d' ' -f1,3), $(runc --version | head -1)"
+elif [ "$(id -u)" -ne 0 ]; then
+  progress "Debian packages: ${missing[*]} missing and not root: install them with apt-get (the kubelet tier skips without containerd)"
+  command -v skopeo >/dev/null 2>&1 || { echo "skopeo is required" >&2; exit 1; }
 else
-  progress "skopeo: installing from Debian"
+  progress "Debian packages: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
-  apt-get install -y -qq --no-install-recommends skopeo >/dev/null
+  # policy-rc.d stops a Debian maintainer script from starting a system containerd.
+  policy=/usr/sbin/policy-rc.d
+  [ -e "$policy" ] || { printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod +x "$policy"; trap 'rm -f "$policy"' EXIT; }
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-ln -sfn "$key" "$cache/tools/current"
+# `current` is only a fallback for checkouts that do not locate their tools by key
+# (processes.py asks `build.sh --where`); never repoint it from under another tree.
+[ -e "$cache/tools/current" ] || ln -sfn "$key" "$cache/tools/current"
 progress "tools ready in $(( $(date +%s) - started ))s: $bin ($("$bin/kubectl" version --client 2>/dev/null | head -1))"
 echo "$bin"

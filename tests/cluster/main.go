@@ -1,12 +1,14 @@
 // Command kube-local is one multi-call binary holding the real Kubernetes components the
 // ocireg tests and demo run on loopback: embedded etcd, kube-apiserver,
-// kube-controller-manager and kubectl. One binary keeps the cold build to a single link of
+// kube-controller-manager, kubelet and kubectl, plus `keyring`, which prints the credentials
+// the kubelet would send for an image given some pull secrets. One binary keeps the cold build to a single link of
 // the shared dependency tree. The subcommand is the first argument, or the program name
 // (a symlink called kubectl behaves as kubectl).
 package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"net/url"
@@ -17,20 +19,25 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
+	v1 "k8s.io/api/core/v1"
 	"k8s.io/component-base/cli"
 	kubectlcmd "k8s.io/kubectl/pkg/cmd"
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	kubelet "k8s.io/kubernetes/cmd/kubelet/app"
+	"k8s.io/kubernetes/pkg/credentialprovider"
+	credentialprovidersecrets "k8s.io/kubernetes/pkg/credentialprovider/secrets"
+	"k8s.io/kubernetes/pkg/util/parsers"
 )
 
 func main() {
 	name := filepath.Base(os.Args[0])
 	args := os.Args[1:]
 	switch name {
-	case "kubectl", "kube-apiserver", "kube-controller-manager", "etcd":
+	case "kubectl", "kube-apiserver", "kube-controller-manager", "kubelet", "etcd":
 	default:
 		if len(args) == 0 {
-			fmt.Fprintln(os.Stderr, "usage: kube-local etcd|kube-apiserver|kube-controller-manager|kubectl [args...]")
+			fmt.Fprintln(os.Stderr, "usage: kube-local etcd|kube-apiserver|kube-controller-manager|kubelet|kubectl|keyring [args...]")
 			os.Exit(2)
 		}
 		name, args = args[0], args[1:]
@@ -44,6 +51,10 @@ func main() {
 		os.Exit(cli.Run(apiserver.NewAPIServerCommand()))
 	case "kube-controller-manager":
 		os.Exit(cli.Run(controllermanager.NewControllerManagerCommand()))
+	case "kubelet":
+		os.Exit(cli.Run(kubelet.NewKubeletCommand(context.Background())))
+	case "keyring":
+		os.Exit(runKeyring(args))
 	case "kubectl":
 		// kubectl prints its own errors; only the exit code is left to set.
 		if err := cli.RunNoErrOutput(kubectlcmd.NewDefaultKubectlCommand()); err != nil {
@@ -113,4 +124,77 @@ func runEtcd(args []string) int {
 		fmt.Fprintln(os.Stderr, "etcd:", err)
 		return 1
 	}
+}
+
+// keyringEntry is one credential the kubelet would offer, in the order it would try them.
+type keyringEntry struct {
+	Secret        string `json:"secret,omitempty"` // namespace/name of the pull secret it came from
+	Username      string `json:"username,omitempty"`
+	Password      string `json:"password,omitempty"`
+	Auth          string `json:"auth,omitempty"`
+	ServerAddress string `json:"serveraddress,omitempty"`
+	IdentityToken string `json:"identitytoken,omitempty"`
+	RegistryToken string `json:"registrytoken,omitempty"`
+}
+
+// runKeyring builds the kubelet's keyring from Secret objects (kubectl get secret -o json) the
+// way the kubelet's image manager does (pkg/kubelet/images: ParseImageName, MakeDockerKeyring,
+// Lookup) and prints the credentials it would send for --image as a JSON list, in order.
+// No node keyring or credential plugins: only what the pod's pull secrets give.
+func runKeyring(args []string) int {
+	fs := flag.NewFlagSet("keyring", flag.ExitOnError)
+	image := fs.String("image", "", "image reference as written in a pod spec")
+	_ = fs.Parse(args)
+	if *image == "" || fs.NArg() == 0 {
+		fmt.Fprintln(os.Stderr, "usage: kube-local keyring --image REF secret.json...")
+		return 2
+	}
+	secrets := make([]v1.Secret, 0, fs.NArg())
+	for _, path := range fs.Args() {
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "keyring:", err)
+			return 1
+		}
+		var secret v1.Secret
+		if err := json.Unmarshal(raw, &secret); err != nil {
+			fmt.Fprintf(os.Stderr, "keyring: %s: %v\n", path, err)
+			return 1
+		}
+		secrets = append(secrets, secret)
+	}
+	repoToPull, _, _, err := parsers.ParseImageName(*image)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "keyring:", err)
+		return 1
+	}
+	keyring, err := credentialprovidersecrets.MakeDockerKeyring(secrets, credentialprovider.UnionDockerKeyring{})
+	if err != nil {
+		// The kubelet fails the pull with this error too.
+		fmt.Fprintln(os.Stderr, "keyring:", err)
+		return 1
+	}
+	found, _ := keyring.Lookup(repoToPull)
+	out := make([]keyringEntry, 0, len(found))
+	for _, tracked := range found {
+		entry := keyringEntry{
+			Username:      tracked.Username,
+			Password:      tracked.Password,
+			Auth:          tracked.Auth,
+			ServerAddress: tracked.ServerAddress,
+			IdentityToken: tracked.IdentityToken,
+			RegistryToken: tracked.RegistryToken,
+		}
+		if tracked.Source != nil && tracked.Source.Secret != nil {
+			entry.Secret = tracked.Source.Secret.Namespace + "/" + tracked.Source.Secret.Name
+		}
+		out = append(out, entry)
+	}
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(out); err != nil {
+		fmt.Fprintln(os.Stderr, "keyring:", err)
+		return 1
+	}
+	return 0
 }

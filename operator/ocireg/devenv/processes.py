@@ -16,6 +16,8 @@ from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ocireg"
+# Present in a source checkout (an editable install), absent from an installed wheel.
+BUILD_SCRIPT = Path(__file__).resolve().parents[3] / "tests" / "cluster" / "build.sh"
 
 
 class ToolsMissing(RuntimeError):
@@ -32,7 +34,8 @@ class Tools:
     @classmethod
     def locate(cls) -> Tools:
         env = os.environ.get("OCIREG_TOOLS_BIN")
-        bin_dir = Path(env) if env else DEFAULT_CACHE / "tools" / "current" / "bin"
+        bin_dir = Path(env) if env else _checkout_bin_dir()
+        bin_dir = bin_dir or DEFAULT_CACHE / "tools" / "current" / "bin"
         if not (bin_dir / "kube-local").exists():
             raise ToolsMissing(
                 f"no tool binaries in {bin_dir}: run `bash tests/cluster/build.sh` "
@@ -48,6 +51,21 @@ class Tools:
         if not found:
             raise ToolsMissing(f"{name} not found in {self.bin_dir} or on PATH")
         return found
+
+
+def _checkout_bin_dir() -> Path | None:
+    """The bin directory keyed by this checkout's own tool sources, so two checkouts with
+    different tools (two branches, two worktrees) each run theirs; None outside a checkout."""
+    if not BUILD_SCRIPT.exists():
+        return None
+    result = subprocess.run(
+        ["bash", str(BUILD_SCRIPT), "--where"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return Path(result.stdout.strip()) if result.returncode == 0 and result.stdout.strip() else None
 
 
 def free_port() -> int:
