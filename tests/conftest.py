@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import subprocess
 from collections.abc import Callable, Iterator
@@ -13,6 +14,7 @@ import pytest
 from ocireg.devenv.clients import Clients
 from ocireg.devenv.controlplane import ControlPlane
 from ocireg.devenv.hygiene import KNOWN_SECRETS, Leak
+from ocireg.devenv.node import LocalNode, NodeUnavailable
 from ocireg.devenv.operator import OperatorProcess
 from ocireg.devenv.processes import Tools
 from ocireg.devenv.registries import LocalRegistries
@@ -61,6 +63,38 @@ def clients(
     tools: Tools, registries: LocalRegistries, tmp_path_factory: pytest.TempPathFactory
 ) -> Clients:
     return Clients(tools, registries.ca_file, tmp_path_factory.mktemp("clients"))
+
+
+@pytest.fixture(scope="session")
+def node(
+    cluster: ControlPlane,
+    registries: LocalRegistries,
+    clients: Clients,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[LocalNode]:
+    """containerd and a real kubelet registered as a node: the kubelet tier. Skipped, with the
+    reason, when this machine cannot run it (not root, containerd missing or not starting);
+    under CI (CI=true) that is a failure instead, so CI cannot pass without it."""
+    local = LocalNode(cluster, registries, clients, tmp_path_factory.mktemp("node"))
+    try:
+        local.start()
+    except NodeUnavailable as why:
+        local.stop()
+        _skip_or_fail(f"kubelet tier not run: {why}")
+    except BaseException:
+        print(local.log_tails())  # shown with the error: why the node did not come up
+        local.stop()
+        raise
+    try:
+        yield local
+    finally:
+        local.stop()
+
+
+def _skip_or_fail(reason: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")

@@ -189,7 +189,10 @@ class LocalNode:
         self._write_registry_hosts()
         self._write_cni_config()
         containerd = self._start_containerd()
-        wait_until(self._containerd_answers, 60, "containerd to answer", containerd)
+        try:
+            wait_until(self._containerd_answers, 60, "containerd to answer", containerd)
+        except (RuntimeError, TimeoutError) as error:
+            raise NodeUnavailable(f"containerd did not start: {error}") from None
         # Pre-pulled so that the sandbox never needs a pull (nor a credential).
         self.ctr("images", "pull", "--plain-http", self.pause_image, timeout=120)
         kubelet = self._start_kubelet()
@@ -325,7 +328,7 @@ class LocalNode:
                 f'  address = "{self.socket}.ttrpc"',
                 "[debug]",
                 '  level = "info"',
-                f'[plugins."io.containerd.internal.v1.opt"]',
+                '[plugins."io.containerd.internal.v1.opt"]',
                 f'  path = "{self.containerd_dir / "opt"}"',
                 f"[{cri}]",
                 f'  sandbox_image = "{self.pause_image}"',
