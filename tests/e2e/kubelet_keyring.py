@@ -54,16 +54,17 @@ def image_host(image: str) -> str:
 
 @dataclass
 class PullResult:
-    used: int | None  # index of the credential that pulled, None if none did
-    errors: list[str]
-
-    @property
-    def pulled(self) -> bool:
-        return self.used is not None
+    pulled: bool
+    used: int | None  # index of the credential that pulled (None: anonymous, or no pull)
+    errors: list[str]  # crane's complaint for each credential that did not pull
 
 
 def crane_pull_with(
-    clients: Clients, image: str, credential: dict[str, Any] | None, workdir: Path
+    clients: Clients,
+    image: str,
+    credential: dict[str, Any] | None,
+    workdir: Path,
+    insecure: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """crane pulls ``image`` with one credential as the keyring gave it (None: anonymous)."""
     config_dir = workdir / f"crane-{secrets.token_hex(4)}"
@@ -72,17 +73,27 @@ def crane_pull_with(
     if credential is not None:
         auths[image_host(image)] = {k: credential[k] for k in _CONFIG_FIELDS if credential.get(k)}
     (config_dir / "config.json").write_text(json.dumps({"auths": auths}))
-    return clients.crane("pull", image, str(config_dir / "image.tar"), docker_config_dir=config_dir)
+    return clients.crane(
+        "pull",
+        image,
+        str(config_dir / "image.tar"),
+        docker_config_dir=config_dir,
+        insecure=insecure,
+    )
 
 
 def pull_like_the_kubelet(
-    clients: Clients, image: str, credentials: list[dict[str, str]], workdir: Path
+    clients: Clients,
+    image: str,
+    credentials: list[dict[str, str]],
+    workdir: Path,
+    insecure: bool = False,
 ) -> PullResult:
     """Try each credential in order, as the kubelet does; with none, pull anonymously."""
     errors: list[str] = []
     for index, credential in enumerate(credentials or [None]):
-        result = crane_pull_with(clients, image, credential, workdir)
+        result = crane_pull_with(clients, image, credential, workdir, insecure)
         if result.returncode == 0:
-            return PullResult(index if credentials else None, errors)
+            return PullResult(True, index if credentials else None, errors)
         errors.append(result.stderr.strip()[-500:])
-    return PullResult(None, errors)
+    return PullResult(False, None, errors)
