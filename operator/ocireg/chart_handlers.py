@@ -2,8 +2,9 @@
 the registry when the sync is due, writes the index ConfigMap, status.charts and the
 ChartsSynced condition, and posts Events for new versions.
 
-The registry walk runs on a small pool of its own, so a slow registry never holds kopf's
-workers that the credential reconcile needs. The object's spec, credential and TLS options
+The registry walk runs on the chart pools (workers.py: one for tenant objects, one for cluster
+objects, a tenant namespace holding at most its share), so a slow registry never holds the
+reconcile workers, nor every chart worker. The object's spec, credential and TLS options
 come from what the reconcile verified (``memo.registries``): no Secret is read here.
 """
 
@@ -11,14 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import hashlib
 import logging
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import kopf
 from kubernetes.client.exceptions import ApiException
@@ -33,6 +35,7 @@ from .kube import Kube
 from .models.durations import parse_duration
 from .models.spec import RegistrySpec
 from .registry import RegistryClient, RegistryCredentials, TLSOptions
+from .workers import Pools
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +48,7 @@ RETRY_SECONDS: Final = 120
 MIN_RETRY_SECONDS: Final = 30
 # Page size for tags/list and the catalog; unset lets the registry choose.
 PAGE_SIZE_ENV: Final = "OCIREG_CHARTS_PAGE_SIZE"
-_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ocireg-charts")
+T = TypeVar("T")
 
 
 @dataclass
@@ -97,6 +100,12 @@ def _digest(*parts: object) -> str:
 def _page_size() -> int | None:
     value = os.environ.get(PAGE_SIZE_ENV, "").strip()
     return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+async def _on_pool(memo: kopf.Memo, ref: plan.RegistryRef, run: Callable[[], T]) -> T:
+    """Run blocking chart work on the object's chart pool, one job per object at a time."""
+    pools: Pools = memo.pools
+    return await asyncio.wrap_future(pools.charts(ref, run))
 
 
 def _ref(body: kopf.Body, plural: str) -> plan.RegistryRef:
@@ -310,7 +319,6 @@ async def charts_tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, plura
     if spec is None:
         return  # not reconciled yet
     namespace = _index_namespace(ref, memo)
-    loop = asyncio.get_running_loop()
     if spec.charts is None:
         conditions = status.get("conditions") or []
         if (
@@ -318,7 +326,7 @@ async def charts_tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, plura
             or status.get("charts")
             or publish.find_condition(conditions)
         ):
-            await loop.run_in_executor(_POOL, _delete_index, memo.kube, namespace, ref)
+            await _on_pool(memo, ref, functools.partial(_delete_index, memo.kube, namespace, ref))
             patch.status["charts"] = None
             patch.status["conditions"] = publish.without_condition(conditions)
         return
@@ -329,18 +337,21 @@ async def charts_tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, plura
     key = _digest(spec.server, spec.repository_prefix, spec.charts.to_api(), generation)
     if key != state.key or time.monotonic() >= state.next_at:
         state.key = key
-        published = await loop.run_in_executor(
-            _POOL,
-            run_sync,
-            memo.kube,
+        published = await _on_pool(
+            memo,
             ref,
-            spec,
-            credential,
-            tls,
-            namespace,
-            state,
-            generation,
-            status.get("charts"),
+            functools.partial(
+                run_sync,
+                memo.kube,
+                ref,
+                spec,
+                credential,
+                tls,
+                namespace,
+                state,
+                generation,
+                status.get("charts"),
+            ),
         )
         for kind, reason, message in published.events:
             kopf.event(body, type=kind, reason=reason, message=message)
@@ -363,10 +374,8 @@ for _plural in KINDS:
         ref = _ref(body, _plural)
         _states(memo).forget(ref)
         if "kube" in memo:
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(
-                _POOL, _delete_index, memo.kube, _index_namespace(ref, memo), ref
-            )
+            namespace = _index_namespace(ref, memo)
+            await _on_pool(memo, ref, functools.partial(_delete_index, memo.kube, namespace, ref))
 
 
 __all__ = ["ChartState", "ChartStates", "charts_tick", "run_sync"]

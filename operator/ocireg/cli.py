@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .config import SYSTEM_NAMESPACES, AdmissionConfig, LogFormat, OperatorConfig
+from .config import SYSTEM_NAMESPACES, AdmissionConfig, LogFormat, OperatorConfig, PoolSizes
 
 # Libraries whose debug logs can carry credentials.
 QUIET_LOGGERS = (
@@ -28,6 +28,47 @@ QUIET_LOGGERS = (
 
 def _env_list(name: str) -> list[str]:
     return [item for item in os.environ.get(name, "").replace(",", " ").split() if item]
+
+
+# (flag, environment variable, default, help) of each worker pool's size (config.PoolSizes).
+POOL_FLAGS = (
+    (
+        "--reconcile-workers",
+        "OCIREG_RECONCILE_WORKERS",
+        PoolSizes.tenant_reconciles,
+        "threads reconciling OCIRegistry (tenant) objects",
+    ),
+    (
+        "--cluster-reconcile-workers",
+        "OCIREG_CLUSTER_RECONCILE_WORKERS",
+        PoolSizes.cluster_reconciles,
+        "threads reconciling ClusterOCIRegistry objects",
+    ),
+    (
+        "--chart-workers",
+        "OCIREG_CHART_WORKERS",
+        PoolSizes.tenant_charts,
+        "threads syncing OCIRegistry charts",
+    ),
+    (
+        "--cluster-chart-workers",
+        "OCIREG_CLUSTER_CHART_WORKERS",
+        PoolSizes.cluster_charts,
+        "threads syncing ClusterOCIRegistry charts",
+    ),
+    (
+        "--namespace-workers",
+        "OCIREG_NAMESPACE_WORKERS",
+        PoolSizes.namespace_share,
+        "most threads of each tenant pool one namespace's objects hold at once",
+    ),
+    (
+        "--kopf-workers",
+        "OCIREG_KOPF_WORKERS",
+        PoolSizes.kopf,
+        "kopf's executor (its startup and cleanup handlers)",
+    ),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,6 +136,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="namespaces written into at once, all registry objects together "
         "(env OCIREG_CONCURRENCY)",
     )
+    pools = run.add_argument_group(
+        "worker pools",
+        "threads that talk to registries; one namespace holds at most --namespace-workers of "
+        "each tenant pool (docs/architecture.md)",
+    )
+    for flag, env, default, what in POOL_FLAGS:
+        pools.add_argument(
+            flag,
+            type=int,
+            default=int(os.environ.get(env) or default),
+            metavar="N",
+            help=f"{what} (default: {default}; env {env})",
+        )
     run.add_argument(
         "--resync",
         type=float,
@@ -261,6 +315,14 @@ def config_from_args(args: argparse.Namespace) -> OperatorConfig:
         watch_timeout=max(1, args.watch_timeout),
         metrics_address=args.metrics_address,
         admission=admission_from_args(args),
+        pools=PoolSizes(
+            tenant_reconciles=max(1, args.reconcile_workers),
+            cluster_reconciles=max(1, args.cluster_reconcile_workers),
+            tenant_charts=max(1, args.chart_workers),
+            cluster_charts=max(1, args.cluster_chart_workers),
+            namespace_share=max(1, args.namespace_workers),
+            kopf=max(1, args.kopf_workers),
+        ),
     )
 
 

@@ -40,6 +40,20 @@ class AdmissionConfig:
 
 
 @dataclass(frozen=True)
+class PoolSizes:
+    """Threads of each worker pool (workers.py, docs/architecture.md) and the most of a tenant
+    pool one namespace may hold at once. Defaults fit 2 cores: the threads mostly wait on the
+    network, and a namespace's stuck registries hold at most `namespace_share` of them."""
+
+    tenant_reconciles: int = 16
+    cluster_reconciles: int = 4
+    tenant_charts: int = 4
+    cluster_charts: int = 2
+    namespace_share: int = 2
+    kopf: int = 4  # kopf's own executor: only its sync startup and cleanup handlers
+
+
+@dataclass(frozen=True)
 class OperatorConfig:
     # Namespaces whose OCIRegistry objects we serve; empty means the whole cluster.
     namespaces: tuple[str, ...] = ()
@@ -73,6 +87,7 @@ class OperatorConfig:
     metrics_port: int = 0
     metrics_address: str = "0.0.0.0"  # noqa: S104 - inside a pod
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
+    pools: PoolSizes = field(default_factory=PoolSizes)
 
     @property
     def clusterwide(self) -> bool:
