@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import kopf
 
-from . import metrics, plan
+from . import metrics, ownership, plan
 from .config import OperatorConfig
 from .fanout import Fanout, Registries, Tracked
 from .index import ClusterIndex, Store, Watcher
@@ -76,7 +76,7 @@ def watch_cluster(memo: kopf.Memo, **_: Any) -> None:
     memo.fanout = fanout = Fanout(memo.kube, index, memo.registries, config.concurrency)
     memo.index_deadline = time.monotonic() + INDEX_WAIT_SECONDS
     watching = Kube()  # its own connections: long watches never hold up writes
-    ours = f"{plan.MANAGED_BY}={plan.MANAGER}"
+    ours = ownership.MANAGED_SELECTOR
 
     def namespace_changed(_: str, name: str) -> None:
         fanout.changed(name)
@@ -91,7 +91,7 @@ def watch_cluster(memo: kopf.Memo, **_: Any) -> None:
 
     # Of the credentials namespace's Secrets only the resourceVersions, and not our own.
     credentials = Store("credentials", lambda body: body["metadata"]["resourceVersion"])
-    theirs = f"{plan.MANAGED_BY}!={plan.MANAGER}"
+    theirs = ownership.UNMANAGED_SELECTOR
 
     def watcher(source: Any, store: Store[Any], changed: Any) -> Watcher:
         return Watcher(source, store, changed, timeout=config.watch_timeout)

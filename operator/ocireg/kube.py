@@ -321,7 +321,9 @@ class Kube:
     def managed_secrets(
         self, ref: RegistryRef, namespace: str | None = None
     ) -> list[dict[str, Any]]:
-        """The Secrets this registry object wrote, found by their labels."""
+        """The ocireg Secrets of this registry object's name (RegistryRef.selector):
+        its own, and others' of the same name, which callers tell apart with
+        ownership.claim."""
         if namespace is None:
             found = self.core.list_secret_for_all_namespaces(label_selector=ref.selector())
         else:

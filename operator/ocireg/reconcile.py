@@ -180,13 +180,19 @@ class NamespaceResult:
     removed: bool = False  # this registry's Secrets were removed from the namespace
 
 
-def conflict(namespace: str) -> dict[str, str]:
-    return {
-        "namespace": namespace,
-        "reason": "SecretConflict",
-        "message": "a Secret of the same name exists that ocireg does not manage for "
-        "this registry; rename targets.secretName or delete that Secret",
-    }
+def conflict(namespace: str, owner: str | None = None) -> dict[str, str]:
+    """A namespace where a Secret of the same name is not this object's. ``owner``: the
+    registry object it belongs to, when ocireg wrote it for another one."""
+    if owner is not None:
+        message = (
+            f"a Secret of the same name belongs to {owner}; rename targets.secretName here or there"
+        )
+    else:
+        message = (
+            "a Secret of the same name exists that ocireg does not manage for this registry; "
+            "rename targets.secretName or delete that Secret"
+        )
+    return {"namespace": namespace, "reason": "SecretConflict", "message": message}
 
 
 def sync_namespace(
@@ -203,11 +209,14 @@ def sync_namespace(
     lists when the caller has them (None: read them here)."""
     result = NamespaceResult(namespace)
     outcomes = []
+    owner = None
     for desired in plan.desired_secrets(ref, targets, credential, namespace):
         seen = UNKNOWN if observed is None else observed.get(desired.name)
         outcomes.append(kube.apply_secret(desired, seen))
+        if outcomes[-1] == "conflict" and isinstance(seen, dict):
+            owner = owner or plan.secret_owner(seen)
     if "conflict" in outcomes:
-        result.failure = conflict(namespace)
+        result.failure = conflict(namespace, owner)
         return result
     if "gone" in outcomes:
         return result  # the namespace is going away
@@ -263,7 +272,9 @@ def sync_targets(
         if plan.namespace_selected(ref, targets, name, labels, phase)
     ]
     observed: dict[str, dict[str, dict[str, Any]]] = {}
-    for secret in kube.managed_secrets(ref):
+    # Every ocireg Secret of this name, other objects' included (two tenants may both have
+    # a `ghcr`): apply_secret reports those as conflicts, never overwrites them.
+    for secret in kube.managed_secrets(ref, ref.namespace if ref.namespaced else None):
         meta = secret["metadata"]
         observed.setdefault(meta["namespace"], {})[meta["name"]] = secret
     accounts: dict[str, list[dict[str, Any]]] = {}
@@ -330,12 +341,15 @@ def report(
 
 
 def cleanup(kube: Kube, ref: plan.RegistryRef, keep: set[str] | None = None) -> int:
-    """Delete our Secrets (and only our ServiceAccount references) outside ``keep``."""
+    """Delete this object's Secrets (and only our ServiceAccount references to them) outside
+    ``keep``. Listed by name, then each checked for this exact object
+    (ownership.claim): another object of the same name keeps its own."""
     keep = keep or set()
     namespaces: dict[str, list[dict[str, Any]]] = {}
-    for secret in kube.managed_secrets(ref):
-        if secret["metadata"]["namespace"] not in keep:
-            namespaces.setdefault(secret["metadata"]["namespace"], []).append(secret)
+    for secret in kube.managed_secrets(ref, ref.namespace if ref.namespaced else None):
+        namespace = secret["metadata"]["namespace"]
+        if namespace not in keep and plan.secret_owned_by(ref, namespace, secret):
+            namespaces.setdefault(namespace, []).append(secret)
     for namespace, found in namespaces.items():
         _remove(kube, namespace, found)
     return len(namespaces)
