@@ -30,6 +30,10 @@ def _env_list(name: str) -> list[str]:
     return [item for item in os.environ.get(name, "").replace(",", " ").split() if item]
 
 
+def _hosts(given: list[str] | None, env: str) -> tuple[str, ...]:
+    return tuple(given or _env_list(env))
+
+
 # (flag, environment variable, default, help) of each worker pool's size (config.PoolSizes).
 POOL_FLAGS = (
     (
@@ -218,6 +222,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="also accept this token_uri in GCP service-account keys (repeatable; env "
         "OCIREG_GCP_TOKEN_URIS); Google's own are always accepted",
     )
+    # Where a credential of the operator's own identity may go (providers/destinations.py).
+    for provider, defaults in (
+        ("acr", "*.azurecr.io *.azurecr.cn *.azurecr.us"),
+        ("gcp", "gcr.io *.gcr.io *.pkg.dev"),
+        ("ecr", "ECR's endpoints (*.dkr.ecr.*.amazonaws.com, ...) and public.ecr.aws"),
+    ):
+        cloud.add_argument(
+            f"--ambient-{provider}-host",
+            dest=f"ambient_{provider}_hosts",
+            action="append",
+            metavar="HOST",
+            help=f"a registry host the operator's own identity may log in to with "
+            f"auth.{provider} ('*' is one DNS label; repeatable; replaces the default: "
+            f"{defaults}; env OCIREG_AMBIENT_{provider.upper()}_HOSTS)",
+        )
 
     hook = run.add_argument_group(
         "admission webhook",
@@ -309,6 +328,9 @@ def config_from_args(args: argparse.Namespace) -> OperatorConfig:
         azure_authority_host=args.azure_authority_host,
         acr_exchange_url=args.acr_exchange_url,
         gcp_token_uris=tuple(args.gcp_token_uris or _env_list("OCIREG_GCP_TOKEN_URIS")),
+        ambient_acr_hosts=_hosts(args.ambient_acr_hosts, "OCIREG_AMBIENT_ACR_HOSTS"),
+        ambient_gcp_hosts=_hosts(args.ambient_gcp_hosts, "OCIREG_AMBIENT_GCP_HOSTS"),
+        ambient_ecr_hosts=_hosts(args.ambient_ecr_hosts, "OCIREG_AMBIENT_ECR_HOSTS"),
         metrics_port=args.metrics_port,
         concurrency=max(1, args.concurrency),
         resync_seconds=max(10.0, args.resync),

@@ -77,6 +77,11 @@ class OperatorConfig:
     azure_authority_host: str | None = None
     acr_exchange_url: str | None = None
     gcp_token_uris: tuple[str, ...] = ()
+    # Hosts a credential of the operator's own identity may be sent to, per cloud; empty:
+    # that cloud's own registries (providers/destinations.py).
+    ambient_acr_hosts: tuple[str, ...] = ()
+    ambient_gcp_hosts: tuple[str, ...] = ()
+    ambient_ecr_hosts: tuple[str, ...] = ()
     # How many namespaces are written into at once (one job per namespace, all registries).
     concurrency: int = 16
     # Server-side timeout of each watch request, seconds.
@@ -88,6 +93,13 @@ class OperatorConfig:
     metrics_address: str = "0.0.0.0"  # noqa: S104 - inside a pod
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     pools: PoolSizes = field(default_factory=PoolSizes)
+
+    def ambient_hosts(self, cloud: str) -> tuple[str, ...]:
+        return {
+            "acr": self.ambient_acr_hosts,
+            "gcp": self.ambient_gcp_hosts,
+            "ecr": self.ambient_ecr_hosts,
+        }[cloud]
 
     @property
     def clusterwide(self) -> bool:

@@ -48,6 +48,7 @@ _STALLED = {
     "WebhookTLSError",
     "AccessDenied",
     "AmbientIdentityNotAllowed",
+    "AmbientDestinationNotAllowed",
     "WebhookAddressNotAllowed",
     "NoCredentials",
     "ServiceAccountNotFound",

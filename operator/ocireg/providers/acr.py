@@ -23,7 +23,7 @@ from ..errors import ReconcileError
 from ..models.cloud import AcrAuth
 from ..models.spec import RegistrySpec
 from ..registry import TLSOptions, parse_retry_after
-from . import ResolveContext, digest
+from . import ResolveContext, check_ambient_destination
 
 USERNAME = "00000000-0000-0000-0000-000000000000"
 SCOPE = "https://management.azure.com/.default"
@@ -51,7 +51,11 @@ def jwt_expiry(token: str) -> dt.datetime | None:
         return None
 
 
-def _credential(auth: AcrAuth, ctx: ResolveContext) -> tuple[TokenCredential, str]:
+def _credential(
+    auth: AcrAuth, ctx: ResolveContext
+) -> tuple[TokenCredential, tuple[object, ...], bool]:
+    """The Entra credential, the inputs that make it (for the cache key) and whether it is
+    the operator's own (ambient) identity."""
     from azure import identity
 
     authority: dict[str, Any] = {}
@@ -74,7 +78,8 @@ def _credential(auth: AcrAuth, ctx: ResolveContext) -> tuple[TokenCredential, st
         credential = identity.ClientSecretCredential(
             auth.tenant_id, auth.client_id, secret, disable_instance_discovery=True, **authority
         )
-        return credential, digest("secret", auth.tenant_id, auth.client_id, secret)
+        # Safe: the client secret itself is in the key (the ids next to it are public).
+        return credential, ("secret", auth.tenant_id, auth.client_id, secret), False
     if creds is not None and creds.service_account_ref is not None:
         sa = creds.service_account_ref
         credential = identity.ClientAssertionCredential(
@@ -84,13 +89,17 @@ def _credential(auth: AcrAuth, ctx: ResolveContext) -> tuple[TokenCredential, st
             disable_instance_discovery=True,
             **authority,
         )
-        return credential, digest("workload", ctx.service_account_id(sa), auth.client_id)
+        # Safe: the proof is a token for this ServiceAccount, which only its own namespace's
+        # objects (the trust domain) or cluster objects may name; the Entra tenant and app
+        # say which identity the token is exchanged for.
+        account = ctx.service_account_id(sa)
+        return credential, ("workload", account, auth.tenant_id, auth.client_id), False
     ctx.check_ambient_allowed("acr")
+    # Safe: the operator's own identity, which check_ambient_allowed let this object use.
     if auth.client_id:
-        return identity.ManagedIdentityCredential(client_id=auth.client_id), digest(
-            "managed", auth.client_id
-        )
-    return identity.DefaultAzureCredential(**authority), digest("ambient")
+        managed = identity.ManagedIdentityCredential(client_id=auth.client_id)
+        return managed, ("managed", auth.client_id), True
+    return identity.DefaultAzureCredential(**authority), ("ambient",), True
 
 
 def _cause(error: BaseException) -> str:
@@ -188,8 +197,14 @@ def mint(spec: RegistrySpec, ctx: ResolveContext, credential: TokenCredential) -
 def resolve(spec: RegistrySpec, ctx: ResolveContext) -> Credential:
     auth = spec.auth.acr if spec.auth else None
     assert auth is not None
-    credential, identity = _credential(auth, ctx)
-    key = ("acr", identity, spec.server)
+    credential, identity, ambient = _credential(auth, ctx)
+    if ambient:
+        # The managed identity's Entra token is POSTed to the registry: ACR login servers only.
+        check_ambient_destination("acr", (spec.server or "",), ctx)
+    tls = ctx.registry_tls
+    # The exchange's channel is an input too: a refresh token got over unverified TLS may
+    # come from anyone on the path, and is not handed to objects that verify.
+    key = ctx.mint_key("acr", identity, spec.server, tls.insecure, tls.skip_verify, tls.ca_bundle)
     # A refresh token without a readable `exp` is renewed every refresh.interval.
     return ctx.cache.get(
         key, ctx.renew_before, lambda: mint(spec, ctx, credential), max_age=ctx.refresh_interval

@@ -30,7 +30,7 @@ from ..errors import ReconcileError
 from ..models.cloud import WebhookAuth, WebhookFormat
 from ..models.spec import RegistrySpec
 from ..registry import parse_retry_after
-from . import ResolveContext, digest
+from . import ResolveContext
 
 MAX_ANSWER_BYTES = 64 * 1024
 _SAFE_HEADER = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
@@ -286,7 +286,11 @@ def resolve(spec: RegistrySpec, ctx: ResolveContext) -> Credential:
     auth = spec.auth.webhook if spec.auth else None
     assert auth is not None
     headers = _headers(ctx, auth)
-    key = ("webhook", digest(auth.to_api(), headers, ctx.namespaced), spec.server)
+    # Safe: the headers sent (the webhook's secret) and the whole webhook spec (URL, TLS,
+    # answer format) are in the key, and the trust domain keeps a tenant from a cluster
+    # object's answer (whose webhook may reach addresses a tenant's may not) and from other
+    # namespaces' answers.
+    key = ctx.mint_key("webhook", auth.to_api(), sorted(headers.items()), spec.server)
     # Answers without an expiry are asked for again every refresh.interval.
     return ctx.cache.get(
         key, ctx.renew_before, lambda: mint(spec, ctx, headers), max_age=ctx.refresh_interval
