@@ -10,7 +10,7 @@ from typing import Any, Final
 
 from ..models.charts import MAX_ERRORS_IN_STATUS, MAX_ITEMS_IN_STATUS, ChartsStatus
 from ..ownership import ANNOTATION_OWNER, LABEL_KIND, LABEL_UID, Claim, RegistryRef, claim
-from .index import Index, IndexedVersion
+from .index import MAX_ENTRY_BYTES, Index, IndexedVersion
 from .sync import RepoState, SyncResult, relative
 from .versions import latest, parse_version
 
@@ -146,6 +146,7 @@ def report(
                 f"{relative(prefix, kept.repository)}; the index lists that one",
             }
         )
+    errors.extend(_trimmed(index, prefix))
     indexed = _indexed(index)
     status = ChartsStatus.model_validate(
         {
@@ -167,7 +168,15 @@ def report(
     )
     if index.dropped:
         summary += f"; {index.dropped} older version(s) left out to keep the ConfigMap small"
-    failed = [e for e in errors if e["reason"] != "DuplicateChart"]
+    cut = sum(1 for t in index.trimmed if t.left_out is not None)
+    if cut:
+        summary += f"; {cut} version(s) cut to {MAX_ENTRY_BYTES // 1024} KiB per entry"
+    if len(index.trimmed) > cut:
+        summary += (
+            f"; {len(index.trimmed) - cut} version(s) left out, their entries being over "
+            f"{MAX_ENTRY_BYTES // 1024} KiB"
+        )
+    failed = [e for e in errors if e["reason"] not in _NOTES]
     if failed:
         names = ", ".join(f"{e['repository']} ({e['reason']}: {e['message']})" for e in failed[:3])
         reason = failed[0]["reason"] if len(failed) == len(result.repos) else "RepositoriesFailed"
@@ -186,6 +195,31 @@ def report(
             f"{condition[2]}; discover: {result.discovery_note}",
         )
     return Report(status, condition, _events(indexed, previous, charts), set(indexed))
+
+
+# Reasons in status.charts.errors that describe the index, not a repository that failed.
+_NOTES: Final = frozenset({"DuplicateChart", "EntryTrimmed", "EntryTooLarge"})
+
+
+def _trimmed(index: Index, prefix: str | None) -> list[dict[str, str]]:
+    notes = []
+    for t in index.trimmed:
+        v = t.version
+        if t.left_out is None:
+            reason = "EntryTooLarge"
+            what = "left out of the index"
+        else:
+            reason = "EntryTrimmed"
+            what = f"listed without {', '.join(t.left_out)}"
+        notes.append(
+            {
+                "repository": relative(prefix, v.repository),
+                "reason": reason,
+                "message": f"chart {v.name} {v.version}: its index entry is over "
+                f"{MAX_ENTRY_BYTES // 1024} KiB, so it is {what}",
+            }
+        )
+    return notes
 
 
 def _errors(repos: dict[str, RepoState], prefix: str | None) -> list[dict[str, str]]:
