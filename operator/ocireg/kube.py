@@ -389,7 +389,16 @@ class Kube:
         except ApiException as error:
             if error.status == 404:
                 return None
-            raise
+            # As for Secrets: a condition, not an exception kopf would retry without one.
+            if error.status == 403:
+                raise ReconcileError(
+                    "Forbidden", f"the operator may not read ConfigMap {namespace}/{name}"
+                ) from None
+            raise ReconcileError(
+                "APIError",
+                f"reading ConfigMap {namespace}/{name}: HTTP {error.status}",
+                transient=True,
+            ) from None
         return {k: v.encode() for k, v in (config_map.get("data") or {}).items()}
 
     def read_config_map_body(self, namespace: str, name: str) -> dict[str, Any] | None:

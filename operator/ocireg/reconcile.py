@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from . import plan, providers, schedule
+from .ca_bundle import read_ca_bundle
 from .config import OperatorConfig
 from .credential import Credential
 from .errors import ReconcileError
@@ -95,25 +96,13 @@ def effective_spec(kube: Kube, ref: plan.RegistryRef, spec: dict[str, Any]) -> R
         raise ReconcileError("InvalidSpec", str(error).splitlines()[0]) from None
 
 
-def _tls(kube: Kube, spec: RegistrySpec, default_namespace: str) -> TLSOptions:
+def _tls(kube: Kube, spec: RegistrySpec, default_namespace: str, namespaced: bool) -> TLSOptions:
     tls = spec.effective_tls
     bundle = None
     if tls.ca_bundle_ref is not None:
-        ref = tls.ca_bundle_ref
-        namespace = ref.namespace or default_namespace
-        if ref.secret:
-            data = kube.read_secret(namespace, ref.secret)
-            where = f"Secret {namespace}/{ref.secret}"
-        else:
-            data = kube.read_config_map(namespace, ref.config_map)
-            if data is None:
-                raise ReconcileError(
-                    "ConfigMapNotFound", f"ConfigMap {namespace}/{ref.config_map} does not exist"
-                )
-            where = f"ConfigMap {namespace}/{ref.config_map}"
-        if ref.key not in data:
-            raise ReconcileError("KeyMissing", f"{where} has no key {ref.key!r}")
-        bundle = data[ref.key].decode()
+        bundle = read_ca_bundle(
+            tls.ca_bundle_ref, default_namespace, namespaced, kube.read_secret, kube.read_config_map
+        )
     return TLSOptions(insecure=tls.insecure, skip_verify=tls.insecure_skip_verify, ca_bundle=bundle)
 
 
@@ -406,7 +395,8 @@ def _others(old: dict[str, Any]) -> list[dict[str, Any]]:
 def _failure_status(
     error: ReconcileError, generation: int | None, old: dict[str, Any], retry_in: float
 ) -> dict[str, Any]:
-    stalled = error.reason in _STALLED and not error.transient
+    stalls = error.stalls if error.stalls is not None else error.reason in _STALLED
+    stalled = stalls and not error.transient
     retry = f"retrying in {int(retry_in)}s"
     conditions = [
         _condition("Ready", False, error.reason, error.message, generation),
@@ -522,7 +512,7 @@ def reconcile(
     current = schedule.fingerprint("spec", body.get("spec"), generation)
     try:
         spec = effective_spec(kube, ref, body.get("spec") or {})
-        tls = _tls(kube, spec, default_ns)
+        tls = _tls(kube, spec, default_ns, ref.namespaced)
         ctx = providers.ResolveContext(
             kube.read_secret,
             default_ns,
