@@ -30,6 +30,7 @@ from .charts import publish
 from .charts.index import build_index, read_index
 from .charts.sync import RepoState, SyncProblem, seed, sync_charts
 from .credential import Credential
+from .egress import UNRESTRICTED, EgressPolicy
 from .errors import ReconcileError
 from .kube import Kube
 from .models.durations import parse_duration
@@ -135,12 +136,21 @@ def _index_namespace(ref: plan.RegistryRef, memo: kopf.Memo) -> str:
 
 
 def _client(
-    state: ChartState, server: str, credential: Credential, tls: TLSOptions
+    state: ChartState,
+    server: str,
+    credential: Credential,
+    tls: TLSOptions,
+    egress_policy: EgressPolicy = UNRESTRICTED,
 ) -> RegistryClient:
     """The registry client, kept between syncs while nothing about the connection changes:
     Bearer tokens and connections are reused."""
     key = _digest(
-        server, credential.fingerprint_parts(), tls.insecure, tls.skip_verify, tls.ca_bundle
+        server,
+        credential.fingerprint_parts(),
+        tls.insecure,
+        tls.skip_verify,
+        tls.ca_bundle,
+        egress_policy,
     )
     if state.client is None or state.client_key != key:
         if state.client is not None:
@@ -151,7 +161,9 @@ def _client(
             identity_token=credential.identity_token,
             registry_token=credential.registry_token,
         )
-        state.client = RegistryClient(server, creds, tls, user_agent="ocireg-charts")
+        state.client = RegistryClient(
+            server, creds, tls, user_agent="ocireg-charts", egress_policy=egress_policy
+        )
         state.client_key = key
     return state.client
 
@@ -181,9 +193,11 @@ def run_sync(
     state: ChartState,
     generation: int | None,
     old_status: dict[str, Any] | None,
+    egress_policy: EgressPolicy = UNRESTRICTED,
 ) -> Published:
     """One sync of one registry object (in a worker thread). Updates ``state`` with what to
-    publish; never raises for problems a user must fix."""
+    publish; never raises for problems a user must fix. ``egress_policy``: where the
+    object's requests may go (a tenant's: public addresses and the operator's ranges)."""
     charts = spec.charts
     assert charts is not None
     interval = parse_duration(charts.interval).total_seconds()
@@ -204,7 +218,7 @@ def run_sync(
     try:
         if not state.seeded:
             _seed(kube, ref, state, namespace, server)
-        client = _client(state, server, credential, tls)
+        client = _client(state, server, credential, tls, egress_policy)
         before = client.request_count
         result = sync_charts(
             client, spec.repository_prefix, charts, state.repos, page_size=_page_size()
@@ -351,6 +365,7 @@ async def charts_tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, plura
                 state,
                 generation,
                 status.get("charts"),
+                EgressPolicy.for_object(ref.namespaced, memo.config.egress_allowed_cidrs),
             ),
         )
         for kind, reason, message in published.events:

@@ -188,12 +188,20 @@ def build_parser() -> argparse.ArgumentParser:
         "off by default: only ClusterOCIRegistry may",
     )
     cloud.add_argument(
-        "--webhook-allowed-cidr",
-        dest="webhook_allowed_cidrs",
+        "--egress-allowed-cidr",
+        dest="egress_allowed_cidrs",
         action="append",
         metavar="CIDR",
-        help="private/loopback/link-local ranges an OCIRegistry webhook may reach (repeatable; "
-        "env OCIREG_WEBHOOK_ALLOWED_CIDRS); by default none",
+        help="private/loopback/link-local ranges an OCIRegistry (a tenant's registry, token "
+        "server, redirects, ACR exchange, webhook) may reach (repeatable; env "
+        "OCIREG_EGRESS_ALLOWED_CIDRS); by default none",
+    )
+    cloud.add_argument(
+        "--webhook-allowed-cidr",
+        dest="egress_allowed_cidrs",
+        action="append",
+        metavar="CIDR",
+        help="deprecated name of --egress-allowed-cidr (env OCIREG_WEBHOOK_ALLOWED_CIDRS)",
     )
     cloud.add_argument(
         "--aws-endpoint-url",
@@ -321,9 +329,7 @@ def config_from_args(args: argparse.Namespace) -> OperatorConfig:
         leader_election_namespace=args.leader_election_namespace or args.credentials_namespace,
         leader_election_id=args.leader_election_id,
         allow_tenant_ambient_identity=args.allow_tenant_ambient_identity,
-        webhook_allowed_cidrs=tuple(
-            args.webhook_allowed_cidrs or _env_list("OCIREG_WEBHOOK_ALLOWED_CIDRS")
-        ),
+        egress_allowed_cidrs=_egress_allowed(args.egress_allowed_cidrs),
         aws_endpoint_url=args.aws_endpoint_url,
         azure_authority_host=args.azure_authority_host,
         acr_exchange_url=args.acr_exchange_url,
@@ -346,6 +352,20 @@ def config_from_args(args: argparse.Namespace) -> OperatorConfig:
             kopf=max(1, args.kopf_workers),
         ),
     )
+
+
+def _egress_allowed(given: list[str] | None) -> tuple[str, ...]:
+    """The flags, else both environment variables (the webhook's is the deprecated name);
+    a malformed range stops the start rather than failing every tenant's request later."""
+    from .egress import parse_cidrs
+
+    from_env = _env_list("OCIREG_EGRESS_ALLOWED_CIDRS") + _env_list("OCIREG_WEBHOOK_ALLOWED_CIDRS")
+    cidrs = tuple(given or from_env)
+    try:
+        parse_cidrs(cidrs)
+    except ValueError as error:
+        raise SystemExit(f"ocireg run: error: {error}") from None
+    return cidrs
 
 
 def admission_from_args(args: argparse.Namespace) -> AdmissionConfig:

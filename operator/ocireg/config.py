@@ -72,7 +72,9 @@ class OperatorConfig:
     # Cloud credentials. Tenants (OCIRegistry) never get the operator's own identity unless
     # this says so; endpoints are overridable here only, never from an object.
     allow_tenant_ambient_identity: bool = False
-    webhook_allowed_cidrs: tuple[str, ...] = ()
+    # Private, loopback or link-local ranges a tenant's (OCIRegistry's) requests may reach
+    # anyway: registry, token realm, redirects, ACR exchange, webhook (egress.py).
+    egress_allowed_cidrs: tuple[str, ...] = ()
     aws_endpoint_url: str | None = None
     azure_authority_host: str | None = None
     acr_exchange_url: str | None = None

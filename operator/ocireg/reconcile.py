@@ -20,6 +20,7 @@ from . import plan, providers, schedule
 from .ca_bundle import read_ca_bundle
 from .config import OperatorConfig
 from .credential import Credential
+from .egress import UNRESTRICTED, EgressPolicy
 from .errors import ReconcileError
 from .kube import UNKNOWN, Kube
 from .models.durations import parse_duration
@@ -115,7 +116,12 @@ def verified_host(spec: RegistrySpec, credential: Credential) -> str:
     return spec.server
 
 
-def verify(spec: RegistrySpec, credential: Credential, tls: TLSOptions) -> None:
+def verify(
+    spec: RegistrySpec,
+    credential: Credential,
+    tls: TLSOptions,
+    egress_policy: EgressPolicy = UNRESTRICTED,
+) -> None:
     host = verified_host(spec, credential)
     creds = RegistryCredentials(
         username=credential.username,
@@ -128,7 +134,7 @@ def verify(spec: RegistrySpec, credential: Credential, tls: TLSOptions) -> None:
         prefix = f"{spec.repository_prefix}/" if spec.repository_prefix else ""
         repository = prefix + spec.verify.repository
     try:
-        with RegistryClient(host, creds, tls) as client:
+        with RegistryClient(host, creds, tls, egress_policy=egress_policy) as client:
             client.verify(repository, push=bool(spec.verify and spec.verify.push))
     except RegistryError as error:
         raise ReconcileError(
@@ -533,7 +539,9 @@ def reconcile(
         if work is schedule.Work.none:
             return Outcome(memory, spec=spec, credential=credential, tls=tls)
         if work is schedule.Work.verify:
-            verify(spec, credential, tls)
+            # A tenant's registry (and its realm, redirects) is reached under the egress policy.
+            policy = EgressPolicy.for_object(ref.namespaced, config.egress_allowed_cidrs)
+            verify(spec, credential, tls, policy)
     except ReconcileError as error:
         if not memory.failures or current != memory.failed_fingerprint:
             pass  # a new failure: report it now

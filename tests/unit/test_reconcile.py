@@ -182,7 +182,7 @@ def verified(monkeypatch: pytest.MonkeyPatch) -> Calls:
     """Registry verification stands in here; calls are recorded and can be made to fail."""
     calls = Calls()
 
-    def fake_verify(spec: Any, credential: Any, tls: Any) -> None:
+    def fake_verify(spec: Any, credential: Any, tls: Any, egress_policy: Any = None) -> None:
         calls.append(credential.password)
         if credential.password not in calls.accepted:
             raise ReconcileError("AuthenticationFailed", f"{spec.server} refused the credentials")

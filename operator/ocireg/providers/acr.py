@@ -18,6 +18,7 @@ import requests
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import AzureError, ClientAuthenticationError
 
+from .. import egress
 from ..credential import Credential
 from ..errors import ReconcileError
 from ..models.cloud import AcrAuth
@@ -29,6 +30,7 @@ USERNAME = "00000000-0000-0000-0000-000000000000"
 SCOPE = "https://management.azure.com/.default"
 WORKLOAD_AUDIENCE = "api://AzureADTokenExchange"
 MAX_ANSWER_BYTES = 64 * 1024
+EXCHANGE_DEADLINE = 30.0  # seconds for the whole exchange: connect, TLS, the answer
 
 
 def jwt_expiry(token: str) -> dt.datetime | None:
@@ -127,13 +129,47 @@ def _verify_option(tls: TLSOptions) -> Iterator[bool | str]:
 
 
 def _exchange(
-    url: str, registry: str, tenant: str | None, access_token: str, verify: bool | str
+    url: str,
+    registry: str,
+    tenant: str | None,
+    access_token: str,
+    verify: bool | str,
+    policy: egress.EgressPolicy = egress.UNRESTRICTED,
 ) -> str:
     form = {"grant_type": "access_token", "service": registry, "access_token": access_token}
     if tenant:
         form["tenant"] = tenant
     try:
-        response = requests.post(url, data=form, timeout=10, verify=verify, allow_redirects=False)
+        # Under the object's egress policy, within a total deadline, the answer streamed and
+        # cut at MAX_ANSWER_BYTES (a refresh token is a few KiB).
+        with egress.session(policy) as session, egress.deadline(EXCHANGE_DEADLINE) as deadline:
+            try:
+                response = session.post(
+                    url, data=form, timeout=10, verify=verify, allow_redirects=False, stream=True
+                )
+                with response:
+                    body = egress.read_capped(response, MAX_ANSWER_BYTES)
+            except requests.exceptions.RequestException:
+                if deadline.expired:
+                    raise egress.DeadlineExceeded(EXCHANGE_DEADLINE) from None
+                raise
+    except egress.EgressRefused as refused:
+        raise ReconcileError(
+            "EgressNotAllowed", refused.describe("the ACR token exchange host")
+        ) from None
+    except egress.DeadlineExceeded:
+        raise ReconcileError(
+            "ProviderUnreachable",
+            f"the ACR token exchange at {registry} sent no complete answer within "
+            f"{EXCHANGE_DEADLINE:g} s",
+            transient=True,
+        ) from None
+    except egress.AnswerTooLarge:
+        raise ReconcileError(
+            "AnswerTooLarge",
+            f"the ACR token exchange at {registry} answered with more than {MAX_ANSWER_BYTES} "
+            "bytes; a refresh token is a few KiB",
+        ) from None
     except requests.exceptions.RequestException as error:
         raise ReconcileError(
             "ProviderUnreachable",
@@ -155,7 +191,7 @@ def _exchange(
             f"(HTTP {response.status_code}); check the identity's role on the registry",
         )
     try:
-        token = json.loads(response.content[:MAX_ANSWER_BYTES]).get("refresh_token")
+        token = json.loads(body).get("refresh_token")
     except (ValueError, AttributeError):
         token = None
     if not isinstance(token, str) or not token:
@@ -187,8 +223,14 @@ def mint(spec: RegistrySpec, ctx: ResolveContext, credential: TokenCredential) -
     tls = ctx.registry_tls
     scheme = "http" if tls.insecure else "https"
     url = ctx.config.acr_exchange_url or f"{scheme}://{spec.server}/oauth2/exchange"
+    # The object's endpoint obeys its egress policy; one the operator configured is its own.
+    policy = (
+        egress.UNRESTRICTED
+        if ctx.config.acr_exchange_url
+        else egress.EgressPolicy.for_object(ctx.namespaced, ctx.config.egress_allowed_cidrs)
+    )
     with _verify_option(tls) as verify:
-        refresh = _exchange(url, spec.server, auth.tenant_id, access.token, verify)
+        refresh = _exchange(url, spec.server, auth.tenant_id, access.token, verify, policy)
     return Credential(
         "acr", (spec.server,), username=USERNAME, password=refresh, expires_at=jwt_expiry(refresh)
     )
