@@ -39,11 +39,13 @@ lint: venv
 	$(BIN)/ruff check operator tests bench
 	$(BIN)/ruff format --check operator tests bench
 
-## Copy the generated CRDs and the ClusterRole into manifests/ and the Helm chart.
+## Copy the generated CRDs, the ClusterRole and the admission policies into manifests/ and the Helm chart.
 manifests:
 	cp crds/*.yaml manifests/crds/
 	cp crds/*.yaml helm/ocireg/crds/
 	cp manifests/rbac/clusterrole.yaml helm/ocireg/files/clusterrole.yaml
+	cp manifests/rbac/token-request-policy.yaml helm/ocireg/files/token-request-policy.yaml
+	cp manifests/admission/webhook-policy.yaml helm/ocireg/files/webhook-policy.yaml
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -2,6 +2,7 @@
 sync, then an unchanged resync. Prints the time and registry requests per repository.
 
     .venv/bin/python bench/charts_bench.py [--repositories 50] [--versions 20] [--registry basic]
+    .venv/bin/python bench/charts_bench.py --large-index 400   # index.yaml building only
 
 Charts are pushed through the distribution API directly (helm-format manifests, config blobs
 and chart archives, as `helm push` writes them): pushing 1000 charts with the helm CLI would
@@ -23,8 +24,8 @@ from pathlib import Path
 
 import requests
 
-from ocireg.charts.index import build_index
-from ocireg.charts.metadata import HELM_CHART_LAYER, HELM_CONFIG
+from ocireg.charts.index import IndexedVersion, build_index
+from ocireg.charts.metadata import HELM_CHART_LAYER, HELM_CONFIG, chart_metadata
 from ocireg.charts.sync import sync_charts
 from ocireg.devenv.registries import LocalRegistries, RegistryServer
 from ocireg.models.charts import Charts
@@ -143,7 +144,16 @@ def main() -> None:
     parser.add_argument("--repositories", type=int, default=50)
     parser.add_argument("--versions", type=int, default=20)
     parser.add_argument("--registry", choices=["basic", "token"], default="basic")
+    parser.add_argument(
+        "--large-index",
+        type=int,
+        metavar="N",
+        help="only build index.yaml for N versions with the largest metadata sync accepts",
+    )
     args = parser.parse_args()
+    if args.large_index:
+        large_index(args.large_index)
+        return
 
     with tempfile.TemporaryDirectory(prefix="ocireg-bench-") as workdir:
         local = LocalRegistries(Path(workdir))
@@ -152,6 +162,40 @@ def main() -> None:
             run(local, args.registry, args.repositories, args.versions)
         finally:
             local.stop()
+
+
+def large_index(n: int) -> None:
+    """index.yaml for n versions of one chart whose metadata is as large as chart_metadata
+    keeps (50 dependencies of five 500-character fields, 20 keywords, long texts)."""
+    words = " ".join(["word"] * 300)
+    dependencies = [
+        {f: f"{f}-{words}"[:500] for f in ("name", "version", "repository", "condition", "alias")}
+        for _ in range(50)
+    ]
+    raw = {"apiVersion": "v2", "name": "big", "description": words, "keywords": ["k" * 64] * 20}
+    versions = [
+        IndexedVersion(
+            "charts/big",
+            f"1.0.{i}",
+            f"1.0.{i}",
+            "sha256:" + f"{i:064x}",
+            "2025-01-01T00:00:00Z",
+            chart_metadata(
+                json.dumps({**raw, "version": f"1.0.{i}", "dependencies": dependencies}).encode()
+            ),
+        )
+        for i in range(n)
+    ]
+    started = time.monotonic()
+    cpu = time.process_time()
+    index = build_index(versions, "registry.example.com")
+    text = index.text("2025-01-01T00:00:00Z")
+    print(
+        f"index.yaml of {n} large versions: {time.monotonic() - started:.2f} s "
+        f"({time.process_time() - cpu:.2f} s CPU), {len(text.encode())} bytes, "
+        f"{sum(len(r) for r in index.document['entries'].values())} listed, "
+        f"{index.dropped} dropped, {len(getattr(index, 'trimmed', ()))} cut"
+    )
 
 
 def run(local: LocalRegistries, kind: str, repositories: int, versions: int) -> None:

@@ -49,7 +49,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kubernetes.client.exceptions import ApiException
 
-from . import plan
+from . import ownership, plan
 from .config import AdmissionConfig
 from .kube import load_config
 from .models.spec import Format, Targets
@@ -89,11 +89,11 @@ def wanted(
     account: str,
     phase: str = "Active",
 ) -> list[tuple[Candidate, str]]:
-    """The pull secrets a ServiceAccount being created should refer to: one per registry
-    that selects its namespace and the account (the watch's own rules), each name once, in
-    a stable order."""
+    """The pull secrets a ServiceAccount being created may refer to: one per registry that
+    selects its namespace and the account (the watch's own rules), in a stable order. Two
+    registries may want the same name (a ClusterOCIRegistry and a tenant's OCIRegistry
+    `ghcr`): both are listed, since only the one whose Secret it is may add it (decide)."""
     out: list[tuple[Candidate, str]] = []
-    seen: set[str] = set()
     for candidate in sorted(
         candidates, key=lambda c: (c.ref.kind, c.ref.namespace or "", c.ref.name)
     ):
@@ -103,20 +103,25 @@ def wanted(
         if not plan.namespace_selected(candidate.ref, targets, namespace, labels, phase):
             continue
         name = plan.secret_names(targets, candidate.ref.name)[Format.dockerconfigjson]
-        if name not in seen:
-            seen.add(name)
-            out.append((candidate, name))
+        out.append((candidate, name))
     return out
 
 
-def secret_is_ours(ref: plan.RegistryRef, observed: Mapping[str, Any] | None) -> bool:
+def secret_is_ours(
+    ref: plan.RegistryRef,
+    namespace: str,
+    observed: Mapping[str, Any] | None,
+    live: frozenset[str] = frozenset(),
+) -> bool:
     """Whether a Secret may be referred to on this registry's behalf: absent (the registry
-    writes it in a moment) or written by this registry. A Secret someone else owns under
-    the same name is a SecretConflict, and never becomes ours by reference."""
+    writes it in a moment) or this registry object's (ownership.claim: written for it, or
+    one it takes over). A Secret someone else owns under the same name, another object of
+    the same name's included, is a SecretConflict, and never becomes ours by reference."""
     if observed is None:
         return True
-    labels = (observed.get("metadata") or {}).get("labels") or {}
-    return all(labels.get(k) == v for k, v in ref.labels().items())
+    meta = observed.get("metadata") or {}
+    labels, annotations = meta.get("labels") or {}, meta.get("annotations") or {}
+    return ownership.claim(ref, namespace, labels, annotations, live).mine
 
 
 def account_fields(service_account: Mapping[str, Any], names: list[str]) -> dict[str, Any] | None:
@@ -531,12 +536,18 @@ def decide(
     if seen is None:
         return None, []
     labels, phase = seen
-    names = [
-        name
-        for candidate, name in wanted(relevant, namespace, labels, account, phase)
-        if candidate.placed
-        or secret_is_ours(candidate.ref, api.secret_metadata(namespace, name, remaining()))
-    ]
+    live = frozenset(c.ref.uid for c in found if c.ref.uid)
+    looked: dict[str, Mapping[str, Any] | None] = {}
+    names: list[str] = []
+    for candidate, name in wanted(relevant, namespace, labels, account, phase):
+        if name in names:
+            continue  # another registry's, and it is in place
+        if not candidate.placed:
+            if name not in looked:
+                looked[name] = api.secret_metadata(namespace, name, remaining())
+            if not secret_is_ours(candidate.ref, namespace, looked[name], live):
+                continue
+        names.append(name)
     patch = account_fields(service_account, names)
     return patch, ([] if patch is None else names)
 

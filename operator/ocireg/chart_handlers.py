@@ -2,8 +2,9 @@
 the registry when the sync is due, writes the index ConfigMap, status.charts and the
 ChartsSynced condition, and posts Events for new versions.
 
-The registry walk runs on a small pool of its own, so a slow registry never holds kopf's
-workers that the credential reconcile needs. The object's spec, credential and TLS options
+The registry walk runs on the chart pools (workers.py: one for tenant objects, one for cluster
+objects, a tenant namespace holding at most its share), so a slow registry never holds the
+reconcile workers, nor every chart worker. The object's spec, credential and TLS options
 come from what the reconcile verified (``memo.registries``): no Secret is read here.
 """
 
@@ -11,14 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import hashlib
 import logging
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import kopf
 from kubernetes.client.exceptions import ApiException
@@ -28,11 +30,13 @@ from .charts import publish
 from .charts.index import build_index, read_index
 from .charts.sync import RepoState, SyncProblem, seed, sync_charts
 from .credential import Credential
+from .egress import UNRESTRICTED, EgressPolicy
 from .errors import ReconcileError
 from .kube import Kube
 from .models.durations import parse_duration
 from .models.spec import RegistrySpec
 from .registry import RegistryClient, RegistryCredentials, TLSOptions
+from .workers import Pools
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +49,7 @@ RETRY_SECONDS: Final = 120
 MIN_RETRY_SECONDS: Final = 30
 # Page size for tags/list and the catalog; unset lets the registry choose.
 PAGE_SIZE_ENV: Final = "OCIREG_CHARTS_PAGE_SIZE"
-_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ocireg-charts")
+T = TypeVar("T")
 
 
 @dataclass
@@ -99,6 +103,12 @@ def _page_size() -> int | None:
     return int(value) if value.isdigit() and int(value) > 0 else None
 
 
+async def _on_pool(memo: kopf.Memo, ref: plan.RegistryRef, run: Callable[[], T]) -> T:
+    """Run blocking chart work on the object's chart pool, one job per object at a time."""
+    pools: Pools = memo.pools
+    return await asyncio.wrap_future(pools.charts(ref, run))
+
+
 def _ref(body: kopf.Body, plural: str) -> plan.RegistryRef:
     meta = body["metadata"]
     return plan.RegistryRef(KINDS[plural], meta["name"], meta.get("namespace"), meta.get("uid"))
@@ -126,12 +136,21 @@ def _index_namespace(ref: plan.RegistryRef, memo: kopf.Memo) -> str:
 
 
 def _client(
-    state: ChartState, server: str, credential: Credential, tls: TLSOptions
+    state: ChartState,
+    server: str,
+    credential: Credential,
+    tls: TLSOptions,
+    egress_policy: EgressPolicy = UNRESTRICTED,
 ) -> RegistryClient:
     """The registry client, kept between syncs while nothing about the connection changes:
     Bearer tokens and connections are reused."""
     key = _digest(
-        server, credential.fingerprint_parts(), tls.insecure, tls.skip_verify, tls.ca_bundle
+        server,
+        credential.fingerprint_parts(),
+        tls.insecure,
+        tls.skip_verify,
+        tls.ca_bundle,
+        egress_policy,
     )
     if state.client is None or state.client_key != key:
         if state.client is not None:
@@ -142,7 +161,9 @@ def _client(
             identity_token=credential.identity_token,
             registry_token=credential.registry_token,
         )
-        state.client = RegistryClient(server, creds, tls, user_agent="ocireg-charts")
+        state.client = RegistryClient(
+            server, creds, tls, user_agent="ocireg-charts", egress_policy=egress_policy
+        )
         state.client_key = key
     return state.client
 
@@ -172,9 +193,11 @@ def run_sync(
     state: ChartState,
     generation: int | None,
     old_status: dict[str, Any] | None,
+    egress_policy: EgressPolicy = UNRESTRICTED,
 ) -> Published:
     """One sync of one registry object (in a worker thread). Updates ``state`` with what to
-    publish; never raises for problems a user must fix."""
+    publish; never raises for problems a user must fix. ``egress_policy``: where the
+    object's requests may go (a tenant's: public addresses and the operator's ranges)."""
     charts = spec.charts
     assert charts is not None
     interval = parse_duration(charts.interval).total_seconds()
@@ -195,7 +218,7 @@ def run_sync(
     try:
         if not state.seeded:
             _seed(kube, ref, state, namespace, server)
-        client = _client(state, server, credential, tls)
+        client = _client(state, server, credential, tls, egress_policy)
         before = client.request_count
         result = sync_charts(
             client, spec.repository_prefix, charts, state.repos, page_size=_page_size()
@@ -310,7 +333,6 @@ async def charts_tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, plura
     if spec is None:
         return  # not reconciled yet
     namespace = _index_namespace(ref, memo)
-    loop = asyncio.get_running_loop()
     if spec.charts is None:
         conditions = status.get("conditions") or []
         if (
@@ -318,7 +340,7 @@ async def charts_tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, plura
             or status.get("charts")
             or publish.find_condition(conditions)
         ):
-            await loop.run_in_executor(_POOL, _delete_index, memo.kube, namespace, ref)
+            await _on_pool(memo, ref, functools.partial(_delete_index, memo.kube, namespace, ref))
             patch.status["charts"] = None
             patch.status["conditions"] = publish.without_condition(conditions)
         return
@@ -329,18 +351,22 @@ async def charts_tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, plura
     key = _digest(spec.server, spec.repository_prefix, spec.charts.to_api(), generation)
     if key != state.key or time.monotonic() >= state.next_at:
         state.key = key
-        published = await loop.run_in_executor(
-            _POOL,
-            run_sync,
-            memo.kube,
+        published = await _on_pool(
+            memo,
             ref,
-            spec,
-            credential,
-            tls,
-            namespace,
-            state,
-            generation,
-            status.get("charts"),
+            functools.partial(
+                run_sync,
+                memo.kube,
+                ref,
+                spec,
+                credential,
+                tls,
+                namespace,
+                state,
+                generation,
+                status.get("charts"),
+                EgressPolicy.for_object(ref.namespaced, memo.config.egress_allowed_cidrs),
+            ),
         )
         for kind, reason, message in published.events:
             kopf.event(body, type=kind, reason=reason, message=message)
@@ -363,10 +389,8 @@ for _plural in KINDS:
         ref = _ref(body, _plural)
         _states(memo).forget(ref)
         if "kube" in memo:
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(
-                _POOL, _delete_index, memo.kube, _index_namespace(ref, memo), ref
-            )
+            namespace = _index_namespace(ref, memo)
+            await _on_pool(memo, ref, functools.partial(_delete_index, memo.kube, namespace, ref))
 
 
 __all__ = ["ChartState", "ChartStates", "charts_tick", "run_sync"]

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .config import SYSTEM_NAMESPACES, AdmissionConfig, LogFormat, OperatorConfig
+from .config import SYSTEM_NAMESPACES, AdmissionConfig, LogFormat, OperatorConfig, PoolSizes
 
 # Libraries whose debug logs can carry credentials.
 QUIET_LOGGERS = (
@@ -28,6 +28,51 @@ QUIET_LOGGERS = (
 
 def _env_list(name: str) -> list[str]:
     return [item for item in os.environ.get(name, "").replace(",", " ").split() if item]
+
+
+def _hosts(given: list[str] | None, env: str) -> tuple[str, ...]:
+    return tuple(given or _env_list(env))
+
+
+# (flag, environment variable, default, help) of each worker pool's size (config.PoolSizes).
+POOL_FLAGS = (
+    (
+        "--reconcile-workers",
+        "OCIREG_RECONCILE_WORKERS",
+        PoolSizes.tenant_reconciles,
+        "threads reconciling OCIRegistry (tenant) objects",
+    ),
+    (
+        "--cluster-reconcile-workers",
+        "OCIREG_CLUSTER_RECONCILE_WORKERS",
+        PoolSizes.cluster_reconciles,
+        "threads reconciling ClusterOCIRegistry objects",
+    ),
+    (
+        "--chart-workers",
+        "OCIREG_CHART_WORKERS",
+        PoolSizes.tenant_charts,
+        "threads syncing OCIRegistry charts",
+    ),
+    (
+        "--cluster-chart-workers",
+        "OCIREG_CLUSTER_CHART_WORKERS",
+        PoolSizes.cluster_charts,
+        "threads syncing ClusterOCIRegistry charts",
+    ),
+    (
+        "--namespace-workers",
+        "OCIREG_NAMESPACE_WORKERS",
+        PoolSizes.namespace_share,
+        "most threads of each tenant pool one namespace's objects hold at once",
+    ),
+    (
+        "--kopf-workers",
+        "OCIREG_KOPF_WORKERS",
+        PoolSizes.kopf,
+        "kopf's executor (its startup and cleanup handlers)",
+    ),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,6 +140,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="namespaces written into at once, all registry objects together "
         "(env OCIREG_CONCURRENCY)",
     )
+    pools = run.add_argument_group(
+        "worker pools",
+        "threads that talk to registries; one namespace holds at most --namespace-workers of "
+        "each tenant pool (docs/architecture.md)",
+    )
+    for flag, env, default, what in POOL_FLAGS:
+        pools.add_argument(
+            flag,
+            type=int,
+            default=int(os.environ.get(env) or default),
+            metavar="N",
+            help=f"{what} (default: {default}; env {env})",
+        )
     run.add_argument(
         "--resync",
         type=float,
@@ -130,12 +188,20 @@ def build_parser() -> argparse.ArgumentParser:
         "off by default: only ClusterOCIRegistry may",
     )
     cloud.add_argument(
-        "--webhook-allowed-cidr",
-        dest="webhook_allowed_cidrs",
+        "--egress-allowed-cidr",
+        dest="egress_allowed_cidrs",
         action="append",
         metavar="CIDR",
-        help="private/loopback/link-local ranges an OCIRegistry webhook may reach (repeatable; "
-        "env OCIREG_WEBHOOK_ALLOWED_CIDRS); by default none",
+        help="private/loopback/link-local ranges an OCIRegistry (a tenant's registry, token "
+        "server, redirects, ACR exchange, webhook) may reach (repeatable; env "
+        "OCIREG_EGRESS_ALLOWED_CIDRS); by default none",
+    )
+    cloud.add_argument(
+        "--webhook-allowed-cidr",
+        dest="egress_allowed_cidrs",
+        action="append",
+        metavar="CIDR",
+        help="deprecated name of --egress-allowed-cidr (env OCIREG_WEBHOOK_ALLOWED_CIDRS)",
     )
     cloud.add_argument(
         "--aws-endpoint-url",
@@ -164,6 +230,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="also accept this token_uri in GCP service-account keys (repeatable; env "
         "OCIREG_GCP_TOKEN_URIS); Google's own are always accepted",
     )
+    # Where a credential of the operator's own identity may go (providers/destinations.py).
+    for provider, defaults in (
+        ("acr", "*.azurecr.io *.azurecr.cn *.azurecr.us"),
+        ("gcp", "gcr.io *.gcr.io *.pkg.dev"),
+        ("ecr", "ECR's endpoints (*.dkr.ecr.*.amazonaws.com, ...) and public.ecr.aws"),
+    ):
+        cloud.add_argument(
+            f"--ambient-{provider}-host",
+            dest=f"ambient_{provider}_hosts",
+            action="append",
+            metavar="HOST",
+            help=f"a registry host the operator's own identity may log in to with "
+            f"auth.{provider} ('*' is one DNS label; repeatable; replaces the default: "
+            f"{defaults}; env OCIREG_AMBIENT_{provider.upper()}_HOSTS)",
+        )
 
     hook = run.add_argument_group(
         "admission webhook",
@@ -248,20 +329,43 @@ def config_from_args(args: argparse.Namespace) -> OperatorConfig:
         leader_election_namespace=args.leader_election_namespace or args.credentials_namespace,
         leader_election_id=args.leader_election_id,
         allow_tenant_ambient_identity=args.allow_tenant_ambient_identity,
-        webhook_allowed_cidrs=tuple(
-            args.webhook_allowed_cidrs or _env_list("OCIREG_WEBHOOK_ALLOWED_CIDRS")
-        ),
+        egress_allowed_cidrs=_egress_allowed(args.egress_allowed_cidrs),
         aws_endpoint_url=args.aws_endpoint_url,
         azure_authority_host=args.azure_authority_host,
         acr_exchange_url=args.acr_exchange_url,
         gcp_token_uris=tuple(args.gcp_token_uris or _env_list("OCIREG_GCP_TOKEN_URIS")),
+        ambient_acr_hosts=_hosts(args.ambient_acr_hosts, "OCIREG_AMBIENT_ACR_HOSTS"),
+        ambient_gcp_hosts=_hosts(args.ambient_gcp_hosts, "OCIREG_AMBIENT_GCP_HOSTS"),
+        ambient_ecr_hosts=_hosts(args.ambient_ecr_hosts, "OCIREG_AMBIENT_ECR_HOSTS"),
         metrics_port=args.metrics_port,
         concurrency=max(1, args.concurrency),
         resync_seconds=max(10.0, args.resync),
         watch_timeout=max(1, args.watch_timeout),
         metrics_address=args.metrics_address,
         admission=admission_from_args(args),
+        pools=PoolSizes(
+            tenant_reconciles=max(1, args.reconcile_workers),
+            cluster_reconciles=max(1, args.cluster_reconcile_workers),
+            tenant_charts=max(1, args.chart_workers),
+            cluster_charts=max(1, args.cluster_chart_workers),
+            namespace_share=max(1, args.namespace_workers),
+            kopf=max(1, args.kopf_workers),
+        ),
     )
+
+
+def _egress_allowed(given: list[str] | None) -> tuple[str, ...]:
+    """The flags, else both environment variables (the webhook's is the deprecated name);
+    a malformed range stops the start rather than failing every tenant's request later."""
+    from .egress import parse_cidrs
+
+    from_env = _env_list("OCIREG_EGRESS_ALLOWED_CIDRS") + _env_list("OCIREG_WEBHOOK_ALLOWED_CIDRS")
+    cidrs = tuple(given or from_env)
+    try:
+        parse_cidrs(cidrs)
+    except ValueError as error:
+        raise SystemExit(f"ocireg run: error: {error}") from None
+    return cidrs
 
 
 def admission_from_args(args: argparse.Namespace) -> AdmissionConfig:

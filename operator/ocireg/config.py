@@ -40,6 +40,20 @@ class AdmissionConfig:
 
 
 @dataclass(frozen=True)
+class PoolSizes:
+    """Threads of each worker pool (workers.py, docs/architecture.md) and the most of a tenant
+    pool one namespace may hold at once. Defaults fit 2 cores: the threads mostly wait on the
+    network, and a namespace's stuck registries hold at most `namespace_share` of them."""
+
+    tenant_reconciles: int = 16
+    cluster_reconciles: int = 4
+    tenant_charts: int = 4
+    cluster_charts: int = 2
+    namespace_share: int = 2
+    kopf: int = 4  # kopf's own executor: only its sync startup and cleanup handlers
+
+
+@dataclass(frozen=True)
 class OperatorConfig:
     # Namespaces whose OCIRegistry objects we serve; empty means the whole cluster.
     namespaces: tuple[str, ...] = ()
@@ -58,11 +72,18 @@ class OperatorConfig:
     # Cloud credentials. Tenants (OCIRegistry) never get the operator's own identity unless
     # this says so; endpoints are overridable here only, never from an object.
     allow_tenant_ambient_identity: bool = False
-    webhook_allowed_cidrs: tuple[str, ...] = ()
+    # Private, loopback or link-local ranges a tenant's (OCIRegistry's) requests may reach
+    # anyway: registry, token realm, redirects, ACR exchange, webhook (egress.py).
+    egress_allowed_cidrs: tuple[str, ...] = ()
     aws_endpoint_url: str | None = None
     azure_authority_host: str | None = None
     acr_exchange_url: str | None = None
     gcp_token_uris: tuple[str, ...] = ()
+    # Hosts a credential of the operator's own identity may be sent to, per cloud; empty:
+    # that cloud's own registries (providers/destinations.py).
+    ambient_acr_hosts: tuple[str, ...] = ()
+    ambient_gcp_hosts: tuple[str, ...] = ()
+    ambient_ecr_hosts: tuple[str, ...] = ()
     # How many namespaces are written into at once (one job per namespace, all registries).
     concurrency: int = 16
     # Server-side timeout of each watch request, seconds.
@@ -73,6 +94,14 @@ class OperatorConfig:
     metrics_port: int = 0
     metrics_address: str = "0.0.0.0"  # noqa: S104 - inside a pod
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
+    pools: PoolSizes = field(default_factory=PoolSizes)
+
+    def ambient_hosts(self, cloud: str) -> tuple[str, ...]:
+        return {
+            "acr": self.ambient_acr_hosts,
+            "gcp": self.ambient_gcp_hosts,
+            "ecr": self.ambient_ecr_hosts,
+        }[cloud]
 
     @property
     def clusterwide(self) -> bool:

@@ -72,21 +72,29 @@ class Tracked:
         return spec, credential
 
     def desired(
-        self, ref: plan.RegistryRef, spec: RegistrySpec, credential: Credential, namespace: str
+        self,
+        ref: plan.RegistryRef,
+        spec: RegistrySpec,
+        credential: Credential,
+        namespace: str,
+        live: frozenset[str] = frozenset(),
     ) -> list[plan.DesiredSecret]:
         """plan.desired_secrets, built once per published credential for a cluster-scoped
-        registry, whose copies differ only in their namespace."""
+        registry, whose copies differ only in their namespace. ``live``: the uids of the
+        registry objects served (whose copies are never taken over, see ownership.claim)."""
         targets = spec.effective_targets
         if ref.namespaced:
-            return plan.desired_secrets(ref, targets, credential, namespace)
-        built = self.templates
-        if built is None or built[0] is not spec or built[1] is not credential:
-            built = self.templates = (
-                spec,
-                credential,
-                plan.desired_secrets(ref, targets, credential, ""),
-            )
-        return [dataclasses.replace(t, namespace=namespace) for t in built[2]]
+            templates = plan.desired_secrets(ref, targets, credential, namespace)
+        else:
+            built = self.templates
+            if built is None or built[0] is not spec or built[1] is not credential:
+                built = self.templates = (
+                    spec,
+                    credential,
+                    plan.desired_secrets(ref, targets, credential, ""),
+                )
+            templates = built[2]
+        return [dataclasses.replace(t, namespace=namespace, live=live) for t in templates]
 
     def mark_placed(self, namespace: str, placed: bool) -> None:
         with self.mutex:
@@ -119,6 +127,11 @@ class Registries:
     def refs(self) -> list[plan.RegistryRef]:
         with self._lock:
             return list(self._tracked)
+
+    def live(self) -> frozenset[str]:
+        """The uids of the registry objects known to exist (being served or reconciled)."""
+        with self._lock:
+            return frozenset(ref.uid for ref in self._tracked if ref.uid)
 
     def samples(self) -> list[metrics.RegistrySample]:
         """Per-object figures for the metrics endpoint."""
@@ -286,6 +299,7 @@ class Fanout:
         wanted: list[tuple[str, Any]] = []
         unwanted: list[str] = []
         removals: list[tuple[str, plan.SecretState]] = []
+        live = self.registries.live()
         for ref, tracked in self.registries.ready():
             served = tracked.serving()
             if served is None or (ref.namespaced and ref.namespace != namespace):
@@ -296,12 +310,18 @@ class Fanout:
             if found is not None and plan.namespace_selected(
                 ref, targets, namespace, found.labels, found.phase
             ):
+                desired = tracked.desired(ref, spec, credential, namespace, live)
                 outcomes = [
-                    self.kube.apply_secret(desired, observed.get(desired.name), self._written)
-                    for desired in tracked.desired(ref, spec, credential, namespace)
+                    self.kube.apply_secret(d, observed.get(d.name), self._written) for d in desired
                 ]
                 if "conflict" in outcomes:
-                    result.failure = conflict(namespace)
+                    taken = [
+                        observed.get(d.name)
+                        for d, o in zip(desired, outcomes, strict=True)
+                        if o == "conflict"
+                    ]
+                    owner = plan.secret_owner(taken[0]) if taken[0] is not None else None
+                    result.failure = conflict(namespace, owner)
                 elif "gone" not in outcomes:
                     result.written = sum(o in ("created", "updated") for o in outcomes)
                     result.service_accounts = sum(
@@ -311,7 +331,9 @@ class Fanout:
                     wanted.append((pull, targets))
                 tracked.mark_placed(namespace, result.failure is None)
                 continue
-            mine = [(n, s) for n, s in observed.items() if plan.secret_owned_by(ref, s)]
+            mine = [
+                (n, s) for n, s in observed.items() if plan.secret_owned_by(ref, namespace, s, live)
+            ]
             if mine and found is not None and found.phase == "Active":
                 removals.extend(mine)  # a terminating namespace takes them with it
                 unwanted.extend(n for n, _ in mine)
@@ -345,7 +367,8 @@ class Fanout:
         and its references), as far as the index knows."""
         targets = spec.effective_targets
         observed = self.index.secrets.in_namespace(namespace)
-        desired = self.registries.get(ref).desired(ref, spec, credential, namespace)
+        live = self.registries.live()
+        desired = self.registries.get(ref).desired(ref, spec, credential, namespace, live)
         if any(plan.secret_decision(d, observed.get(d.name)) != "unchanged" for d in desired):
             return False
         pull = plan.secret_names(targets, ref.name)[plan.Format.dockerconfigjson]
@@ -374,7 +397,8 @@ class Fanout:
         else:
             secrets = [(n, s) for n, _, s in self.index.secrets.items()]
             namespaces = self.index.namespaces.items()
-        holding = {n for n, s in secrets if plan.secret_owned_by(ref, s)}
+        live = self.registries.live()
+        holding = {n for n, s in secrets if plan.secret_owned_by(ref, n, s, live)}
         results: dict[str, NamespaceResult] = {}
         futures: dict[str, Future[Results]] = {}
         for _, name, found in namespaces:

@@ -3,23 +3,28 @@ in reconcile, I/O in kube."""
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import copy
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
 
 import kopf
 
-from . import metrics, plan
+from . import metrics, ownership, plan
 from .config import OperatorConfig
-from .fanout import Fanout, KeyedQueue, Registries, Tracked
+from .fanout import Fanout, Registries, Tracked
 from .index import ClusterIndex, Store, Watcher
 from .kube import Kube, load_config
 from .providers.cache import MintCache
 from .reconcile import Sync, cleanup, reconcile, sync_targets
+from .workers import Pools
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 GROUP = "ocireg.dev"
 KINDS = {"ociregistries": "OCIRegistry", "clusterociregistries": "ClusterOCIRegistry"}
 # Every registry object ticks this often. A tick re-reads the referenced Secrets and does
@@ -43,6 +48,11 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.watching.server_timeout = memo.config.watch_timeout
     settings.watching.client_timeout = settings.watching.server_timeout + 30
     settings.posting.level = 30  # our own Events are posted explicitly; kopf's only warnings
+    # Every handler that talks to a registry is async and runs its work on memo.pools (a
+    # tenant namespace holds at most its share of them); kopf's executor runs only the sync
+    # startup and cleanup handlers, so its size is set, not left to min(32, cpus + 4).
+    settings.execution.max_workers = memo.config.pools.kopf
+    memo.pools = Pools(memo.config.pools)
     load_config()
     memo.kube = Kube()
     memo.registries = Registries()
@@ -64,10 +74,9 @@ def watch_cluster(memo: kopf.Memo, **_: Any) -> None:
     config: OperatorConfig = memo.config
     memo.index = index = ClusterIndex()
     memo.fanout = fanout = Fanout(memo.kube, index, memo.registries, config.concurrency)
-    memo.pokes = KeyedQueue(lambda ref: _poked(memo, ref), 2, "ocireg-poke")
     memo.index_deadline = time.monotonic() + INDEX_WAIT_SECONDS
     watching = Kube()  # its own connections: long watches never hold up writes
-    ours = f"{plan.MANAGED_BY}={plan.MANAGER}"
+    ours = ownership.MANAGED_SELECTOR
 
     def namespace_changed(_: str, name: str) -> None:
         fanout.changed(name)
@@ -78,11 +87,11 @@ def watch_cluster(memo: kopf.Memo, **_: Any) -> None:
     def credentials_changed(namespace: str, _: str) -> None:
         for ref in memo.registries.refs():
             if not ref.namespaced or ref.namespace == namespace:
-                memo.pokes.submit(ref)
+                _poke(memo, ref)
 
     # Of the credentials namespace's Secrets only the resourceVersions, and not our own.
     credentials = Store("credentials", lambda body: body["metadata"]["resourceVersion"])
-    theirs = f"{plan.MANAGED_BY}!={plan.MANAGER}"
+    theirs = ownership.UNMANAGED_SELECTOR
 
     def watcher(source: Any, store: Store[Any], changed: Any) -> Watcher:
         return Watcher(source, store, changed, timeout=config.watch_timeout)
@@ -111,9 +120,10 @@ def watch_cluster(memo: kopf.Memo, **_: Any) -> None:
 def stop_watching(memo: kopf.Memo, **_: Any) -> None:
     for watcher in memo.get("watchers") or []:
         watcher.stop.set()
-    for queue in (memo.get("fanout") and memo.fanout.queue, memo.get("pokes")):
-        if queue is not None:
-            queue.stop()
+    if memo.get("fanout"):
+        memo.fanout.queue.stop()
+    if memo.get("pools"):
+        memo.pools.stop()
 
 
 def _ref(body: kopf.Body, plural: str) -> plan.RegistryRef:
@@ -180,16 +190,37 @@ def _work(
     return None, outcome.events
 
 
-def _tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, plural: str) -> None:
+async def _on_pool(memo: kopf.Memo, ref: plan.RegistryRef, run: Callable[[], T]) -> T:
+    """Run one object's blocking work on its pool (one job per object at a time, a bounded
+    share per tenant namespace) and wait for it without holding any kopf thread."""
+    pools: Pools = memo.pools
+    return await asyncio.wrap_future(pools.reconcile(ref, run))
+
+
+async def _tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, plural: str) -> None:
     ref = _ref(body, plural)
     tracked = memo.registries.get(ref)
-    tracked.body = copy.deepcopy(dict(body))
+    seen = tracked.body = copy.deepcopy(dict(body))
     tracked.context = contextvars.copy_context()  # kopf's, for Events from triggered runs
-    status, events = _work(ref, tracked, tracked.body, memo)
+    status, events = await _on_pool(memo, ref, lambda: _work(ref, tracked, seen, memo))
     if status is not None:
         patch["status"] = status
     for kind, reason, message in events:
         kopf.event(body, type=kind, reason=reason, message=message)
+
+
+def _poke(memo: kopf.Memo, ref: plan.RegistryRef) -> None:
+    """Queue a triggered run of `ref` on its pool; pokes that arrive before it starts share
+    it. Its errors are logged; the next tick retries."""
+    pools: Pools = memo.pools
+    future = pools.reconcile(ref, lambda: _poked(memo, ref), coalesce=True)
+
+    def failed(done: Future[None]) -> None:
+        error = None if done.cancelled() else done.exception()
+        if error is not None:
+            log.warning("triggered reconcile of %s failed: %s", ref.display, type(error).__name__)
+
+    future.add_done_callback(failed)
 
 
 def _poked(memo: kopf.Memo, ref: plan.RegistryRef) -> None:
@@ -208,39 +239,44 @@ def _poked(memo: kopf.Memo, ref: plan.RegistryRef) -> None:
             tracked.context.copy().run(kopf.event, body, type=kind, reason=reason, message=message)
 
 
+def _delete(memo: kopf.Memo, ref: plan.RegistryRef) -> None:
+    tracked = memo.registries.forget(ref) or Tracked()
+    with tracked.lock:
+        # Nothing may re-add a Secret or reference while (or after) we remove them:
+        # no job starts writing for it from now on, and the ones writing finish first.
+        tracked.deleted = True
+        tracked.publish(None, None)
+        with tracked.mutex:
+            tracked.placed.clear()
+        if "fanout" in memo:
+            memo.fanout.queue.barrier()
+        cleanup(memo.kube, ref)
+
+
 for _plural in KINDS:
     # backoff: an exception (the API server away) is retried at the next tick, not kopf's
     # default of a minute later; problems a user must fix never raise (they are conditions).
     @kopf.on.resume(GROUP, _plural, backoff=TICK_SECONDS)
     @kopf.on.create(GROUP, _plural, backoff=TICK_SECONDS)
     @kopf.on.update(GROUP, _plural, field="spec", backoff=TICK_SECONDS)
-    def on_change(
+    async def on_change(
         body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, _plural: str = _plural, **_: Any
     ) -> None:
-        _tick(body, patch, memo, _plural)
+        await _tick(body, patch, memo, _plural)
 
     @kopf.timer(
         GROUP, _plural, interval=TICK_SECONDS, initial_delay=TICK_SECONDS, backoff=TICK_SECONDS
     )
-    def tick(
+    async def tick(
         body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, _plural: str = _plural, **_: Any
     ) -> None:
-        _tick(body, patch, memo, _plural)
+        await _tick(body, patch, memo, _plural)
 
     @kopf.on.delete(GROUP, _plural)
-    def on_delete(body: kopf.Body, memo: kopf.Memo, _plural: str = _plural, **_: Any) -> None:
+    async def on_delete(body: kopf.Body, memo: kopf.Memo, _plural: str = _plural, **_: Any) -> None:
         ref = _ref(body, _plural)
-        tracked = memo.registries.forget(ref) or Tracked()
-        with tracked.lock:
-            # Nothing may re-add a Secret or reference while (or after) we remove them:
-            # no job starts writing for it from now on, and the ones writing finish first.
-            tracked.deleted = True
-            tracked.publish(None, None)
-            with tracked.mutex:
-                tracked.placed.clear()
-            if "fanout" in memo:
-                memo.fanout.queue.barrier()
-            cleanup(memo.kube, ref)
+        # On the object's own pool, after any run of it: it waits behind its own work only.
+        await _on_pool(memo, ref, lambda: _delete(memo, ref))
 
 
 from . import chart_handlers  # noqa: E402, F401 - registers the chart sync handlers

@@ -321,7 +321,9 @@ class Kube:
     def managed_secrets(
         self, ref: RegistryRef, namespace: str | None = None
     ) -> list[dict[str, Any]]:
-        """The Secrets this registry object wrote, found by their labels."""
+        """The ocireg Secrets of this registry object's name (RegistryRef.selector):
+        its own, and others' of the same name, which callers tell apart with
+        ownership.claim."""
         if namespace is None:
             found = self.core.list_secret_for_all_namespaces(label_selector=ref.selector())
         else:
@@ -387,7 +389,16 @@ class Kube:
         except ApiException as error:
             if error.status == 404:
                 return None
-            raise
+            # As for Secrets: a condition, not an exception kopf would retry without one.
+            if error.status == 403:
+                raise ReconcileError(
+                    "Forbidden", f"the operator may not read ConfigMap {namespace}/{name}"
+                ) from None
+            raise ReconcileError(
+                "APIError",
+                f"reading ConfigMap {namespace}/{name}: HTTP {error.status}",
+                transient=True,
+            ) from None
         return {k: v.encode() for k, v in (config_map.get("data") or {}).items()}
 
     def read_config_map_body(self, namespace: str, name: str) -> dict[str, Any] | None:

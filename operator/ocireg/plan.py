@@ -13,49 +13,35 @@ from typing import Any, NamedTuple
 
 from .credential import Credential
 from .models.spec import Format, LabelSelector, Targets
+from .ownership import (
+    ANNOTATION_OWNER,
+    LABEL_KIND,
+    LABEL_REGISTRY,
+    LABEL_UID,
+    MANAGED_BY,
+    MANAGER,
+    OWNER_LABELS,
+    Claim,
+    RegistryRef,
+    claim,
+    recorded_owner,
+)
 
-MANAGED_BY = "app.kubernetes.io/managed-by"
-MANAGER = "ocireg"
-LABEL_REGISTRY = "ocireg.dev/registry"
-LABEL_KIND = "ocireg.dev/registry-kind"
-ANNOTATION_OWNER = "ocireg.dev/owner"
+__all__ = [
+    "ANNOTATION_OWNER",
+    "LABEL_KIND",
+    "LABEL_REGISTRY",
+    "LABEL_UID",
+    "MANAGED_BY",
+    "MANAGER",
+    "Claim",
+    "RegistryRef",
+]
+
 # ServiceAccount annotation listing the imagePullSecrets we added, so we remove only ours.
 ANNOTATION_SA_REFS = "ocireg.dev/image-pull-secrets"
 DOCKER_HUB_HOSTS = {"docker.io", "index.docker.io", "registry-1.docker.io"}
 DOCKER_HUB_KEY = "https://index.docker.io/v1/"
-
-
-@dataclass(frozen=True)
-class RegistryRef:
-    kind: str  # OCIRegistry | ClusterOCIRegistry
-    name: str
-    namespace: str | None = None
-    uid: str | None = None
-
-    @property
-    def namespaced(self) -> bool:
-        return self.kind == "OCIRegistry"
-
-    @property
-    def label_value(self) -> str:
-        # Label values are limited to 63 characters; object names are not.
-        if len(self.name) <= 63:
-            return self.name
-        return self.name[:50] + "-" + hashlib.sha256(self.name.encode()).hexdigest()[:12]
-
-    @property
-    def display(self) -> str:
-        return (
-            f"{self.kind}/{self.namespace}/{self.name}"
-            if self.namespace
-            else f"{self.kind}/{self.name}"
-        )
-
-    def labels(self) -> dict[str, str]:
-        return {MANAGED_BY: MANAGER, LABEL_REGISTRY: self.label_value, LABEL_KIND: self.kind}
-
-    def selector(self) -> str:
-        return ",".join(f"{k}={v}" for k, v in self.labels().items())
 
 
 @dataclass(frozen=True)
@@ -67,13 +53,15 @@ class DesiredSecret:
     labels: dict[str, str]
     annotations: dict[str, str]
     owner_references: list[dict[str, Any]] = field(default_factory=list)
+    owner: RegistryRef | None = None  # whom it is written for (ownership.claim decides)
+    live: frozenset[str] = frozenset()  # uids of live registry objects (see claim)
 
     def body(self) -> dict[str, Any]:
         metadata: dict[str, Any] = {
             "name": self.name,
             "namespace": self.namespace,
-            "labels": self.labels,
-            "annotations": self.annotations,
+            "labels": dict(self.labels),  # copies: templates are shared between namespaces
+            "annotations": dict(self.annotations),
         }
         if self.owner_references:
             metadata["ownerReferences"] = self.owner_references
@@ -134,7 +122,7 @@ def desired_secrets(
     ref: RegistryRef, targets: Targets, credential: Credential, namespace: str
 ) -> list[DesiredSecret]:
     names = secret_names(targets, ref.name)
-    annotations = {ANNOTATION_OWNER: ref.display}
+    annotations = ref.annotations()
     owners = []
     if ref.namespaced and ref.uid and namespace == ref.namespace:
         owners = [
@@ -173,7 +161,7 @@ def desired_secrets(
                 },
             )
         out.append(
-            DesiredSecret(namespace, names[fmt], kind, data, ref.labels(), annotations, owners)
+            DesiredSecret(namespace, names[fmt], kind, data, ref.labels(), annotations, owners, ref)
         )
     return out
 
@@ -182,7 +170,7 @@ class SecretState(NamedTuple):
     """What the decisions need of an existing Secret: a few short strings and a digest of
     its data, never the data (the watch-fed index keeps one of these per managed Secret)."""
 
-    labels: tuple[tuple[str, str], ...]  # only ours: managed-by, registry, kind
+    labels: tuple[tuple[str, str], ...]  # only ownership.OWNER_LABELS
     type: str | None
     digest: bytes  # data_digest(data)
     annotations: tuple[tuple[str, str], ...]  # only ours: the owner
@@ -191,9 +179,6 @@ class SecretState(NamedTuple):
 
     def label(self, key: str) -> str | None:
         return dict(self.labels).get(key)
-
-
-_STATE_LABELS = (MANAGED_BY, LABEL_REGISTRY, LABEL_KIND)
 
 
 def data_digest(data: Mapping[str, str] | None) -> bytes:
@@ -216,7 +201,7 @@ def secret_state(body: Mapping[str, Any]) -> SecretState:
     annotations = meta.get("annotations") or {}
     owner = annotations.get(ANNOTATION_OWNER)
     return SecretState(
-        _shared(tuple((k, labels[k]) for k in _STATE_LABELS if k in labels)),
+        _shared(tuple((k, labels[k]) for k in OWNER_LABELS if k in labels)),
         _shared(body.get("type")),
         data_digest(body.get("data")),
         _shared(((ANNOTATION_OWNER, owner),) if owner is not None else ()),
@@ -225,29 +210,68 @@ def secret_state(body: Mapping[str, Any]) -> SecretState:
     )
 
 
+def _as_state(observed: Mapping[str, Any] | SecretState) -> SecretState:
+    return observed if isinstance(observed, SecretState) else secret_state(observed)
+
+
+def secret_claim(
+    ref: RegistryRef,
+    namespace: str,
+    observed: Mapping[str, Any] | SecretState,
+    live: frozenset[str] = frozenset(),
+) -> Claim:
+    """Whose an existing Secret in ``namespace`` is, as seen by ``ref`` (ownership.claim)."""
+    state = _as_state(observed)
+    return claim(ref, namespace, dict(state.labels), dict(state.annotations), live)
+
+
 def secret_decision(
     desired: DesiredSecret, observed: Mapping[str, Any] | SecretState | None
 ) -> str:
     """create | unchanged | update | conflict (a Secret we do not manage, or another
-    registry's). ``observed`` is the Secret's body or its SecretState."""
+    registry object's). ``observed`` is the Secret's body or its SecretState. A Secret an
+    older release wrote for this object, or one of a deleted predecessor of the same name,
+    is taken over (update: relabelled)."""
     if observed is None:
         return "create"
-    state = observed if isinstance(observed, SecretState) else secret_state(observed)
-    if state.label(MANAGED_BY) != MANAGER or any(
-        state.label(k) != v for k, v in desired.labels.items()
-    ):
+    state = _as_state(observed)
+    owner = desired.owner
+    if owner is None:  # not built by desired_secrets: only an exact label match is ours
+        labels = dict(state.labels)
+        mine = all(labels.get(k) == v for k, v in desired.labels.items())
+        found = Claim.OURS if mine else Claim.FOREIGN
+    else:
+        found = secret_claim(owner, desired.namespace, state, desired.live)
+    if not found.mine:
         return "conflict"
     if state.type != desired.type:
         return "conflict"  # the type is immutable; replacing it is the user's decision
+    if found is Claim.ADOPT:
+        return "update"
     same_data = state.digest == data_digest(desired.data)
-    annotations = dict(state.annotations)
-    same_meta = all(annotations.get(k) == v for k, v in desired.annotations.items())
+    annotations, labels = dict(state.annotations), dict(state.labels)
+    same_meta = all(annotations.get(k) == v for k, v in desired.annotations.items()) and all(
+        labels.get(k) == v for k, v in desired.labels.items()
+    )
     return "unchanged" if same_data and same_meta else "update"
 
 
-def secret_owned_by(ref: RegistryRef, state: SecretState) -> bool:
-    """Whether this Secret carries all of the registry's labels (it wrote it)."""
-    return all(state.label(k) == v for k, v in ref.labels().items())
+def secret_owner(observed: Mapping[str, Any] | SecretState) -> str | None:
+    """The registry object an ocireg Secret says it belongs to (Kind/namespace/name), for a
+    SecretConflict message; None for a Secret ocireg does not manage."""
+    state = _as_state(observed)
+    return recorded_owner(dict(state.labels), dict(state.annotations))
+
+
+def secret_owned_by(
+    ref: RegistryRef,
+    namespace: str,
+    state: Mapping[str, Any] | SecretState,
+    live: frozenset[str] = frozenset(),
+) -> bool:
+    """Whether this registry object may delete this Secret (and our references to it): it
+    wrote it, or takes it over (see ownership.claim)."""
+    return secret_claim(ref, namespace, state, live).mine
 
 
 def _selector_matches(selector: LabelSelector, labels: Mapping[str, str]) -> bool:

@@ -17,8 +17,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from . import plan, providers, schedule
+from .ca_bundle import read_ca_bundle
 from .config import OperatorConfig
 from .credential import Credential
+from .egress import UNRESTRICTED, EgressPolicy
 from .errors import ReconcileError
 from .kube import UNKNOWN, Kube
 from .models.durations import parse_duration
@@ -48,6 +50,7 @@ _STALLED = {
     "WebhookTLSError",
     "AccessDenied",
     "AmbientIdentityNotAllowed",
+    "AmbientDestinationNotAllowed",
     "WebhookAddressNotAllowed",
     "NoCredentials",
     "ServiceAccountNotFound",
@@ -94,25 +97,13 @@ def effective_spec(kube: Kube, ref: plan.RegistryRef, spec: dict[str, Any]) -> R
         raise ReconcileError("InvalidSpec", str(error).splitlines()[0]) from None
 
 
-def _tls(kube: Kube, spec: RegistrySpec, default_namespace: str) -> TLSOptions:
+def _tls(kube: Kube, spec: RegistrySpec, default_namespace: str, namespaced: bool) -> TLSOptions:
     tls = spec.effective_tls
     bundle = None
     if tls.ca_bundle_ref is not None:
-        ref = tls.ca_bundle_ref
-        namespace = ref.namespace or default_namespace
-        if ref.secret:
-            data = kube.read_secret(namespace, ref.secret)
-            where = f"Secret {namespace}/{ref.secret}"
-        else:
-            data = kube.read_config_map(namespace, ref.config_map)
-            if data is None:
-                raise ReconcileError(
-                    "ConfigMapNotFound", f"ConfigMap {namespace}/{ref.config_map} does not exist"
-                )
-            where = f"ConfigMap {namespace}/{ref.config_map}"
-        if ref.key not in data:
-            raise ReconcileError("KeyMissing", f"{where} has no key {ref.key!r}")
-        bundle = data[ref.key].decode()
+        bundle = read_ca_bundle(
+            tls.ca_bundle_ref, default_namespace, namespaced, kube.read_secret, kube.read_config_map
+        )
     return TLSOptions(insecure=tls.insecure, skip_verify=tls.insecure_skip_verify, ca_bundle=bundle)
 
 
@@ -125,7 +116,12 @@ def verified_host(spec: RegistrySpec, credential: Credential) -> str:
     return spec.server
 
 
-def verify(spec: RegistrySpec, credential: Credential, tls: TLSOptions) -> None:
+def verify(
+    spec: RegistrySpec,
+    credential: Credential,
+    tls: TLSOptions,
+    egress_policy: EgressPolicy = UNRESTRICTED,
+) -> None:
     host = verified_host(spec, credential)
     creds = RegistryCredentials(
         username=credential.username,
@@ -138,7 +134,7 @@ def verify(spec: RegistrySpec, credential: Credential, tls: TLSOptions) -> None:
         prefix = f"{spec.repository_prefix}/" if spec.repository_prefix else ""
         repository = prefix + spec.verify.repository
     try:
-        with RegistryClient(host, creds, tls) as client:
+        with RegistryClient(host, creds, tls, egress_policy=egress_policy) as client:
             client.verify(repository, push=bool(spec.verify and spec.verify.push))
     except RegistryError as error:
         raise ReconcileError(
@@ -180,13 +176,19 @@ class NamespaceResult:
     removed: bool = False  # this registry's Secrets were removed from the namespace
 
 
-def conflict(namespace: str) -> dict[str, str]:
-    return {
-        "namespace": namespace,
-        "reason": "SecretConflict",
-        "message": "a Secret of the same name exists that ocireg does not manage for "
-        "this registry; rename targets.secretName or delete that Secret",
-    }
+def conflict(namespace: str, owner: str | None = None) -> dict[str, str]:
+    """A namespace where a Secret of the same name is not this object's. ``owner``: the
+    registry object it belongs to, when ocireg wrote it for another one."""
+    if owner is not None:
+        message = (
+            f"a Secret of the same name belongs to {owner}; rename targets.secretName here or there"
+        )
+    else:
+        message = (
+            "a Secret of the same name exists that ocireg does not manage for this registry; "
+            "rename targets.secretName or delete that Secret"
+        )
+    return {"namespace": namespace, "reason": "SecretConflict", "message": message}
 
 
 def sync_namespace(
@@ -203,11 +205,14 @@ def sync_namespace(
     lists when the caller has them (None: read them here)."""
     result = NamespaceResult(namespace)
     outcomes = []
+    owner = None
     for desired in plan.desired_secrets(ref, targets, credential, namespace):
         seen = UNKNOWN if observed is None else observed.get(desired.name)
         outcomes.append(kube.apply_secret(desired, seen))
+        if outcomes[-1] == "conflict" and isinstance(seen, dict):
+            owner = owner or plan.secret_owner(seen)
     if "conflict" in outcomes:
-        result.failure = conflict(namespace)
+        result.failure = conflict(namespace, owner)
         return result
     if "gone" in outcomes:
         return result  # the namespace is going away
@@ -263,7 +268,9 @@ def sync_targets(
         if plan.namespace_selected(ref, targets, name, labels, phase)
     ]
     observed: dict[str, dict[str, dict[str, Any]]] = {}
-    for secret in kube.managed_secrets(ref):
+    # Every ocireg Secret of this name, other objects' included (two tenants may both have
+    # a `ghcr`): apply_secret reports those as conflicts, never overwrites them.
+    for secret in kube.managed_secrets(ref, ref.namespace if ref.namespaced else None):
         meta = secret["metadata"]
         observed.setdefault(meta["namespace"], {})[meta["name"]] = secret
     accounts: dict[str, list[dict[str, Any]]] = {}
@@ -330,12 +337,15 @@ def report(
 
 
 def cleanup(kube: Kube, ref: plan.RegistryRef, keep: set[str] | None = None) -> int:
-    """Delete our Secrets (and only our ServiceAccount references) outside ``keep``."""
+    """Delete this object's Secrets (and only our ServiceAccount references to them) outside
+    ``keep``. Listed by name, then each checked for this exact object
+    (ownership.claim): another object of the same name keeps its own."""
     keep = keep or set()
     namespaces: dict[str, list[dict[str, Any]]] = {}
-    for secret in kube.managed_secrets(ref):
-        if secret["metadata"]["namespace"] not in keep:
-            namespaces.setdefault(secret["metadata"]["namespace"], []).append(secret)
+    for secret in kube.managed_secrets(ref, ref.namespace if ref.namespaced else None):
+        namespace = secret["metadata"]["namespace"]
+        if namespace not in keep and plan.secret_owned_by(ref, namespace, secret):
+            namespaces.setdefault(namespace, []).append(secret)
     for namespace, found in namespaces.items():
         _remove(kube, namespace, found)
     return len(namespaces)
@@ -391,7 +401,8 @@ def _others(old: dict[str, Any]) -> list[dict[str, Any]]:
 def _failure_status(
     error: ReconcileError, generation: int | None, old: dict[str, Any], retry_in: float
 ) -> dict[str, Any]:
-    stalled = error.reason in _STALLED and not error.transient
+    stalls = error.stalls if error.stalls is not None else error.reason in _STALLED
+    stalled = stalls and not error.transient
     retry = f"retrying in {int(retry_in)}s"
     conditions = [
         _condition("Ready", False, error.reason, error.message, generation),
@@ -507,7 +518,7 @@ def reconcile(
     current = schedule.fingerprint("spec", body.get("spec"), generation)
     try:
         spec = effective_spec(kube, ref, body.get("spec") or {})
-        tls = _tls(kube, spec, default_ns)
+        tls = _tls(kube, spec, default_ns, ref.namespaced)
         ctx = providers.ResolveContext(
             kube.read_secret,
             default_ns,
@@ -528,7 +539,9 @@ def reconcile(
         if work is schedule.Work.none:
             return Outcome(memory, spec=spec, credential=credential, tls=tls)
         if work is schedule.Work.verify:
-            verify(spec, credential, tls)
+            # A tenant's registry (and its realm, redirects) is reached under the egress policy.
+            policy = EgressPolicy.for_object(ref.namespaced, config.egress_allowed_cidrs)
+            verify(spec, credential, tls, policy)
     except ReconcileError as error:
         if not memory.failures or current != memory.failed_fingerprint:
             pass  # a new failure: report it now

@@ -458,7 +458,14 @@ def test_operator_as_the_chart_service_account_keeps_its_webhook(
     cluster_scoped = [
         f"{o['kind'].lower()}/{o['metadata']['name']}"
         for o in objects
-        if o["kind"] in ("ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration")
+        if o["kind"]
+        in (
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "MutatingWebhookConfiguration",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
+        )
     ]
     basic = registries.basic
     label, registry = f"pull-{suffix}", f"chart-adm-{suffix}"

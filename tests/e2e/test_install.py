@@ -125,6 +125,8 @@ def test_chart_lints_clean_and_renders_every_value(tools: Tools, tmp_path: Path)
         "Role",
         "RoleBinding",
         "ServiceAccount",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
     ]
     assert _one(defaults, "ClusterRole")["rules"] == _manifest_rules()
     env = {e["name"]: e.get("value") for e in _container(defaults)["env"]}
@@ -249,7 +251,7 @@ def test_kubectl_apply_k_manifests(cluster: ControlPlane, crds: None) -> None:
             for line in again
             if line.endswith(" configured") and "customresourcedefinition" not in line
         ]
-        assert len(again) == 9, again
+        assert len(again) == 11, again
         assert changed == [], again
     finally:
         # Not `delete -k`: that would delete the CRDs, and with them every test's objects.
@@ -265,7 +267,12 @@ def test_kubectl_apply_k_manifests(cluster: ControlPlane, crds: None) -> None:
             check=False,
         )
         cluster.kubectl(
-            "delete", "clusterrolebinding/ocireg", "clusterrole/ocireg", "--ignore-not-found"
+            "delete",
+            "clusterrolebinding/ocireg",
+            "clusterrole/ocireg",
+            "validatingadmissionpolicybinding/ocireg-token-requests",
+            "validatingadmissionpolicy/ocireg-token-requests",
+            "--ignore-not-found",
         )
 
 
@@ -298,7 +305,13 @@ def chart_install(
     cluster_scoped = [
         f"{o['kind'].lower()}/{o['metadata']['name']}"
         for o in objects
-        if o["kind"] in ("ClusterRole", "ClusterRoleBinding")
+        if o["kind"]
+        in (
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
+        )
     ]
     try:
         yield ChartInstall(namespace, _one(objects, "ServiceAccount")["metadata"]["name"], objects)

@@ -76,24 +76,56 @@ def test_a_tenant_registry_serves_its_own_namespace_only() -> None:
     assert wanted(candidates, "team-b", {"pull": "yes"}, "default") == []
 
 
-def test_several_registries_in_a_stable_order_and_each_name_once() -> None:
+def test_several_registries_in_a_stable_order_each_with_its_name() -> None:
     candidates = [
         Candidate(SHARED, BY_LABEL, True),
         Candidate(TENANT, Targets(), True),
         Candidate(OTHER, Targets(namespaces=["team-a"], secret_name="shared"), True),
     ]
     found = wanted(candidates, "team-a", {"pull": "yes"}, "default")
-    # ClusterOCIRegistry before OCIRegistry, by name; "shared" twice is one reference.
-    assert [(c.ref.name, name) for c, name in found] == [("other", "shared"), ("mine", "mine")]
+    # ClusterOCIRegistry before OCIRegistry, by name; "shared" is wanted by two registries,
+    # and only the one whose Secret it is may add it (decide).
+    assert [(c.ref.name, name) for c, name in found] == [
+        ("other", "shared"),
+        ("shared", "shared"),
+        ("mine", "mine"),
+    ]
 
 
 def test_a_secret_is_ours_when_absent_or_written_by_this_registry() -> None:
-    assert secret_is_ours(SHARED, None)  # the registry writes it in a moment
-    ours = {"metadata": {"labels": SHARED.labels()}}
-    assert secret_is_ours(SHARED, ours)
-    assert not secret_is_ours(OTHER, ours)  # another registry's Secret of the same name
-    assert not secret_is_ours(SHARED, {"metadata": {"labels": {"team": "a"}}})
-    assert not secret_is_ours(SHARED, {"metadata": {}})
+    assert secret_is_ours(SHARED, "ns", None)  # the registry writes it in a moment
+    ours = {"metadata": {"labels": SHARED.labels(), "annotations": SHARED.annotations()}}
+    assert secret_is_ours(SHARED, "ns", ours)
+    assert not secret_is_ours(OTHER, "ns", ours)  # another registry's Secret of the same name
+    assert not secret_is_ours(SHARED, "ns", {"metadata": {"labels": {"team": "a"}}})
+    assert not secret_is_ours(SHARED, "ns", {"metadata": {}})
+
+
+def test_a_tenant_registry_of_the_same_name_elsewhere_is_not_ours() -> None:
+    # Two tenants' OCIRegistry "mine": the same kind and name, another namespace and uid.
+    theirs = RegistryRef("OCIRegistry", "mine", namespace="team-b", uid="u9")
+    body = {"metadata": {"labels": theirs.labels(), "annotations": theirs.annotations()}}
+    assert secret_is_ours(theirs, "team-b", body)
+    assert not secret_is_ours(TENANT, "team-b", body)
+    assert not secret_is_ours(TENANT, "team-a", body)  # copied into team-a by hand
+
+
+def test_only_the_registry_whose_secret_it_is_adds_a_shared_name() -> None:
+    # A ClusterOCIRegistry "mine" and team-a's OCIRegistry "mine" both want Secret "mine" in
+    # team-a; it is the tenant's (the cluster object reports SecretConflict there), so the
+    # new account refers to it on the tenant's behalf, once.
+    cluster = RegistryRef("ClusterOCIRegistry", "mine", uid="u7")
+    api = _API({}, secrets={"mine": {"labels": TENANT.labels(), "annotations": {}}})
+    found = [
+        Candidate(cluster, Targets(namespaces=["team-a"]), False),
+        Candidate(TENANT, Targets(), False),
+    ]
+    account = {"metadata": {"name": "default", "namespace": "team-a"}}
+    fields, added = admission.decide(api, found, account, "team-a", deadline=1e12)  # type: ignore[arg-type]
+    assert added == ["mine"]
+    assert fields is not None
+    assert fields["imagePullSecrets"] == [{"name": "mine"}]
+    assert api.secret_reads == 1  # one read per name
 
 
 # -- the change to the ServiceAccount ---------------------------------------------------------
@@ -348,8 +380,14 @@ class _Registries:
 class _API:
     """Stands in for the two reads; `fail` makes them raise like a broken API would."""
 
-    def __init__(self, labels: dict[str, str], fail: Exception | None = None) -> None:
+    def __init__(
+        self,
+        labels: dict[str, str],
+        fail: Exception | None = None,
+        secrets: dict[str, dict] | None = None,
+    ) -> None:
         self.labels, self.fail, self.reads = labels, fail, 0
+        self.secrets, self.secret_reads = secrets or {}, 0
 
     def namespace(self, name: str, timeout: float) -> tuple[dict[str, str], str] | None:
         self.reads += 1
@@ -358,7 +396,9 @@ class _API:
         return self.labels, "Active"
 
     def secret_metadata(self, namespace: str, name: str, timeout: float) -> dict | None:
-        return None
+        self.secret_reads += 1
+        found = self.secrets.get(name)
+        return None if found is None else {"metadata": found}
 
 
 def _admit(api: _API, account: dict) -> kopf.Patch:

@@ -378,7 +378,7 @@ def test_ecr_public_uses_ecr_public_in_us_east_1(monkeypatch: pytest.MonkeyPatch
             asked.append((service, self.region))
             return Client()
 
-    monkeypatch.setattr(ecr, "_session", lambda auth, ctx, region: Session(region))
+    monkeypatch.setattr(ecr, "_session", lambda auth, ctx, region, identity: Session(region))
     auth = {"ecr": {"regions": ["eu-west-1"], "credentials": {"secretRef": {"name": "aws"}}}}
     credential = resolve(spec(auth, "public.ecr.aws"), ecr_ctx())
     assert credential.endpoints == ("public.ecr.aws",)
@@ -391,8 +391,9 @@ def test_ecr_ambient_identity_for_the_cluster_kind_and_shared_mints() -> None:
     cache = MintCache()
     ctx = ResolveContext(secrets_of({}), "ops", False, cache=cache, config=OperatorConfig())
     auth = {"ecr": {"regions": ["eu-west-1"]}}
-    first = resolve(spec(auth), ctx)
-    second = resolve(spec(auth), ctx)
+    server = "123456789012.dkr.ecr.eu-west-1.amazonaws.com"
+    first = resolve(spec(auth, server), ctx)
+    second = resolve(spec(auth, server), ctx)
     assert first is second
     assert cache.mints["ecr"] == 1
 

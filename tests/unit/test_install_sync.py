@@ -1,6 +1,6 @@
 """The install artefacts hold copies that must not drift: the CRDs (generated into crds/) in
-manifests/crds/ and the chart's crds/, and the ClusterRole (written once, in
-manifests/rbac/clusterrole.yaml) in the chart's files/. `make manifests` refreshes them."""
+manifests/crds/ and the chart's crds/, and the ClusterRole and the admission policies (written
+once, under manifests/) in the chart's files/. `make manifests` refreshes them."""
 
 from __future__ import annotations
 
@@ -44,10 +44,18 @@ def test_kustomization_installs_every_crd_and_the_rbac_file() -> None:
         assert (ROOT / "manifests" / entry).is_file(), entry
 
 
-def test_chart_rules_are_the_manifests_rules() -> None:
-    source = ROOT / "manifests/rbac/clusterrole.yaml"
-    copy = ROOT / "helm/ocireg/files/clusterrole.yaml"
-    assert copy.read_bytes() == source.read_bytes(), f"{copy} differs from {source}: {FIX}"
+@pytest.mark.parametrize(
+    "source",
+    [
+        "rbac/clusterrole.yaml",
+        "rbac/token-request-policy.yaml",  # the chart renders its validations
+        "admission/webhook-policy.yaml",
+    ],
+)
+def test_chart_rules_are_the_manifests_rules(source: str) -> None:
+    original = ROOT / "manifests" / source
+    copy = ROOT / "helm/ocireg/files" / Path(source).name
+    assert copy.read_bytes() == original.read_bytes(), f"{copy} differs from {original}: {FIX}"
 
 
 def test_chart_version_follows_the_operator() -> None:

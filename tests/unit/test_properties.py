@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from ocireg.credential import Credential
 from ocireg.devenv.hygiene import KnownSecrets, forms
+from ocireg.egress import embedded_ipv4
 from ocireg.errors import ReconcileError
 from ocireg.models.cloud import WebhookAuth, WebhookFormat
 from ocireg.models.durations import format_duration, parse_duration, renew_margin
@@ -430,11 +431,17 @@ _ip_addresses = st.ip_addresses(v=4) | st.ip_addresses(v=6)
 def test_non_global_addresses_are_always_refused(
     address: ipaddress.IPv4Address | ipaddress.IPv6Address,
 ) -> None:
-    inner = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
-    checked = inner or address
+    # An IPv6 form that carries an IPv4 address (mapped, compatible, NAT64, 6to4, Teredo) is
+    # judged by that address: no spelling of a refused IPv4 address gets through.
+    inner = embedded_ipv4(address)
+    checked = inner or [address]
     refused = address_refused(address, [])
-    if not checked.is_global or checked.is_multicast:
+    if any(not a.is_global or a.is_multicast for a in checked):
         assert refused
+    elif isinstance(address, ipaddress.IPv6Address) and (
+        address.teredo or address in ipaddress.ip_network("64:ff9b:1::/48")
+    ):
+        assert refused  # tunnels and local-use NAT64 are refused whatever they carry
     else:
         assert not refused
 

@@ -88,7 +88,8 @@ class FakeKube:
         return decision
 
     def managed_secrets(self, ref: RegistryRef, namespace: str | None = None) -> list[dict]:
-        wanted = ref.labels()
+        # The API's answer to ref.selector() (equality terms only).
+        wanted = dict(term.split("=", 1) for term in ref.selector().split(","))
         return [
             s
             for (ns, _), s in self.secrets.items()
@@ -181,7 +182,7 @@ def verified(monkeypatch: pytest.MonkeyPatch) -> Calls:
     """Registry verification stands in here; calls are recorded and can be made to fail."""
     calls = Calls()
 
-    def fake_verify(spec: Any, credential: Any, tls: Any) -> None:
+    def fake_verify(spec: Any, credential: Any, tls: Any, egress_policy: Any = None) -> None:
         calls.append(credential.password)
         if credential.password not in calls.accepted:
             raise ReconcileError("AuthenticationFailed", f"{spec.server} refused the credentials")
@@ -451,3 +452,149 @@ def test_adding_several_references_in_one_patch() -> None:
         "annotations": {plan.ANNOTATION_SA_REFS: "a,c"},
     }
     assert reconcile.adding_all(["b"])(sa) is None
+
+
+# -- ownership: registry objects of the same name, upgrades, re-created objects ---------------
+
+TENANT_A = RegistryRef("OCIRegistry", "ghcr", "team-a", "uid-a")
+TENANT_B = RegistryRef("OCIRegistry", "ghcr", "team-b", "uid-b")
+CLUSTER_GHCR = RegistryRef("ClusterOCIRegistry", "ghcr", None, "uid-c")
+
+
+def registry_body(ref: RegistryRef, **spec: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "server": "registry.example.com",
+        "auth": {"basic": {"secretRef": {"name": "creds"}}},
+    }
+    meta = {"name": ref.name, "namespace": ref.namespace, "uid": ref.uid, "generation": 1}
+    return {"metadata": meta, "spec": {**base, **spec}}
+
+
+def run_as(
+    kube: FakeKube, ref: RegistryRef, obj: dict, memory: schedule.Memory, now: float
+) -> reconcile.Outcome:
+    config = OperatorConfig(credentials_namespace="ocireg-system")
+    outcome = reconcile.reconcile(kube, ref, obj, config, memory, now, sync=kube.sync)  # type: ignore[arg-type]
+    if outcome.status is not None:
+        obj["status"] = outcome.status
+    return outcome
+
+
+def delete_as(kube: FakeKube, ref: RegistryRef) -> None:
+    """What handlers.on_delete does: stop serving it, then clean up from a list."""
+    if kube.registries_ is not None:
+        tracked = kube.registries_.forget(ref)
+        if tracked is not None:
+            tracked.publish(None, None)
+    reconcile.cleanup(kube, ref)  # type: ignore[arg-type]
+
+
+def two_tenants(kube: FakeKube) -> tuple[dict, dict]:
+    """team-a and team-b each with an OCIRegistry "ghcr", both written."""
+    objects = []
+    for ref in (TENANT_A, TENANT_B):
+        assert ref.namespace is not None
+        kube.put_secret(ref.namespace, "creds", {"username": "robot", "password": PASSWORD})
+        obj = registry_body(ref)
+        run_as(kube, ref, obj, schedule.Memory(), now=0)
+        assert conditions(obj)["Ready"]["status"] == "True", obj["status"]
+        objects.append(obj)
+    return objects[0], objects[1]
+
+
+def test_deleting_a_tenants_registry_leaves_another_tenants_of_the_same_name(
+    kube: FakeKube, verified: Calls
+) -> None:
+    two_tenants(kube)
+    theirs = copy.deepcopy(kube.secrets[("team-b", "ghcr")])
+    delete_as(kube, TENANT_A)
+    assert ("team-a", "ghcr") not in kube.secrets
+    assert kube.accounts[("team-a", "default")]["imagePullSecrets"] == []
+    assert kube.secrets[("team-b", "ghcr")] == theirs  # same uid, resourceVersion, bytes
+    assert kube.accounts[("team-b", "default")]["imagePullSecrets"] == [{"name": "ghcr"}]
+
+
+def test_resyncs_of_two_tenants_registries_of_the_same_name_leave_each_other_alone(
+    kube: FakeKube, verified: Calls
+) -> None:
+    # The list-based path ("listing", the fallback while the index is not complete) used to
+    # remove the other tenant's copy on every resync: same name, same kind, same labels.
+    obj_a, obj_b = two_tenants(kube)
+    writes = kube.writes
+    theirs = copy.deepcopy(kube.secrets[("team-b", "ghcr")])
+    mine = copy.deepcopy(kube.secrets[("team-a", "ghcr")])
+    run_as(kube, TENANT_A, obj_a, schedule.Memory(), now=schedule.TARGET_RESYNC + 1)
+    run_as(kube, TENANT_B, obj_b, schedule.Memory(), now=schedule.TARGET_RESYNC + 1)
+    assert kube.secrets[("team-b", "ghcr")] == theirs
+    assert kube.secrets[("team-a", "ghcr")] == mine
+    assert kube.writes == writes
+    for namespace in ("team-a", "team-b"):
+        assert kube.accounts[(namespace, "default")]["imagePullSecrets"] == [{"name": "ghcr"}]
+        assert conditions(obj_a if namespace == "team-a" else obj_b)["Ready"]["status"] == "True"
+
+
+def test_a_cluster_registry_next_to_a_tenants_of_the_same_name(
+    kube: FakeKube, verified: Calls
+) -> None:
+    kube.put_secret("team-a", "creds", {"username": "robot", "password": PASSWORD})
+    tenant = registry_body(TENANT_A)
+    run_as(kube, TENANT_A, tenant, schedule.Memory(), now=0)
+    theirs = copy.deepcopy(kube.secrets[("team-a", "ghcr")])
+    cluster = registry_body(
+        CLUSTER_GHCR, targets={"namespaceSelector": {"matchLabels": {"pull": "yes"}}}
+    )
+    cluster["metadata"].pop("namespace")
+    run_as(kube, CLUSTER_GHCR, cluster, schedule.Memory(), now=0)
+    (failed,) = cluster["status"]["targets"]["failed"]
+    assert failed["namespace"] == "team-a"
+    assert failed["reason"] == "SecretConflict"
+    assert "OCIRegistry/team-a/ghcr" in failed["message"]
+    assert kube.secrets[("team-a", "ghcr")] == theirs  # never overwritten
+    assert ("team-b", "ghcr") in kube.secrets
+    # Deleting the cluster object leaves the tenant's Secret and reference.
+    delete_as(kube, CLUSTER_GHCR)
+    assert ("team-b", "ghcr") not in kube.secrets
+    assert kube.secrets[("team-a", "ghcr")] == theirs
+    assert kube.accounts[("team-a", "default")]["imagePullSecrets"] == [{"name": "ghcr"}]
+    # And the other way round: deleting the tenant's leaves the cluster object's copies.
+    run_as(kube, CLUSTER_GHCR, cluster, schedule.Memory(), now=0)
+    clusters = copy.deepcopy(kube.secrets[("team-b", "ghcr")])
+    delete_as(kube, TENANT_A)
+    assert kube.secrets[("team-b", "ghcr")] == clusters
+    assert kube.accounts[("team-b", "default")]["imagePullSecrets"] == [{"name": "ghcr"}]
+
+
+def test_secrets_of_the_release_before_the_uid_label_are_taken_over(
+    kube: FakeKube, verified: Calls
+) -> None:
+    obj = body()
+    run(kube, obj, schedule.Memory(), now=0)
+    for namespace in ("team-a", "team-b"):  # as the old release labelled them
+        del kube.secrets[(namespace, "corp")]["metadata"]["labels"][plan.LABEL_UID]
+    data = kube.secrets[("team-a", "corp")]["data"]
+    run(kube, obj, schedule.Memory(), now=0)
+    assert conditions(obj)["TargetsSynced"]["reason"] == "Synced"  # no SecretConflict
+    for namespace in ("team-a", "team-b"):
+        labels = kube.secrets[(namespace, "corp")]["metadata"]["labels"]
+        assert labels[plan.LABEL_UID] == REF.uid
+        assert kube.accounts[(namespace, "default")]["imagePullSecrets"] == [{"name": "corp"}]
+    assert kube.secrets[("team-a", "corp")]["data"] == data
+    # Old-style copies are cleaned up by their object too.
+    del kube.secrets[("team-b", "corp")]["metadata"]["labels"][plan.LABEL_UID]
+    delete_as(kube, REF)
+    assert not [k for k in kube.secrets if k[1] == "corp"]
+
+
+def test_a_recreated_object_takes_over_its_predecessors_copies(
+    kube: FakeKube, verified: Calls
+) -> None:
+    obj = body()
+    run(kube, obj, schedule.Memory(), now=0)
+    reborn = RegistryRef(REF.kind, REF.name, None, "uid-2")  # deleted and applied again
+    if kube.registries_ is not None:
+        kube.registries_.forget(REF)
+    fresh = body()
+    run_as(kube, reborn, fresh, schedule.Memory(), now=0)
+    assert conditions(fresh)["TargetsSynced"]["reason"] == "Synced"
+    for namespace in ("team-a", "team-b"):
+        assert kube.secrets[(namespace, "corp")]["metadata"]["labels"][plan.LABEL_UID] == "uid-2"

@@ -994,9 +994,7 @@ def test_blob(fake: FakeRegistry) -> None:
 def test_blob_size_cap(fake: FakeRegistry, chunked: bool) -> None:
     fake.blob_chunked = chunked
     client = fake.client()
-    error = raises(
-        "InvalidResponse", lambda: client.get_blob("team/app", digest_of(fake.blob), 100)
-    )
+    error = raises("AnswerTooLarge", lambda: client.get_blob("team/app", digest_of(fake.blob), 100))
     assert "limit" in error.message
     assert client.get_blob("team/app", digest_of(fake.blob), len(fake.blob)) == fake.blob
 

@@ -89,7 +89,7 @@ def _ctx(namespaced: bool, allowed: tuple[str, ...] = ()) -> ResolveContext:
         read_secret=no_secrets,
         default_namespace="team",
         namespaced=namespaced,
-        config=OperatorConfig(webhook_allowed_cidrs=allowed),
+        config=OperatorConfig(egress_allowed_cidrs=allowed),
     )
 
 

@@ -6,6 +6,7 @@ registry; `digest` is the manifest digest, the one `helm push` and `helm pull` p
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from .versions import parse_version
 
 # A ConfigMap holds at most 1 MiB in all; leave room for metadata.
 MAX_INDEX_BYTES: Final = 900 * 1024
+# One version's entry in index.yaml; real ones are 1-3 KiB. Bounds the work per version.
+MAX_ENTRY_BYTES: Final = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -49,13 +52,24 @@ class IndexedVersion:
 
 
 @dataclass(frozen=True)
+class Trimmed:
+    """A version whose index entry was too big: cut (``left_out`` names what went) or, when
+    even the cut entry is too big, left out of the index (``left_out`` is None)."""
+
+    version: IndexedVersion
+    left_out: tuple[str, ...] | None
+
+
+@dataclass(frozen=True)
 class Index:
     document: dict[str, Any]
     dropped: int  # versions left out to fit the ConfigMap
     duplicates: list[tuple[IndexedVersion, IndexedVersion]]  # (kept, left out)
+    trimmed: list[Trimmed] = field(default_factory=list)  # entries over MAX_ENTRY_BYTES
+    body: str = ""  # index.yaml up to `generated`, assembled from the entries' serialisations
 
     def text(self, generated: str) -> str:
-        return yaml.safe_dump({**self.document, "generated": generated}, sort_keys=False)
+        return self.body + _dump({"generated": generated})
 
     @property
     def content_digest(self) -> str:
@@ -70,8 +84,11 @@ def build_index(
     """The index document (without `generated`), newest version first in each entry.
 
     Two repositories publishing the same chart name and version keep the first (by
-    repository); when the whole does not fit ``max_bytes``, the oldest versions of the
-    charts with the most versions go first."""
+    repository); an entry over MAX_ENTRY_BYTES is cut (see `bounded_entry`); when the whole
+    does not fit ``max_bytes``, the oldest versions of the charts with the most versions go
+    first. Each entry is serialised once and the text is assembled from those pieces, so the
+    size is known exactly and the cost is linear in the number of versions (no re-dumping of
+    the whole index per dropped entry)."""
     by_name: dict[str, list[IndexedVersion]] = {}
     seen: dict[tuple[str, str], IndexedVersion] = {}
     duplicates = []
@@ -82,38 +99,99 @@ def build_index(
             continue
         seen[key] = v
         by_name.setdefault(v.name, []).append(v)
-    entries: dict[str, list[tuple[IndexedVersion, dict[str, Any], int]]] = {}
-    total = 64
+    trimmed: list[Trimmed] = []
+    charts: list[tuple[str, str, list[tuple[dict[str, Any], str]]]] = []  # name, header, rows
+    total = len(_PREFIX) + _GENERATED_BYTES
     for name in sorted(by_name):
-        ordered = sorted(by_name[name], key=_order, reverse=True)
         rows = []
-        for v in ordered:
-            entry = v.entry(server)
-            dumped = yaml.safe_dump([entry], sort_keys=False)
-            size = len(dumped.encode()) + 2 * dumped.count("\n") + 4  # nested two levels deeper
-            rows.append((v, entry, size))
-            total += size
-        entries[name] = rows
-        total += len(name) + 4
+        for v in sorted(by_name[name], key=_order, reverse=True):
+            entry, chunk, left_out = bounded_entry(v, server)
+            if entry is None:
+                trimmed.append(Trimmed(v, None))
+                continue
+            if left_out:
+                trimmed.append(Trimmed(v, left_out))
+            rows.append((entry, chunk))
+            total += len(chunk)
+        if rows:
+            header = _chart_header(name)
+            charts.append((name, header, rows))
+            total += len(header)
+    # Largest version count first, ties by the later name: a heap of (-count, -position).
+    heap = [(-len(rows), -i) for i, (_, _, rows) in enumerate(charts)]
+    heapq.heapify(heap)
     dropped = 0
-    while True:
-        while total > max_bytes and entries:
-            name = max(entries, key=lambda n: (len(entries[n]), n))
-            _, _, size = entries[name].pop()
-            total -= size
-            dropped += 1
-            if not entries[name]:
-                del entries[name]
-        document = {
-            "apiVersion": "v1",
-            "entries": {name: [entry for _, entry, _ in rows] for name, rows in entries.items()},
-        }
-        index = Index(document, dropped, duplicates)
-        # The estimate is close; the exact size decides (and rarely costs one more round).
-        actual = len(index.text("2000-01-01T00:00:00Z").encode())
-        if actual <= max_bytes or not entries:
-            return index
-        total = max(total, actual) + 1
+    while total > max_bytes and heap:
+        count, position = heapq.heappop(heap)
+        _, header, rows = charts[-position]
+        total -= len(rows.pop()[1])
+        dropped += 1
+        if rows:
+            heapq.heappush(heap, (count + 1, position))
+        else:
+            total -= len(header)
+    kept = [(name, header, rows) for name, header, rows in charts if rows]
+    document = {
+        "apiVersion": "v1",
+        "entries": {name: [entry for entry, _ in rows] for name, _, rows in kept},
+    }
+    if kept:
+        body = _PREFIX + "".join(header + "".join(c for _, c in rows) for _, header, rows in kept)
+    else:
+        body = _dump({"apiVersion": "v1", "entries": {}})
+    return Index(document, dropped, duplicates, trimmed, body)
+
+
+# Fields cut from an oversized entry, in this order, before it is left out: the lists first
+# (dependencies are informational in an index; Helm reads them from the chart), then prose.
+_CUTS: Final = (("dependencies", "keywords"), ("description", "icon", "home", "kubeVersion"))
+
+
+def bounded_entry(
+    v: IndexedVersion, server: str
+) -> tuple[dict[str, Any] | None, str, tuple[str, ...]]:
+    """(entry, its serialisation inside the index, fields left out); entry None when even the
+    cut entry is over MAX_ENTRY_BYTES. A cheap JSON size (C code, no wrapping) comes first so
+    a huge entry is never put through the YAML emitter whole."""
+    entry = v.entry(server)
+    left_out: list[str] = []
+    for cut in (*_CUTS, None):
+        if len(json.dumps(entry)) <= 2 * MAX_ENTRY_BYTES:
+            chunk = _entry_chunk(entry)
+            if len(chunk) <= MAX_ENTRY_BYTES:
+                return entry, chunk, tuple(left_out)
+        if cut is None:
+            break
+        gone = [k for k in cut if k in entry]
+        left_out += gone
+        entry = {k: value for k, value in entry.items() if k not in cut}
+    return None, "", tuple(left_out)
+
+
+# The C emitter when PyYAML has libyaml (the same output, about 50 times faster).
+_DUMPER: Final = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+_PREFIX: Final = "apiVersion: v1\nentries:\n"
+_GENERATED_BYTES: Final = 64  # "generated: '2025-01-02T03:04:05.123456Z'\n" and room to spare
+_ONE_ENTRY_HEAD: Final = "entries:\n  k:\n"
+
+
+def _dump(value: Any) -> str:
+    return yaml.dump(value, Dumper=_DUMPER, sort_keys=False)
+
+
+def _entry_chunk(entry: dict[str, Any]) -> str:
+    """The lines one entry takes in the index, dumped where it sits (two levels deep), so
+    line wrapping is the same as in the whole document: sizes add up exactly."""
+    return _dump({"entries": {"k": [entry]}}).removeprefix(_ONE_ENTRY_HEAD)
+
+
+def _chart_header(name: str) -> str:
+    """The key line(s) of one chart under `entries:`. A name over 128 characters is written
+    as an explicit `? name` key; the entries then follow a lone `:`."""
+    dumped = _dump({"entries": {name: [0]}}).removeprefix("entries:\n")
+    if dumped.endswith(":\n  - 0\n"):
+        return dumped.removesuffix("  - 0\n")
+    return dumped.removesuffix(" - 0\n") + "\n"  # the explicit key's `  : - 0`
 
 
 def _order(v: IndexedVersion) -> tuple[Any, ...]:

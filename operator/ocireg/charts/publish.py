@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from ..models.charts import MAX_ERRORS_IN_STATUS, MAX_ITEMS_IN_STATUS, ChartsStatus
-from ..plan import ANNOTATION_OWNER, RegistryRef
-from .index import Index, IndexedVersion
+from ..ownership import ANNOTATION_OWNER, LABEL_KIND, LABEL_UID, Claim, RegistryRef, claim
+from .index import MAX_ENTRY_BYTES, Index, IndexedVersion
 from .sync import RepoState, SyncResult, relative
 from .versions import latest, parse_version
 
@@ -37,7 +37,7 @@ def desired_config_map(
         "name": config_map_name(ref.name),
         "namespace": namespace,
         "labels": {**ref.labels(), LABEL_CHARTS: "index"},
-        "annotations": {ANNOTATION_OWNER: ref.display, ANNOTATION_DIGEST: index.content_digest},
+        "annotations": {**ref.annotations(), ANNOTATION_DIGEST: index.content_digest},
     }
     if ref.uid:
         # A namespaced object may have a cluster-scoped owner, so both kinds can own it:
@@ -59,18 +59,41 @@ def desired_config_map(
     }
 
 
+def _claim(ref: RegistryRef, observed: dict[str, Any]) -> Claim:
+    meta = observed.get("metadata") or {}
+    return claim(
+        ref, meta.get("namespace") or "", meta.get("labels") or {}, meta.get("annotations") or {}
+    )
+
+
 def owns(ref: RegistryRef, observed: dict[str, Any]) -> bool:
-    labels = (observed.get("metadata") or {}).get("labels") or {}
-    return all(labels.get(k) == v for k, v in ref.labels().items())
+    """Whether this registry object may replace or delete the index ConfigMap: the same
+    rule as for pull secrets (ownership.claim)."""
+    return _claim(ref, observed).mine
+
+
+def _owner(desired: dict[str, Any]) -> RegistryRef:
+    meta = desired["metadata"]
+    labels = meta["labels"]
+    kind, display = labels[LABEL_KIND], meta["annotations"][ANNOTATION_OWNER]
+    *namespace, name = display.split("/")[1:]
+    return RegistryRef(kind, name, namespace[0] if namespace else None, labels.get(LABEL_UID))
 
 
 def config_map_decision(desired: dict[str, Any], observed: dict[str, Any] | None) -> str:
-    """create | update | unchanged | conflict (someone else's ConfigMap of that name)."""
+    """create | update | unchanged | conflict (someone else's ConfigMap of that name,
+    another registry object's included). One an older release wrote for this object, or a
+    deleted predecessor of the same name, is taken over (update: relabelled)."""
     if observed is None:
         return "create"
-    labels = (observed.get("metadata") or {}).get("labels") or {}
-    if any(labels.get(k) != v for k, v in desired["metadata"]["labels"].items()):
+    found = _claim(_owner(desired), observed)
+    if not found.mine:
         return "conflict"
+    labels = (observed.get("metadata") or {}).get("labels") or {}
+    if found is Claim.ADOPT or any(
+        labels.get(k) != v for k, v in desired["metadata"]["labels"].items()
+    ):
+        return "update"
     want = desired["metadata"]["annotations"][ANNOTATION_DIGEST]
     have = ((observed.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_DIGEST)
     if have == want and INDEX_KEY in (observed.get("data") or {}):
@@ -123,6 +146,7 @@ def report(
                 f"{relative(prefix, kept.repository)}; the index lists that one",
             }
         )
+    errors.extend(_trimmed(index, prefix))
     indexed = _indexed(index)
     status = ChartsStatus.model_validate(
         {
@@ -144,7 +168,15 @@ def report(
     )
     if index.dropped:
         summary += f"; {index.dropped} older version(s) left out to keep the ConfigMap small"
-    failed = [e for e in errors if e["reason"] != "DuplicateChart"]
+    cut = sum(1 for t in index.trimmed if t.left_out is not None)
+    if cut:
+        summary += f"; {cut} version(s) cut to {MAX_ENTRY_BYTES // 1024} KiB per entry"
+    if len(index.trimmed) > cut:
+        summary += (
+            f"; {len(index.trimmed) - cut} version(s) left out, their entries being over "
+            f"{MAX_ENTRY_BYTES // 1024} KiB"
+        )
+    failed = [e for e in errors if e["reason"] not in _NOTES]
     if failed:
         names = ", ".join(f"{e['repository']} ({e['reason']}: {e['message']})" for e in failed[:3])
         reason = failed[0]["reason"] if len(failed) == len(result.repos) else "RepositoriesFailed"
@@ -163,6 +195,31 @@ def report(
             f"{condition[2]}; discover: {result.discovery_note}",
         )
     return Report(status, condition, _events(indexed, previous, charts), set(indexed))
+
+
+# Reasons in status.charts.errors that describe the index, not a repository that failed.
+_NOTES: Final = frozenset({"DuplicateChart", "EntryTrimmed", "EntryTooLarge"})
+
+
+def _trimmed(index: Index, prefix: str | None) -> list[dict[str, str]]:
+    notes = []
+    for t in index.trimmed:
+        v = t.version
+        if t.left_out is None:
+            reason = "EntryTooLarge"
+            what = "left out of the index"
+        else:
+            reason = "EntryTrimmed"
+            what = f"listed without {', '.join(t.left_out)}"
+        notes.append(
+            {
+                "repository": relative(prefix, v.repository),
+                "reason": reason,
+                "message": f"chart {v.name} {v.version}: its index entry is over "
+                f"{MAX_ENTRY_BYTES // 1024} KiB, so it is {what}",
+            }
+        )
+    return notes
 
 
 def _errors(repos: dict[str, RepoState], prefix: str | None) -> list[dict[str, str]]:

@@ -144,15 +144,13 @@ def sync_charts(
         raise SyncProblem("InvalidConstraint", str(error)) from None
     session = _Session(client, sleep)
     repositories = [full_path(prefix, r) for r in charts.repositories]
-    note = None
+    note, reason = None, "NoRepositories"
     if charts.discover:
-        found, note = _discover(session, prefix, page_size)
+        found, note, reason = _discover(session, prefix, page_size)
         repositories.extend(found)
     repositories = list(dict.fromkeys(repositories))
     if not repositories:
-        raise SyncProblem(
-            "NoRepositories", note or "no chart repositories: list them in charts.repositories"
-        )
+        raise SyncProblem(reason, note or "no chart repositories: list them in charts.repositories")
 
     def one(repository: str) -> RepoState:
         return _sync_repository(
@@ -170,25 +168,45 @@ def sync_charts(
     return SyncResult(dict(zip(repositories, states, strict=True)), note, session.retry_after)
 
 
+# Catalog failures that are not the registry declining the catalog API: the condition
+# names them (reason and the client's message) instead of "NoRepositories".
+_OWN_REASONS: Final = frozenset({"AnswerTooLarge", "EgressNotAllowed", "Unreachable"})
+
+
 def _discover(
     session: _Session, prefix: str | None, page_size: int | None
-) -> tuple[list[str], str | None]:
+) -> tuple[list[str], str | None, str]:
+    """(repositories found, why none were, the condition reason for that)."""
     where = f" under {prefix}/" if prefix else ""
     advice = "list chart repositories in charts.repositories instead"
     try:
         names = session.call(lambda: session.client.list_repositories(page_size))
     except _Halt:
-        return [], f"the registry rate-limited the catalog request; {advice} or wait"
+        return (
+            [],
+            f"the registry rate-limited the catalog request; {advice} or wait",
+            "NoRepositories",
+        )
     except RegistryError as error:
+        if error.reason in _OWN_REASONS:
+            return [], f"{error.message}; {advice}", error.reason
         code = f"HTTP {error.status_code}" if error.status_code else error.reason
-        return [], (
-            f"the registry refused to list its repositories through the catalog API "
-            f"(/v2/_catalog: {code}), as many registries do; {advice}"
+        return (
+            [],
+            (
+                f"the registry refused to list its repositories through the catalog API "
+                f"(/v2/_catalog: {code}), as many registries do; {advice}"
+            ),
+            "NoRepositories",
         )
     found = [n for n in names if not prefix or n.startswith(prefix + "/")]
     if not found:
-        return [], f"the registry's catalog lists no repositories{where}; {advice}"
-    return found, None
+        return (
+            [],
+            f"the registry's catalog lists no repositories{where}; {advice}",
+            "NoRepositories",
+        )
+    return found, None, "NoRepositories"
 
 
 def _sync_repository(

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
 import importlib
-from collections.abc import Callable, Mapping
+import secrets
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ..config import OperatorConfig
@@ -14,7 +16,7 @@ from ..errors import ReconcileError
 from ..models.cloud import ServiceAccountRef
 from ..models.spec import RegistrySpec, SecretRef
 from ..registry import TLSOptions
-from . import static
+from . import destinations, static
 from .cache import MintCache
 
 # (namespace, name) -> the Secret's decoded data; raises ReconcileError SecretNotFound.
@@ -52,6 +54,19 @@ class ResolveContext:
     def service_account_id(self, ref: ServiceAccountRef) -> str:
         return f"{self._namespace(ref.namespace)}/{ref.name}"
 
+    def trust_domain(self) -> tuple[str, ...]:
+        """Who may share a mint with this object: a tenant only with objects of its own
+        namespace, a platform team's object only with other cluster objects."""
+        if self.namespaced:
+            return ("OCIRegistry", self.default_namespace)
+        return ("ClusterOCIRegistry",)
+
+    def mint_key(self, provider: str, *inputs: object) -> tuple[str, str]:
+        """The mint cache key for a credential made from ``inputs``: every input the mint
+        consumes (whole secrets, headers, TLS, endpoints), bound to the trust domain. Only a
+        caller holding the same secret, in the same trust domain, gets the same key."""
+        return (provider, digest(self.trust_domain(), *inputs))
+
     def check_ambient_allowed(self, method: str) -> None:
         if self.namespaced and not self.config.allow_tenant_ambient_identity:
             raise ReconcileError(
@@ -70,9 +85,33 @@ class ResolveContext:
         return chosen
 
 
+# Keys digests of secret material: a digest that ever reached a log or a heap dump could not
+# be checked offline against guessed passwords without this per-process key.
+_DIGEST_KEY = secrets.token_bytes(32)
+
+
 def digest(*parts: object) -> str:
-    """A short stable digest of identity inputs, for cache keys (never the inputs)."""
-    return hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
+    """A keyed digest of identity inputs, for cache keys (never the inputs themselves).
+    repr() of str/bytes/None/numbers/dicts/tuples quotes and escapes every value, so
+    different inputs cannot produce the same text."""
+    return hmac.new(_DIGEST_KEY, repr(parts).encode(), hashlib.sha256).hexdigest()
+
+
+def check_ambient_destination(cloud: str, servers: Iterable[str], ctx: ResolveContext) -> None:
+    """Refuse, before anything is minted or sent, a credential of the operator's own
+    ``cloud`` identity for registries its cloud does not run (destinations.py)."""
+    tls = ctx.registry_tls
+    refusal = destinations.ambient_refusal(
+        cloud,
+        servers,
+        ctx.config.ambient_hosts(cloud),
+        insecure=tls.insecure,
+        skip_verify=tls.skip_verify,
+        custom_ca=bool(tls.ca_bundle),
+        namespaced=ctx.namespaced,
+    )
+    if refusal is not None:
+        raise ReconcileError("AmbientDestinationNotAllowed", refusal)
 
 
 def endpoints(spec: RegistrySpec) -> tuple[str, ...]:
@@ -100,4 +139,11 @@ def resolve(spec: RegistrySpec, ctx: ResolveContext) -> Credential:
     return resolver(spec, ctx)
 
 
-__all__ = ["ResolveContext", "SecretReader", "TokenRequester", "digest", "resolve"]
+__all__ = [
+    "ResolveContext",
+    "SecretReader",
+    "TokenRequester",
+    "check_ambient_destination",
+    "digest",
+    "resolve",
+]

@@ -18,17 +18,19 @@ import requests
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import AzureError, ClientAuthenticationError
 
+from .. import egress
 from ..credential import Credential
 from ..errors import ReconcileError
 from ..models.cloud import AcrAuth
 from ..models.spec import RegistrySpec
 from ..registry import TLSOptions, parse_retry_after
-from . import ResolveContext, digest
+from . import ResolveContext, check_ambient_destination
 
 USERNAME = "00000000-0000-0000-0000-000000000000"
 SCOPE = "https://management.azure.com/.default"
 WORKLOAD_AUDIENCE = "api://AzureADTokenExchange"
 MAX_ANSWER_BYTES = 64 * 1024
+EXCHANGE_DEADLINE = 30.0  # seconds for the whole exchange: connect, TLS, the answer
 
 
 def jwt_expiry(token: str) -> dt.datetime | None:
@@ -51,7 +53,11 @@ def jwt_expiry(token: str) -> dt.datetime | None:
         return None
 
 
-def _credential(auth: AcrAuth, ctx: ResolveContext) -> tuple[TokenCredential, str]:
+def _credential(
+    auth: AcrAuth, ctx: ResolveContext
+) -> tuple[TokenCredential, tuple[object, ...], bool]:
+    """The Entra credential, the inputs that make it (for the cache key) and whether it is
+    the operator's own (ambient) identity."""
     from azure import identity
 
     authority: dict[str, Any] = {}
@@ -74,7 +80,8 @@ def _credential(auth: AcrAuth, ctx: ResolveContext) -> tuple[TokenCredential, st
         credential = identity.ClientSecretCredential(
             auth.tenant_id, auth.client_id, secret, disable_instance_discovery=True, **authority
         )
-        return credential, digest("secret", auth.tenant_id, auth.client_id, secret)
+        # Safe: the client secret itself is in the key (the ids next to it are public).
+        return credential, ("secret", auth.tenant_id, auth.client_id, secret), False
     if creds is not None and creds.service_account_ref is not None:
         sa = creds.service_account_ref
         credential = identity.ClientAssertionCredential(
@@ -84,13 +91,17 @@ def _credential(auth: AcrAuth, ctx: ResolveContext) -> tuple[TokenCredential, st
             disable_instance_discovery=True,
             **authority,
         )
-        return credential, digest("workload", ctx.service_account_id(sa), auth.client_id)
+        # Safe: the proof is a token for this ServiceAccount, which only its own namespace's
+        # objects (the trust domain) or cluster objects may name; the Entra tenant and app
+        # say which identity the token is exchanged for.
+        account = ctx.service_account_id(sa)
+        return credential, ("workload", account, auth.tenant_id, auth.client_id), False
     ctx.check_ambient_allowed("acr")
+    # Safe: the operator's own identity, which check_ambient_allowed let this object use.
     if auth.client_id:
-        return identity.ManagedIdentityCredential(client_id=auth.client_id), digest(
-            "managed", auth.client_id
-        )
-    return identity.DefaultAzureCredential(**authority), digest("ambient")
+        managed = identity.ManagedIdentityCredential(client_id=auth.client_id)
+        return managed, ("managed", auth.client_id), True
+    return identity.DefaultAzureCredential(**authority), ("ambient",), True
 
 
 def _cause(error: BaseException) -> str:
@@ -118,13 +129,47 @@ def _verify_option(tls: TLSOptions) -> Iterator[bool | str]:
 
 
 def _exchange(
-    url: str, registry: str, tenant: str | None, access_token: str, verify: bool | str
+    url: str,
+    registry: str,
+    tenant: str | None,
+    access_token: str,
+    verify: bool | str,
+    policy: egress.EgressPolicy = egress.UNRESTRICTED,
 ) -> str:
     form = {"grant_type": "access_token", "service": registry, "access_token": access_token}
     if tenant:
         form["tenant"] = tenant
     try:
-        response = requests.post(url, data=form, timeout=10, verify=verify, allow_redirects=False)
+        # Under the object's egress policy, within a total deadline, the answer streamed and
+        # cut at MAX_ANSWER_BYTES (a refresh token is a few KiB).
+        with egress.session(policy) as session, egress.deadline(EXCHANGE_DEADLINE) as deadline:
+            try:
+                response = session.post(
+                    url, data=form, timeout=10, verify=verify, allow_redirects=False, stream=True
+                )
+                with response:
+                    body = egress.read_capped(response, MAX_ANSWER_BYTES)
+            except requests.exceptions.RequestException:
+                if deadline.expired:
+                    raise egress.DeadlineExceeded(EXCHANGE_DEADLINE) from None
+                raise
+    except egress.EgressRefused as refused:
+        raise ReconcileError(
+            "EgressNotAllowed", refused.describe("the ACR token exchange host")
+        ) from None
+    except egress.DeadlineExceeded:
+        raise ReconcileError(
+            "ProviderUnreachable",
+            f"the ACR token exchange at {registry} sent no complete answer within "
+            f"{EXCHANGE_DEADLINE:g} s",
+            transient=True,
+        ) from None
+    except egress.AnswerTooLarge:
+        raise ReconcileError(
+            "AnswerTooLarge",
+            f"the ACR token exchange at {registry} answered with more than {MAX_ANSWER_BYTES} "
+            "bytes; a refresh token is a few KiB",
+        ) from None
     except requests.exceptions.RequestException as error:
         raise ReconcileError(
             "ProviderUnreachable",
@@ -146,7 +191,7 @@ def _exchange(
             f"(HTTP {response.status_code}); check the identity's role on the registry",
         )
     try:
-        token = json.loads(response.content[:MAX_ANSWER_BYTES]).get("refresh_token")
+        token = json.loads(body).get("refresh_token")
     except (ValueError, AttributeError):
         token = None
     if not isinstance(token, str) or not token:
@@ -178,8 +223,14 @@ def mint(spec: RegistrySpec, ctx: ResolveContext, credential: TokenCredential) -
     tls = ctx.registry_tls
     scheme = "http" if tls.insecure else "https"
     url = ctx.config.acr_exchange_url or f"{scheme}://{spec.server}/oauth2/exchange"
+    # The object's endpoint obeys its egress policy; one the operator configured is its own.
+    policy = (
+        egress.UNRESTRICTED
+        if ctx.config.acr_exchange_url
+        else egress.EgressPolicy.for_object(ctx.namespaced, ctx.config.egress_allowed_cidrs)
+    )
     with _verify_option(tls) as verify:
-        refresh = _exchange(url, spec.server, auth.tenant_id, access.token, verify)
+        refresh = _exchange(url, spec.server, auth.tenant_id, access.token, verify, policy)
     return Credential(
         "acr", (spec.server,), username=USERNAME, password=refresh, expires_at=jwt_expiry(refresh)
     )
@@ -188,8 +239,14 @@ def mint(spec: RegistrySpec, ctx: ResolveContext, credential: TokenCredential) -
 def resolve(spec: RegistrySpec, ctx: ResolveContext) -> Credential:
     auth = spec.auth.acr if spec.auth else None
     assert auth is not None
-    credential, identity = _credential(auth, ctx)
-    key = ("acr", identity, spec.server)
+    credential, identity, ambient = _credential(auth, ctx)
+    if ambient:
+        # The managed identity's Entra token is POSTed to the registry: ACR login servers only.
+        check_ambient_destination("acr", (spec.server or "",), ctx)
+    tls = ctx.registry_tls
+    # The exchange's channel is an input too: a refresh token got over unverified TLS may
+    # come from anyone on the path, and is not handed to objects that verify.
+    key = ctx.mint_key("acr", identity, spec.server, tls.insecure, tls.skip_verify, tls.ca_bundle)
     # A refresh token without a readable `exp` is renewed every refresh.interval.
     return ctx.cache.get(
         key, ctx.renew_before, lambda: mint(spec, ctx, credential), max_age=ctx.refresh_interval

@@ -1,6 +1,13 @@
 """One mint per identity: expiring credentials are shared by every registry object using the
 same provider identity and region/registry, and renewed before they expire.
 
+Who shares is decided by the key alone, so every provider builds it with
+ResolveContext.mint_key: a digest of every input its mint consumes (the whole secret, never
+public identifiers such as a key id or client email) and of the trust domain (a tenant's
+namespace, or the cluster kind). A caller without the same secret in the same trust domain
+cannot reach another's credential, nor its failure and backoff. Each provider says next to its
+key why it is safe. (The registry client's Bearer token cache is per client, never shared.)
+
 Renewal happens no later than (1 - renewBefore) of the lifetime, a little earlier at random
 (jitter, so many objects do not renew at the same instant). A credential that arrives already
 expired, or with a tiny lifetime, is renewed no sooner than MIN_RENEW_AFTER after it was

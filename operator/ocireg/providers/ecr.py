@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
@@ -16,9 +17,9 @@ import botocore.exceptions
 
 from ..credential import Credential
 from ..errors import ReconcileError
-from ..models.cloud import EcrAuth
+from ..models.cloud import EcrAuth, ServiceAccountRef
 from ..models.spec import RegistrySpec
-from . import ResolveContext, digest
+from . import ResolveContext, check_ambient_destination
 
 PUBLIC_HOST = "public.ecr.aws"
 WEB_IDENTITY_AUDIENCE = "sts.amazonaws.com"
@@ -71,27 +72,52 @@ def _aws_error(error: Exception, action: str) -> ReconcileError:
     raise error
 
 
-def _session(auth: EcrAuth, ctx: ResolveContext, region: str) -> boto3.Session:
-    """The boto3 session for the configured identity."""
-    endpoint = ctx.config.aws_endpoint_url
+@dataclass(frozen=True)
+class Identity:
+    """Where the AWS identity comes from, read once per resolve: the cache key and the mint
+    are made from the same values."""
+
+    source: str  # "keys" | "web-identity" | "ambient"
+    keys: tuple[str | None, ...] = field(default=(), repr=False)  # key id, secret, session token
+    account: ServiceAccountRef | None = None
+
+
+def identity_of(auth: EcrAuth, ctx: ResolveContext) -> Identity:
     creds = auth.credentials
     if creds is not None and creds.secret_ref is not None:
         namespace, data = ctx.secret(creds.secret_ref)
         where = f"{namespace}/{creds.secret_ref.name}"
-        key_id = _key(data, "accessKeyId", where)
-        secret = _key(data, "secretAccessKey", where)
-        token = _key(data, "sessionToken", where, required=False)
+        keys = (
+            _key(data, "accessKeyId", where),
+            _key(data, "secretAccessKey", where),
+            _key(data, "sessionToken", where, required=False),
+        )
+        return Identity("keys", keys)
+    if creds is not None and creds.service_account_ref is not None:
+        return Identity("web-identity", account=creds.service_account_ref)
+    ctx.check_ambient_allowed("ecr")
+    return Identity("ambient")
+
+
+def _session(auth: EcrAuth, ctx: ResolveContext, region: str, identity: Identity) -> boto3.Session:
+    """The boto3 session for the configured identity."""
+    endpoint = ctx.config.aws_endpoint_url
+    if identity.source == "keys":
+        key_id, secret, token = identity.keys
         session = boto3.Session(
             aws_access_key_id=key_id,
             aws_secret_access_key=secret,
             aws_session_token=token,
             region_name=region,
         )
-    elif creds is not None and creds.service_account_ref is not None:
+    elif identity.source == "web-identity":
         assert auth.role_arn is not None  # the CRD requires it with serviceAccountRef
-        account = ctx.service_account_id(creds.service_account_ref)
-        web_token = ctx.service_account_token(creds.service_account_ref, WEB_IDENTITY_AUDIENCE)
+        assert identity.account is not None
+        account = ctx.service_account_id(identity.account)
+        web_token = ctx.service_account_token(identity.account, WEB_IDENTITY_AUDIENCE)
         # Unsigned: the web identity token is the only proof, never the operator's own keys.
+        # It goes to STS only: the endpoint is AWS's (or the operator's --aws-endpoint-url),
+        # the region a validated name (the CRD pattern, and botocore's own check).
         sts = boto3.client("sts", region_name=region, endpoint_url=endpoint, config=_UNSIGNED)
         try:
             answer = sts.assume_role_with_web_identity(
@@ -103,7 +129,6 @@ def _session(auth: EcrAuth, ctx: ResolveContext, region: str) -> boto3.Session:
             raise _aws_error(error, "AssumeRoleWithWebIdentity") from None
         return _from_sts(answer, region)
     else:
-        ctx.check_ambient_allowed("ecr")
         session = boto3.Session(region_name=region)
     if auth.role_arn:
         sts = session.client("sts", endpoint_url=endpoint, config=_BOTO_CONFIG)
@@ -157,22 +182,28 @@ def _decode(token: str) -> tuple[str, str]:
     return user, password
 
 
-def mint(spec: RegistrySpec, ctx: ResolveContext) -> Credential:
-    auth = spec.auth.ecr if spec.auth else None
-    assert auth is not None
+def _regions(spec: RegistrySpec, auth: EcrAuth) -> list[str]:
     assert spec.server is not None
-    public = spec.server == PUBLIC_HOST
-    regions = ["us-east-1"] if public else auth.regions
+    regions = ["us-east-1"] if spec.server == PUBLIC_HOST else auth.regions
     if len(regions) > 1 and "{region}" not in spec.server:
         raise ReconcileError(
             "InvalidSpec",
             f"{len(regions)} regions are listed but server has no {{region}} to expand",
         )
+    return regions
+
+
+def mint(spec: RegistrySpec, ctx: ResolveContext, identity: Identity) -> Credential:
+    auth = spec.auth.ecr if spec.auth else None
+    assert auth is not None
+    assert spec.server is not None
+    public = spec.server == PUBLIC_HOST
+    regions = _regions(spec, auth)
     passwords: list[tuple[str, str]] = []
     expiries = []
     username = "AWS"
     for region in regions:
-        session = _session(auth, ctx, region)
+        session = _session(auth, ctx, region, identity)
         service = "ecr-public" if public else "ecr"
         client = session.client(
             service, endpoint_url=ctx.config.aws_endpoint_url, config=_BOTO_CONFIG
@@ -210,28 +241,26 @@ def resolve(spec: RegistrySpec, ctx: ResolveContext) -> Credential:
     auth = spec.auth.ecr if spec.auth else None
     assert auth is not None
     assert spec.server is not None
-    # The identity part of the key is computed without minting: reading a Secret is cheap.
-    identity = _identity(auth, ctx)
-    key = ("ecr", identity, spec.server, tuple(auth.regions), tuple(auth.registry_ids or ()))
-    return ctx.cache.get(key, ctx.renew_before, lambda: mint(spec, ctx))
-
-
-def _identity(auth: EcrAuth, ctx: ResolveContext) -> str:
-    """A digest naming the identity, computed without calling AWS (reading a Secret is
-    cheap), so ticks can ask the cache without minting."""
-    creds = auth.credentials
-    if creds is not None and creds.secret_ref is not None:
-        namespace, data = ctx.secret(creds.secret_ref)
-        where = f"{namespace}/{creds.secret_ref.name}"
-        parts: tuple[object, ...] = (
-            "keys",
-            _key(data, "accessKeyId", where),
-            _key(data, "secretAccessKey", where),
-            _key(data, "sessionToken", where, required=False),
-        )
-    elif creds is not None and creds.service_account_ref is not None:
-        parts = ("web-identity", ctx.service_account_id(creds.service_account_ref))
-    else:
-        ctx.check_ambient_allowed("ecr")
-        parts = ("ambient",)
-    return digest(*parts, auth.role_arn, auth.external_id)
+    # The identity is read without calling AWS (reading a Secret is cheap), so ticks can ask
+    # the cache without minting.
+    identity = identity_of(auth, ctx)
+    if identity.source == "ambient":
+        # An ECR password of the operator's own identity goes to ECR's endpoints only.
+        hosts = [_expand(spec.server, region, None) for region in _regions(spec, auth)]
+        check_ambient_destination("ecr", hosts, ctx)
+    # Safe: static keys are in the key whole (the secret key and session token, not only the
+    # public key id); a web identity is its ServiceAccount's, and tenants can name only their
+    # own namespace's (the trust domain adds it); ambient is the operator's own, allowed for
+    # this object by check_ambient_allowed. Everything else the mint sends is in too.
+    key = ctx.mint_key(
+        "ecr",
+        identity.source,
+        identity.keys,
+        ctx.service_account_id(identity.account) if identity.account else None,
+        auth.role_arn,
+        auth.external_id,
+        spec.server,
+        tuple(auth.regions),
+        tuple(auth.registry_ids or ()),
+    )
+    return ctx.cache.get(key, ctx.renew_before, lambda: mint(spec, ctx, identity))

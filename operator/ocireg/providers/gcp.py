@@ -16,7 +16,7 @@ from google.oauth2 import service_account
 from ..credential import Credential
 from ..errors import ReconcileError
 from ..models.spec import RegistrySpec
-from . import ResolveContext, digest
+from . import ResolveContext, check_ambient_destination
 
 USERNAME = "oauth2accesstoken"
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
@@ -27,7 +27,8 @@ GOOGLE_TOKEN_URIS = frozenset(
 )
 
 
-def _key_info(ctx: ResolveContext, spec: RegistrySpec) -> dict | None:
+def _key_info(ctx: ResolveContext, spec: RegistrySpec) -> tuple[dict, bytes] | None:
+    """The service-account key (parsed, and its bytes as stored), or None for ambient."""
     auth = spec.auth.gcp if spec.auth else None
     assert auth is not None
     if auth.credentials is None or auth.credentials.secret_ref is None:
@@ -52,7 +53,7 @@ def _key_info(ctx: ResolveContext, spec: RegistrySpec) -> dict | None:
             "InvalidSecret",
             f"Secret {where}: the key's token_uri is not a Google token endpoint",
         )
-    return info
+    return info, data[auth.credentials.key]
 
 
 def _expiry(expiry: dt.datetime | None) -> dt.datetime | None:
@@ -104,11 +105,16 @@ def mint(spec: RegistrySpec, info: dict | None) -> Credential:
 
 
 def resolve(spec: RegistrySpec, ctx: ResolveContext) -> Credential:
-    info = _key_info(ctx, spec)
-    identity = (
-        digest("key", info.get("client_email"), info.get("private_key_id"))
-        if info
-        else (digest("ambient"))
-    )
-    key = ("gcp", identity, spec.server)
+    found = _key_info(ctx, spec)
+    if found is None:
+        # The operator's own identity: only its cloud's registries may receive the token.
+        check_ambient_destination("gcp", (spec.server or "",), ctx)
+        # Safe: ambient needs no secret; check_ambient_allowed has let this object use the
+        # operator's identity, and the trust domain keeps cluster and tenant mints apart.
+        key = ctx.mint_key("gcp", "ambient", spec.server)
+        return ctx.cache.get(key, ctx.renew_before, lambda: mint(spec, None))
+    info, key_bytes = found
+    # Safe: the whole key file as stored (the private key in it), not client_email and
+    # private_key_id, which are public; so only a holder of the same key shares the token.
+    key = ctx.mint_key("gcp", "key", key_bytes, spec.server)
     return ctx.cache.get(key, ctx.renew_before, lambda: mint(spec, info))

@@ -2,130 +2,61 @@
 from a Secret; the answer is base64 `username:token` or a JSON object.
 
 A tenant's webhook could be aimed at the cloud metadata service or at services inside the
-cluster network; for the namespaced kind the URL's addresses must be public unless the
-operator was started with allowed CIDRs. The addresses are checked twice: when the host is
-resolved before the request, and on the socket actually connected, before a byte (TLS
-handshake, headers from the Secret) is sent, so a DNS answer that changes in between (DNS
-rebinding) cannot lead the request to a refused address."""
+cluster network; for the namespaced kind the request obeys the operator's egress policy
+(ocireg.egress: public addresses only unless the operator allows ranges, checked when the
+host is resolved and again on the connected socket before a byte is sent, so DNS rebinding
+cannot lead the request, or the Secret's headers, to a refused address). `timeoutSeconds` is
+the whole budget of one call: connect, TLS, headers and the (capped) answer."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import datetime as dt
-import ipaddress
 import json
-import socket
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
-from requests.adapters import HTTPAdapter
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from .. import egress
 from ..credential import Credential
 from ..errors import ReconcileError
 from ..models.cloud import WebhookAuth, WebhookFormat
 from ..models.spec import RegistrySpec
 from ..registry import parse_retry_after
-from . import ResolveContext, digest
+from . import ResolveContext
 
 MAX_ANSWER_BYTES = 64 * 1024
 _SAFE_HEADER = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 
 
-def address_refused(
-    address: ipaddress.IPv4Address | ipaddress.IPv6Address,
-    allowed: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network],
-) -> bool:
-    """True for addresses a tenant may not reach: loopback, link-local (cloud metadata),
-    private, shared, reserved, multicast and unspecified ones, unless explicitly allowed."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    if any(address in network for network in allowed):
-        return False
-    return not address.is_global or address.is_multicast
-
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+# One policy for every outbound request (ocireg.egress); kept under these names for callers.
+address_refused = egress.address_refused
 
 
 def _refusal(host: str, address: object) -> ReconcileError:
     return ReconcileError(
         "WebhookAddressNotAllowed",
-        f"the webhook host {host} resolves to {address}, a non-public address an "
-        "OCIRegistry may not reach (the operator can allow ranges with "
-        "--webhook-allowed-cidr)",
+        egress.EgressRefused(host, str(address)).describe("the webhook host"),
     )
 
 
 def check_destination(url: str, allowed_cidrs: Iterable[str], resolve: Any = None) -> None:
+    """Every address the webhook's host resolves to must be one a tenant may reach."""
     host = urlsplit(url).hostname
     if not host:
         raise ReconcileError("InvalidSpec", "the webhook url has no host")
-    allowed = [ipaddress.ip_network(c, strict=False) for c in allowed_cidrs]
+    policy = egress.EgressPolicy.for_object(True, allowed_cidrs)
     try:
-        infos = (resolve or socket.getaddrinfo)(host, None, proto=socket.IPPROTO_TCP)
-    except (socket.gaierror, UnicodeError):
+        policy.check_host(host, resolve)
+    except egress.EgressRefused as refused:
+        raise _refusal(host, refused.address) from None
+    except OSError:
         raise ReconcileError(
             "WebhookUnreachable", f"cannot resolve the webhook host {host}", transient=True
         ) from None
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%", 1)[0])
-        if address_refused(address, allowed):
-            raise _refusal(host, address)
-
-
-class _PeerRefused(Exception):
-    """The socket connected to a refused address (raised before anything is sent)."""
-
-    def __init__(self, address: str) -> None:
-        super().__init__(address)
-        self.address = address
-
-
-def _guarded_pools(
-    allowed: list[Network],
-) -> dict[str, type[HTTPConnectionPool]]:
-    """Connection pools whose connections check the address they are connected to."""
-
-    def check(sock: socket.socket) -> socket.socket:
-        peer = str(sock.getpeername()[0]).split("%", 1)[0]
-        if address_refused(ipaddress.ip_address(peer), allowed):
-            sock.close()
-            raise _PeerRefused(peer)
-        return sock
-
-    class GuardedHTTPConnection(HTTPConnection):
-        def _new_conn(self) -> socket.socket:
-            return check(super()._new_conn())
-
-    class GuardedHTTPSConnection(HTTPSConnection):
-        def _new_conn(self) -> socket.socket:
-            return check(super()._new_conn())
-
-    class GuardedHTTPPool(HTTPConnectionPool):
-        ConnectionCls = GuardedHTTPConnection
-
-    class GuardedHTTPSPool(HTTPSConnectionPool):
-        ConnectionCls = GuardedHTTPSConnection
-
-    return {"http": GuardedHTTPPool, "https": GuardedHTTPSPool}
-
-
-class _GuardedAdapter(HTTPAdapter):
-    """Direct connections only to addresses a tenant may reach. (Through a proxy, the socket
-    is the proxy's; the check before the request is all there is then.)"""
-
-    def __init__(self, allowed: list[Network]) -> None:
-        self._allowed = allowed
-        super().__init__()
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = _guarded_pools(self._allowed)
 
 
 def _field(answer: Any, path: str) -> Any:
@@ -229,30 +160,46 @@ def _headers(ctx: ResolveContext, auth: WebhookAuth) -> dict[str, str]:
 def mint(spec: RegistrySpec, ctx: ResolveContext, headers: dict[str, str]) -> Credential:
     auth = spec.auth.webhook if spec.auth else None
     assert auth is not None
+    allowed = ctx.config.egress_allowed_cidrs
     if ctx.namespaced:
-        check_destination(auth.url, ctx.config.webhook_allowed_cidrs)
+        check_destination(auth.url, allowed)
     host = urlsplit(auth.url).hostname
+    budget = float(auth.timeout_seconds)
+    too_slow = ReconcileError(
+        "WebhookUnreachable",
+        f"the webhook {host} sent no complete answer within {budget:g} s "
+        "(auth.webhook.timeoutSeconds)",
+        transient=True,
+    )
     try:
-        with requests.Session() as session:
-            if ctx.namespaced:
-                allowed = [
-                    ipaddress.ip_network(c, strict=False) for c in ctx.config.webhook_allowed_cidrs
-                ]
-                session.mount("http://", _GuardedAdapter(allowed))
-                session.mount("https://", _GuardedAdapter(allowed))
-            # Redirects could lead anywhere, past the address check: refuse them.
-            response = session.get(
-                auth.url,
-                headers={"Accept": "application/json, text/plain", **headers},
-                timeout=auth.timeout_seconds,
-                verify=not auth.insecure_skip_verify,
-                allow_redirects=False,
-                stream=True,
-            )
-            with response:
-                body = response.raw.read(MAX_ANSWER_BYTES + 1, decode_content=True)
-    except _PeerRefused as refused:
+        with (
+            egress.session(egress.EgressPolicy.for_object(ctx.namespaced, allowed)) as session,
+            egress.deadline(budget) as deadline,
+        ):
+            try:
+                # Redirects could lead anywhere the first answer names: refuse them.
+                response = session.get(
+                    auth.url,
+                    headers={"Accept": "application/json, text/plain", **headers},
+                    timeout=budget,
+                    verify=not auth.insecure_skip_verify,
+                    allow_redirects=False,
+                    stream=True,
+                )
+                with response:
+                    body = egress.read_capped(response, MAX_ANSWER_BYTES)
+            except requests.exceptions.RequestException:
+                if deadline.expired:
+                    raise egress.DeadlineExceeded(budget) from None
+                raise
+    except egress.EgressRefused as refused:
         raise _refusal(host or "", refused.address) from None
+    except egress.DeadlineExceeded:
+        raise too_slow from None
+    except egress.AnswerTooLarge:
+        raise ReconcileError(
+            "AnswerTooLarge", f"the webhook's answer is larger than {MAX_ANSWER_BYTES} bytes"
+        ) from None
     except requests.exceptions.SSLError:
         raise ReconcileError("WebhookTLSError", f"TLS to the webhook {host} failed") from None
     except requests.exceptions.RequestException as error:
@@ -272,10 +219,6 @@ def mint(spec: RegistrySpec, ctx: ResolveContext, headers: dict[str, str]) -> Cr
         )
     if not 200 <= status < 300:
         raise ReconcileError("WebhookError", f"the webhook {host} answered HTTP {status}")
-    if len(body) > MAX_ANSWER_BYTES:
-        raise ReconcileError(
-            "InvalidProviderAnswer", f"the webhook's answer is larger than {MAX_ANSWER_BYTES} bytes"
-        )
     username, password, expires = parse_answer(body, auth, dt.datetime.now(dt.UTC))
     return Credential(
         "webhook", (spec.server or "",), username=username, password=password, expires_at=expires
@@ -286,7 +229,11 @@ def resolve(spec: RegistrySpec, ctx: ResolveContext) -> Credential:
     auth = spec.auth.webhook if spec.auth else None
     assert auth is not None
     headers = _headers(ctx, auth)
-    key = ("webhook", digest(auth.to_api(), headers, ctx.namespaced), spec.server)
+    # Safe: the headers sent (the webhook's secret) and the whole webhook spec (URL, TLS,
+    # answer format) are in the key, and the trust domain keeps a tenant from a cluster
+    # object's answer (whose webhook may reach addresses a tenant's may not) and from other
+    # namespaces' answers.
+    key = ctx.mint_key("webhook", auth.to_api(), sorted(headers.items()), spec.server)
     # Answers without an expiry are asked for again every refresh.interval.
     return ctx.cache.get(
         key, ctx.renew_before, lambda: mint(spec, ctx, headers), max_age=ctx.refresh_interval

@@ -29,6 +29,8 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 
+from .. import egress
+from ..egress import UNRESTRICTED, EgressPolicy
 from .auth import (
     CLIENT_ID,
     NO_AUTH,
@@ -60,10 +62,24 @@ MAX_TAG_PAGES: Final = 10_000
 MAX_REDIRECTS: Final = 10
 # The distribution registry refuses manifests over 4 MiB, so larger answers are not manifests.
 MAX_MANIFEST_BYTES: Final = 4 * 1024 * 1024
-MAX_JSON_BYTES: Final = 32 * 1024 * 1024
 MAX_TOKEN_BYTES: Final = 1024 * 1024
+# Listings (tags, catalog) are capped per page AND in total, in entries and bytes, so that no
+# registry can take the operator past its 256 MiB pod limit: parsed, a tag costs ~100 bytes
+# of Python objects. 100,000 tags is several times the largest real repositories (ECR and
+# GHCR repositories with tens of thousands of tags, cosign .sig/.att tags included); at 128
+# characters per tag (the longest the spec allows) that is 13 MiB of JSON, within the total.
+MAX_LISTING_PAGE_BYTES: Final = 8 * 1024 * 1024
+MAX_LISTING_BYTES: Final = 32 * 1024 * 1024
+MAX_TAGS: Final = 100_000
+# Chart discovery syncs every repository the catalog names; more than this is not a chart
+# registry to discover but one to list repositories of by hand (charts.repositories).
+MAX_REPOSITORIES: Final = 10_000
+# Total deadlines (connect, TLS, every read, redirects, the token request): one exchange with
+# the registry, and one whole paged listing. Real registries answer in well under a second;
+# these only bound a registry that drips its answer.
+REQUEST_DEADLINE: Final = 30.0
+LISTING_DEADLINE: Final = 120.0
 MAX_ERROR_BYTES: Final = 64 * 1024
-_CHUNK: Final = 64 * 1024
 _MAX_DETAIL: Final = 300
 
 _REPOSITORY_RE: Final = re.compile(
@@ -106,6 +122,25 @@ class _Target:
 
 
 _BASE = _Target("base")
+
+
+@dataclass
+class _Listing:
+    """The entries of one paged listing so far, with its totals."""
+
+    what: str  # "the tag list of team/app"
+    noun: str  # "tags"
+    limit: int
+    items: dict[str, None] = field(default_factory=dict)  # ordered set: servers may repeat
+    bytes_read: int = 0
+
+    def add(self, item: str) -> None:
+        if len(self.items) <= self.limit:
+            self.items[item] = None
+
+    @property
+    def full(self) -> bool:
+        return len(self.items) > self.limit
 
 
 # --------------------------------------------------------------------------- header parsing
@@ -225,6 +260,8 @@ class RegistryClient:
         timeout: float = 10.0,
         session: requests.Session | None = None,
         user_agent: str = "ocireg",
+        egress_policy: EgressPolicy = UNRESTRICTED,
+        deadline: float = REQUEST_DEADLINE,
     ) -> None:
         if not host or any(c in host for c in "/@?#\\" + " \t\r\n"):
             raise ValueError(f"registry host must be host[:port] without a scheme, got {host!r}")
@@ -239,8 +276,11 @@ class RegistryClient:
         self._credentials = credentials
         self._tls = tls
         self._timeout = timeout
+        self._deadline = deadline
         self._owns_session = session is None
-        self._session = session if session is not None else requests.Session()
+        # Every request (registry, token realm, redirect hops, blob storage) goes through the
+        # egress adapter: the object's address policy and the total deadline.
+        self._session = session if session is not None else egress.session(egress_policy)
         self._user_agent = user_agent
         self._lock = threading.Lock()
         self._request_count = 0
@@ -322,6 +362,10 @@ class RegistryClient:
         """``GET /v2/`` without credentials: the auth scheme the registry demands,
         "none", "basic" or "bearer"."""
         url = self._url("/v2/")
+        with self._within(self._deadline):
+            return self._ping(url)
+
+    def _ping(self, url: str) -> str:
         resp = self._request("GET", url)
         with contextlib.closing(resp):
             if 200 <= resp.status_code < 300:
@@ -346,6 +390,10 @@ class RegistryClient:
         pull (and, with ``push``, push) there. Raises RegistryError when they cannot;
         ``push`` is ignored without a repository."""
         repo = self._repository(repository) if repository is not None else None
+        with self._within(self._deadline):
+            return self._verify_access(repo, push)
+
+    def _verify_access(self, repo: str | None, push: bool) -> VerifyResult:
         scheme = self.ping()
         if scheme == "basic" and not self._credentials.has_basic:
             if self._credentials.anonymous:
@@ -385,39 +433,44 @@ class RegistryClient:
         if page_size is not None:
             url += f"?n={int(page_size)}"
         target = _Target("repository", repo)
-        tags: dict[str, None] = {}  # ordered set: a misbehaving server may repeat tags
+        what = f"the tag list of {repo}"
+        listing = _Listing(what, "tags", MAX_TAGS)
         seen = {url}
-        for _ in range(MAX_TAG_PAGES):
-            resp = self._send("GET", url, scope=_scope(repo, "pull"))
-            with contextlib.closing(resp):
-                if resp.status_code != 200:
-                    raise self._error_for(resp, "GET", url, target)
-                body = self._read_json(resp, MAX_JSON_BYTES, "the tag list")
-                link = resp.headers.get("Link")
-                page_url = resp.url or url
-            page = body.get("tags") if isinstance(body, dict) else None
-            if not isinstance(body, dict) or not (page is None or isinstance(page, list)):
-                raise self._invalid(f"the tag list of {repo} is not a JSON object with tags")
-            for tag in page or ():
-                if not isinstance(tag, str):
-                    raise self._invalid(f"the tag list of {repo} holds a non-string tag")
-                tags[tag] = None
-            try:
-                next_url = parse_link_next(link, page_url)
-            except ValueError:
-                raise self._invalid(
-                    f"the tag list of {repo} came with a malformed Link header"
-                ) from None
-            if next_url is None:
-                break
-            if next_url in seen:
-                log.warning("tag list of %s on %s: next link repeats; stopping", repo, self.host)
-                break
-            seen.add(next_url)
-            url = next_url
-        else:
-            log.warning("tag list of %s: stopped after %d pages", repo, MAX_TAG_PAGES)
-        return list(tags)
+        with self._within(LISTING_DEADLINE):
+            for _ in range(MAX_TAG_PAGES):
+                with self._within(self._deadline):
+                    resp = self._send("GET", url, scope=_scope(repo, "pull"))
+                    with contextlib.closing(resp):
+                        if resp.status_code != 200:
+                            raise self._error_for(resp, "GET", url, target)
+                        body = self._read_page(resp, listing)
+                        link = resp.headers.get("Link")
+                        page_url = resp.url or url
+                page = body.get("tags") if isinstance(body, dict) else None
+                if not isinstance(body, dict) or not (page is None or isinstance(page, list)):
+                    raise self._invalid(f"{what} is not a JSON object with tags")
+                for tag in page or ():
+                    if not isinstance(tag, str):
+                        raise self._invalid(f"{what} holds a non-string tag")
+                    listing.add(tag)
+                if listing.full:
+                    raise self._too_many(listing)
+                try:
+                    next_url = parse_link_next(link, page_url)
+                except ValueError:
+                    raise self._invalid(f"{what} came with a malformed Link header") from None
+                if next_url is None:
+                    break
+                if next_url in seen:
+                    log.warning(
+                        "tag list of %s on %s: next link repeats; stopping", repo, self.host
+                    )
+                    break
+                seen.add(next_url)
+                url = next_url
+            else:
+                log.warning("tag list of %s: stopped after %d pages", repo, MAX_TAG_PAGES)
+        return list(listing.items)
 
     def get_manifest(self, repository: str, reference: str) -> tuple[dict, str]:
         """(parsed manifest or index, its digest) for a tag or digest."""
@@ -425,12 +478,15 @@ class RegistryClient:
         ref = _reference(reference)
         url = self._url(f"/v2/{repo}/manifests/{ref}")
         headers = {"Accept": ", ".join(MANIFEST_MEDIA_TYPES)}
-        resp = self._send("GET", url, scope=_scope(repo, "pull"), headers=headers, redirects=True)
-        with contextlib.closing(resp):
-            if resp.status_code != 200:
-                raise self._error_for(resp, "GET", url, _Target("manifest", repo, ref))
-            body = self._read_capped(resp, MAX_MANIFEST_BYTES, f"manifest {ref} of {repo}")
-            header_digest = (resp.headers.get("Docker-Content-Digest") or "").strip()
+        with self._within(self._deadline):
+            resp = self._send(
+                "GET", url, scope=_scope(repo, "pull"), headers=headers, redirects=True
+            )
+            with contextlib.closing(resp):
+                if resp.status_code != 200:
+                    raise self._error_for(resp, "GET", url, _Target("manifest", repo, ref))
+                body = self._read_capped(resp, MAX_MANIFEST_BYTES, f"manifest {ref} of {repo}")
+                header_digest = (resp.headers.get("Docker-Content-Digest") or "").strip()
         computed = "sha256:" + hashlib.sha256(body).hexdigest()
         if ref.startswith("sha256:") and ref != computed:
             raise self._invalid(f"manifest {ref} of {repo} does not match its digest")
@@ -448,11 +504,12 @@ class RegistryClient:
         if not _DIGEST_RE.fullmatch(digest):
             raise ValueError(f"not a digest: {digest!r}")
         url = self._url(f"/v2/{repo}/blobs/{digest}")
-        resp = self._send("GET", url, scope=_scope(repo, "pull"), redirects=True)
-        with contextlib.closing(resp):
-            if resp.status_code != 200:
-                raise self._error_for(resp, "GET", url, _Target("blob", repo, digest))
-            body = self._read_capped(resp, max_bytes, f"blob {digest} of {repo}")
+        with self._within(self._deadline):
+            resp = self._send("GET", url, scope=_scope(repo, "pull"), redirects=True)
+            with contextlib.closing(resp):
+                if resp.status_code != 200:
+                    raise self._error_for(resp, "GET", url, _Target("blob", repo, digest))
+                body = self._read_capped(resp, max_bytes, f"blob {digest} of {repo}")
         algorithm, _, expected = digest.partition(":")
         if algorithm == "sha256" and hashlib.sha256(body).hexdigest() != expected:
             raise self._invalid(f"blob {digest} of {repo} does not match its digest")
@@ -465,11 +522,14 @@ class RegistryClient:
         ref = _reference(reference)
         url = self._url(f"/v2/{repo}/manifests/{ref}")
         headers = {"Accept": ", ".join(MANIFEST_MEDIA_TYPES)}
-        resp = self._send("HEAD", url, scope=_scope(repo, "pull"), headers=headers, redirects=True)
-        with contextlib.closing(resp):
-            if resp.status_code != 200:
-                raise self._error_for(resp, "HEAD", url, _Target("manifest", repo, ref))
-            digest = (resp.headers.get("Docker-Content-Digest") or "").strip()
+        with self._within(self._deadline):
+            resp = self._send(
+                "HEAD", url, scope=_scope(repo, "pull"), headers=headers, redirects=True
+            )
+            with contextlib.closing(resp):
+                if resp.status_code != 200:
+                    raise self._error_for(resp, "HEAD", url, _Target("manifest", repo, ref))
+                digest = (resp.headers.get("Docker-Content-Digest") or "").strip()
         return digest if _DIGEST_RE.fullmatch(digest) else None
 
     def list_repositories(self, page_size: int | None = None) -> list[str]:
@@ -481,31 +541,35 @@ class RegistryClient:
         url = self._url("/v2/_catalog")
         if page_size is not None:
             url += f"?n={int(page_size)}"
-        names: dict[str, None] = {}
+        listing = _Listing("the catalog", "repositories", MAX_REPOSITORIES)
         seen = {url}
-        for _ in range(MAX_TAG_PAGES):
-            resp = self._send("GET", url, scope="registry:catalog:*")
-            with contextlib.closing(resp):
-                if resp.status_code != 200:
-                    raise self._error_for(resp, "GET", url, _Target("catalog"))
-                body = self._read_json(resp, MAX_JSON_BYTES, "the catalog")
-                link = resp.headers.get("Link")
-                page_url = resp.url or url
-            page = body.get("repositories") if isinstance(body, dict) else None
-            if not (page is None or isinstance(page, list)):
-                raise self._invalid("the catalog is not a JSON object with repositories")
-            for name in page or ():
-                if isinstance(name, str) and _REPOSITORY_RE.fullmatch(name):
-                    names[name] = None
-            try:
-                next_url = parse_link_next(link, page_url)
-            except ValueError:
-                raise self._invalid("the catalog came with a malformed Link header") from None
-            if next_url is None or next_url in seen:
-                break
-            seen.add(next_url)
-            url = next_url
-        return list(names)
+        with self._within(LISTING_DEADLINE):
+            for _ in range(MAX_TAG_PAGES):
+                with self._within(self._deadline):
+                    resp = self._send("GET", url, scope="registry:catalog:*")
+                    with contextlib.closing(resp):
+                        if resp.status_code != 200:
+                            raise self._error_for(resp, "GET", url, _Target("catalog"))
+                        body = self._read_page(resp, listing)
+                        link = resp.headers.get("Link")
+                        page_url = resp.url or url
+                page = body.get("repositories") if isinstance(body, dict) else None
+                if not (page is None or isinstance(page, list)):
+                    raise self._invalid("the catalog is not a JSON object with repositories")
+                for name in page or ():
+                    if isinstance(name, str) and _REPOSITORY_RE.fullmatch(name):
+                        listing.add(name)
+                if listing.full:
+                    raise self._too_many(listing)
+                try:
+                    next_url = parse_link_next(link, page_url)
+                except ValueError:
+                    raise self._invalid("the catalog came with a malformed Link header") from None
+                if next_url is None or next_url in seen:
+                    break
+                seen.add(next_url)
+                url = next_url
+        return list(listing.items)
 
     # ---------------------------------------------------------------- verify helpers
 
@@ -536,6 +600,11 @@ class RegistryClient:
 
     # ---------------------------------------------------------------- HTTP machinery
 
+    def _within(self, seconds: float) -> contextlib.AbstractContextManager[egress.Deadline]:
+        """A total deadline for what the calling thread sends and reads inside (nested ones
+        end no later than the enclosing one)."""
+        return egress.deadline(seconds)
+
     def _url(self, path: str) -> str:
         return self._base_url + path
 
@@ -564,7 +633,9 @@ class RegistryClient:
             if _origin(url) == self._origin:
                 resp = self._send_authenticated(method, url, scope, headers or {})
             else:
-                resp = self._request(method, url, headers=headers, trusted=False)
+                resp = self._request(
+                    method, url, headers=headers, trusted=False, role="the redirect target"
+                )
             if not (redirects and resp.is_redirect):
                 return resp
             location = resp.headers["Location"]
@@ -657,10 +728,12 @@ class RegistryClient:
                 "refresh_token": creds.identity_token,
                 **form,
             }
-            resp = self._request("POST", realm, data=data)
+            resp = self._request("POST", realm, data=data, role="the token server")
         else:
             headers = {"Authorization": creds.basic_authorization()} if creds.has_basic else {}
-            resp = self._request("GET", realm, params=form, headers=headers)
+            resp = self._request(
+                "GET", realm, params=form, headers=headers, role="the token server"
+            )
         with contextlib.closing(resp):
             if resp.status_code != 200:
                 raise self._token_error(resp, server, scope)
@@ -681,6 +754,7 @@ class RegistryClient:
         params: Mapping[str, str] | None = None,
         data: Mapping[str, str] | None = None,
         trusted: bool = True,
+        role: str = "registry",
     ) -> requests.Response:
         """One HTTP request, no redirects followed, body streamed (readers cap its size).
         ``trusted``: the registry or its token server, which get the configured TLS trust;
@@ -694,7 +768,7 @@ class RegistryClient:
         with self._lock:
             self._request_count += 1
         log.debug("%s %s", method, _loggable(url))
-        with self._mapped_errors(url):
+        with self._mapped_errors(url, role):
             resp = self._session.request(
                 method,
                 url,
@@ -714,34 +788,87 @@ class RegistryClient:
         return resp
 
     @contextlib.contextmanager
-    def _mapped_errors(self, url: str) -> Iterator[None]:
+    def _mapped_errors(self, url: str, role: str = "registry") -> Iterator[None]:
         """requests' exceptions as RegistryError, without their text (it holds URLs)."""
         try:
             yield
-        except requests.exceptions.SSLError as exc:
-            raise self._tls_error(url, exc) from None
-        except (
-            requests.exceptions.ConnectionError,
-            requests.exceptions.Timeout,
-            requests.exceptions.ChunkedEncodingError,
-        ) as exc:
-            raise self._unreachable(url, exc) from None
-        except requests.exceptions.RequestException as exc:
-            raise self._invalid(
-                f"request to {_host_port(url)} failed: {type(exc).__name__}"
+        except egress.EgressRefused as refused:
+            owner = "" if role == "registry" else f" of registry {self.host}"
+            raise RegistryError(
+                "EgressNotAllowed", refused.describe(role, owner), transient=False
             ) from None
+        except egress.DeadlineExceeded as exc:
+            raise self._too_slow(url, exc.seconds) from None
+        except requests.exceptions.RequestException as exc:
+            raise self._request_error(url, exc) from None
+
+    def _request_error(self, url: str, exc: requests.exceptions.RequestException) -> RegistryError:
+        current = egress.current_deadline()
+        if current is not None and current.expired:
+            # The watchdog cut the connection, whatever error that surfaced as.
+            return self._too_slow(url, current.seconds)
+        if isinstance(exc, requests.exceptions.SSLError):
+            return self._tls_error(url, exc)
+        if isinstance(
+            exc,
+            requests.exceptions.ConnectionError
+            | requests.exceptions.Timeout
+            | requests.exceptions.ChunkedEncodingError,
+        ):
+            return self._unreachable(url, exc)
+        return self._invalid(f"request to {_host_port(url)} failed: {type(exc).__name__}")
 
     def _read_capped(self, resp: requests.Response, limit: int, what: str) -> bytes:
-        length = resp.headers.get("Content-Length", "").strip()
-        if length.isdigit() and int(length) > limit:
-            raise self._invalid(f"{what} is {int(length)} bytes, over the {limit}-byte limit")
-        body = bytearray()
-        with self._mapped_errors(resp.url or self._base_url):
-            for chunk in resp.iter_content(_CHUNK):
-                body += chunk
-                if len(body) > limit:
-                    raise self._invalid(f"{what} is over the {limit}-byte limit")
-        return bytes(body)
+        try:
+            with self._mapped_errors(resp.url or self._base_url):
+                return egress.read_capped(resp, limit)
+        except egress.AnswerTooLarge as exc:
+            size = f"{exc.size} bytes, " if exc.size is not None else ""
+            raise RegistryError(
+                "AnswerTooLarge", f"{what} from {self.host} is {size}over the {limit}-byte limit"
+            ) from None
+
+    def _read_page(self, resp: requests.Response, listing: _Listing) -> Any:
+        """One page of a listing, parsed, within the per-page and total caps."""
+        left = MAX_LISTING_BYTES - listing.bytes_read
+        limit = min(MAX_LISTING_PAGE_BYTES, left)
+        try:
+            body = egress.read_capped(resp, limit)
+        except egress.AnswerTooLarge:
+            whole = limit < MAX_LISTING_PAGE_BYTES
+            raise RegistryError(
+                "AnswerTooLarge",
+                f"{listing.what} from {self.host} is over "
+                + (f"{MAX_LISTING_BYTES} bytes in all" if whole else f"{limit} bytes in a page")
+                + ", more than the operator reads (the limit keeps its memory bounded)",
+            ) from None
+        except egress.DeadlineExceeded as exc:
+            raise self._too_slow(resp.url or self._base_url, exc.seconds) from None
+        except requests.exceptions.RequestException as exc:
+            raise self._request_error(resp.url or self._base_url, exc) from None
+        listing.bytes_read += len(body)
+        # Every further entry needs a comma, so too many commas means too many entries; known
+        # before parsing, which is where the memory would go.
+        if body.count(b",") > listing.limit - len(listing.items) + 64:
+            raise self._too_many(listing)
+        try:
+            return json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise self._invalid(f"{listing.what} is not JSON") from None
+
+    def _too_many(self, listing: _Listing) -> RegistryError:
+        return RegistryError(
+            "AnswerTooLarge",
+            f"{listing.what} from {self.host} holds more than {listing.limit} {listing.noun}, "
+            "more than the operator reads (the limit keeps its memory bounded)",
+        )
+
+    def _too_slow(self, url: str, seconds: float) -> RegistryError:
+        return RegistryError(
+            "Unreachable",
+            f"{_host_port(url)} sent no complete answer within {seconds:g} s (the total "
+            "deadline of a request to a registry); it may be overloaded, or dripping its answer",
+        )
 
     def _read_json(self, resp: requests.Response, limit: int, what: str) -> Any:
         body = self._read_capped(resp, limit, what)

@@ -14,6 +14,10 @@ Reason = Literal[
     "RateLimited",
     "RegistryError",
     "InvalidResponse",
+    # A request for a tenant's object would have gone to a refused address (egress policy).
+    "EgressNotAllowed",
+    # An answer (or a listing over all its pages) over the operator's size caps.
+    "AnswerTooLarge",
 ]
 
 REASONS: Final[frozenset[str]] = frozenset(get_args(Reason))

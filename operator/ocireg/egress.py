@@ -1,0 +1,442 @@
+"""Where the operator may send a request, and for how long: the one transport every outbound
+HTTP request goes through (registry client, token realms, redirect hops, the ACR exchange,
+webhooks).
+
+- Egress policy. For a tenant's OCIRegistry the destination must be a public address:
+  loopback, link-local (cloud metadata), private, shared (CGNAT), unique-local, reserved,
+  multicast and unspecified addresses are refused, and so are the IPv6 forms that carry one
+  of those (IPv4-mapped, IPv4-compatible, NAT64 64:ff9b::/96 and 64:ff9b:1::/48, 6to4
+  2002::/16, Teredo), unless the operator allows a range (--egress-allowed-cidr). The check
+  is made on the connected socket before a byte is sent (no TLS hello, no header), so a DNS
+  answer that changes between a check and the connect (rebinding) cannot lead a request to a
+  refused address. Through an HTTP proxy the socket is the proxy's: the host is then checked
+  when resolved, before the request. A ClusterOCIRegistry is unrestricted (platform teams
+  use internal registries).
+- Total deadline. Per-read timeouts let a server that drips one byte every few seconds hold
+  a worker for ever. ``with deadline(seconds):`` bounds everything the thread sends and reads
+  inside it (connect, TLS, headers, streamed bodies, redirect chains): when it passes, a
+  watchdog shuts the sockets down, which ends any blocked read at once.
+- Size caps: :func:`read_capped` streams a body and stops one chunk past the limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import ipaddress
+import itertools
+import math
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from requests.utils import select_proxy
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+FLAG: Final = "--egress-allowed-cidr"
+_CHUNK: Final = 64 * 1024
+_NAT64: Final = ipaddress.ip_network("64:ff9b::/96")
+# RFC 8215 local-use NAT64: where the IPv4 address sits depends on the operator's prefix
+# length, and it never routes on the internet, so it is refused as a whole.
+_NAT64_LOCAL: Final = ipaddress.ip_network("64:ff9b:1::/48")
+_IPV4_COMPATIBLE: Final = ipaddress.ip_network("::/96")
+
+
+# --------------------------------------------------------------------------- the policy
+
+
+def parse_cidrs(cidrs: Iterable[str]) -> tuple[Network, ...]:
+    """The allowed ranges; raises ValueError naming a malformed one."""
+    networks = []
+    for cidr in cidrs:
+        try:
+            networks.append(ipaddress.ip_network(cidr.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{FLAG}: {cidr!r} is not an IP range (CIDR)") from None
+    return tuple(networks)
+
+
+def embedded_ipv4(address: Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address stands for (translation and tunnel forms)."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return []
+    if address.ipv4_mapped is not None:
+        return [address.ipv4_mapped]
+    if address in _NAT64 or address in _IPV4_COMPATIBLE:
+        return [ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)]
+    if address.sixtofour is not None:
+        return [address.sixtofour]
+    if address.teredo is not None:
+        return list(address.teredo)  # (server, client): the client is the real destination
+    return []
+
+
+def _public(address: Address) -> bool:
+    return address.is_global and not address.is_multicast
+
+
+def address_refused(address: Address, allowed: Iterable[Network] = ()) -> bool:
+    """True for an address a tenant's request may not go to (see the module docstring)."""
+    allowed = tuple(allowed)
+    if any(address in network for network in allowed):
+        return False
+    if address in _NAT64_LOCAL:
+        return True
+    if isinstance(address, ipaddress.IPv6Address) and address.teredo is not None:
+        return True  # a tunnel that can end anywhere; no registry is served from one
+    inner = embedded_ipv4(address)
+    if inner:
+        # Translated or tunnelled: the IPv4 address is where the packets end up.
+        return any(not any(a in n for n in allowed) and not _public(a) for a in inner)
+    return not _public(address)
+
+
+@dataclass(frozen=True)
+class EgressPolicy:
+    """What one object's requests may reach: anything (``restricted`` False: a
+    ClusterOCIRegistry), or public addresses plus the operator's allowed ranges."""
+
+    restricted: bool = False
+    allowed: tuple[Network, ...] = ()
+
+    @classmethod
+    def for_object(cls, namespaced: bool, allowed_cidrs: Iterable[str]) -> EgressPolicy:
+        return cls(True, parse_cidrs(allowed_cidrs)) if namespaced else UNRESTRICTED
+
+    def refuses(self, address: Address) -> bool:
+        return self.restricted and address_refused(address, self.allowed)
+
+    def check_host(self, host: str, resolve: Callable[..., Any] | None = None) -> None:
+        """Every address ``host`` resolves to must be allowed (the check before a request that
+        goes through a proxy). Raises EgressRefused, or OSError when it does not resolve."""
+        if not self.restricted:
+            return
+        try:
+            infos = (resolve or socket.getaddrinfo)(host, None, proto=socket.IPPROTO_TCP)
+        except UnicodeError:
+            raise socket.gaierror(f"{host!r} is not a valid host name") from None
+        for info in infos:
+            address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+            if self.refuses(address):
+                raise EgressRefused(host, str(address))
+
+
+UNRESTRICTED: Final = EgressPolicy()
+
+
+class EgressRefused(Exception):
+    """A request for a tenant's object would have gone to a refused address (raised before
+    anything was sent). Not an OSError, so that urllib3 and requests let it through as is."""
+
+    def __init__(self, host: str, address: str) -> None:
+        super().__init__(host, address)
+        self.host = host
+        self.address = address
+
+    def describe(self, role: str, owner: str = "") -> str:
+        """A message for the object's status, e.g. "the token server 10.0.0.1 of registry
+        r.example is ...": host and address, never an answer (none was asked for)."""
+        shown = self.host if self.host == self.address else f"{self.host} ({self.address})"
+        return (
+            f"{role} {shown}{owner} is a non-public address (loopback, link-local, private or "
+            "reserved) that an OCIRegistry may not reach; the operator can allow a range with "
+            f"{FLAG}"
+        )
+
+
+# --------------------------------------------------------------------------- deadlines
+
+
+class DeadlineExceeded(Exception):
+    """The total deadline of a request passed."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"no complete answer within {seconds:g} s")
+        self.seconds = seconds
+
+
+class AnswerTooLarge(Exception):
+    def __init__(self, limit: int, size: int | None = None) -> None:
+        super().__init__(f"the answer is over the {limit}-byte limit")
+        self.limit = limit
+        self.size = size
+
+
+class Deadline:
+    """A point in time after which every socket registered with it is shut down."""
+
+    def __init__(self, seconds: float, expires_at: float) -> None:
+        self.seconds = seconds
+        self.expires_at = expires_at
+        self.expired = False
+        self._closed = False
+        self._guards: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def remaining(self) -> float:
+        return self.expires_at - time.monotonic()
+
+    def check(self) -> None:
+        if self.expired or self.remaining() <= 0:
+            self.expired = True
+            raise DeadlineExceeded(self.seconds)
+
+    def watch(self, sock: socket.socket) -> None:
+        """Shut ``sock`` down when the deadline passes. A duplicate of its descriptor is kept
+        (closed when the deadline ends) so the number can never be reused by another socket
+        before the watchdog acts on it."""
+        try:
+            guard = socket.fromfd(sock.fileno(), sock.family, sock.type)
+        except OSError:
+            return
+        with self._lock:
+            if not self._closed and not self.expired:
+                self._guards.append(guard)
+                return
+            expired = self.expired
+        if expired:
+            _shutdown(guard)
+        guard.close()
+
+    def expire(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self.expired = True
+            guards, self._guards = self._guards, []
+        for guard in guards:
+            _shutdown(guard)
+            guard.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            guards, self._guards = self._guards, []
+        for guard in guards:
+            guard.close()
+
+
+def _shutdown(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Watchdog:
+    """One thread that expires deadlines in time order."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Deadline]] = []
+        self._counter = itertools.count()
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def add(self, deadline: Deadline) -> None:
+        with self._wake:
+            heapq.heappush(self._heap, (deadline.expires_at, next(self._counter), deadline))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="ocireg-deadlines", daemon=True
+                )
+                self._thread.start()
+            self._wake.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._heap:
+                    self._wake.wait()
+                at, _, deadline = self._heap[0]
+                wait = at - time.monotonic()
+                if wait > 0:
+                    self._wake.wait(wait)
+                    continue
+                heapq.heappop(self._heap)
+            deadline.expire()  # outside the lock: shutdowns may take a moment
+
+
+_WATCHDOG: Final = _Watchdog()
+_current = threading.local()
+
+
+def current_deadline() -> Deadline | None:
+    stack: list[Deadline] = getattr(_current, "stack", [])
+    return stack[-1] if stack else None
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[Deadline]:
+    """Everything this thread sends and reads inside must finish within ``seconds`` (and
+    within any enclosing deadline)."""
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"a deadline must be a positive number of seconds, got {seconds!r}")
+    outer = current_deadline()
+    expires_at = time.monotonic() + seconds
+    if outer is not None and outer.expires_at <= expires_at:
+        seconds, expires_at = outer.seconds, outer.expires_at
+    current = Deadline(seconds, expires_at)
+    _WATCHDOG.add(current)
+    stack: list[Deadline] = getattr(_current, "stack", None) or []
+    _current.stack = stack
+    stack.append(current)
+    try:
+        yield current
+    finally:
+        stack.pop()
+        current.close()
+
+
+# --------------------------------------------------------------------------- the transport
+
+
+def _pool_classes(policy: EgressPolicy, check_peer: bool) -> dict[str, type[HTTPConnectionPool]]:
+    """Connection pools whose connections obey the current deadline and, when ``check_peer``,
+    check the address they connected to before anything is sent."""
+
+    def opened(conn: HTTPConnection, sock: socket.socket) -> socket.socket:
+        if check_peer and policy.restricted:
+            peer = str(sock.getpeername()[0]).split("%", 1)[0]
+            if policy.refuses(ipaddress.ip_address(peer)):
+                sock.close()
+                raise EgressRefused(conn.host, peer)
+        current = current_deadline()
+        if current is not None:
+            current.watch(sock)
+            conn._ocireg_deadline = current  # type: ignore[attr-defined]
+        return sock
+
+    def before_connect(conn: HTTPConnection) -> None:
+        current = current_deadline()
+        if current is not None:
+            current.check()
+            limit = max(0.001, current.remaining())
+            timeout = conn.timeout if isinstance(conn.timeout, int | float) else None
+            conn.timeout = limit if timeout is None else min(timeout, limit)
+
+    def before_request(conn: HTTPConnection) -> None:
+        # A connection kept from an earlier request belongs to this request's deadline now.
+        current = current_deadline()
+        if current is not None and conn.sock is not None:
+            current.check()
+            if getattr(conn, "_ocireg_deadline", None) is not current:
+                current.watch(conn.sock)
+                conn._ocireg_deadline = current  # type: ignore[attr-defined]
+
+    class Connection(HTTPConnection):
+        def _new_conn(self) -> socket.socket:
+            before_connect(self)
+            return opened(self, super()._new_conn())
+
+        def request(self, *args: Any, **kwargs: Any) -> None:
+            before_request(self)
+            super().request(*args, **kwargs)
+
+    class TLSConnection(HTTPSConnection):
+        def _new_conn(self) -> socket.socket:
+            before_connect(self)
+            return opened(self, super()._new_conn())
+
+        def request(self, *args: Any, **kwargs: Any) -> None:
+            before_request(self)
+            super().request(*args, **kwargs)
+
+    class Pool(HTTPConnectionPool):
+        ConnectionCls = Connection
+
+    class TLSPool(HTTPSConnectionPool):
+        ConnectionCls = TLSConnection
+
+    return {"http": Pool, "https": TLSPool}
+
+
+class EgressAdapter(HTTPAdapter):
+    """requests' adapter with the egress policy and the deadline on every connection."""
+
+    def __init__(self, policy: EgressPolicy) -> None:
+        self.policy = policy
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _pool_classes(self.policy, check_peer=True)
+
+    def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **kwargs)
+        # The socket is the proxy's (the operator's choice): deadline, no address check.
+        manager.pool_classes_by_scheme = _pool_classes(self.policy, check_peer=False)
+        return manager
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        proxies = kwargs.get("proxies") or {}
+        if self.policy.restricted and select_proxy(request.url or "", proxies):
+            self.policy.check_host(urlsplit(request.url or "").hostname or "")
+        current = current_deadline()
+        if current is not None:
+            current.check()
+        response = super().send(request, **kwargs)
+        if current is not None and current.expired:
+            # Cut by the watchdog while the headers came in: what arrived is not an answer.
+            response.close()
+            raise DeadlineExceeded(current.seconds)
+        return response
+
+
+def session(policy: EgressPolicy) -> requests.Session:
+    """A requests session whose every request obeys ``policy`` and the current deadline."""
+    new = requests.Session()
+    adapter = EgressAdapter(policy)
+    new.mount("http://", adapter)
+    new.mount("https://", adapter)
+    return new
+
+
+def read_capped(response: requests.Response, limit: int) -> bytes:
+    """The whole (decoded) body, streamed, at most ``limit`` bytes: AnswerTooLarge past it
+    (a declared Content-Length over the limit is refused before reading), DeadlineExceeded
+    when the current deadline passed while reading (a body cut by the watchdog is never
+    taken for a complete one)."""
+    length = response.headers.get("Content-Length", "").strip()
+    if length.isdigit() and int(length) > limit:
+        raise AnswerTooLarge(limit, int(length))
+    body = bytearray()
+    current = current_deadline()
+    try:
+        for chunk in response.iter_content(_CHUNK):
+            body += chunk
+            if len(body) > limit:
+                raise AnswerTooLarge(limit)
+    except requests.exceptions.RequestException:
+        if current is not None and current.expired:
+            raise DeadlineExceeded(current.seconds) from None
+        raise
+    if current is not None and current.expired:
+        raise DeadlineExceeded(current.seconds)
+    return bytes(body)
+
+
+__all__ = [
+    "FLAG",
+    "UNRESTRICTED",
+    "AnswerTooLarge",
+    "Deadline",
+    "DeadlineExceeded",
+    "EgressAdapter",
+    "EgressPolicy",
+    "EgressRefused",
+    "address_refused",
+    "current_deadline",
+    "deadline",
+    "embedded_ipv4",
+    "parse_cidrs",
+    "read_capped",
+    "session",
+]

@@ -1,0 +1,218 @@
+"""Where registry work runs: worker pools in which no namespace or object can hold every
+worker (issue 14, point 5).
+
+Reconciles and chart syncs talk to registries, and a registry can be slow on purpose (it
+accepts and never finishes answering). Each pool therefore runs one job per object at a time
+(`key`), lets one group (a tenant namespace) hold at most `share` of its workers at once, and
+takes the next job round-robin over the groups that are below their share: a namespace whose
+jobs are stuck only delays its own queued work, and a namespace with a thousand queued jobs
+does not go before one with a single job. Cluster objects (the platform team's) and tenant
+objects have separate pools, so neither can starve the other.
+
+`ShareQueue` is the decision, pure and unit-tested; `FairPool` runs it on threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Hashable
+from concurrent.futures import Future
+from typing import Any, Generic, TypeVar
+
+from . import plan
+from .config import PoolSizes
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Job = tuple[Callable[[], Any], "Future[Any]", bool]  # what to run, its future, coalescing
+
+
+class ShareQueue(Generic[T]):
+    """Waiting jobs by group. `pop` gives the next job that may start now: its key is not
+    running, its group runs fewer than `share` jobs, and its group is the one that has waited
+    longest for a turn (round robin). No threads, no clock: the caller says when a job is
+    done."""
+
+    def __init__(self, share: int) -> None:
+        self.share = max(1, share)
+        self._waiting: dict[Hashable, deque[tuple[Hashable, T]]] = {}  # group -> (key, item)
+        self._turns: deque[Hashable] = deque()  # groups that may start a job, in turn order
+        self._in_turns: set[Hashable] = set()
+        self._running: dict[Hashable, int] = {}  # group -> jobs running
+        self._running_keys: set[Hashable] = set()
+
+    def push(self, key: Hashable, group: Hashable, item: T) -> None:
+        self._waiting.setdefault(group, deque()).append((key, item))
+        self._offer(group)
+
+    def pop(self) -> tuple[Hashable, Hashable, T] | None:
+        """The next (key, group, item) to run, now marked running; None: nothing may start."""
+        for _ in range(len(self._turns)):
+            group = self._turns.popleft()
+            self._in_turns.discard(group)
+            jobs = self._waiting.get(group)
+            if not jobs:
+                continue
+            # The group's oldest job whose object is not running already.
+            free = (i for i, (key, _) in enumerate(jobs) if key not in self._running_keys)
+            found = next(free, None)
+            if found is None:
+                continue  # offered again when one of its running keys is done
+            key, item = jobs[found]
+            del jobs[found]
+            if not jobs:
+                del self._waiting[group]
+            self._running[group] = self._running.get(group, 0) + 1
+            self._running_keys.add(key)
+            self._offer(group)  # to the back of the line: round robin
+            return key, group, item
+        return None
+
+    def done(self, key: Hashable, group: Hashable) -> None:
+        self._running_keys.discard(key)
+        left = self._running.get(group, 0) - 1
+        if left > 0:
+            self._running[group] = left
+        else:
+            self._running.pop(group, None)
+        # An object's jobs are all in its own group: offering that group again is enough.
+        self._offer(group)
+
+    def running(self, group: Hashable) -> int:
+        return self._running.get(group, 0)
+
+    def waiting(self) -> int:
+        return sum(len(jobs) for jobs in self._waiting.values())
+
+    def _offer(self, group: Hashable) -> None:
+        if (
+            group not in self._in_turns
+            and self._waiting.get(group)
+            and self._running.get(group, 0) < self.share
+        ):
+            self._turns.append(group)
+            self._in_turns.add(group)
+
+
+class FairPool:
+    """Up to `workers` threads (started as needed) running a ShareQueue's jobs."""
+
+    def __init__(self, name: str, workers: int, share: int) -> None:
+        self.name = name
+        self.workers = max(1, workers)
+        self._queue: ShareQueue[Job] = ShareQueue(share)
+        self._coalescing: dict[Hashable, Future[Any]] = {}  # key -> its job not started yet
+        self._cond = threading.Condition()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._stopped = False
+
+    @property
+    def share(self) -> int:
+        return self._queue.share
+
+    def submit(
+        self, key: Hashable, group: Hashable, run: Callable[[], T], coalesce: bool = False
+    ) -> Future[T]:
+        """Run `run` when the object `key` runs nothing else and `group` is below its share.
+        With `coalesce`, a coalescing job of this key that has not started yet is the one
+        run (its future returned): a burst of pokes costs one run."""
+        with self._cond:
+            if coalesce and key in self._coalescing:
+                return self._coalescing[key]
+            future: Future[T] = Future()
+            if self._stopped:
+                future.cancel()
+                return future
+            if coalesce:
+                self._coalescing[key] = future
+            self._queue.push(key, group, (run, future, coalesce))
+            if self._idle == 0 and len(self._threads) < self.workers:
+                thread = threading.Thread(
+                    target=self._work, name=f"{self.name}-{len(self._threads)}", daemon=True
+                )
+                self._threads.append(thread)
+                thread.start()
+            self._cond.notify()
+        return future
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+
+    def _next(self) -> tuple[Hashable, Hashable, Job] | None:
+        with self._cond:
+            while not self._stopped:
+                job = self._queue.pop()
+                if job is not None:
+                    key, _, (_, future, coalesce) = job
+                    if coalesce and self._coalescing.get(key) is future:
+                        del self._coalescing[key]  # a poke from now on runs again
+                    return job
+                self._idle += 1
+                self._cond.wait()
+                self._idle -= 1
+            return None
+
+    def _work(self) -> None:
+        while (job := self._next()) is not None:
+            key, group, (run, future, _) = job
+            try:
+                if future.set_running_or_notify_cancel():  # not cancelled while waiting
+                    try:
+                        future.set_result(run())
+                    except BaseException as error:
+                        future.set_exception(error)
+            finally:
+                with self._cond:
+                    self._queue.done(key, group)
+                    self._cond.notify_all()  # a job of this key or group may start now
+
+
+class Pools:
+    """The reconcile and chart pools of one operator process."""
+
+    def __init__(self, sizes: PoolSizes) -> None:
+        self.sizes = sizes
+        share = sizes.namespace_share
+        self.tenant_reconciles = FairPool("ocireg-reconcile", sizes.tenant_reconciles, share)
+        # Cluster objects are one group each: only one job per object, no namespace share.
+        self.cluster_reconciles = FairPool(
+            "ocireg-cluster-reconcile", sizes.cluster_reconciles, sizes.cluster_reconciles
+        )
+        self.tenant_charts = FairPool("ocireg-charts", sizes.tenant_charts, share)
+        self.cluster_charts = FairPool(
+            "ocireg-cluster-charts", sizes.cluster_charts, sizes.cluster_charts
+        )
+
+    def reconcile(
+        self, ref: plan.RegistryRef, run: Callable[[], T], coalesce: bool = False
+    ) -> Future[T]:
+        pool = self.tenant_reconciles if ref.namespaced else self.cluster_reconciles
+        return pool.submit(ref, group_of(ref), run, coalesce)
+
+    def charts(self, ref: plan.RegistryRef, run: Callable[[], T]) -> Future[T]:
+        pool = self.tenant_charts if ref.namespaced else self.cluster_charts
+        return pool.submit(ref, group_of(ref), run)
+
+    def stop(self) -> None:
+        for pool in (
+            self.tenant_reconciles,
+            self.cluster_reconciles,
+            self.tenant_charts,
+            self.cluster_charts,
+        ):
+            pool.stop()
+
+
+def group_of(ref: plan.RegistryRef) -> Hashable:
+    """Whose share a job counts against: a tenant's namespace; a cluster object its own."""
+    if ref.namespaced:
+        return ("namespace", ref.namespace or "")
+    return ("cluster", ref.name)
+
+
+__all__ = ["FairPool", "PoolSizes", "Pools", "ShareQueue", "group_of"]

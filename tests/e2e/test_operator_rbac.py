@@ -1,0 +1,507 @@
+"""What a compromised operator can do with its own identity, on the real API server: the
+shipped ClusterRole lets it create ServiceAccount tokens in every namespace and patch its
+MutatingWebhookConfiguration, and the ValidatingAdmissionPolicies shipped beside it
+(manifests/rbac/token-request-policy.yaml, manifests/admission/webhook-policy.yaml, the chart's
+templates/policies.yaml) keep both harmless: a token only for a cloud audience, which the API
+server refuses, and a webhook entry that stays ServiceAccount CREATE, failurePolicy Ignore.
+Every request here is made as the installed ServiceAccount itself (a TokenRequest token for it
+in a kubeconfig), never by impersonation, and the operator installed by the chart still does
+AWS web identity end to end with the policy in force."""
+
+from __future__ import annotations
+
+import ast
+import base64
+import contextlib
+import copy
+import json
+import os
+import secrets
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from ocireg.admission import WEBHOOK_NAME, webhook_entry
+from ocireg.config import SYSTEM_NAMESPACES
+from ocireg.devenv.controlplane import ControlPlane
+from ocireg.devenv.processes import Tools
+from ocireg.devenv.registries import LocalRegistries
+from ocireg.devenv.standins import AwsStandIn
+
+from .helpers import (
+    apply,
+    ca_config_map,
+    registry_object,
+    secret,
+    wait_for,
+    wait_for_reason,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "ocireg"
+MANIFESTS = ROOT / "manifests"
+CLUSTER_SCOPED = (
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "MutatingWebhookConfiguration",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+)
+TOKEN_POLICY_REFUSAL = (
+    "ocireg may request ServiceAccount tokens only for the audiences "
+    "sts.amazonaws.com, api://AzureADTokenExchange"
+)
+MOTO_PASSWORD = "123456789012-auth-token"  # moto's ECR answer for its default account
+
+
+@dataclass
+class Install:
+    namespace: str
+    service_account: str
+    objects: list[dict[str, Any]]
+    kubeconfig: Path  # a token of the installed ServiceAccount: acting as the operator
+
+    @property
+    def user(self) -> str:
+        return f"system:serviceaccount:{self.namespace}:{self.service_account}"
+
+    def named(self, kind: str) -> list[str]:
+        return [o["metadata"]["name"] for o in self.objects if o["kind"] == kind]
+
+
+def _objects(text: str) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def _helm_template(tools: Tools, release: str, namespace: str, *values: str) -> list[dict]:
+    result = subprocess.run(
+        [tools.path("helm"), "template", release, str(CHART), "--namespace", namespace, *values],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return _objects(result.stdout)
+
+
+def _install(
+    cluster: ControlPlane, objects: list[dict[str, Any]], namespace: str, path: Path
+) -> Iterator[Install]:
+    path.write_text(yaml.safe_dump_all(objects))
+    cluster.kubectl("apply", "-f", str(path))
+    (account,) = [o["metadata"]["name"] for o in objects if o["kind"] == "ServiceAccount"]
+    try:
+        yield Install(
+            namespace,
+            account,
+            objects,
+            cluster.kubeconfig_for_service_account(namespace, account),
+        )
+    finally:
+        scoped = [
+            f"{o['kind'].lower()}/{o['metadata']['name']}"
+            for o in objects
+            if o["kind"] in CLUSTER_SCOPED
+        ]
+        cluster.kubectl("delete", *scoped, "--ignore-not-found", check=False)
+
+
+@pytest.fixture(scope="module")
+def chart(
+    tools: Tools, cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Install]:
+    """The chart with its defaults and the admission webhook on, applied for real in a fresh
+    release namespace (the policies, the ClusterRoles, the empty webhook configuration)."""
+    suffix = secrets.token_hex(3)
+    namespace, release = f"rbac-rel-{suffix}", f"rbac-{suffix}"
+    cluster.kubectl("create", "namespace", namespace)
+    objects = _helm_template(tools, release, namespace, "--set", "admission.enabled=true")
+    kinds = {o["kind"] for o in objects}
+    assert {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} <= kinds, kinds
+    try:
+        yield from _install(cluster, objects, namespace, tmp_path_factory.mktemp("chart") / "c")
+    finally:
+        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def kustomize(cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Install]:
+    """`kubectl apply -k manifests/`'s identity and policies (ServiceAccount ocireg in
+    ocireg-system, its ClusterRole and binding, the token policy), without the Deployment."""
+    wanted = {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding"}
+    wanted |= {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
+    rendered = _objects(cluster.kubectl("kustomize", str(MANIFESTS)).stdout)
+    objects = [o for o in rendered if o["kind"] in wanted]
+    assert {o["kind"] for o in objects} == wanted
+    path = tmp_path_factory.mktemp("kustomize") / "k"
+    try:
+        yield from _install(cluster, objects, "ocireg-system", path)
+    finally:
+        cluster.kubectl(
+            "delete", "serviceaccount", "ocireg", "-n", "ocireg-system", "--ignore-not-found"
+        )
+
+
+@pytest.fixture
+def cluster_admin_account(cluster: ControlPlane, namespace: str) -> Iterator[str]:
+    """A ServiceAccount bound to cluster-admin: what a stolen operator identity would want
+    to become."""
+    cluster.kubectl("create", "serviceaccount", "root", "-n", namespace)
+    binding = f"{namespace}-root"
+    cluster.kubectl(
+        "create",
+        "clusterrolebinding",
+        binding,
+        "--clusterrole=cluster-admin",
+        f"--serviceaccount={namespace}:root",
+    )
+    yield "root"
+    cluster.kubectl("delete", "clusterrolebinding", binding, "--ignore-not-found", check=False)
+
+
+def _claims(token: str) -> dict[str, Any]:
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
+def _token_as(install: Install, cluster: ControlPlane, namespace: str, account: str, *flags: str):
+    return cluster.kubectl(
+        "create", "token", account, "-n", namespace, *flags, kubeconfig=install.kubeconfig,
+        check=False,
+    )  # fmt: skip
+
+
+def _api_with(cluster: ControlPlane, token: str, where: Path, *args: str):
+    """kubectl with nothing but this bearer token (no client certificate)."""
+    kubeconfig = cluster.write_kubeconfig(where, "bearer", token=token)
+    return cluster.kubectl(*args, kubeconfig=kubeconfig, check=False)
+
+
+# -- TokenRequests --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("source", ["chart", "kustomize"])
+def test_the_operator_cannot_mint_a_token_the_api_server_accepts(
+    cluster: ControlPlane,
+    crds: None,
+    request: pytest.FixtureRequest,
+    source: str,
+    namespace: str,
+    cluster_admin_account: str,
+    tmp_path: Path,
+) -> None:
+    install: Install = request.getfixturevalue(source)
+    root = cluster_admin_account
+    # RBAC alone would let it: the rule web identity needs covers every account.
+    can = cluster.kubectl(
+        "auth", "can-i", "create", "serviceaccounts", "--subresource=token", "-n", namespace,
+        f"--as={install.user}",
+    )  # fmt: skip
+    assert can.stdout.strip() == "yes"
+
+    # No audience (the API server's own, filled in by it): refused, saying why. The first
+    # request waits for the API server to have loaded the policy just installed.
+    def refused() -> str:
+        attempt = _token_as(install, cluster, namespace, root, "--duration=10m")
+        return attempt.stderr if attempt.returncode != 0 else ""
+
+    denial = wait_for(refused, 30, f"a token for {namespace}/{root} to be refused")
+    assert TOKEN_POLICY_REFUSAL in denial, denial
+    assert "https://kubernetes.default.svc.cluster.local" in denial  # what it asked for
+    policy = next(p for p in install.named("ValidatingAdmissionPolicy") if "token" in p)
+    assert f"ValidatingAdmissionPolicy '{policy}'" in denial, denial
+    # The API server's audience named outright, or beside a cloud one: refused too.
+    issuer = "--audience=https://kubernetes.default.svc.cluster.local"
+    for flags in ([issuer], ["--audience=sts.amazonaws.com", issuer]):
+        attempt = _token_as(install, cluster, namespace, root, "--duration=10m", *flags)
+        assert attempt.returncode != 0, flags
+        assert TOKEN_POLICY_REFUSAL in attempt.stderr, attempt.stderr
+    # A cloud audience for longer than the operator needs: refused.
+    long = _token_as(install, cluster, namespace, root, "--audience=sts.amazonaws.com")
+    assert long.returncode != 0
+    assert "for at most 600 seconds, not 3600" in long.stderr, long.stderr
+
+    # What web identity needs is allowed: a cloud audience, ten minutes...
+    minted = _token_as(
+        install, cluster, namespace, root, "--audience=sts.amazonaws.com", "--duration=10m"
+    )
+    assert minted.returncode == 0, minted.stderr
+    token = minted.stdout.strip()
+    claims = _claims(token)
+    assert claims["aud"] == ["sts.amazonaws.com"]
+    assert claims["sub"] == f"system:serviceaccount:{namespace}:{root}"
+    assert claims["exp"] - claims["iat"] == 600
+    # ...and useless against the API server, although the account is cluster-admin.
+    used = _api_with(cluster, token, tmp_path / "cloud.kubeconfig", "get", "namespaces")
+    assert used.returncode != 0
+    assert "Unauthorized" in used.stderr, used.stderr
+    # The same account's token for the API server (minted by an admin, whom the policy does
+    # not concern) works: the 401 above is the audience, nothing else.
+    admin_minted = cluster.kubectl("create", "token", root, "-n", namespace, "--duration=10m")
+    works = _api_with(
+        cluster, admin_minted.stdout.strip(), tmp_path / "api.kubeconfig", "get", "namespaces"
+    )
+    assert works.returncode == 0, works.stderr
+    # The operator's own namespace is no exception.
+    own = _token_as(install, cluster, install.namespace, install.service_account, "--duration=1h")
+    assert own.returncode != 0
+    assert TOKEN_POLICY_REFUSAL in own.stderr
+
+
+def _literal(spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec with its constant variables read as values: the chart writes its lists as
+    JSON, the manifests in CEL's own quotes."""
+    spec = copy.deepcopy(spec)
+    for variable in spec.get("variables", []):
+        with contextlib.suppress(ValueError, SyntaxError):
+            variable["expression"] = ast.literal_eval(variable["expression"])
+    return spec
+
+
+def test_chart_and_kustomize_ship_the_same_policies(
+    tools: Tools, cluster: ControlPlane, tmp_path: Path
+) -> None:
+    chart = _helm_template(tools, "ocireg", "ocireg-system", "--set", "admission.enabled=true")
+    overlay = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(MANIFESTS, tmp_path)],
+        "components": [os.path.relpath(MANIFESTS / "admission", tmp_path)],
+    }
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(overlay))
+    plain = _objects(cluster.kubectl("kustomize", str(tmp_path)).stdout)
+    for kind in ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"):
+        ours = {o["metadata"]["name"]: _literal(o["spec"]) for o in plain if o["kind"] == kind}
+        theirs = {o["metadata"]["name"]: _literal(o["spec"]) for o in chart if o["kind"] == kind}
+        assert sorted(ours) == ["ocireg-token-requests", "ocireg-webhook-configuration"]
+        assert ours == theirs, kind
+
+    # Other values reach the policies: a release elsewhere, another account, other audiences.
+    other = _helm_template(
+        tools, "corp", "platform",
+        "--set", "serviceAccount.name=registry-operator",
+        "--set", "rbac.policies.tokenAudiences={sts.amazonaws.com.cn}",
+        "--set", "rbac.policies.tokenMaxExpirationSeconds=900",
+        "--set", "admission.enabled=true",
+        "--set", "admission.timeoutSeconds=5",
+        "--set", "admission.excludeNamespaces={kube-system}",
+    )  # fmt: skip
+    policies = {o["metadata"]["name"]: o["spec"] for o in other if o["kind"].endswith("Policy")}
+    tokens, hooks = (
+        policies["corp-ocireg-token-requests"],
+        policies["corp-ocireg-webhook-configuration"],
+    )
+    for spec in (tokens, hooks):
+        assert spec["matchConditions"][0]["expression"] == (
+            "request.userInfo.username == 'system:serviceaccount:platform:registry-operator'"
+        )
+    assert {v["name"]: v["expression"] for v in tokens["variables"]} == {
+        "audiences": '["sts.amazonaws.com.cn"]',
+        "maxExpirationSeconds": "900",
+    }
+    hook_variables = {v["name"]: v["expression"] for v in hooks["variables"]}
+    assert hook_variables["maxTimeoutSeconds"] == "5"
+    assert hook_variables["excludedNamespaces"] == '["kube-system"]'
+    # Off, for a cluster without ValidatingAdmissionPolicy; nothing else changes.
+    off = _helm_template(tools, "x", "y", "--set", "rbac.policies.enabled=false")
+    assert not [o for o in off if o["kind"].startswith("ValidatingAdmissionPolicy")]
+
+
+# -- the webhook configuration ---------------------------------------------------------------
+
+
+def _configuration(cluster: ControlPlane, install: Install) -> dict[str, Any]:
+    (name,) = install.named("MutatingWebhookConfiguration")
+    return cluster.get_json("mutatingwebhookconfiguration", name)
+
+
+def _patch_as_operator(
+    cluster: ControlPlane, install: Install, webhooks: list[dict[str, Any]]
+) -> subprocess.CompletedProcess[str]:
+    (name,) = install.named("MutatingWebhookConfiguration")
+    return cluster.kubectl(
+        "patch", "mutatingwebhookconfiguration", name, "--type=merge",
+        "-p", json.dumps({"webhooks": webhooks}), kubeconfig=install.kubeconfig, check=False,
+    )  # fmt: skip
+
+
+def _widened(entry: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    widened = copy.deepcopy(entry)
+    widened.update(changes)
+    return widened
+
+
+def test_the_operator_cannot_widen_its_webhook(cluster: ControlPlane, chart: Install) -> None:
+    # What the operator writes (admission.webhook_entry), aimed at nothing: a closed port, and
+    # an objectSelector no ServiceAccount carries, so no other test's requests are sent there.
+    entry = webhook_entry("https://127.0.0.1:1/pull-secrets", None, 3, SYSTEM_NAMESPACES)
+    assert entry["name"] == WEBHOOK_NAME
+    entry["objectSelector"] = {"matchLabels": {"ocireg-test": "never"}}
+    written = _patch_as_operator(cluster, chart, [entry])
+    assert written.returncode == 0, written.stderr
+    (stored,) = _configuration(cluster, chart)["webhooks"]
+    try:
+        rule = entry["rules"][0]
+        attempts = {
+            "secrets": (
+                _widened(entry, rules=[{**rule, "resources": ["secrets"]}]),
+                "may only see ServiceAccount CREATE requests",
+            ),
+            "pods, created and updated": (
+                _widened(
+                    entry,
+                    rules=[{**rule, "resources": ["pods"], "operations": ["CREATE", "UPDATE"]}],
+                ),
+                "may only see ServiceAccount CREATE requests",
+            ),
+            "every resource": (
+                _widened(entry, rules=[{**rule, "apiGroups": ["*"], "resources": ["*"]}]),
+                "may only see ServiceAccount CREATE requests",
+            ),
+            "a second rule": (
+                _widened(entry, rules=[rule, {**rule, "resources": ["secrets"]}]),
+                "may only see ServiceAccount CREATE requests",
+            ),
+            "ServiceAccount updates": (
+                _widened(entry, rules=[{**rule, "operations": ["CREATE", "UPDATE"]}]),
+                "may only see ServiceAccount CREATE requests",
+            ),
+            "failurePolicy Fail": (
+                _widened(entry, failurePolicy="Fail"),
+                "must keep failurePolicy Ignore",
+            ),
+            "a 30 s timeout": (
+                _widened(entry, timeoutSeconds=30),
+                "may wait at most 3 seconds",
+            ),
+            "kube-system included": (
+                _widened(entry, namespaceSelector={}),
+                "must keep excluding the namespaces kube-system, kube-public, kube-node-lease",
+            ),
+            "another entry": (
+                _widened(entry, name="secrets.attacker.example"),
+                "may write only its own webhook entry",
+            ),
+        }
+        for what, (webhook, message) in attempts.items():
+            refused = _patch_as_operator(cluster, chart, [webhook])
+            assert refused.returncode != 0, f"{what}: allowed"
+            assert message in refused.stderr, (what, refused.stderr)
+            assert "ValidatingAdmissionPolicy" in refused.stderr, (what, refused.stderr)
+            # Nothing changed.
+            assert _configuration(cluster, chart)["webhooks"] == [stored], what
+        # Narrowing is the operator's business: a shorter timeout, and removing its entry (as
+        # it does on a clean stop).
+        shorter = _patch_as_operator(cluster, chart, [_widened(entry, timeoutSeconds=1)])
+        assert shorter.returncode == 0, shorter.stderr
+    finally:
+        removed = _patch_as_operator(cluster, chart, [])
+    assert removed.returncode == 0, removed.stderr
+    assert not _configuration(cluster, chart).get("webhooks")
+
+
+# -- the operator itself, with the policy in force -----------------------------------------
+
+
+def test_the_chart_operator_still_does_aws_web_identity(
+    cluster: ControlPlane,
+    crds: None,
+    chart: Install,
+    registries: LocalRegistries,
+    run_operator,
+    namespace: str,
+) -> None:
+    """The operator as the chart's ServiceAccount, with the chart's arguments (the webhook
+    aside): a ClusterOCIRegistry whose ECR identity is a ServiceAccount's web identity token
+    becomes Ready, the token going to STS with audience sts.amazonaws.com. When the policy is
+    narrowed so that audience is no longer allowed, the next object says Forbidden."""
+    basic = registries.basic
+    registries.set_user("basic", "AWS", MOTO_PASSWORD)
+    cluster.kubectl("create", "serviceaccount", "puller", "-n", namespace)
+    cluster.kubectl("create", "serviceaccount", "later", "-n", namespace)
+    apply(cluster, ca_config_map(chart.namespace, registries.ca_file))
+    (deployment,) = [o for o in chart.objects if o["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    args = [a for a in container["args"] if not a.startswith(("--liveness", "--admission"))]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    assert env["OCIREG_CREDENTIALS_NAMESPACE"] == chart.namespace
+    aws = AwsStandIn().start()
+    names = [f"wi-{secrets.token_hex(3)}", f"wi-{secrets.token_hex(3)}"]
+    policy = next(p for p in chart.named("ValidatingAdmissionPolicy") if "token" in p)
+    try:
+        env |= {"AWS_EC2_METADATA_DISABLED": "true", "AWS_DEFAULT_REGION": "eu-west-1"}
+        operator = run_operator(
+            *args, "--aws-endpoint-url", aws.url, kubeconfig=chart.kubeconfig, env=env
+        )
+
+        def web_identity(name: str, account: str) -> dict[str, Any]:
+            auth = {
+                "ecr": {
+                    "regions": ["eu-west-1"],
+                    "roleArn": "arn:aws:iam::123456789012:role/puller",
+                    "credentials": {"serviceAccountRef": {"name": account, "namespace": namespace}},
+                }
+            }
+            spec = {
+                "server": basic.host,
+                "auth": auth,
+                "tls": {"caBundleRef": {"configMap": "registry-ca"}},
+                "targets": {"namespaces": [namespace], "secretName": name},
+            }
+            return registry_object("ClusterOCIRegistry", name, spec)
+
+        apply(cluster, web_identity(names[0], "puller"))
+        wait_for_reason(cluster, "ClusterOCIRegistry", names[0], "Ready", timeout=60)
+        assert aws.calls["AssumeRoleWithWebIdentity"] == 1
+        claims = _claims(aws.web_identity_tokens[-1])  # minted by the API server, as the operator
+        assert claims["aud"] == ["sts.amazonaws.com"]
+        assert claims["sub"] == f"system:serviceaccount:{namespace}:puller"
+        assert claims["exp"] - claims["iat"] == 600
+        written = secret(cluster, namespace, names[0])
+        assert written is not None
+        config = json.loads(base64.b64decode(written["data"][".dockerconfigjson"]))
+        assert config["auths"][basic.host]["username"] == "AWS"
+
+        # The platform team narrows the policy to Azure only: AWS web identity is refused by
+        # the API server, and the object says so (no crash, no retry storm).
+        cluster.kubectl(
+            "patch", "validatingadmissionpolicy", policy, "--type=json", "-p",
+            json.dumps([{"op": "replace", "path": "/spec/variables/0/expression",
+                         "value": "['api://AzureADTokenExchange']"}]),
+        )  # fmt: skip
+        refused = wait_for(
+            lambda: _token_as(
+                chart, cluster, namespace, "later", "--audience=sts.amazonaws.com",
+                "--duration=10m",
+            ).returncode != 0,
+            30,
+            "the narrowed policy to be in force",
+        )  # fmt: skip
+        assert refused
+        apply(cluster, web_identity(names[1], "later"))
+        failed = wait_for_reason(cluster, "ClusterOCIRegistry", names[1], "Forbidden", timeout=60)
+        assert failed["status"] == "False"
+        assert f"may not request tokens for {namespace}/later" in failed["message"]
+        assert aws.calls["AssumeRoleWithWebIdentity"] == 1
+        # The first object's Secret is untouched.
+        assert secret(cluster, namespace, names[0])["data"] == written["data"]
+        assert "Traceback" not in operator.logs()
+    finally:
+        cluster.kubectl(
+            "patch", "validatingadmissionpolicy", policy, "--type=json", "-p",
+            json.dumps([{"op": "replace", "path": "/spec/variables/0/expression",
+                         "value": "['sts.amazonaws.com', 'api://AzureADTokenExchange']"}]),
+            check=False,
+        )  # fmt: skip
+        for name in names:
+            cluster.kubectl(
+                "delete", "clusterociregistry", name, "--ignore-not-found", "--timeout=60s",
+                check=False,
+            )  # fmt: skip
+        aws.stop()

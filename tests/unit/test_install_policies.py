@@ -1,0 +1,191 @@
+"""The ValidatingAdmissionPolicies shipped with the manifests and the chart
+(manifests/rbac/token-request-policy.yaml, manifests/admission/webhook-policy.yaml), read as
+files: they allow exactly what the operator's code asks for, name the identity the manifests
+install, and the chart's values default to the same. Whether the API server enforces them is
+tests/e2e/test_operator_rbac.py's job."""
+
+from __future__ import annotations
+
+import ast
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from ocireg import admission
+from ocireg.config import SYSTEM_NAMESPACES, AdmissionConfig
+from ocireg.providers import acr, ecr
+
+ROOT = Path(__file__).resolve().parents[2]
+CODE = ROOT / "operator" / "ocireg"
+MANIFESTS = ROOT / "manifests"
+CHART = ROOT / "helm" / "ocireg"
+TOKEN_POLICY = MANIFESTS / "rbac" / "token-request-policy.yaml"
+WEBHOOK_POLICY = MANIFESTS / "admission" / "webhook-policy.yaml"
+
+
+def _load(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text())
+
+
+def _variables(policy: dict[str, Any]) -> dict[str, Any]:
+    """The policy's constant variables as Python values (CEL list, string and int literals
+    are Python literals too); expressions that read the request stay strings."""
+    found: dict[str, Any] = {}
+    for variable in policy["spec"]["variables"]:
+        try:
+            found[variable["name"]] = ast.literal_eval(variable["expression"])
+        except (ValueError, SyntaxError):
+            found[variable["name"]] = variable["expression"]
+    return found
+
+
+def _installed_user() -> str:
+    kustomization = _load(MANIFESTS / "kustomization.yaml")
+    account = _load(MANIFESTS / "rbac" / "serviceaccount.yaml")["metadata"]["name"]
+    return f"system:serviceaccount:{kustomization['namespace']}:{account}"
+
+
+def _values() -> dict[str, Any]:
+    return _load(CHART / "values.yaml")
+
+
+def _requested_audiences() -> set[str]:
+    """Every audience the operator's code passes to service_account_token, resolved from the
+    module constant it names (a literal or an unknown name fails the test)."""
+    found: set[str] = set()
+    for path in sorted((CODE / "providers").glob("*.py")):
+        text = path.read_text()
+        for argument in re.findall(r"service_account_token\([^,()]+,\s*([^)\s]+)\s*\)", text):
+            assert re.fullmatch(r"[A-Z_]+", argument), f"{path.name}: audience {argument!r}"
+            constant = re.search(rf'^{argument}\b.*=\s*"([^"]+)"', text, re.M)
+            assert constant, f"{path.name}: {argument} is not a module-level string"
+            found.add(constant.group(1))
+    return found
+
+
+def test_the_scanner_finds_both_cloud_audiences() -> None:
+    # Guards the scan below: an empty result would make the next test pass vacuously.
+    assert _requested_audiences() == {ecr.WEB_IDENTITY_AUDIENCE, acr.WORKLOAD_AUDIENCE}
+
+
+def test_the_token_policy_allows_every_audience_the_code_requests_and_no_more() -> None:
+    manifest = _variables(_load(TOKEN_POLICY))["audiences"]
+    assert sorted(manifest) == sorted(_requested_audiences())
+    assert sorted(_values()["rbac"]["policies"]["tokenAudiences"]) == sorted(manifest)
+    # Never an audience the API server accepts (its issuer, the in-cluster names).
+    for audience in manifest:
+        assert "kubernetes" not in audience, audience
+
+
+def test_the_token_policy_allows_the_lifetime_the_code_requests() -> None:
+    source = (CODE / "kube.py").read_text()
+    requested = {int(n) for n in re.findall(r'"expirationSeconds":\s*(\d+)', source)}
+    assert requested == {600}, requested
+    limit = _variables(_load(TOKEN_POLICY))["maxExpirationSeconds"]
+    assert limit == _values()["rbac"]["policies"]["tokenMaxExpirationSeconds"]
+    # At most what the code asks for: no token the operator does not need can be minted.
+    assert max(requested) == limit
+
+
+@pytest.mark.parametrize("path", [TOKEN_POLICY, WEBHOOK_POLICY], ids=lambda p: p.stem)
+def test_policies_hold_the_installed_identity_and_fail_closed(path: Path) -> None:
+    policy = _load(path)
+    spec = policy["spec"]
+    assert spec["failurePolicy"] == "Fail"
+    (condition,) = spec["matchConditions"]
+    assert condition["name"] == "requested-by-the-operator"
+    assert condition["expression"] == f"request.userInfo.username == '{_installed_user()}'"
+    # Every validation refuses with a message of its own (a bare "failed expression" tells
+    # the operator's user nothing).
+    for validation in spec["validations"]:
+        assert validation.get("message") or validation.get("messageExpression"), validation
+        assert validation["reason"] == "Forbidden"
+    binding_path = path.with_name(f"{path.stem}-binding.yaml")
+    binding = _load(binding_path)
+    assert binding["kind"] == "ValidatingAdmissionPolicyBinding"
+    assert binding["spec"] == {
+        "policyName": policy["metadata"]["name"],
+        "validationActions": ["Deny"],
+    }
+
+
+def test_the_token_policy_matches_token_requests_only() -> None:
+    (rule,) = _load(TOKEN_POLICY)["spec"]["matchConstraints"]["resourceRules"]
+    assert rule["resources"] == ["serviceaccounts/token"]
+    assert rule["operations"] == ["CREATE"]
+    assert rule["apiGroups"] == [""]
+
+
+def test_the_webhook_policy_allows_what_the_operator_writes() -> None:
+    policy = _load(WEBHOOK_POLICY)
+    variables = _variables(policy)
+    entry = admission.webhook_entry(
+        "https://10.0.0.1:9443/pull-secrets", "Q0E=", 3, SYSTEM_NAMESPACES
+    )
+    text = "\n".join(v["expression"] for v in policy["spec"]["validations"])
+    assert f"w.name == '{entry['name']}'" in text
+    (rule,) = entry["rules"]
+    for field in ("operations", "apiGroups", "apiVersions", "resources"):
+        literal = "[" + ", ".join(f"'{v}'" for v in rule[field]) + "]"
+        assert f"r.{field} == {literal}" in text, field
+    assert f"w.failurePolicy == '{entry['failurePolicy']}'" in text
+    assert variables["maxTimeoutSeconds"] == AdmissionConfig().timeout_seconds
+    assert entry["timeoutSeconds"] <= variables["maxTimeoutSeconds"]
+    (excluded,) = entry["namespaceSelector"]["matchExpressions"]
+    assert f"e.key == '{excluded['key']}'" in text
+    assert f"e.operator == '{excluded['operator']}'" in text
+    assert sorted(variables["excludedNamespaces"]) == sorted(excluded["values"])
+    # The chart's defaults are the operator's defaults, which the policy allows.
+    values = _values()["admission"]
+    assert values["timeoutSeconds"] == variables["maxTimeoutSeconds"]
+    assert sorted(values["excludeNamespaces"]) == sorted(variables["excludedNamespaces"])
+
+
+def test_the_policies_are_installed_by_the_manifests() -> None:
+    base = _load(MANIFESTS / "kustomization.yaml")["resources"]
+    assert "rbac/token-request-policy.yaml" in base
+    assert "rbac/token-request-policy-binding.yaml" in base
+    component = _load(MANIFESTS / "admission" / "kustomization.yaml")["resources"]
+    assert "webhook-policy.yaml" in component
+    assert "webhook-policy-binding.yaml" in component
+    assert _values()["rbac"]["policies"]["enabled"] is True
+
+
+def _schema() -> dict[str, Any]:
+    import json
+
+    return json.loads((CHART / "values.schema.json").read_text())
+
+
+@pytest.mark.parametrize(
+    "policies",
+    [
+        {"tokenAudiences": []},
+        {"tokenAudiences": ["sts.amazonaws.com", "sts.amazonaws.com"]},
+        {"tokenAudiences": ["x', 'https://kubernetes.default.svc"]},  # into the CEL list
+        {"tokenAudiences": ['a"b']},
+        {"tokenMaxExpirationSeconds": 599},  # below the API server's minimum
+        {"tokenMaxExpirationSeconds": 864000},
+        {"tokenMaxExpirationSeconds": "600"},
+        {"enable": False},
+    ],
+)
+def test_schema_rejects_policy_mistakes(policies: dict[str, Any]) -> None:
+    values = copy.deepcopy(_values())
+    values["rbac"]["policies"].update(policies)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(values, _schema())
+
+
+def test_schema_accepts_other_cloud_audiences() -> None:
+    values = copy.deepcopy(_values())
+    values["rbac"]["policies"].update(
+        {"tokenAudiences": ["sts.amazonaws.com", "sts.amazonaws.com.cn"]},
+        tokenMaxExpirationSeconds=3600,
+    )
+    jsonschema.validate(values, _schema())
