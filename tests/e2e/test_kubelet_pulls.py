@@ -327,7 +327,7 @@ def test_a_tenant_registry_serves_its_named_service_account_only(
 
 # Tenant objects may not reach loopback unless the operator allows it; the tests' registries
 # live there.
-TENANT_LOOPBACK_ARGS: tuple[str, ...] = ()
+TENANT_LOOPBACK_ARGS = ("--egress-allowed-cidr", f"{LOOPBACK}/32")
 
 
 # ------------------------------------------------------------------ admission webhook
