@@ -177,6 +177,7 @@ class LocalNode:
         self.pause_image = f"{registries.plain.host}/{PAUSE_TAG}"
         self.processes: list[Process] = []
         self._snapshot: HostSnapshot | None = None
+        self._container_ids: set[str] = set()  # every container this node's containerd had
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -203,11 +204,17 @@ class LocalNode:
         """Delete the node's pods, stop the kubelet, remove every container, stop containerd,
         then remove what they left on the host. Raises if something could not be removed."""
         kubelet = next((p for p in self.processes if p.name == "kubelet"), None)
+        containerd = next((p for p in self.processes if p.name == "containerd"), None)
+        if containerd is not None and containerd.running:
+            with contextlib.suppress(RuntimeError):
+                self._container_ids.update(self.ctr("containers", "ls", "-q").split())
         if kubelet is not None and kubelet.running:
             self._delete_pods(timeout=60)
         if kubelet is not None:
             kubelet.stop()
-        containerd = next((p for p in self.processes if p.name == "containerd"), None)
+            # The control plane may outlive this node (another node, the next session step).
+            for kind, name in (("node", self.name), ("clusterrolebinding", f"{self.name}-node")):
+                self.cluster.kubectl("delete", kind, name, "--ignore-not-found", check=False)
         if containerd is not None and containerd.running:
             self._remove_containers()
         if containerd is not None:
@@ -375,6 +382,7 @@ class LocalNode:
 
     def _remove_containers(self) -> None:
         with contextlib.suppress(RuntimeError):
+            self._container_ids.update(self.ctr("containers", "ls", "-q").split())
             for task in self.ctr("tasks", "ls", "-q").split():
                 with contextlib.suppress(RuntimeError):
                     self.ctr("tasks", "kill", "--signal=SIGKILL", task)
@@ -492,6 +500,11 @@ class LocalNode:
                     yield int(entry.name)
 
     def _clean_host(self) -> list[str]:
+        """Remove what the node left outside its directory; return what could not be.
+
+        Only what is provably this node's counts as left behind (its shims, mounts under its
+        directory, the cgroups of its containers): another node running on the same machine
+        at the same time keeps its own."""
         leftovers: list[str] = []
         for pid in list(self._our_shims()):
             with contextlib.suppress(ProcessLookupError):
@@ -504,38 +517,64 @@ class LocalNode:
             subprocess.run(["umount", "--lazy", str(mount)], capture_output=True, check=False)
         leftovers += [f"mount {m}" for m in _mounts_under(self.workdir)]
         snapshot = self._snapshot
-        if snapshot is None:
-            return leftovers
-        # Cgroups runc and the kubelet created: deepest first, empty ones only (rmdir).
-        for directory in sorted(
-            _cgroup_dirs() - snapshot.cgroups, key=lambda p: len(p.parts), reverse=True
-        ):
-            with contextlib.suppress(FileNotFoundError):
-                try:
-                    directory.rmdir()
-                except OSError as error:
-                    leftovers.append(f"cgroup {directory} ({error.strerror})")
-        for name in _entries(SHIM_SOCKETS) - snapshot.shim_sockets:
-            with contextlib.suppress(FileNotFoundError):
-                (SHIM_SOCKETS / name).unlink()
-        for name in _entries(CONTAINER_LOG_LINKS) - snapshot.log_links:
-            link = CONTAINER_LOG_LINKS / name
-            with contextlib.suppress(FileNotFoundError):
-                if link.is_symlink() and str(self.workdir) in os.readlink(link):
-                    link.unlink()
-        for path in HOST_PATHS:
-            if path in snapshot.existing_paths or not (path.exists() or path.is_symlink()):
-                continue
-            try:
-                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-            except OSError as error:
-                leftovers.append(f"{path} ({error.strerror})")
-        shutil.rmtree(self.workdir / "containerd", ignore_errors=True)
-        shutil.rmtree(self.kubelet_dir, ignore_errors=True)
+        if snapshot is not None:
+            leftovers += self._remove_cgroups(snapshot)
+            # Shim sockets nobody listens on any more (a live node's are listened on).
+            listening = _listening_unix_sockets()
+            for name in _entries(SHIM_SOCKETS) - snapshot.shim_sockets:
+                path = SHIM_SOCKETS / name
+                if str(path) not in listening:
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+            for name in _entries(CONTAINER_LOG_LINKS) - snapshot.log_links:
+                link = CONTAINER_LOG_LINKS / name
+                with contextlib.suppress(FileNotFoundError):
+                    if link.is_symlink() and os.readlink(link).startswith(str(self.workdir)):
+                        link.unlink()
+            for path in HOST_PATHS:
+                if path not in snapshot.existing_paths:
+                    _remove_empty_tree(path)
         for name in ("containerd", "kubelet"):
+            shutil.rmtree(self.workdir / name, ignore_errors=True)
             if (self.workdir / name).exists():
                 leftovers.append(str(self.workdir / name))
         return leftovers
+
+    def _remove_cgroups(self, snapshot: HostSnapshot) -> list[str]:
+        # runc (cgroupfs driver) makes <controller>/k8s.io/<container id> per container.
+        leftovers = []
+        for directory in sorted(
+            _cgroup_dirs() - snapshot.cgroups, key=lambda p: len(p.parts), reverse=True
+        ):
+            try:
+                directory.rmdir()
+            except FileNotFoundError:
+                continue
+            except OSError as error:
+                if directory.name in self._container_ids:
+                    leftovers.append(f"cgroup {directory} ({error.strerror})")
+        return leftovers
+
+
+def _listening_unix_sockets() -> set[str]:
+    try:
+        lines = Path("/proc/net/unix").read_text().splitlines()[1:]
+    except OSError:
+        return set()
+    return {fields[-1] for line in lines if len(fields := line.split()) >= 8}
+
+
+def _remove_empty_tree(path: Path) -> None:
+    """Remove ``path`` and what is under it, bottom-up, as long as it holds nothing but
+    empty directories."""
+    if not path.is_dir() or path.is_symlink():
+        return
+    for root, dirs, _files in os.walk(path, topdown=False):
+        for name in dirs:
+            with contextlib.suppress(OSError):
+                (Path(root) / name).rmdir()
+    with contextlib.suppress(OSError):
+        path.rmdir()
 
 
 __all__ = ["NODE_NAME", "LocalNode", "NodeUnavailable", "check_node_possible", "image_layer"]
