@@ -256,9 +256,7 @@ class ControlPlane:
             argv, input=input, capture_output=True, text=True, timeout=timeout, check=False
         )
         if check and result.returncode != 0:
-            raise subprocess.CalledProcessError(
-                result.returncode, argv, result.stdout, result.stderr
-            )
+            raise KubectlFailed(result.returncode, argv, result.stdout, result.stderr)
         return result
 
     def get_json(self, *args: str) -> dict:
@@ -281,6 +279,14 @@ class ControlPlane:
         with self._session() as s:
             url = f"{self.server}/api/v1/namespaces/{namespace}/serviceaccounts/default"
             return s.get(url, timeout=5).status_code == 200
+
+
+class KubectlFailed(subprocess.CalledProcessError):
+    """A kubectl call that failed; its message ends with what kubectl said."""
+
+    def __str__(self) -> str:
+        said = (self.stderr or "").strip()[-2000:]
+        return f"{super().__str__()}\nkubectl said: {said}"
 
 
 def _etcd_healthy(port: int) -> bool:
