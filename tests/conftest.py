@@ -16,7 +16,7 @@ from ocireg.devenv.controlplane import ControlPlane
 from ocireg.devenv.hygiene import KNOWN_SECRETS, Leak
 from ocireg.devenv.node import LocalNode, NodeUnavailable
 from ocireg.devenv.operator import OperatorProcess
-from ocireg.devenv.processes import Tools
+from ocireg.devenv.processes import Tools, wait_until
 from ocireg.devenv.registries import LocalRegistries
 
 OPERATOR_LOGS = pytest.StashKey[list[OperatorProcess]]()
@@ -101,13 +101,22 @@ def _skip_or_fail(reason: str) -> None:
 def crds(cluster: ControlPlane) -> None:
     """The ocireg CRDs from crds/, installed once per session."""
     cluster.kubectl("apply", "-f", str(Path(__file__).resolve().parents[1] / "crds"))
-    cluster.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/ociregistries.ocireg.dev",
-        "crd/clusterociregistries.ocireg.dev",
-    )
+    # Read by path, not `kubectl wait crd/...`: resolving `crd` needs discovery of every
+    # group, which fails while the new group's storage is still initializing.
+    names = ("ociregistries.ocireg.dev", "clusterociregistries.ocireg.dev")
+
+    def established() -> bool:
+        for name in names:
+            path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}"
+            found = cluster.kubectl("get", "--raw", path, check=False)
+            if found.returncode != 0:
+                return False
+            conditions = json.loads(found.stdout).get("status", {}).get("conditions") or []
+            if not any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
+                return False
+        return True
+
+    wait_until(established, 60, "the ocireg CRDs to be Established")
 
 
 @pytest.fixture
