@@ -454,7 +454,10 @@ def test_acr_client_secret_exchange(
             "--azure-authority-host", azure.authority_host,
             "--acr-exchange-url", azure.exchange_url,
             *egress_allowance(),  # the tenant's object below uses the local registry
-            env={"REQUESTS_CA_BUNDLE": str(bundle), "SSL_CERT_FILE": str(bundle)},
+            "--ambient-acr-host", registry.host.split(":")[0],  # the stand-in for *.azurecr.io
+            env={"REQUESTS_CA_BUNDLE": str(bundle), "SSL_CERT_FILE": str(bundle),
+                 "IDENTITY_ENDPOINT": azure.identity_endpoint,
+                 "IDENTITY_HEADER": azure.IDENTITY_HEADER},
         )  # fmt: skip
         auth = {
             "acr": {
@@ -496,9 +499,15 @@ def test_acr_client_secret_exchange(
         claims = jwt_claims(azure.assertions[-1])
         assert claims["sub"] == f"system:serviceaccount:{target}:default"
         assert claims["aud"] == ["api://AzureADTokenExchange"]
+        # The operator's own managed identity, for a host the operator allows it.
+        managed = {"acr": {"clientId": "99999999-8888-7777-6666-555555555555"}}
+        apply(cluster, cluster_registry("acr-managed", registry.host, managed, target))
+        wait_for_reason(cluster, CLUSTER, "acr-managed", "Ready")
+        assert pulls(clients, image, secret(cluster, target, "acr-managed"), tmp_path)
+        assert azure.calls["managed-identity"] == 1
         assert "app-s3cret" not in operator.logs()
     finally:
-        delete_all(cluster, "clusterociregistry", ["acr"])
+        delete_all(cluster, "clusterociregistry", ["acr", "acr-managed"])
         azure.stop()
 
 

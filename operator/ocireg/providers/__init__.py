@@ -111,7 +111,7 @@ def check_ambient_destination(cloud: str, servers: Iterable[str], ctx: ResolveCo
         namespaced=ctx.namespaced,
     )
     if refusal is not None:
-        raise ReconcileError("AmbientDestinationNotAllowed", refusal)
+        raise ReconcileError("AmbientDestinationNotAllowed", refusal, stalls=True)
 
 
 def endpoints(spec: RegistrySpec) -> tuple[str, ...]:
