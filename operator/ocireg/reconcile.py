@@ -52,6 +52,7 @@ _STALLED = {
     "AmbientIdentityNotAllowed",
     "AmbientDestinationNotAllowed",
     "WebhookAddressNotAllowed",
+    "EgressNotAllowed",
     "NoCredentials",
     "ServiceAccountNotFound",
 }

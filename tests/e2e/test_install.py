@@ -22,6 +22,7 @@ from ocireg.devenv.processes import Tools
 from ocireg.devenv.registries import LocalRegistries
 
 from .helpers import (
+    ALLOW_LOCAL_REGISTRIES,
     apply,
     condition,
     events_for,
@@ -386,7 +387,7 @@ def test_operator_as_the_chart_service_account_runs_the_core_scenarios(
     denied = cluster.kubectl("get", "pods", "-A", kubeconfig=kubeconfig, check=False)
     assert denied.returncode != 0
     assert "forbidden" in denied.stderr
-    operator = run_operator(*args, kubeconfig=kubeconfig, env=env)
+    operator = run_operator(*args, *ALLOW_LOCAL_REGISTRIES, kubeconfig=kubeconfig, env=env)
 
     name = f"chart-{secrets.token_hex(3)}"
     spec = {
