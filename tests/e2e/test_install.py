@@ -169,6 +169,7 @@ def test_chart_lints_clean_and_renders_every_value(tools: Tools, tmp_path: Path)
         "OCIREG_ALLOW_TENANT_AMBIENT_IDENTITY": "true",
         "OCIREG_WEBHOOK_ALLOWED_CIDRS": "10.20.0.0/16,192.168.1.0/24",
         "OCIREG_METRICS_PORT": "9102",
+        "OCIREG_METRICS_ADDRESS": None,  # the pod's IP (test_install_network.py)
         "HTTPS_PROXY": "http://proxy.corp:3128",
     }
     assert container["image"] == "registry.corp.example/ocireg:9.9.9"

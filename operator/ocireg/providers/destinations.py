@@ -81,7 +81,7 @@ def ambient_refusal(
         host = hostname(server)
         if not any(host_matches(host, pattern) for pattern in patterns):
             return (
-                f"{host} is not one of {CLOUD_NAMES[cloud]} registry hosts "
+                f"{host or server} is not one of {CLOUD_NAMES[cloud]} registry hosts "
                 f"({', '.join(patterns)}): the operator's own identity is only sent to its "
                 f"cloud's registries (the operator can change the list with {FLAGS[cloud]})"
             )

@@ -264,4 +264,4 @@ def resolve(spec: RegistrySpec, ctx: ResolveContext) -> Credential:
         tuple(auth.regions),
         tuple(auth.registry_ids or ()),
     )
-    return ctx.cache.get(key, ctx.renew_before, lambda: mint(spec, ctx, identity))
+    return ctx.minted(key, lambda: mint(spec, ctx, identity))
