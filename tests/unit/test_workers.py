@@ -142,6 +142,22 @@ def test_with_one_shared_pool_the_same_objects_starve_everyone() -> None:
         pool.stop()
 
 
+def test_jobs_submitted_together_get_threads_while_the_pool_has_room() -> None:
+    """One idle thread and two jobs at once (the first one hangs): the second gets a thread
+    of its own instead of waiting behind the first."""
+    stuck = Stuck()
+    pool = FairPool("test-burst", workers=4, share=4)
+    try:
+        pool.submit("warm", "ns", lambda: None).result(timeout=10)  # one thread, now idle
+        with pool._cond:  # both submitted before the idle thread can wake
+            pool.submit("slow", "ns", stuck)
+            quick = pool.submit("quick", "ns", lambda: "done")
+        assert quick.result(timeout=10) == "done"
+    finally:
+        stuck.release.set()
+        pool.stop()
+
+
 def test_pokes_arriving_before_their_run_starts_share_it() -> None:
     pool = FairPool("test-poke", workers=1, share=1)
     gate = threading.Event()
