@@ -127,6 +127,8 @@ def test_chart_lints_clean_and_renders_every_value(tools: Tools, tmp_path: Path)
         "RoleBinding",
         "ServiceAccount",
         "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
         "ValidatingAdmissionPolicyBinding",
     ]
     assert _one(defaults, "ClusterRole")["rules"] == _manifest_rules()
@@ -253,7 +255,7 @@ def test_kubectl_apply_k_manifests(cluster: ControlPlane, crds: None) -> None:
             for line in again
             if line.endswith(" configured") and "customresourcedefinition" not in line
         ]
-        assert len(again) == 11, again
+        assert len(again) == 13, again
         assert changed == [], again
     finally:
         # Not `delete -k`: that would delete the CRDs, and with them every test's objects.
@@ -274,6 +276,8 @@ def test_kubectl_apply_k_manifests(cluster: ControlPlane, crds: None) -> None:
             "clusterrole/ocireg",
             "validatingadmissionpolicybinding/ocireg-token-requests",
             "validatingadmissionpolicy/ocireg-token-requests",
+            "validatingadmissionpolicybinding/ocireg-own-objects",
+            "validatingadmissionpolicy/ocireg-own-objects",
             "--ignore-not-found",
         )
 

@@ -16,6 +16,7 @@ import contextlib
 import copy
 import json
 import os
+import re
 import secrets
 import subprocess
 from collections.abc import Iterator
@@ -276,8 +277,36 @@ def test_chart_and_kustomize_ship_the_same_policies(
     for kind in ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"):
         ours = {o["metadata"]["name"]: _literal(o["spec"]) for o in plain if o["kind"] == kind}
         theirs = {o["metadata"]["name"]: _literal(o["spec"]) for o in chart if o["kind"] == kind}
-        assert sorted(ours) == ["ocireg-token-requests", "ocireg-webhook-configuration"]
+        assert sorted(ours) == [
+            "ocireg-own-objects",
+            "ocireg-token-requests",
+            "ocireg-webhook-configuration",
+        ]
         assert ours == theirs, kind
+
+    # docs/install.md's overlay for another namespace: every policy names the moved account.
+    (example,) = [
+        block
+        for block in re.findall(r"```yaml\n(.*?)```", (ROOT / "docs/install.md").read_text(), re.S)
+        if "my-overlay/kustomization.yaml" in block
+    ]
+    overlay_dir = tmp_path / "my-overlay"
+    overlay_dir.mkdir()
+    (overlay_dir / "kustomization.yaml").write_text(
+        example.replace("../manifests", os.path.relpath(MANIFESTS, overlay_dir))
+    )
+    moved = _objects(cluster.kubectl("kustomize", str(overlay_dir)).stdout)
+    (binding,) = [o for o in moved if o["kind"] == "ClusterRoleBinding"]
+    (subject,) = binding["subjects"]
+    user = f"system:serviceaccount:{subject['namespace']}:{subject['name']}"
+    assert subject["namespace"] == "platform-ocireg"
+    conditions = [
+        o["spec"]["matchConditions"][0]["expression"]
+        for o in moved
+        if o["kind"] == "ValidatingAdmissionPolicy"
+    ]
+    assert len(conditions) == 2, conditions
+    assert conditions == [f"request.userInfo.username == '{user}'"] * 2
 
     # Other values reach the policies: a release elsewhere, another account, other audiences.
     other = _helm_template(
@@ -308,6 +337,103 @@ def test_chart_and_kustomize_ship_the_same_policies(
     # Off, for a cluster without ValidatingAdmissionPolicy; nothing else changes.
     off = _helm_template(tools, "x", "y", "--set", "rbac.policies.enabled=false")
     assert not [o for o in off if o["kind"].startswith("ValidatingAdmissionPolicy")]
+
+
+# -- Secrets and ConfigMaps ------------------------------------------------------------------
+
+
+OURS = {"app.kubernetes.io/managed-by": "ocireg"}
+
+
+@pytest.mark.parametrize("source", ["chart", "kustomize"])
+def test_the_operator_writes_only_its_own_secrets_and_config_maps(
+    cluster: ControlPlane,
+    crds: None,
+    request: pytest.FixtureRequest,
+    source: str,
+    namespace: str,
+    cluster_admin_account: str,
+) -> None:
+    install: Install = request.getfixturevalue(source)
+
+    def as_operator(*args: str, body: dict[str, Any] | None = None):
+        text = None if body is None else json.dumps(body)
+        return cluster.kubectl(*args, kubeconfig=install.kubeconfig, input=text, check=False)
+
+    def obj(kind: str, name: str, labels: dict[str, str], **fields: Any) -> dict[str, Any]:
+        meta = {"name": name, "namespace": namespace, "labels": labels}
+        return {"apiVersion": "v1", "kind": kind, "metadata": meta, **fields}
+
+    # A legacy token Secret: the token controller would fill in a token for the cluster-admin
+    # account that the API server accepts, no TokenRequest needed. Refused, even labelled.
+    legacy = obj("Secret", "root-token", {}, type="kubernetes.io/service-account-token")
+    legacy["metadata"]["annotations"] = {
+        "kubernetes.io/service-account.name": cluster_admin_account
+    }
+
+    def refused() -> str:
+        attempt = as_operator("create", "-f", "-", body=legacy)
+        return attempt.stderr if attempt.returncode != 0 else ""
+
+    denial = wait_for(refused, 30, "a service-account-token Secret to be refused")
+    assert "may write only Secrets and ConfigMaps labelled" in denial, denial
+    assert "ValidatingAdmissionPolicy" in denial
+    legacy["metadata"]["labels"] = dict(OURS)
+    typed = as_operator("create", "-f", "-", body=legacy)
+    assert typed.returncode != 0
+    assert "may not write Secrets of type kubernetes.io/service-account-token" in typed.stderr
+    assert cluster.kubectl("get", "secret", "root-token", "-n", namespace, check=False).returncode
+
+    # Someone else's objects (EKS's aws-auth maps IAM roles to groups such as system:masters):
+    # not changed, not taken over by adding our label, not deleted.
+    foreign = [
+        obj("ConfigMap", "aws-auth", {}, data={"mapRoles": "[]"}),
+        obj("Secret", "app-credentials", {}, stringData={"password": "app"}),
+    ]
+    apply(cluster, *foreign)
+    for original in foreign:
+        kind, name = original["kind"].lower(), original["metadata"]["name"]
+        live = cluster.get_json(kind, name, "-n", namespace)
+        changed = copy.deepcopy(live)
+        if kind == "configmap":
+            changed["data"] = {
+                "mapRoles": "- rolearn: arn:aws:iam::1:role/x\n  groups: [system:masters]"
+            }
+        else:
+            changed["data"] = {"password": base64.b64encode(b"replaced").decode()}
+        taken = copy.deepcopy(changed)
+        taken["metadata"]["labels"] = dict(OURS)
+        for attempt, message in (
+            (changed, "may write only Secrets and ConfigMaps labelled"),
+            (taken, "may change or delete only the Secrets and ConfigMaps it wrote"),
+        ):
+            replaced = as_operator("replace", "-f", "-", body=attempt)
+            assert replaced.returncode != 0, f"{kind} {name} replaced"
+            assert message in replaced.stderr, replaced.stderr
+        deleted = as_operator("delete", kind, name, "-n", namespace)
+        assert deleted.returncode != 0, f"{kind} {name} deleted"
+        assert "may change or delete only" in deleted.stderr, deleted.stderr
+        after = cluster.get_json(kind, name, "-n", namespace)
+        assert after["data"] == live["data"]
+        assert after["metadata"].get("labels") == live["metadata"].get("labels")
+
+    # Its own, as it writes them: created, updated, deleted.
+    mine = [
+        obj("Secret", "pull", OURS, type="kubernetes.io/dockerconfigjson",
+            stringData={".dockerconfigjson": '{"auths": {}}'}),
+        obj("Secret", "pull-env", OURS, type="Opaque", stringData={"OCI_REGISTRY_TOKEN": "t"}),
+        obj("ConfigMap", "corp-charts", OURS, data={"index.yaml": "apiVersion: v1\n"}),
+    ]  # fmt: skip
+    for body in mine:
+        kind, name = body["kind"].lower(), body["metadata"]["name"]
+        created = as_operator("create", "-f", "-", body=body)
+        assert created.returncode == 0, created.stderr
+        live = cluster.get_json(kind, name, "-n", namespace)
+        live["metadata"]["annotations"] = {"ocireg.dev/digest": "x"}
+        updated = as_operator("replace", "-f", "-", body=live)
+        assert updated.returncode == 0, updated.stderr
+        deleted = as_operator("delete", kind, name, "-n", namespace)
+        assert deleted.returncode == 0, deleted.stderr
 
 
 # -- the webhook configuration ---------------------------------------------------------------

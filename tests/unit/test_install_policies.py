@@ -16,8 +16,11 @@ import jsonschema
 import pytest
 import yaml
 
-from ocireg import admission
+from ocireg import admission, plan
+from ocireg.charts import publish
 from ocireg.config import SYSTEM_NAMESPACES, AdmissionConfig
+from ocireg.credential import Credential
+from ocireg.models.spec import Format, Targets
 from ocireg.providers import acr, ecr
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,6 +28,7 @@ CODE = ROOT / "operator" / "ocireg"
 MANIFESTS = ROOT / "manifests"
 CHART = ROOT / "helm" / "ocireg"
 TOKEN_POLICY = MANIFESTS / "rbac" / "token-request-policy.yaml"
+OWN_OBJECTS_POLICY = MANIFESTS / "rbac" / "own-objects-policy.yaml"
 WEBHOOK_POLICY = MANIFESTS / "admission" / "webhook-policy.yaml"
 
 
@@ -92,7 +96,9 @@ def test_the_token_policy_allows_the_lifetime_the_code_requests() -> None:
     assert max(requested) == limit
 
 
-@pytest.mark.parametrize("path", [TOKEN_POLICY, WEBHOOK_POLICY], ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path", [TOKEN_POLICY, OWN_OBJECTS_POLICY, WEBHOOK_POLICY], ids=lambda p: p.stem
+)
 def test_policies_hold_the_installed_identity_and_fail_closed(path: Path) -> None:
     policy = _load(path)
     spec = policy["spec"]
@@ -146,10 +152,43 @@ def test_the_webhook_policy_allows_what_the_operator_writes() -> None:
     assert sorted(values["excludeNamespaces"]) == sorted(variables["excludedNamespaces"])
 
 
+class _Index:
+    """What desired_config_map reads of a chart index."""
+
+    content_digest = "d"
+
+    def text(self, generated: str) -> str:
+        return f"generated: {generated}\n"
+
+
+def test_the_own_objects_policy_allows_every_object_the_operator_writes() -> None:
+    policy = _load(OWN_OBJECTS_POLICY)
+    variables = _variables(policy)
+    conditions = variables["newIsOurs"] + variables["oldIsOurs"]
+    label = f"labels['{plan.MANAGED_BY}'] == '{plan.MANAGER}'"
+    assert conditions.count(label) == 2, conditions
+    credential = Credential("basic", ("registry.example.com",), "robot", "s3cret")
+    targets = Targets(formats=list(Format))
+    written: list[dict[str, Any]] = []
+    for ref in (
+        plan.RegistryRef("ClusterOCIRegistry", "shared", uid="u1"),
+        plan.RegistryRef("OCIRegistry", "mine", namespace="team-a", uid="u2"),
+    ):
+        secrets = plan.desired_secrets(ref, targets, credential, "team-a")
+        assert {s.type for s in secrets} == set(variables["secretTypes"])  # every format
+        written += [s.body() for s in secrets]
+        written.append(publish.desired_config_map(ref, "team-a", _Index(), "now"))  # type: ignore[arg-type]
+    for body in written:
+        assert body["metadata"]["labels"][plan.MANAGED_BY] == plan.MANAGER, body["metadata"]
+        if body["kind"] == "Secret":
+            assert body["type"] != "kubernetes.io/service-account-token"
+
+
 def test_the_policies_are_installed_by_the_manifests() -> None:
     base = _load(MANIFESTS / "kustomization.yaml")["resources"]
-    assert "rbac/token-request-policy.yaml" in base
-    assert "rbac/token-request-policy-binding.yaml" in base
+    for name in ("token-request-policy", "own-objects-policy"):
+        assert f"rbac/{name}.yaml" in base
+        assert f"rbac/{name}-binding.yaml" in base
     component = _load(MANIFESTS / "admission" / "kustomization.yaml")["resources"]
     assert "webhook-policy.yaml" in component
     assert "webhook-policy-binding.yaml" in component
