@@ -378,7 +378,10 @@ class EgressAdapter(HTTPAdapter):
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
         proxies = kwargs.get("proxies") or {}
         if self.policy.restricted and select_proxy(request.url or "", proxies):
-            self.policy.check_host(urlsplit(request.url or "").hostname or "")
+            try:
+                self.policy.check_host(urlsplit(request.url or "").hostname or "")
+            except OSError as error:
+                raise requests.exceptions.ConnectionError(error, request=request) from None
         current = current_deadline()
         if current is not None:
             current.check()

@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+import requests
 
 from ocireg import egress
 from ocireg.config import OperatorConfig
@@ -291,6 +292,21 @@ def test_a_redirect_hop_to_an_internal_address_is_refused(servers: Callable[...,
     error = _raises("EgressNotAllowed", lambda: client.get_blob("team/app", digest))
     assert "the redirect target 127.0.0.2 of registry" in error.message
     assert internal.requests == []
+
+
+def test_through_a_proxy_the_host_is_checked_before_the_proxy_is_asked(
+    servers: Callable[..., Server],
+) -> None:
+    # The socket is the proxy's then, so the destination is checked where it is resolved.
+    proxy = servers(_internal_service)
+    with egress.session(LOOPBACK_ONLY) as session:
+        session.proxies = {"http": f"http://{proxy.address}"}
+        with pytest.raises(egress.EgressRefused) as caught:
+            session.get("http://127.0.0.2:9/v2/", timeout=5)
+        assert caught.value.address == "127.0.0.2"
+        with pytest.raises(requests.exceptions.ConnectionError):
+            session.get("http://no-such-host.invalid/v2/", timeout=5)
+    assert proxy.requests == []
 
 
 # --------------------------------------------------------------------------- deadlines
