@@ -235,6 +235,13 @@ def test_the_operator_cannot_mint_a_token_the_api_server_accepts(
     assert claims["aud"] == ["sts.amazonaws.com"]
     assert claims["sub"] == f"system:serviceaccount:{namespace}:{root}"
     assert claims["exp"] - claims["iat"] == 600
+    # (Azure workload identity's audience too.)
+    azure = _token_as(
+        install, cluster, namespace, root, "--audience=api://AzureADTokenExchange",
+        "--duration=10m",
+    )  # fmt: skip
+    assert azure.returncode == 0, azure.stderr
+    assert _claims(azure.stdout.strip())["aud"] == ["api://AzureADTokenExchange"]
     # ...and useless against the API server, although the account is cluster-admin.
     used = _api_with(cluster, token, tmp_path / "cloud.kubeconfig", "get", "namespaces")
     assert used.returncode != 0
