@@ -179,7 +179,8 @@ def _tag_page(prefix: str, count: int) -> bytes:
 def _huge_registry(pages: int) -> Callable[[str], tuple[int, dict[str, str], bytes]]:
     """Tag lists and a catalog whose every page is 7 MiB of short distinct names (~550,000,
     under the old 32 MiB page cap), with a next link for ``pages`` pages; and a repository
-    whose pages of 60,000 tags each are small but add up."""
+    whose pages of 60,000 tags each are small but add up; and eight repositories read at once
+    (one chart sync) whose pages of 60,000 long tags are 7.4 MB each."""
 
     def route(path: str) -> tuple[int, dict[str, str], bytes]:
         base, _, query = path.partition("?")
@@ -192,6 +193,9 @@ def _huge_registry(pages: int) -> Callable[[str], tuple[int, dict[str, str], byt
             return 200, link, _tag_page(f"p{page}", 550_000)
         if base == "/v2/many/tags/list":
             return 200, link, _tag_page(f"m{page}", 60_000)
+        if base.startswith("/v2/wide"):
+            # 60,000 tags of 120 characters: 7.4 MB a page, parsed (under every per-page cap).
+            return 200, link, _tag_page(f"w{page}-" + "x" * 110, 60_000)
         return 200, {}, b"{}"
 
     return route
@@ -221,6 +225,12 @@ def test_a_registry_serving_huge_listings_cannot_take_the_operator_over_its_pod_
             namespace,
         ),
         registry_object(KIND, "catalog", {**anonymous, "charts": {"discover": True}}, namespace),
+        registry_object(
+            KIND,
+            "wide",
+            {**anonymous, "charts": {"repositories": [f"wide{i}" for i in range(8)]}},
+            namespace,
+        ),
     )
 
     def settled() -> bool:
@@ -228,9 +238,8 @@ def test_a_registry_serving_huge_listings_cannot_take_the_operator_over_its_pod_
         # to wait for what an OOM kill would have ended in a pod).
         if _peak_rss(pid) >= POD_LIMIT:
             return True
-        return all(
-            condition(cluster, KIND, n, "ChartsSynced", namespace) for n in ("tags", "catalog")
-        )
+        names = ("tags", "catalog", "wide")
+        return all(condition(cluster, KIND, n, "ChartsSynced", namespace) for n in names)
 
     wait_for(settled, 180, "both objects' ChartsSynced conditions")
     peak = _peak_rss(pid)
@@ -250,5 +259,7 @@ def test_a_registry_serving_huge_listings_cannot_take_the_operator_over_its_pod_
     assert sum("/v2/huge/tags/list" in p for p in registry.paths) == 1
     assert sum("/v2/many/tags/list" in p for p in registry.paths) == 2
     assert sum("/v2/_catalog" in p for p in registry.paths) == 1
+    wide = condition(cluster, KIND, "wide", "ChartsSynced", namespace)
+    assert wide["reason"] == "AnswerTooLarge", wide
     # The credentials side is unaffected: the registry answers /v2/ and stays Ready.
     assert condition(cluster, KIND, "tags", "Ready", namespace)["status"] == "True"

@@ -442,7 +442,27 @@ def test_a_tag_page_and_all_pages_are_capped_in_bytes(servers: Callable[..., Ser
         "AnswerTooLarge", lambda: RegistryClient(many.address, tls=PLAIN).list_tags("team/app")
     )
     assert f"over {registry_client.MAX_LISTING_BYTES} bytes in all" in error.message
-    assert len(many.requests) == 5
+    assert len(many.requests) == 3  # 7 + 7 MiB read, the third page goes over 16 MiB
+    assert registry_client._LISTING_BUDGET.used == 0  # every listing gave its share back
+
+
+def test_listings_share_one_memory_budget_for_the_whole_process(
+    servers: Callable[..., Server],
+) -> None:
+    registry = servers(_tags_route([[f"v{i}" for i in range(1000)]]))
+    budget = registry_client._LISTING_BUDGET
+    client = RegistryClient(registry.address, tls=PLAIN)
+    # Other listings hold all but a little of it.
+    assert budget.take(budget.total - 1000)
+    try:
+        error = _raises("AnswerTooLarge", lambda: client.list_tags("team/app"))
+        assert error.transient
+        assert "its limit of 128 MiB of registry listings" in error.message
+    finally:
+        budget.give(budget.total - 1000)
+    assert budget.used == 0
+    assert len(client.list_tags("team/app")) == 1000
+    assert budget.used == 0
 
 
 def test_the_catalog_is_capped_in_repositories(servers: Callable[..., Server]) -> None:
