@@ -286,6 +286,7 @@ def test_chart_and_kustomize_ship_the_same_policies(
         theirs = {o["metadata"]["name"]: _literal(o["spec"]) for o in chart if o["kind"] == kind}
         assert sorted(ours) == [
             "ocireg-own-objects",
+            "ocireg-service-accounts",
             "ocireg-token-requests",
             "ocireg-webhook-configuration",
         ]
@@ -312,8 +313,8 @@ def test_chart_and_kustomize_ship_the_same_policies(
         for o in moved
         if o["kind"] == "ValidatingAdmissionPolicy"
     ]
-    assert len(conditions) == 2, conditions
-    assert conditions == [f"request.userInfo.username == '{user}'"] * 2
+    assert len(conditions) == 3, conditions
+    assert conditions == [f"request.userInfo.username == '{user}'"] * 3
 
     # Other values reach the policies: a release elsewhere, another account, other audiences.
     other = _helm_template(
@@ -444,6 +445,94 @@ def test_the_operator_writes_only_its_own_secrets_and_config_maps(
         assert updated.returncode == 0, updated.stderr
         deleted = as_operator("delete", kind, name, "-n", namespace)
         assert deleted.returncode == 0, deleted.stderr
+
+
+@pytest.mark.parametrize("source", ["chart", "kustomize"])
+def test_the_operator_changes_only_the_pull_secret_references_of_accounts(
+    cluster: ControlPlane,
+    crds: None,
+    request: pytest.FixtureRequest,
+    source: str,
+    namespace: str,
+) -> None:
+    install: Install = request.getfixturevalue(source)
+    cluster.kubectl("create", "serviceaccount", "app", "-n", namespace)
+    cluster.kubectl(
+        "annotate", "serviceaccount", "app", "-n", namespace,
+        "eks.amazonaws.com/role-arn=arn:aws:iam::123456789012:role/app",
+    )  # fmt: skip
+    before = cluster.get_json("serviceaccount", "app", "-n", namespace)
+
+    def patch(body: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+        return cluster.kubectl(
+            "patch", "serviceaccount", "app", "-n", namespace, "--type=merge",
+            "-p", json.dumps(body), kubeconfig=install.kubeconfig, check=False,
+        )  # fmt: skip
+
+    another_role = {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/admin"}
+    attempts = {
+        "another cloud role": (
+            {"metadata": {"annotations": another_role}},
+            "may change only the ocireg.dev/ annotations",
+        ),
+        "no cloud role": (
+            {"metadata": {"annotations": {"eks.amazonaws.com/role-arn": None}}},
+            "may change only the ocireg.dev/ annotations",
+        ),
+        "an owner to be garbage-collected with": (
+            {"metadata": {"ownerReferences": [
+                {"apiVersion": "v1", "kind": "ConfigMap", "name": "x",
+                 "uid": "00000000-0000-0000-0000-000000000000"}]}},
+            "may not change a ServiceAccount's labels, ownerReferences or finalizers",
+        ),
+        "a finalizer": (
+            {"metadata": {"finalizers": ["example.com/hold"]}},
+            "may not change a ServiceAccount's labels, ownerReferences or finalizers",
+        ),
+        "a label": (
+            {"metadata": {"labels": {"team": "x"}}},
+            "may not change a ServiceAccount's labels, ownerReferences or finalizers",
+        ),
+        "automountServiceAccountToken": (
+            {"automountServiceAccountToken": False},
+            "may change only a ServiceAccount's imagePullSecrets",
+        ),
+    }  # fmt: skip
+
+    def refused() -> str:
+        body, _ = attempts["another cloud role"]
+        attempt = patch(body)
+        if attempt.returncode == 0:  # the policy not loaded yet (or missing): undo, try again
+            cluster.kubectl(
+                "annotate", "serviceaccount", "app", "-n", namespace, "--overwrite",
+                "eks.amazonaws.com/role-arn=arn:aws:iam::123456789012:role/app",
+            )  # fmt: skip
+            return ""
+        return attempt.stderr
+
+    assert attempts["another cloud role"][1] in wait_for(refused, 30, "a role change refused")
+    for what, (body, message) in attempts.items():
+        attempt = patch(body)
+        assert attempt.returncode != 0, f"{what}: allowed"
+        assert message in attempt.stderr, (what, attempt.stderr)
+    after = cluster.get_json("serviceaccount", "app", "-n", namespace)
+    for field in ("annotations", "labels", "ownerReferences", "finalizers"):
+        assert after["metadata"].get(field) == before["metadata"].get(field), field
+    assert after.get("automountServiceAccountToken") == before.get("automountServiceAccountToken")
+    # What the operator does (plan.service_account_patch): its reference and its annotation.
+    ours = {
+        "metadata": {"annotations": {"ocireg.dev/image-pull-secrets": "pull"}},
+        "imagePullSecrets": [{"name": "pull"}],
+    }
+    added = patch(ours)
+    assert added.returncode == 0, added.stderr
+    written = cluster.get_json("serviceaccount", "app", "-n", namespace)
+    assert written["imagePullSecrets"] == [{"name": "pull"}]
+    removed = patch(
+        {"metadata": {"annotations": {"ocireg.dev/image-pull-secrets": None}},
+         "imagePullSecrets": None}
+    )  # fmt: skip
+    assert removed.returncode == 0, removed.stderr
 
 
 # -- the webhook configuration ---------------------------------------------------------------

@@ -29,6 +29,7 @@ MANIFESTS = ROOT / "manifests"
 CHART = ROOT / "helm" / "ocireg"
 TOKEN_POLICY = MANIFESTS / "rbac" / "token-request-policy.yaml"
 OWN_OBJECTS_POLICY = MANIFESTS / "rbac" / "own-objects-policy.yaml"
+SERVICE_ACCOUNT_POLICY = MANIFESTS / "rbac" / "service-account-policy.yaml"
 WEBHOOK_POLICY = MANIFESTS / "admission" / "webhook-policy.yaml"
 
 
@@ -97,7 +98,9 @@ def test_the_token_policy_allows_the_lifetime_the_code_requests() -> None:
 
 
 @pytest.mark.parametrize(
-    "path", [TOKEN_POLICY, OWN_OBJECTS_POLICY, WEBHOOK_POLICY], ids=lambda p: p.stem
+    "path",
+    [TOKEN_POLICY, OWN_OBJECTS_POLICY, SERVICE_ACCOUNT_POLICY, WEBHOOK_POLICY],
+    ids=lambda p: p.stem,
 )
 def test_policies_hold_the_installed_identity_and_fail_closed(path: Path) -> None:
     policy = _load(path)
@@ -184,9 +187,35 @@ def test_the_own_objects_policy_allows_every_object_the_operator_writes() -> Non
             assert body["type"] != "kubernetes.io/service-account-token"
 
 
+def test_the_operator_changes_what_the_service_account_policy_allows() -> None:
+    policy = _load(SERVICE_ACCOUNT_POLICY)
+    (annotations, *_) = (v["expression"] for v in policy["spec"]["validations"])
+    assert "k.startsWith('ocireg.dev/')" in annotations
+    account = {
+        "metadata": {
+            "name": "default",
+            "resourceVersion": "7",
+            "annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/app"},
+        },
+        "imagePullSecrets": [{"name": "theirs"}],
+    }
+    added = plan.service_account_patch(account, "ours", want=True)
+    assert added is not None
+    # A merge patch of imagePullSecrets and ocireg.dev/ annotations, nothing else.
+    assert set(added) == {"metadata", "imagePullSecrets"}
+    assert set(added["metadata"]) == {"resourceVersion", "annotations"}
+    assert all(key.startswith("ocireg.dev/") for key in added["metadata"]["annotations"])
+    account["imagePullSecrets"] = added["imagePullSecrets"]
+    account["metadata"]["annotations"].update(added["metadata"]["annotations"])
+    removed = plan.service_account_patch(account, "ours", want=False)
+    assert removed is not None
+    assert set(removed) == {"metadata", "imagePullSecrets"}
+    assert all(key.startswith("ocireg.dev/") for key in removed["metadata"]["annotations"])
+
+
 def test_the_policies_are_installed_by_the_manifests() -> None:
     base = _load(MANIFESTS / "kustomization.yaml")["resources"]
-    for name in ("token-request-policy", "own-objects-policy"):
+    for name in ("token-request-policy", "own-objects-policy", "service-account-policy"):
         assert f"rbac/{name}.yaml" in base
         assert f"rbac/{name}-binding.yaml" in base
     component = _load(MANIFESTS / "admission" / "kustomization.yaml")["resources"]
