@@ -45,6 +45,8 @@ manifests:
 	cp crds/*.yaml helm/ocireg/crds/
 	cp manifests/rbac/clusterrole.yaml helm/ocireg/files/clusterrole.yaml
 	cp manifests/rbac/token-request-policy.yaml helm/ocireg/files/token-request-policy.yaml
+	cp manifests/rbac/own-objects-policy.yaml helm/ocireg/files/own-objects-policy.yaml
+	cp manifests/rbac/service-account-policy.yaml helm/ocireg/files/service-account-policy.yaml
 	cp manifests/admission/webhook-policy.yaml helm/ocireg/files/webhook-policy.yaml
 
 clean:

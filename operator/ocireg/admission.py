@@ -41,6 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Final
 
+import aiohttp.web
 import kopf
 import kubernetes
 from cryptography import x509
@@ -66,6 +67,12 @@ RETRY_SECONDS: Final = 5.0
 # up (and allows unchanged) this much before the API server would.
 MARGIN_SECONDS: Final = 1.0
 PARTIAL_METADATA: Final = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+# The API server's AdmissionReview for one ServiceAccount creation is a few KiB. A larger body
+# is refused (413) before it is parsed; with failurePolicy Ignore the account is still created,
+# and the ServiceAccount watch adds the references a moment later.
+MAX_REVIEW_BYTES: Final = 256 * 1024
+_SERVICE_ACCOUNT_KIND: Final = {"group": "", "version": "v1", "kind": "ServiceAccount"}
+_SERVICE_ACCOUNT_RESOURCE: Final = {"group": "", "version": "v1", "resource": "serviceaccounts"}
 # Admission reads never queue behind reconciles on kopf's own thread pool.
 _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ocireg-admission")
 
@@ -199,6 +206,59 @@ def self_signed_certificate(
         serialization.NoEncryption(),
     )
     return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+def review_problem(webhook: str | None, review: Any) -> str | None:
+    """Why a request is not one this webhook answers (None: it is). Anyone who reaches the
+    port can send one (the API server does not authenticate itself to webhooks unless given
+    an admission kubeconfig), so only the exact shape the API server sends for a
+    ServiceAccount CREATE gets as far as the handler: no other kind, operation, subresource
+    or API version. The answer names the field, never echoes a value."""
+    if webhook != HANDLER_ID:
+        return "unknown webhook path"
+    if not isinstance(review, dict):
+        return "the body is not an AdmissionReview object"
+    if review.get("apiVersion") != "admission.k8s.io/v1" or review.get("kind") != "AdmissionReview":
+        return "only AdmissionReview admission.k8s.io/v1 is served"
+    request = review.get("request")
+    if not isinstance(request, dict):
+        return "the AdmissionReview has no request"
+    uid = request.get("uid")
+    if not isinstance(uid, str) or not 0 < len(uid) <= 128:
+        return "request.uid is missing or malformed"
+    if request.get("kind") != _SERVICE_ACCOUNT_KIND:
+        return "only ServiceAccount objects are served"
+    if request.get("resource") != _SERVICE_ACCOUNT_RESOURCE or request.get("subResource"):
+        return "only the serviceaccounts resource is served"
+    if request.get("operation") != "CREATE":
+        return "only CREATE is served"
+    namespace = request.get("namespace")
+    if not isinstance(namespace, str) or not namespace:
+        return "request.namespace is missing"
+    if not isinstance(request.get("userInfo"), dict):
+        return "request.userInfo is missing"
+    account = request.get("object")
+    if not isinstance(account, dict) or account.get("kind") not in (None, "ServiceAccount"):
+        return "request.object is not a ServiceAccount"
+    metadata = account.get("metadata")
+    if not isinstance(metadata, dict) or metadata.get("namespace") not in (None, "", namespace):
+        return "request.object.metadata does not match request.namespace"
+    return None
+
+
+async def read_capped(request: aiohttp.web.Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is over ``limit`` (chunked bodies
+    too: they have no Content-Length to check first)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise aiohttp.web.HTTPRequestEntityTooLarge(
+            max_size=limit, actual_size=request.content_length
+        )
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) > limit:
+            raise aiohttp.web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
+    return bytes(body)
 
 
 def webhook_url(base_url: str) -> str:
@@ -424,6 +484,29 @@ class AdmissionServer(kopf.WebhookServer):
     ) -> tuple[bytes, bytes]:
         del password  # the key only ever sits in kopf's short-lived temporary file
         return self_signed_certificate(hostnames)
+
+    @staticmethod
+    async def _serve(fn: Any, request: aiohttp.web.Request) -> aiohttp.web.Response:
+        """kopf's request handling (kopf._kits.webhooks.WebhookServer._serve, which has no
+        size cap and passes any JSON on), with the body capped and the review checked by
+        `review_problem` before kopf's admission machinery sees it."""
+        body = await read_capped(request, MAX_REVIEW_BYTES)
+        try:
+            review = json.loads(body)
+        except ValueError:
+            raise aiohttp.web.HTTPBadRequest(reason="the body is not JSON") from None
+        problem = review_problem(request.match_info.get("id"), review)
+        if problem is not None:
+            log.info("admission: refused a request from %s: %s", request.remote, problem)
+            raise aiohttp.web.HTTPBadRequest(reason=problem)
+        headers = dict(request.headers)
+        sslpeer = request.transport.get_extra_info("peercert") if request.transport else None
+        try:
+            response = await fn(review, webhook=HANDLER_ID, sslpeer=sslpeer, headers=headers)
+        except Exception as error:  # kopf's WebhookError & co (our handler never raises)
+            log.warning("admission: request not served: %s", type(error).__name__)
+            raise aiohttp.web.HTTPBadRequest(reason="the review could not be served") from None
+        return aiohttp.web.json_response(response)
 
     async def __call__(self, fn: Any) -> AsyncIterator[Any]:
         # kopf yields again after restarting with renewed certificate files.

@@ -176,8 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--metrics-address",
-        default=os.environ.get("OCIREG_METRICS_ADDRESS", "0.0.0.0"),  # noqa: S104 - in a pod
-        help="address the metrics endpoint listens on",
+        default=os.environ.get("OCIREG_METRICS_ADDRESS") or "127.0.0.1",
+        help="address the metrics endpoint listens on (env OCIREG_METRICS_ADDRESS; default "
+        "loopback; the chart sets the pod's IP, where Prometheus scrapes)",
     )
     cloud = run.add_argument_group("cloud credentials")
     cloud.add_argument(

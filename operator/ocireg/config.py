@@ -92,7 +92,7 @@ class OperatorConfig:
     resync_seconds: float = 300.0
     # Prometheus endpoint (none when 0).
     metrics_port: int = 0
-    metrics_address: str = "0.0.0.0"  # noqa: S104 - inside a pod
+    metrics_address: str = "127.0.0.1"  # loopback unless told: never every address by default
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     pools: PoolSizes = field(default_factory=PoolSizes)
 

@@ -378,7 +378,10 @@ class EgressAdapter(HTTPAdapter):
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
         proxies = kwargs.get("proxies") or {}
         if self.policy.restricted and select_proxy(request.url or "", proxies):
-            self.policy.check_host(urlsplit(request.url or "").hostname or "")
+            try:
+                self.policy.check_host(urlsplit(request.url or "").hostname or "")
+            except OSError as error:
+                raise requests.exceptions.ConnectionError(error, request=request) from None
         current = current_deadline()
         if current is not None:
             current.check()
@@ -399,11 +402,13 @@ def session(policy: EgressPolicy) -> requests.Session:
     return new
 
 
-def read_capped(response: requests.Response, limit: int) -> bytes:
+def read_capped(
+    response: requests.Response, limit: int, on_chunk: Callable[[int], None] | None = None
+) -> bytes:
     """The whole (decoded) body, streamed, at most ``limit`` bytes: AnswerTooLarge past it
     (a declared Content-Length over the limit is refused before reading), DeadlineExceeded
     when the current deadline passed while reading (a body cut by the watchdog is never
-    taken for a complete one)."""
+    taken for a complete one). ``on_chunk`` is told each chunk's size before it is kept."""
     length = response.headers.get("Content-Length", "").strip()
     if length.isdigit() and int(length) > limit:
         raise AnswerTooLarge(limit, int(length))
@@ -411,6 +416,8 @@ def read_capped(response: requests.Response, limit: int) -> bytes:
     current = current_deadline()
     try:
         for chunk in response.iter_content(_CHUNK):
+            if on_chunk is not None:
+                on_chunk(len(chunk))  # may raise: the caller's own memory accounting
             body += chunk
             if len(body) > limit:
                 raise AnswerTooLarge(limit)

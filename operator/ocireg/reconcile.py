@@ -52,6 +52,7 @@ _STALLED = {
     "AmbientIdentityNotAllowed",
     "AmbientDestinationNotAllowed",
     "WebhookAddressNotAllowed",
+    "EgressNotAllowed",
     "NoCredentials",
     "ServiceAccountNotFound",
 }
@@ -275,7 +276,8 @@ def sync_targets(
         observed.setdefault(meta["namespace"], {})[meta["name"]] = secret
     accounts: dict[str, list[dict[str, Any]]] = {}
     if plan.Format.dockerconfigjson in targets.formats and targets.service_accounts:
-        for sa in kube.service_accounts():
+        # A tenant's registry writes into its own namespace only: no cluster-wide list.
+        for sa in kube.service_accounts(ref.namespace if ref.namespaced else None):
             accounts.setdefault(sa["metadata"]["namespace"], []).append(sa)
 
     def one(namespace: str) -> NamespaceResult:

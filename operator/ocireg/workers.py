@@ -42,9 +42,14 @@ class ShareQueue(Generic[T]):
         self._in_turns: set[Hashable] = set()
         self._running: dict[Hashable, int] = {}  # group -> jobs running
         self._running_keys: set[Hashable] = set()
+        self._count = 0  # waiting jobs
+
+    def __len__(self) -> int:
+        return self._count
 
     def push(self, key: Hashable, group: Hashable, item: T) -> None:
         self._waiting.setdefault(group, deque()).append((key, item))
+        self._count += 1
         self._offer(group)
 
     def pop(self) -> tuple[Hashable, Hashable, T] | None:
@@ -62,6 +67,7 @@ class ShareQueue(Generic[T]):
                 continue  # offered again when one of its running keys is done
             key, item = jobs[found]
             del jobs[found]
+            self._count -= 1
             if not jobs:
                 del self._waiting[group]
             self._running[group] = self._running.get(group, 0) + 1
@@ -84,7 +90,7 @@ class ShareQueue(Generic[T]):
         return self._running.get(group, 0)
 
     def waiting(self) -> int:
-        return sum(len(jobs) for jobs in self._waiting.values())
+        return self._count
 
     def _offer(self, group: Hashable) -> None:
         if (
@@ -129,7 +135,9 @@ class FairPool:
             if coalesce:
                 self._coalescing[key] = future
             self._queue.push(key, group, (run, future, coalesce))
-            if self._idle == 0 and len(self._threads) < self.workers:
+            # Idle threads that have not woken yet count once per waiting job: with one idle
+            # thread and two jobs, the second must not wait for the first to finish.
+            if self._idle < len(self._queue) and len(self._threads) < self.workers:
                 thread = threading.Thread(
                     target=self._work, name=f"{self.name}-{len(self._threads)}", daemon=True
                 )

@@ -119,3 +119,9 @@ def events_for(cluster: ControlPlane, name: str) -> list[dict]:
         "get", "events", "-A", "--field-selector", f"involvedObject.name={name}", "-o", "json"
     )
     return json.loads(result.stdout)["items"]
+
+
+# Tenant (OCIRegistry) objects in these tests use the local registries on 127.0.0.1, which the
+# egress policy refuses by default. Only that one address is allowed: the rest of 127.0.0.0/8
+# stays refused, where the hostile tests put the "internal service" (127.0.0.2).
+ALLOW_LOCAL_REGISTRIES = ("--egress-allowed-cidr", "127.0.0.1/32")

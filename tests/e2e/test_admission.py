@@ -31,7 +31,15 @@ from ocireg.devenv.processes import LOOPBACK, Tools, free_port
 from ocireg.devenv.registries import LocalRegistries
 from ocireg.plan import ANNOTATION_SA_REFS
 
-from .helpers import apply, ca_config_map, registry_object, secret, secret_object, wait_for
+from .helpers import (
+    ALLOW_LOCAL_REGISTRIES,
+    apply,
+    ca_config_map,
+    registry_object,
+    secret,
+    secret_object,
+    wait_for,
+)
 
 TIMEOUT = 2  # the webhook's timeoutSeconds in these tests
 
@@ -108,6 +116,7 @@ def setup(
         registry=f"adm-{token}",
         configuration=configuration,
         operator_args=(
+            *ALLOW_LOCAL_REGISTRIES,
             "--credentials-namespace",
             namespace,
             "--admission-webhook",

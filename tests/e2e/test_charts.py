@@ -16,6 +16,7 @@ from ocireg.devenv.controlplane import ControlPlane
 from ocireg.devenv.registries import LocalRegistries, RegistryServer
 
 from .helpers import (
+    ALLOW_LOCAL_REGISTRIES,
     apply,
     ca_config_map,
     condition,
@@ -145,7 +146,7 @@ def test_chart_repositories_are_indexed_and_every_listed_version_pulls(
         secret_object("creds", namespace, username=basic.username, password=basic.password),
         ca_config_map(namespace, registries.ca_file, name="corp-ca"),
     )
-    run_operator(env={"OCIREG_CHARTS_PAGE_SIZE": "2"})
+    run_operator(*ALLOW_LOCAL_REGISTRIES, env={"OCIREG_CHARTS_PAGE_SIZE": "2"})
     spec = {
         "server": basic.host,
         "repositoryPrefix": prefix,
@@ -316,7 +317,7 @@ def test_a_refused_catalog_and_a_bad_constraint_are_explained(
     namespace: str,
 ) -> None:
     plain = registries.plain
-    run_operator()
+    run_operator(*ALLOW_LOCAL_REGISTRIES)
     spec = {
         "server": plain.host,
         "repositoryPrefix": f"none{secrets.token_hex(3)}",

@@ -6,17 +6,22 @@ registry, so every pull secret is checked with skopeo."""
 from __future__ import annotations
 
 import base64
+import contextlib
+import io
 import json
 import secrets
 import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from ocireg.cli import build_parser
 from ocireg.devenv.clients import Clients, docker_config, write_docker_config
 from ocireg.devenv.controlplane import ControlPlane
 from ocireg.devenv.registries import LocalRegistries
@@ -25,7 +30,10 @@ from ocireg.devenv.standins import (
     AzureStandIn,
     Fault,
     GoogleStandIn,
+    Reply,
+    StandIn,
     WebhookStandIn,
+    jwt_like,
 )
 
 from .helpers import (
@@ -44,6 +52,17 @@ CLUSTER = "ClusterOCIRegistry"
 TENANT = "OCIRegistry"
 TEAM_KEY = "wJalrXUtnFEMI-team-one-secret-key"
 MOTO_PASSWORD = "123456789012-auth-token"  # moto's answer for its default account
+
+
+def egress_allowance(cidr: str = "127.0.0.1/32") -> list[str]:
+    """Where the operator has an egress policy for tenants, let them reach the local stand-ins:
+    the guards under test here are the cloud identities', not which addresses tenants reach."""
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            build_parser().parse_args(["run", "--egress-allowed-cidr", cidr])
+    except SystemExit:
+        return []
+    return ["--egress-allowed-cidr", cidr]
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +148,7 @@ def test_ecr_static_keys_web_identity_shared_mints_and_failures(
         )
         operator = run_operator(
             "--credentials-namespace", namespace, "--aws-endpoint-url", aws.url,
+            *egress_allowance(),  # the tenant's object below uses the local registry
             env={"AWS_EC2_METADATA_DISABLED": "true", "AWS_ACCESS_KEY_ID": "AKIDOPERATOR",
                  "AWS_SECRET_ACCESS_KEY": "operator", "AWS_DEFAULT_REGION": "eu-west-1"},
         )  # fmt: skip
@@ -355,6 +375,7 @@ def test_gcp_key_and_metadata_server(
         )
         run_operator(
             "--credentials-namespace", namespace, "--gcp-token-uri", google.token_uri,
+            "--ambient-gcp-host", basic.host.split(":")[0],  # the stand-in for gcr.io
             env={"GCE_METADATA_HOST": google.metadata_host, "GCE_METADATA_IP": google.metadata_host,
                  "GOOGLE_CLOUD_PROJECT": "ocireg-test"},
         )  # fmt: skip
@@ -432,7 +453,11 @@ def test_acr_client_secret_exchange(
             "--credentials-namespace", namespace,
             "--azure-authority-host", azure.authority_host,
             "--acr-exchange-url", azure.exchange_url,
-            env={"REQUESTS_CA_BUNDLE": str(bundle), "SSL_CERT_FILE": str(bundle)},
+            *egress_allowance(),  # the tenant's object below uses the local registry
+            "--ambient-acr-host", registry.host.split(":")[0],  # the stand-in for *.azurecr.io
+            env={"REQUESTS_CA_BUNDLE": str(bundle), "SSL_CERT_FILE": str(bundle),
+                 "IDENTITY_ENDPOINT": azure.identity_endpoint,
+                 "IDENTITY_HEADER": azure.IDENTITY_HEADER},
         )  # fmt: skip
         auth = {
             "acr": {
@@ -474,7 +499,125 @@ def test_acr_client_secret_exchange(
         claims = jwt_claims(azure.assertions[-1])
         assert claims["sub"] == f"system:serviceaccount:{target}:default"
         assert claims["aud"] == ["api://AzureADTokenExchange"]
+        # The operator's own managed identity, for a host the operator allows it.
+        managed = {"acr": {"clientId": "99999999-8888-7777-6666-555555555555"}}
+        apply(cluster, cluster_registry("acr-managed", registry.host, managed, target))
+        wait_for_reason(cluster, CLUSTER, "acr-managed", "Ready")
+        assert pulls(clients, image, secret(cluster, target, "acr-managed"), tmp_path)
+        assert azure.calls["managed-identity"] == 1
         assert "app-s3cret" not in operator.logs()
     finally:
-        delete_all(cluster, "clusterociregistry", ["acr"])
+        delete_all(cluster, "clusterociregistry", ["acr", "acr-managed"])
         azure.stop()
+
+
+# ---------------------------------------------------------------------------- ambient tokens
+
+
+class HostileRegistry(StandIn):
+    """A registry a tenant controls: it records every request and plays along (asks for Basic
+    credentials, answers the ACR exchange) so that any token offered would be handed over."""
+
+    name = "hostile-registry"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.received: list[tuple[str, str, dict[str, str], bytes]] = []
+
+    @property
+    def host(self) -> str:
+        return self.url.split("://", 1)[1]
+
+    def answer(self, method: str, path: str, headers: Any, body: bytes) -> Reply:
+        self.received.append((method, path, dict(headers.items()), body))
+        if urlparse(path).path == "/oauth2/exchange":
+            refresh = jwt_like({"exp": int(time.time()) + 3600})
+            return Reply(200, json.dumps({"refresh_token": refresh}).encode())
+        if headers.get("Authorization"):
+            return Reply(200, b"{}")
+        return Reply(401, b"{}", headers={"WWW-Authenticate": 'Basic realm="hostile"'})
+
+
+def test_ambient_tokens_never_reach_a_host_their_cloud_does_not_run(
+    cluster: ControlPlane,
+    crds: None,
+    registries: LocalRegistries,
+    run_operator,
+    namespace: str,
+    target: str,
+    tmp_path: Path,
+) -> None:
+    """With --allow-tenant-ambient-identity, a tenant names its own server for the operator's
+    Azure managed identity, GCP metadata identity and AWS default chain; a cluster object does
+    the same for Azure. The server receives nothing, no token is even minted, and each object
+    says why."""
+    hostile = HostileRegistry().start()
+    aws = AwsStandIn().start()
+    google = GoogleStandIn(lambda user, password: None).start()
+    azure = AzureStandIn(registries.ca, tmp_path / "azure", lambda user, password: None).start()
+    bundle = tmp_path / "roots.pem"
+    system = Path(ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt")
+    bundle.write_text(system.read_text() + registries.ca_file.read_text())
+    try:
+        run_operator(
+            "--credentials-namespace", namespace, "--allow-tenant-ambient-identity",
+            "--aws-endpoint-url", aws.url, *egress_allowance(),
+            env={"AWS_EC2_METADATA_DISABLED": "true", "AWS_ACCESS_KEY_ID": "AKIDOPERATOR",
+                 "AWS_SECRET_ACCESS_KEY": "operator-secret", "AWS_DEFAULT_REGION": "eu-west-1",
+                 "GCE_METADATA_HOST": google.metadata_host,
+                 "GCE_METADATA_IP": google.metadata_host, "GOOGLE_CLOUD_PROJECT": "ocireg-test",
+                 "IDENTITY_ENDPOINT": azure.identity_endpoint,
+                 "IDENTITY_HEADER": azure.IDENTITY_HEADER,
+                 "REQUESTS_CA_BUNDLE": str(bundle), "SSL_CERT_FILE": str(bundle)},
+        )  # fmt: skip
+        managed = {"acr": {"clientId": "99999999-8888-7777-6666-555555555555", "credentials": {}}}
+        plain = {"insecure": True}  # the most a hostile server could ask for
+        tenants = {
+            "acr-ambient": managed,
+            "gcp-ambient": {"gcp": {"credentials": {}}},
+            "ecr-ambient": {"ecr": {"regions": ["eu-west-1"], "credentials": {}}},
+        }
+        apply(
+            cluster,
+            *(
+                registry_object(TENANT, name, {"server": hostile.host, "auth": auth, "tls": plain},
+                                target)
+                for name, auth in tenants.items()
+            ),
+            registry_object(CLUSTER, "acr-ambient-cluster", {
+                "server": hostile.host, "auth": managed, "tls": plain,
+                "targets": {"namespaces": [target]}}),
+        )  # fmt: skip
+        objects = [(TENANT, name, target) for name in tenants]
+        objects.append((CLUSTER, "acr-ambient-cluster", None))
+        for kind, name, where in objects:
+            wait_for(
+                lambda k=kind, n=name, w=where: condition(cluster, k, n, "CredentialsReady", w),
+                60,
+                f"{kind} {name} to report on its credentials",
+            )
+        # Nothing reached the tenant's server: no exchange, no ping, no Basic login.
+        offered = [
+            f"{method} {urlparse(path).path}"
+            + (" carrying a token" if "Authorization" in headers or b"access_token" in body else "")
+            for method, path, headers, body in hostile.received
+        ]
+        assert not offered, f"the tenant's server got: {offered}"
+        # Refused before the cloud was asked: no token of the operator's was even minted.
+        assert azure.calls["managed-identity"] == 0
+        assert not any("service-accounts/default/token" in call for call in google.calls)
+        assert aws.calls["GetAuthorizationToken"] == 0
+        for kind, name, where in objects:
+            ready = condition(cluster, kind, name, "Ready", where)
+            assert ready["reason"] == "AmbientDestinationNotAllowed", ready
+            assert hostile.host.split(":")[0] in ready["message"]
+            assert "--ambient-" in ready["message"]
+            assert condition(cluster, kind, name, "Stalled", where)["status"] == "True"
+            assert any(
+                e["reason"] == "AmbientDestinationNotAllowed" for e in events_for(cluster, name)
+            )
+            assert secret(cluster, target, name) is None  # no pull secret with its token
+    finally:
+        delete_all(cluster, "clusterociregistry", ["acr-ambient-cluster"])
+        for standin in (hostile, aws, google, azure):
+            standin.stop()

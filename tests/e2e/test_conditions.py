@@ -14,6 +14,7 @@ from ocireg.devenv.processes import free_port
 from ocireg.devenv.registries import LocalRegistries
 
 from .helpers import (
+    ALLOW_LOCAL_REGISTRIES,
     apply,
     ca_config_map,
     condition,
@@ -99,7 +100,7 @@ def test_problems_become_conditions_and_recover(
         f"--docker-server=https://{basic.host}", f"--docker-username={basic.username}",
         f"--docker-password={basic.password}",
     )  # fmt: skip
-    operator = run_operator()
+    operator = run_operator(*ALLOW_LOCAL_REGISTRIES)
     apply(cluster, *(registry_object(KIND, n, spec, namespace) for n, (spec, _) in cases.items()))
 
     for name, (_spec, reason) in cases.items():
@@ -192,7 +193,7 @@ def test_bearer_token_registry_with_password_and_identity_token(
         secret_object("login", namespace, username=server.username, password=server.password),
         secret_object("refresh", namespace, token=refresh_token),
     )
-    run_operator()
+    run_operator(*ALLOW_LOCAL_REGISTRIES)
     ca = {"caBundleRef": {"configMap": "registry-ca"}}
     apply(
         cluster,

@@ -1,7 +1,8 @@
 """No tenant can starve the operator (issue 14, point 5): twelve OCIRegistry objects whose
 registry accepts and never finishes answering, in one namespace or in twelve, while another
 team's registry and a platform team's ClusterOCIRegistry become Ready in about the time they
-take with no hostile objects, and a ServiceAccount created meanwhile gets its reference."""
+take with no hostile objects, and a ServiceAccount and a namespace created meanwhile get their
+references and Secret from their watch events."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from .helpers import (
     ca_config_map,
     pull_secret_refs,
     registry_object,
+    secret,
     secret_object,
     wait_for,
     wait_for_reason,
@@ -160,8 +162,10 @@ def test_twelve_registries_that_never_answer_do_not_delay_another_team(
         if spread == "one-namespace"
         else [f"{namespace}-hostile-{i}" for i in range(HOSTILE)]
     )
+    arriving = f"{namespace}-new"  # a namespace created while the hostile objects hang
     for extra in (platform, *hostile):
         cluster.kubectl("create", "namespace", extra)
+    cluster.kubectl("label", "namespace", team, f"fairness={namespace}")
     try:
         good_tls = {"caBundleRef": {"configMap": "ca"}}
         apply(
@@ -216,7 +220,7 @@ def test_twelve_registries_that_never_answer_do_not_delay_another_team(
                     "auth": basic_auth,
                     "tls": good_tls,
                     "targets": {
-                        "namespaces": [team],
+                        "namespaceSelector": {"matchLabels": {"fairness": namespace}},
                         "secretName": "corp",
                         "serviceAccounts": ["*"],
                     },
@@ -225,16 +229,27 @@ def test_twelve_registries_that_never_answer_do_not_delay_another_team(
         )
         corp = _time_to_ready(cluster, "ClusterOCIRegistry", f"{namespace}-corp", None, bound)
         # A ServiceAccount created now gets the team's references from its watch event.
+        started = time.monotonic()
         cluster.kubectl("create", "serviceaccount", "late", "-n", team)
         wait_for(
             lambda: {"before", "after", "corp"} <= set(pull_secret_refs(cluster, team, "late")),
             SLACK_SECONDS,
             "the new ServiceAccount's references",
         )
+        account = time.monotonic() - started
+        # A namespace created now gets the platform's pull secret from its watch event.
+        started = time.monotonic()
+        cluster.kubectl("create", "namespace", arriving)
+        cluster.kubectl("label", "namespace", arriving, f"fairness={namespace}")
+        wait_for(
+            lambda: secret(cluster, arriving, "corp"), SLACK_SECONDS, "the new namespace's Secret"
+        )
+        arrived = time.monotonic() - started
         print(
             f"\n[fairness {spread}] normal {normal:.2f} s; with {HOSTILE} hanging objects "
             f"({drip.held()} connections held, {drip.accepted} accepted): tenant {after:.2f} s, "
-            f"cluster {corp:.2f} s; bound {bound:.2f} s"
+            f"cluster {corp:.2f} s, new ServiceAccount {account:.2f} s, new namespace "
+            f"{arrived:.2f} s; bound {bound:.2f} s"
         )
         # One namespace never held more than its share of the tenant pool.
         assert held <= len(hostile) * NAMESPACE_SHARE
@@ -248,7 +263,7 @@ def test_twelve_registries_that_never_answer_do_not_delay_another_team(
                 cluster.kubectl("delete", "ociregistries", "--all", "-n", ns, check=False)
             platform_object = ["clusterociregistry", f"{namespace}-corp", "--ignore-not-found"]
             cluster.kubectl("delete", *platform_object, check=False)
-        for ns in (platform, *hostile):
+        for ns in (platform, arriving, *hostile):
             cluster.kubectl(
                 "delete", "namespace", ns, "--wait=false", "--ignore-not-found", check=False
             )

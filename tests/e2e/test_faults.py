@@ -16,6 +16,7 @@ from ocireg.devenv.processes import Tools
 from ocireg.devenv.registries import LocalRegistries, RegistryServer
 
 from .helpers import (
+    ALLOW_LOCAL_REGISTRIES,
     apply,
     ca_config_map,
     condition,
@@ -48,7 +49,7 @@ def _ready_registry(
         secret_object("creds", namespace, password=server.password),
         ca_config_map(namespace, faulty.ca_file, name="ca"),
     )
-    run_operator()
+    run_operator(*ALLOW_LOCAL_REGISTRIES)
     apply(
         cluster,
         registry_object(

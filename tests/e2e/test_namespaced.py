@@ -15,6 +15,7 @@ from ocireg.devenv.processes import free_port
 from ocireg.devenv.registries import LocalRegistries
 
 from .helpers import (
+    ALLOW_LOCAL_REGISTRIES,
     apply,
     events_for,
     pull_secret_refs,
@@ -60,7 +61,13 @@ def test_tenant_registry_formats_service_accounts_extends_and_cleanup(
         },
     )
     metrics_port = free_port()
-    run_operator("--metrics-port", str(metrics_port), "--metrics-address", "127.0.0.1")
+    run_operator(
+        *ALLOW_LOCAL_REGISTRIES,
+        "--metrics-port",
+        str(metrics_port),
+        "--metrics-address",
+        "127.0.0.1",
+    )
     base = {
         "server": basic.host,
         "auth": {

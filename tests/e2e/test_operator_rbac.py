@@ -16,6 +16,7 @@ import contextlib
 import copy
 import json
 import os
+import re
 import secrets
 import subprocess
 from collections.abc import Iterator
@@ -122,8 +123,6 @@ def chart(
     namespace, release = f"rbac-rel-{suffix}", f"rbac-{suffix}"
     cluster.kubectl("create", "namespace", namespace)
     objects = _helm_template(tools, release, namespace, "--set", "admission.enabled=true")
-    kinds = {o["kind"] for o in objects}
-    assert {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} <= kinds, kinds
     try:
         yield from _install(cluster, objects, namespace, tmp_path_factory.mktemp("chart") / "c")
     finally:
@@ -138,7 +137,6 @@ def kustomize(cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -
     wanted |= {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
     rendered = _objects(cluster.kubectl("kustomize", str(MANIFESTS)).stdout)
     objects = [o for o in rendered if o["kind"] in wanted]
-    assert {o["kind"] for o in objects} == wanted
     path = tmp_path_factory.mktemp("kustomize") / "k"
     try:
         yield from _install(cluster, objects, "ocireg-system", path)
@@ -237,6 +235,13 @@ def test_the_operator_cannot_mint_a_token_the_api_server_accepts(
     assert claims["aud"] == ["sts.amazonaws.com"]
     assert claims["sub"] == f"system:serviceaccount:{namespace}:{root}"
     assert claims["exp"] - claims["iat"] == 600
+    # (Azure workload identity's audience too.)
+    azure = _token_as(
+        install, cluster, namespace, root, "--audience=api://AzureADTokenExchange",
+        "--duration=10m",
+    )  # fmt: skip
+    assert azure.returncode == 0, azure.stderr
+    assert _claims(azure.stdout.strip())["aud"] == ["api://AzureADTokenExchange"]
     # ...and useless against the API server, although the account is cluster-admin.
     used = _api_with(cluster, token, tmp_path / "cloud.kubeconfig", "get", "namespaces")
     assert used.returncode != 0
@@ -279,8 +284,37 @@ def test_chart_and_kustomize_ship_the_same_policies(
     for kind in ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"):
         ours = {o["metadata"]["name"]: _literal(o["spec"]) for o in plain if o["kind"] == kind}
         theirs = {o["metadata"]["name"]: _literal(o["spec"]) for o in chart if o["kind"] == kind}
-        assert sorted(ours) == ["ocireg-token-requests", "ocireg-webhook-configuration"]
+        assert sorted(ours) == [
+            "ocireg-own-objects",
+            "ocireg-service-accounts",
+            "ocireg-token-requests",
+            "ocireg-webhook-configuration",
+        ]
         assert ours == theirs, kind
+
+    # docs/install.md's overlay for another namespace: every policy names the moved account.
+    (example,) = [
+        block
+        for block in re.findall(r"```yaml\n(.*?)```", (ROOT / "docs/install.md").read_text(), re.S)
+        if "my-overlay/kustomization.yaml" in block
+    ]
+    overlay_dir = tmp_path / "my-overlay"
+    overlay_dir.mkdir()
+    (overlay_dir / "kustomization.yaml").write_text(
+        example.replace("../manifests", os.path.relpath(MANIFESTS, overlay_dir))
+    )
+    moved = _objects(cluster.kubectl("kustomize", str(overlay_dir)).stdout)
+    (binding,) = [o for o in moved if o["kind"] == "ClusterRoleBinding"]
+    (subject,) = binding["subjects"]
+    user = f"system:serviceaccount:{subject['namespace']}:{subject['name']}"
+    assert subject["namespace"] == "platform-ocireg"
+    conditions = [
+        o["spec"]["matchConditions"][0]["expression"]
+        for o in moved
+        if o["kind"] == "ValidatingAdmissionPolicy"
+    ]
+    assert len(conditions) == 3, conditions
+    assert conditions == [f"request.userInfo.username == '{user}'"] * 3
 
     # Other values reach the policies: a release elsewhere, another account, other audiences.
     other = _helm_template(
@@ -311,6 +345,194 @@ def test_chart_and_kustomize_ship_the_same_policies(
     # Off, for a cluster without ValidatingAdmissionPolicy; nothing else changes.
     off = _helm_template(tools, "x", "y", "--set", "rbac.policies.enabled=false")
     assert not [o for o in off if o["kind"].startswith("ValidatingAdmissionPolicy")]
+
+
+# -- Secrets and ConfigMaps ------------------------------------------------------------------
+
+
+OURS = {"app.kubernetes.io/managed-by": "ocireg"}
+
+
+@pytest.mark.parametrize("source", ["chart", "kustomize"])
+def test_the_operator_writes_only_its_own_secrets_and_config_maps(
+    cluster: ControlPlane,
+    crds: None,
+    request: pytest.FixtureRequest,
+    source: str,
+    namespace: str,
+    cluster_admin_account: str,
+) -> None:
+    install: Install = request.getfixturevalue(source)
+
+    def as_operator(*args: str, body: dict[str, Any] | None = None):
+        text = None if body is None else json.dumps(body)
+        return cluster.kubectl(*args, kubeconfig=install.kubeconfig, input=text, check=False)
+
+    def obj(kind: str, name: str, labels: dict[str, str], **fields: Any) -> dict[str, Any]:
+        meta = {"name": name, "namespace": namespace, "labels": labels}
+        return {"apiVersion": "v1", "kind": kind, "metadata": meta, **fields}
+
+    # A legacy token Secret: the token controller would fill in a token for the cluster-admin
+    # account that the API server accepts, no TokenRequest needed. Refused, even labelled.
+    legacy = obj("Secret", "root-token", {}, type="kubernetes.io/service-account-token")
+    legacy["metadata"]["annotations"] = {
+        "kubernetes.io/service-account.name": cluster_admin_account
+    }
+
+    def refused() -> str:
+        attempt = as_operator("create", "-f", "-", body=legacy)
+        if attempt.returncode == 0:  # the policy not loaded yet (or missing): try again
+            cluster.kubectl("delete", "secret", "root-token", "-n", namespace)
+            return ""
+        return attempt.stderr
+
+    denial = wait_for(refused, 30, "a service-account-token Secret to be refused")
+    assert "may write only Secrets and ConfigMaps labelled" in denial, denial
+    assert "ValidatingAdmissionPolicy" in denial
+    legacy["metadata"]["labels"] = dict(OURS)
+    typed = as_operator("create", "-f", "-", body=legacy)
+    assert typed.returncode != 0
+    assert "may not write Secrets of type kubernetes.io/service-account-token" in typed.stderr
+    assert cluster.kubectl("get", "secret", "root-token", "-n", namespace, check=False).returncode
+
+    # Someone else's objects (EKS's aws-auth maps IAM roles to groups such as system:masters):
+    # not changed, not taken over by adding our label, not deleted.
+    foreign = [
+        obj("ConfigMap", "aws-auth", {}, data={"mapRoles": "[]"}),
+        obj("Secret", "app-credentials", {}, stringData={"password": "app"}),
+    ]
+    apply(cluster, *foreign)
+    for original in foreign:
+        kind, name = original["kind"].lower(), original["metadata"]["name"]
+        live = cluster.get_json(kind, name, "-n", namespace)
+        changed = copy.deepcopy(live)
+        if kind == "configmap":
+            changed["data"] = {
+                "mapRoles": "- rolearn: arn:aws:iam::1:role/x\n  groups: [system:masters]"
+            }
+        else:
+            changed["data"] = {"password": base64.b64encode(b"replaced").decode()}
+        taken = copy.deepcopy(changed)
+        taken["metadata"]["labels"] = dict(OURS)
+        for attempt, message in (
+            (changed, "may write only Secrets and ConfigMaps labelled"),
+            (taken, "may change or delete only the Secrets and ConfigMaps it wrote"),
+        ):
+            replaced = as_operator("replace", "-f", "-", body=attempt)
+            assert replaced.returncode != 0, f"{kind} {name} replaced"
+            assert message in replaced.stderr, replaced.stderr
+        deleted = as_operator("delete", kind, name, "-n", namespace)
+        assert deleted.returncode != 0, f"{kind} {name} deleted"
+        assert "may change or delete only" in deleted.stderr, deleted.stderr
+        after = cluster.get_json(kind, name, "-n", namespace)
+        assert after["data"] == live["data"]
+        assert after["metadata"].get("labels") == live["metadata"].get("labels")
+
+    # Its own, as it writes them: created, updated, deleted.
+    mine = [
+        obj("Secret", "pull", OURS, type="kubernetes.io/dockerconfigjson",
+            stringData={".dockerconfigjson": '{"auths": {}}'}),
+        obj("Secret", "pull-env", OURS, type="Opaque", stringData={"OCI_REGISTRY_TOKEN": "t"}),
+        obj("ConfigMap", "corp-charts", OURS, data={"index.yaml": "apiVersion: v1\n"}),
+    ]  # fmt: skip
+    for body in mine:
+        kind, name = body["kind"].lower(), body["metadata"]["name"]
+        created = as_operator("create", "-f", "-", body=body)
+        assert created.returncode == 0, created.stderr
+        live = cluster.get_json(kind, name, "-n", namespace)
+        live["metadata"]["annotations"] = {"ocireg.dev/digest": "x"}
+        updated = as_operator("replace", "-f", "-", body=live)
+        assert updated.returncode == 0, updated.stderr
+        deleted = as_operator("delete", kind, name, "-n", namespace)
+        assert deleted.returncode == 0, deleted.stderr
+
+
+@pytest.mark.parametrize("source", ["chart", "kustomize"])
+def test_the_operator_changes_only_the_pull_secret_references_of_accounts(
+    cluster: ControlPlane,
+    crds: None,
+    request: pytest.FixtureRequest,
+    source: str,
+    namespace: str,
+) -> None:
+    install: Install = request.getfixturevalue(source)
+    cluster.kubectl("create", "serviceaccount", "app", "-n", namespace)
+    cluster.kubectl(
+        "annotate", "serviceaccount", "app", "-n", namespace,
+        "eks.amazonaws.com/role-arn=arn:aws:iam::123456789012:role/app",
+    )  # fmt: skip
+    before = cluster.get_json("serviceaccount", "app", "-n", namespace)
+
+    def patch(body: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+        return cluster.kubectl(
+            "patch", "serviceaccount", "app", "-n", namespace, "--type=merge",
+            "-p", json.dumps(body), kubeconfig=install.kubeconfig, check=False,
+        )  # fmt: skip
+
+    another_role = {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/admin"}
+    attempts = {
+        "another cloud role": (
+            {"metadata": {"annotations": another_role}},
+            "may change only the ocireg.dev/ annotations",
+        ),
+        "no cloud role": (
+            {"metadata": {"annotations": {"eks.amazonaws.com/role-arn": None}}},
+            "may change only the ocireg.dev/ annotations",
+        ),
+        "an owner to be garbage-collected with": (
+            {"metadata": {"ownerReferences": [
+                {"apiVersion": "v1", "kind": "ConfigMap", "name": "x",
+                 "uid": "00000000-0000-0000-0000-000000000000"}]}},
+            "may not change a ServiceAccount's labels, ownerReferences or finalizers",
+        ),
+        "a finalizer": (
+            {"metadata": {"finalizers": ["example.com/hold"]}},
+            "may not change a ServiceAccount's labels, ownerReferences or finalizers",
+        ),
+        "a label": (
+            {"metadata": {"labels": {"team": "x"}}},
+            "may not change a ServiceAccount's labels, ownerReferences or finalizers",
+        ),
+        "automountServiceAccountToken": (
+            {"automountServiceAccountToken": False},
+            "may change only a ServiceAccount's imagePullSecrets",
+        ),
+    }  # fmt: skip
+
+    def refused() -> str:
+        body, _ = attempts["another cloud role"]
+        attempt = patch(body)
+        if attempt.returncode == 0:  # the policy not loaded yet (or missing): undo, try again
+            cluster.kubectl(
+                "annotate", "serviceaccount", "app", "-n", namespace, "--overwrite",
+                "eks.amazonaws.com/role-arn=arn:aws:iam::123456789012:role/app",
+            )  # fmt: skip
+            return ""
+        return attempt.stderr
+
+    assert attempts["another cloud role"][1] in wait_for(refused, 30, "a role change refused")
+    for what, (body, message) in attempts.items():
+        attempt = patch(body)
+        assert attempt.returncode != 0, f"{what}: allowed"
+        assert message in attempt.stderr, (what, attempt.stderr)
+    after = cluster.get_json("serviceaccount", "app", "-n", namespace)
+    for field in ("annotations", "labels", "ownerReferences", "finalizers"):
+        assert after["metadata"].get(field) == before["metadata"].get(field), field
+    assert after.get("automountServiceAccountToken") == before.get("automountServiceAccountToken")
+    # What the operator does (plan.service_account_patch): its reference and its annotation.
+    ours = {
+        "metadata": {"annotations": {"ocireg.dev/image-pull-secrets": "pull"}},
+        "imagePullSecrets": [{"name": "pull"}],
+    }
+    added = patch(ours)
+    assert added.returncode == 0, added.stderr
+    written = cluster.get_json("serviceaccount", "app", "-n", namespace)
+    assert written["imagePullSecrets"] == [{"name": "pull"}]
+    removed = patch(
+        {"metadata": {"annotations": {"ocireg.dev/image-pull-secrets": None}},
+         "imagePullSecrets": None}
+    )  # fmt: skip
+    assert removed.returncode == 0, removed.stderr
 
 
 # -- the webhook configuration ---------------------------------------------------------------

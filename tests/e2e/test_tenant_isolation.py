@@ -28,6 +28,7 @@ from ocireg.plan import ANNOTATION_OWNER, LABEL_KIND, MANAGED_BY, MANAGER
 from tests.conftest import check_secret_hygiene
 
 from .helpers import (
+    ALLOW_LOCAL_REGISTRIES,
     apply,
     condition,
     registry_object,
@@ -246,7 +247,9 @@ def test_tenant_cannot_reach_outside_her_namespace(
     )
     hook = WebhookStandIn(lambda user, password: None, ("X-Key", "k"), lifetime=None).start()
     try:
-        run_operator()
+        # "own" is on the local registry (127.0.0.1, allowed); every other loopback address
+        # stays refused, 127.0.0.2 included (all of 127.0.0.0/8 is local).
+        run_operator(*ALLOW_LOCAL_REGISTRIES)
         mine = secret_object("mine", namespace, password=basic.password)
         assert alice.apply(mine).returncode == 0
         accepted = [
@@ -255,8 +258,9 @@ def test_tenant_cannot_reach_outside_her_namespace(
             ("ambient-gcp", {"server": "europe-docker.pkg.dev",
                              "auth": {"gcp": {"credentials": {}}}}),
             ("borrowed-base", {"extends": "corp-base"}),
-            ("hook-loopback", _webhook(f"http://127.0.0.1:{hook.port}/creds")),
-            ("hook-localhost", _webhook(f"http://localhost:{hook.port}/creds")),
+            ("hook-loopback", _webhook(f"http://127.0.0.2:{hook.port}/creds")),
+            ("hook-nat64", _webhook(f"http://[64:ff9b::7f00:2]:{hook.port}/creds")),
+            ("hook-6to4", _webhook(f"http://[2002:7f00:2::1]:{hook.port}/creds")),
             ("hook-metadata", _webhook("http://169.254.169.254/latest/meta-data/")),
             ("hook-private", _webhook("http://10.0.0.1/creds")),
             ("hook-ipv6-loopback", _webhook(f"http://[::1]:{hook.port}/creds")),
@@ -274,8 +278,8 @@ def test_tenant_cannot_reach_outside_her_namespace(
             assert refused["status"] == "False"
         base = wait_for_reason(cluster, KIND, "borrowed-base", "BaseNotFound", namespace)
         assert "corp-base" in base["message"]
-        for name in ("hook-loopback", "hook-localhost", "hook-metadata", "hook-private",
-                     "hook-ipv6-loopback", "hook-mapped"):  # fmt: skip
+        for name in ("hook-loopback", "hook-nat64", "hook-6to4", "hook-metadata",
+                     "hook-private", "hook-ipv6-loopback", "hook-mapped"):  # fmt: skip
             wait_for_reason(cluster, KIND, name, "WebhookAddressNotAllowed", namespace)
         # Refusals only the tenant can fix are Stalled, not retried in a hot loop.
         for name in ("ambient-ecr", "borrowed-base", "hook-metadata"):

@@ -39,6 +39,11 @@ from ocireg.registry import TLSOptions
         ("127.0.0.1:5000", "127.0.0.1", True),
         ("127.0.0.2:5000", "127.0.0.1", False),
         ("[::1]:5000", "::1", True),
+        # Anything but host[:port] matches nothing, whatever a URL parser would make of it.
+        ("corp.azurecr.io:443@attacker.example", "*.azurecr.io", False),
+        ("127.0.0.1:1@attacker.example", "127.0.0.1", False),
+        ("corp.azurecr.io/x", "*.azurecr.io", False),
+        ("x_y.azurecr.io", "*.azurecr.io", False),
     ],
 )
 def test_host_patterns(server: str, pattern: str, matches: bool) -> None:
@@ -175,6 +180,20 @@ def test_the_operators_list_admits_a_stand_in(
     assert resolve(spec("127.0.0.1:5000"), allowed).password == "minted"
     with pytest.raises(ReconcileError):
         resolve(spec(own_host), allowed)  # the list replaces the defaults
+
+
+def test_ecr_templates_are_checked_for_every_region(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = CountingMint()
+    monkeypatch.setattr(ecr, "mint", fake)
+    auth = {"ecr": {"regions": ["eu-west-1", "us-east-2"], "registryIds": ["123456789012"]}}
+    template = RegistrySpec.model_validate(
+        {"server": "{account}.dkr.ecr.{region}.amazonaws.com", "auth": auth}
+    )
+    assert resolve(template, context(False)).password == "minted"
+    elsewhere = RegistrySpec.model_validate({"server": "{region}.attacker.example", "auth": auth})
+    with pytest.raises(ReconcileError, match=r"eu-west-1\.attacker\.example"):
+        resolve(elsewhere, context(False))
+    assert fake.calls == 1
 
 
 def test_named_identities_are_not_restricted(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+import requests
 
 from ocireg import egress
 from ocireg.config import OperatorConfig
@@ -293,6 +294,21 @@ def test_a_redirect_hop_to_an_internal_address_is_refused(servers: Callable[...,
     assert internal.requests == []
 
 
+def test_through_a_proxy_the_host_is_checked_before_the_proxy_is_asked(
+    servers: Callable[..., Server],
+) -> None:
+    # The socket is the proxy's then, so the destination is checked where it is resolved.
+    proxy = servers(_internal_service)
+    with egress.session(LOOPBACK_ONLY) as session:
+        session.proxies = {"http": f"http://{proxy.address}"}
+        with pytest.raises(egress.EgressRefused) as caught:
+            session.get("http://127.0.0.2:9/v2/", timeout=5)
+        assert caught.value.address == "127.0.0.2"
+        with pytest.raises(requests.exceptions.ConnectionError):
+            session.get("http://no-such-host.invalid/v2/", timeout=5)
+    assert proxy.requests == []
+
+
 # --------------------------------------------------------------------------- deadlines
 
 
@@ -426,7 +442,27 @@ def test_a_tag_page_and_all_pages_are_capped_in_bytes(servers: Callable[..., Ser
         "AnswerTooLarge", lambda: RegistryClient(many.address, tls=PLAIN).list_tags("team/app")
     )
     assert f"over {registry_client.MAX_LISTING_BYTES} bytes in all" in error.message
-    assert len(many.requests) == 5
+    assert len(many.requests) == 3  # 7 + 7 MiB read, the third page goes over 16 MiB
+    assert registry_client._LISTING_BUDGET.used == 0  # every listing gave its share back
+
+
+def test_listings_share_one_memory_budget_for_the_whole_process(
+    servers: Callable[..., Server],
+) -> None:
+    registry = servers(_tags_route([[f"v{i}" for i in range(1000)]]))
+    budget = registry_client._LISTING_BUDGET
+    client = RegistryClient(registry.address, tls=PLAIN)
+    # Other listings hold all but a little of it.
+    assert budget.take(budget.total - 1000)
+    try:
+        error = _raises("AnswerTooLarge", lambda: client.list_tags("team/app"))
+        assert error.transient
+        assert "its limit of 128 MiB of registry listings" in error.message
+    finally:
+        budget.give(budget.total - 1000)
+    assert budget.used == 0
+    assert len(client.list_tags("team/app")) == 1000
+    assert budget.used == 0
 
 
 def test_the_catalog_is_capped_in_repositories(servers: Callable[..., Server]) -> None:

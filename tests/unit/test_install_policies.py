@@ -16,8 +16,11 @@ import jsonschema
 import pytest
 import yaml
 
-from ocireg import admission
+from ocireg import admission, plan
+from ocireg.charts import publish
 from ocireg.config import SYSTEM_NAMESPACES, AdmissionConfig
+from ocireg.credential import Credential
+from ocireg.models.spec import Format, Targets
 from ocireg.providers import acr, ecr
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,6 +28,8 @@ CODE = ROOT / "operator" / "ocireg"
 MANIFESTS = ROOT / "manifests"
 CHART = ROOT / "helm" / "ocireg"
 TOKEN_POLICY = MANIFESTS / "rbac" / "token-request-policy.yaml"
+OWN_OBJECTS_POLICY = MANIFESTS / "rbac" / "own-objects-policy.yaml"
+SERVICE_ACCOUNT_POLICY = MANIFESTS / "rbac" / "service-account-policy.yaml"
 WEBHOOK_POLICY = MANIFESTS / "admission" / "webhook-policy.yaml"
 
 
@@ -92,7 +97,11 @@ def test_the_token_policy_allows_the_lifetime_the_code_requests() -> None:
     assert max(requested) == limit
 
 
-@pytest.mark.parametrize("path", [TOKEN_POLICY, WEBHOOK_POLICY], ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path",
+    [TOKEN_POLICY, OWN_OBJECTS_POLICY, SERVICE_ACCOUNT_POLICY, WEBHOOK_POLICY],
+    ids=lambda p: p.stem,
+)
 def test_policies_hold_the_installed_identity_and_fail_closed(path: Path) -> None:
     policy = _load(path)
     spec = policy["spec"]
@@ -146,10 +155,69 @@ def test_the_webhook_policy_allows_what_the_operator_writes() -> None:
     assert sorted(values["excludeNamespaces"]) == sorted(variables["excludedNamespaces"])
 
 
+class _Index:
+    """What desired_config_map reads of a chart index."""
+
+    content_digest = "d"
+
+    def text(self, generated: str) -> str:
+        return f"generated: {generated}\n"
+
+
+def test_the_own_objects_policy_allows_every_object_the_operator_writes() -> None:
+    policy = _load(OWN_OBJECTS_POLICY)
+    variables = _variables(policy)
+    conditions = variables["newIsOurs"] + variables["oldIsOurs"]
+    label = f"labels['{plan.MANAGED_BY}'] == '{plan.MANAGER}'"
+    assert conditions.count(label) == 2, conditions
+    credential = Credential("basic", ("registry.example.com",), "robot", "s3cret")
+    targets = Targets(formats=list(Format))
+    written: list[dict[str, Any]] = []
+    for ref in (
+        plan.RegistryRef("ClusterOCIRegistry", "shared", uid="u1"),
+        plan.RegistryRef("OCIRegistry", "mine", namespace="team-a", uid="u2"),
+    ):
+        secrets = plan.desired_secrets(ref, targets, credential, "team-a")
+        assert {s.type for s in secrets} == set(variables["secretTypes"])  # every format
+        written += [s.body() for s in secrets]
+        written.append(publish.desired_config_map(ref, "team-a", _Index(), "now"))  # type: ignore[arg-type]
+    for body in written:
+        assert body["metadata"]["labels"][plan.MANAGED_BY] == plan.MANAGER, body["metadata"]
+        if body["kind"] == "Secret":
+            assert body["type"] != "kubernetes.io/service-account-token"
+
+
+def test_the_operator_changes_what_the_service_account_policy_allows() -> None:
+    policy = _load(SERVICE_ACCOUNT_POLICY)
+    (annotations, *_) = (v["expression"] for v in policy["spec"]["validations"])
+    assert "k.startsWith('ocireg.dev/')" in annotations
+    account = {
+        "metadata": {
+            "name": "default",
+            "resourceVersion": "7",
+            "annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/app"},
+        },
+        "imagePullSecrets": [{"name": "theirs"}],
+    }
+    added = plan.service_account_patch(account, "ours", want=True)
+    assert added is not None
+    # A merge patch of imagePullSecrets and ocireg.dev/ annotations, nothing else.
+    assert set(added) == {"metadata", "imagePullSecrets"}
+    assert set(added["metadata"]) == {"resourceVersion", "annotations"}
+    assert all(key.startswith("ocireg.dev/") for key in added["metadata"]["annotations"])
+    account["imagePullSecrets"] = added["imagePullSecrets"]
+    account["metadata"]["annotations"].update(added["metadata"]["annotations"])
+    removed = plan.service_account_patch(account, "ours", want=False)
+    assert removed is not None
+    assert set(removed) == {"metadata", "imagePullSecrets"}
+    assert all(key.startswith("ocireg.dev/") for key in removed["metadata"]["annotations"])
+
+
 def test_the_policies_are_installed_by_the_manifests() -> None:
     base = _load(MANIFESTS / "kustomization.yaml")["resources"]
-    assert "rbac/token-request-policy.yaml" in base
-    assert "rbac/token-request-policy-binding.yaml" in base
+    for name in ("token-request-policy", "own-objects-policy", "service-account-policy"):
+        assert f"rbac/{name}.yaml" in base
+        assert f"rbac/{name}-binding.yaml" in base
     component = _load(MANIFESTS / "admission" / "kustomization.yaml")["resources"]
     assert "webhook-policy.yaml" in component
     assert "webhook-policy-binding.yaml" in component

@@ -49,6 +49,8 @@ def test_kustomization_installs_every_crd_and_the_rbac_file() -> None:
     [
         "rbac/clusterrole.yaml",
         "rbac/token-request-policy.yaml",  # the chart renders its validations
+        "rbac/own-objects-policy.yaml",
+        "rbac/service-account-policy.yaml",
         "admission/webhook-policy.yaml",
     ],
 )

@@ -9,6 +9,7 @@ provider's mint, so the only question is whether the cache hands the victim's cr
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -20,7 +21,7 @@ from ocireg.credential import Credential
 from ocireg.errors import ReconcileError
 from ocireg.models.spec import RegistrySpec
 from ocireg.providers import ResolveContext, acr, ecr, gcp, resolve, webhook
-from ocireg.providers.cache import MintCache
+from ocireg.providers.cache import PER_TENANT, MintCache
 from ocireg.registry import TLSOptions
 
 Store = dict[tuple[str, str], dict[str, bytes]]
@@ -293,3 +294,41 @@ def test_ambient_identity_is_shared_by_cluster_objects(
     first = resolve(ambient, platform({}, cache, config=config))
     assert resolve(ambient, platform({}, cache, config=config)) is first
     assert minted.calls == 1
+
+
+# ------------------------------------------------------------------------------- growth
+
+
+def test_a_tenant_minting_keys_at_will_evicts_only_her_own(
+    counting: Callable[[Any], CountingMint],
+) -> None:
+    """Keys bound to secrets are keys a tenant can make at will: one per write of a random key
+    into her Secret. She holds at most PER_TENANT of them; nobody else's entry makes room."""
+    minted = counting(webhook)
+    cache = MintCache()
+    auth = {"webhook": {"url": "https://creds.example.com/x", "headersSecretRef": {"name": "h"}}}
+    victim_store: Store = {("team-a", "h"): {"X-Api-Key": b"team-key"}}
+    victim = resolve(spec(auth), tenant(victim_store, "team-a", cache))
+    for attempt in range(3 * PER_TENANT):
+        store: Store = {("mallory", "h"): {"X-Api-Key": f"random-{attempt}".encode()}}
+        resolve(spec(auth), tenant(store, "mallory", cache))
+    assert len(cache._entries) <= PER_TENANT + 1
+    assert resolve(spec(auth), tenant(victim_store, "team-a", cache)) is victim
+    assert minted.calls == 1 + 3 * PER_TENANT
+
+
+def test_keys_nobody_asks_for_are_dropped() -> None:
+    now = [dt.datetime(2026, 1, 1, tzinfo=dt.UTC)]
+    cache = MintCache(lambda: now[0])
+    calls: list[str] = []
+
+    def mint() -> Credential:
+        calls.append("x")
+        return Credential("ecr", ("r",), "AWS", f"pw-{len(calls)}")
+
+    cache.get(("ecr", "rotated-away"), "20%", mint, max_age=dt.timedelta(hours=1))
+    for minutes in range(0, 3 * 60, 10):  # an object still in use asks every tick
+        now[0] = dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(minutes=minutes)
+        cache.get(("ecr", "in-use"), "20%", mint, max_age=dt.timedelta(days=1))
+    assert set(cache._entries) == {("ecr", "in-use")}
+    assert set(cache._key_locks) == {("ecr", "in-use")}

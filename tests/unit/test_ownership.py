@@ -182,3 +182,40 @@ def test_the_index_keeps_what_ownership_reads() -> None:
     assert dict(state.labels)[plan.LABEL_UID] == "uid-a"
     assert plan.secret_claim(A, "team-a", state) is Claim.OURS
     assert plan.secret_claim(B, "team-a", state) is Claim.FOREIGN
+
+
+# -- the chart index ConfigMap follows the same rule ------------------------------------------
+
+
+def _index_config_map(ref: RegistryRef, namespace: str) -> dict:
+    from ocireg.charts import publish
+    from ocireg.charts.index import build_index
+
+    return publish.desired_config_map(ref, namespace, build_index([], "ghcr.io"), "now")
+
+
+def test_the_chart_index_config_map_is_owned_the_same_way() -> None:
+    from ocireg.charts import publish
+
+    # team-a's ghcr-charts and a copy carrying team-b's labels in team-a.
+    mine = _index_config_map(A, "team-a")
+    assert mine["metadata"]["labels"][ownership.LABEL_UID] == "uid-a"
+    written = mine
+    assert publish.config_map_decision(mine, written) == "unchanged"
+    theirs = _index_config_map(B, "team-b")
+    theirs["metadata"]["namespace"] = "team-a"
+    assert publish.config_map_decision(mine, theirs) == "conflict"
+    assert not publish.owns(A, theirs)
+    # The cluster object's index next to a tenant's of the same name: neither's to touch.
+    cluster = _index_config_map(CLUSTER, "team-a")
+    assert publish.config_map_decision(mine, cluster) == "conflict"
+    assert not publish.owns(A, cluster)
+    assert not publish.owns(CLUSTER, mine)
+    # Written before the uid label: taken over (relabelled) by its object.
+    old = {
+        **written,
+        "metadata": {**written["metadata"], "labels": dict(mine["metadata"]["labels"])},
+    }
+    del old["metadata"]["labels"][ownership.LABEL_UID]
+    assert publish.owns(A, old)
+    assert publish.config_map_decision(mine, old) == "update"

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 
+import kopf
 import pytest
 
 from ocireg.cli import build_parser, config_from_args
-from ocireg.config import PoolSizes
+from ocireg.config import OperatorConfig, PoolSizes
 from ocireg.plan import RegistryRef
 from ocireg.workers import FairPool, Pools, ShareQueue, group_of
 
@@ -107,9 +109,12 @@ def test_twelve_stuck_objects_leave_the_pool_to_others(namespaces: int) -> None:
         # The same holds for a platform team's object: a pool of its own.
         cluster = pools.reconcile(RegistryRef("ClusterOCIRegistry", "corp"), lambda: "done")
         assert cluster.result(timeout=10) == "done"
-        time.sleep(0.2)
-        share = PoolSizes().namespace_share
-        assert stuck.started == min(12, namespaces * share)
+        expected = min(12, namespaces * PoolSizes().namespace_share)
+        deadline = time.monotonic() + 10
+        while stuck.started < expected and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)  # and no more than that start
+        assert stuck.started == expected
     finally:
         stuck.release.set()
         pools.stop()
@@ -123,11 +128,31 @@ def test_with_one_shared_pool_the_same_objects_starve_everyone() -> None:
     try:
         for i in range(12):
             pool.submit(f"slow-{i}", "hostile", stuck)
+        deadline = time.monotonic() + 10
+        while stuck.started < 6 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert stuck.started == 6  # every thread is held
         other = pool.submit("ok", "team-b", lambda: "done")
         time.sleep(0.5)
         assert not other.done()
         stuck.release.set()
         assert other.result(timeout=10) == "done"
+    finally:
+        stuck.release.set()
+        pool.stop()
+
+
+def test_jobs_submitted_together_get_threads_while_the_pool_has_room() -> None:
+    """One idle thread and two jobs at once (the first one hangs): the second gets a thread
+    of its own instead of waiting behind the first."""
+    stuck = Stuck()
+    pool = FairPool("test-burst", workers=4, share=4)
+    try:
+        pool.submit("warm", "ns", lambda: None).result(timeout=10)  # one thread, now idle
+        with pool._cond:  # both submitted before the idle thread can wake
+            pool.submit("slow", "ns", stuck)
+            quick = pool.submit("quick", "ns", lambda: "done")
+        assert quick.result(timeout=10) == "done"
     finally:
         stuck.release.set()
         pool.stop()
@@ -188,3 +213,38 @@ def test_pool_sizes_are_flags_with_documented_defaults() -> None:
     ).pools
     assert sizes == PoolSizes(32, 8, 6, 3, 1, 2)
     assert config("--namespace-workers", "0").pools.namespace_share == 1
+
+
+def test_no_handler_of_an_object_runs_on_kopfs_executor() -> None:
+    """Every handler kopf calls for a registry object is async and waits on the pools; a sync
+    one would run on kopf's executor, shared by every object."""
+    import ocireg.handlers  # noqa: F401 - registers the handlers (and the chart handlers)
+
+    registry = kopf.get_default_registry()
+    handlers = [
+        handler
+        for kind in (registry._changing, registry._spawning, registry._watching)
+        for handler in kind.get_all_handlers()
+    ]
+    assert {h.id.split("/")[0] for h in handlers} >= {"on_change", "on_delete", "tick", "charts"}
+    assert [h.id for h in handlers if not inspect.iscoroutinefunction(h.fn)] == []
+
+
+def test_kopfs_executor_size_is_set_and_the_pools_made_at_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ocireg import handlers
+
+    monkeypatch.setattr(handlers, "load_config", lambda: None)
+    monkeypatch.setattr(handlers, "Kube", lambda: object())
+    settings = kopf.OperatorSettings()
+    sizes = PoolSizes(tenant_reconciles=7, namespace_share=3, kopf=3)
+    memo = kopf.Memo(config=OperatorConfig(pools=sizes))
+    handlers.configure(settings=settings, memo=memo)
+    try:
+        assert settings.execution.max_workers == 3
+        assert memo.pools.tenant_reconciles.workers == 7
+        assert memo.pools.tenant_reconciles.share == 3
+        assert memo.pools.tenant_charts.share == 3
+    finally:
+        memo.pools.stop()

@@ -301,10 +301,20 @@ class AzureStandIn(StandIn):
     def exchange_url(self) -> str:
         return f"{self.url}/oauth2/exchange"
 
+    # A managed identity as azure-identity finds it on App Service (IDENTITY_ENDPOINT and
+    # IDENTITY_HEADER in the environment): the operator's own, ambient Azure identity.
+    IDENTITY_HEADER = "ocireg-test-managed-identity"
+
+    @property
+    def identity_endpoint(self) -> str:
+        return f"{self.url}/msi/token"
+
     def action_of(self, method: str, path: str, headers: Any, body: bytes) -> str:
         route = urlparse(path).path
         if route.endswith("/oauth2/v2.0/token"):
             return "token"
+        if route == "/msi/token":
+            return "managed-identity"
         if route == "/oauth2/exchange":
             return "exchange"
         return f"{method} {route}"
@@ -323,6 +333,14 @@ class AzureStandIn(StandIn):
                 "end_session_endpoint": f"{base}/oauth2/v2.0/logout",
             }
             return Reply(200, json.dumps(config).encode())
+        if route == "/msi/token" and method == "GET":
+            if headers.get("X-IDENTITY-HEADER") != self.IDENTITY_HEADER:
+                return Reply(401, b'{"error":"missing identity header"}')
+            expires = int(time.time()) + 3600
+            access = jwt_like({"aud": "https://management.azure.com", "exp": expires, "mi": 1})
+            remember(access, "Entra ID access token of the managed identity")
+            answer = {"access_token": access, "expires_on": str(expires), "token_type": "Bearer"}
+            return Reply(200, json.dumps(answer).encode())
         form = parse_qs(body.decode())
         if route.endswith("/oauth2/v2.0/token") and method == "POST":
             client = (form.get("client_id") or [""])[0]

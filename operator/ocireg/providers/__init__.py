@@ -67,6 +67,17 @@ class ResolveContext:
         caller holding the same secret, in the same trust domain, gets the same key."""
         return (provider, digest(self.trust_domain(), *inputs))
 
+    def minted(
+        self,
+        key: tuple[str, str],
+        mint: Callable[[], Credential],
+        max_age: dt.timedelta | None = None,
+    ) -> Credential:
+        """The shared cache's credential for ``key`` (from mint_key), counted against this
+        tenant's share of the cache."""
+        tenant = self.default_namespace if self.namespaced else None
+        return self.cache.get(key, self.renew_before, mint, max_age, tenant=tenant)
+
     def check_ambient_allowed(self, method: str) -> None:
         if self.namespaced and not self.config.allow_tenant_ambient_identity:
             raise ReconcileError(
@@ -111,7 +122,7 @@ def check_ambient_destination(cloud: str, servers: Iterable[str], ctx: ResolveCo
         namespaced=ctx.namespaced,
     )
     if refusal is not None:
-        raise ReconcileError("AmbientDestinationNotAllowed", refusal)
+        raise ReconcileError("AmbientDestinationNotAllowed", refusal, stalls=True)
 
 
 def endpoints(spec: RegistrySpec) -> tuple[str, ...]:

@@ -248,6 +248,4 @@ def resolve(spec: RegistrySpec, ctx: ResolveContext) -> Credential:
     # come from anyone on the path, and is not handed to objects that verify.
     key = ctx.mint_key("acr", identity, spec.server, tls.insecure, tls.skip_verify, tls.ca_bundle)
     # A refresh token without a readable `exp` is renewed every refresh.interval.
-    return ctx.cache.get(
-        key, ctx.renew_before, lambda: mint(spec, ctx, credential), max_age=ctx.refresh_interval
-    )
+    return ctx.minted(key, lambda: mint(spec, ctx, credential), max_age=ctx.refresh_interval)

@@ -8,6 +8,11 @@ namespace, or the cluster kind). A caller without the same secret in the same tr
 cannot reach another's credential, nor its failure and backoff. Each provider says next to its
 key why it is safe. (The registry client's Bearer token cache is per client, never shared.)
 
+Keys bound to secrets are also keys a tenant can mint at will (write random keys into her
+Secret, one new key per write): so entries no object asked for in IDLE_AFTER are dropped, and
+a tenant's namespace holds at most PER_TENANT keys, its least recently used evicted first.
+Only the tenant's own entries ever make room; cluster objects' are bounded by idleness only.
+
 Renewal happens no later than (1 - renewBefore) of the lifetime, a little earlier at random
 (jitter, so many objects do not renew at the same instant). A credential that arrives already
 expired, or with a tiny lifetime, is renewed no sooner than MIN_RENEW_AFTER after it was
@@ -18,7 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import random
 import threading
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, replace
 
@@ -32,6 +37,10 @@ MIN_RENEW_AFTER = dt.timedelta(seconds=20)
 # Renewing an already-expired credential again sooner would not help; say so and wait.
 EXPIRED_RENEW_AFTER = dt.timedelta(minutes=5)
 JITTER = 0.1
+# Longer than any refresh interval an object asks again within (reconciles tick every 10 s).
+IDLE_AFTER = dt.timedelta(hours=2)
+SWEEP_EVERY = dt.timedelta(minutes=1)
+PER_TENANT = 32  # distinct identities one namespace keeps minted at once
 
 
 def _utcnow() -> dt.datetime:
@@ -72,8 +81,44 @@ class MintCache:
         self._entries: dict[Hashable, Entry] = {}
         self._key_locks: dict[Hashable, threading.Lock] = {}
         self._failures: dict[Hashable, Failure] = {}
+        # Every key asked for, with when and by which tenant (None: a cluster object), the
+        # least recently used first; and each tenant's keys in the same order.
+        self._used: OrderedDict[Hashable, tuple[dt.datetime, Hashable | None]] = OrderedDict()
+        self._by_tenant: dict[Hashable, OrderedDict[Hashable, None]] = {}
+        self._swept = clock()
         self.mints: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
+
+    def _touch(self, key: Hashable, tenant: Hashable | None, now: dt.datetime) -> None:
+        """Record a use of ``key``; drop idle keys, and the tenant's oldest beyond its share.
+        Called with self._lock held; O(1) apart from what it drops."""
+        self._used[key] = (now, tenant)
+        self._used.move_to_end(key)
+        evict: list[Hashable] = []
+        if tenant is not None:
+            own = self._by_tenant.setdefault(tenant, OrderedDict())
+            own[key] = None
+            own.move_to_end(key)
+            if len(own) > PER_TENANT:
+                evict.extend(list(own)[: len(own) - PER_TENANT])
+        if now - self._swept >= SWEEP_EVERY:
+            self._swept = now
+            for old, (used, _) in self._used.items():
+                if now - used < IDLE_AFTER:
+                    break  # ordered by use: the rest are newer
+                evict.append(old)
+        for old in evict:
+            lock = self._key_locks.get(old)
+            if old == key or (lock is not None and lock.locked()):
+                continue  # in use right now: kept until a later sweep
+            _, owner = self._used.pop(old, (now, None))
+            if owner is not None and owner in self._by_tenant:
+                self._by_tenant[owner].pop(old, None)
+                if not self._by_tenant[owner]:
+                    del self._by_tenant[owner]
+            self._entries.pop(old, None)
+            self._failures.pop(old, None)
+            self._key_locks.pop(old, None)
 
     def get(
         self,
@@ -81,11 +126,14 @@ class MintCache:
         renew_before: str,
         mint: Callable[[], Credential],
         max_age: dt.timedelta | None = None,
+        tenant: Hashable | None = None,
     ) -> Credential:
         """The cached credential for ``key`` unless it is due for renewal; otherwise mint one
         (once, even when several registry objects ask at the same time). ``max_age`` bounds
-        how long a credential without an expiry is kept; expiring ones follow their expiry."""
+        how long a credential without an expiry is kept; expiring ones follow their expiry.
+        ``tenant``: whose share of the cache the key counts against (None: a cluster object)."""
         with self._lock:
+            self._touch(key, tenant, self._clock())
             key_lock = self._key_locks.setdefault(key, threading.Lock())
         with key_lock:
             entry = self._entries.get(key)
@@ -140,3 +188,5 @@ class MintCache:
         with self._lock:
             self._entries.pop(key, None)
             self._failures.pop(key, None)
+            _, owner = self._used.pop(key, (None, None))
+            self._by_tenant.get(owner, {}).pop(key, None)

@@ -13,6 +13,7 @@ Pure decisions, no I/O."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 
 # A pattern is a host name; "*" stands for exactly one DNS label, so "*.azurecr.io" matches
@@ -34,25 +35,31 @@ CLOUD_NAMES = {"acr": "Azure's", "gcp": "Google's", "ecr": "AWS's"}
 FLAGS = {"acr": "--ambient-acr-host", "gcp": "--ambient-gcp-host", "ecr": "--ambient-ecr-host"}
 
 
+# host[:port] and nothing else: no userinfo ("@"), path or query could move the request elsewhere
+# after the check (the CRD pattern refuses them too; this does not rely on it).
+_SERVER = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9.-]+))(?::[0-9]{1,5})?")
+_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
+
+
 def hostname(server: str) -> str:
-    """The host of ``host[:port]`` (IPv6 in brackets), lower case, without a final dot."""
-    if server.startswith("["):
-        host = server[1:].split("]", 1)[0]
-    elif server.count(":") == 1:
-        host = server.split(":", 1)[0]
-    else:
-        host = server
-    return host.lower().removesuffix(".")
+    """The host of ``host[:port]`` (IPv6 in brackets), lower case, without a final dot;
+    "" for anything else, which no pattern matches."""
+    found = _SERVER.fullmatch(server)
+    if found is None:
+        return ""
+    return (found["v6"] or found["name"]).lower().removesuffix(".")
 
 
 def host_matches(host: str, pattern: str) -> bool:
-    """Whether ``host`` is named by ``pattern`` (label by label; "*" is one whole label)."""
+    """Whether ``host`` is named by ``pattern`` (label by label; "*" is one whole DNS label)."""
+    if not host:
+        return False
     labels = host.split(".")
     wanted = pattern.lower().removesuffix(".").split(".")
     if len(labels) != len(wanted):
         return False
     return all(
-        (want == "*" and label != "") or want == label
+        (want == "*" and _LABEL.fullmatch(label) is not None) or want == label
         for label, want in zip(labels, wanted, strict=True)
     )
 
@@ -74,7 +81,7 @@ def ambient_refusal(
         host = hostname(server)
         if not any(host_matches(host, pattern) for pattern in patterns):
             return (
-                f"{host} is not one of {CLOUD_NAMES[cloud]} registry hosts "
+                f"{host or server} is not one of {CLOUD_NAMES[cloud]} registry hosts "
                 f"({', '.join(patterns)}): the operator's own identity is only sent to its "
                 f"cloud's registries (the operator can change the list with {FLAGS[cloud]})"
             )

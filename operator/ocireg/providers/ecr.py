@@ -246,7 +246,8 @@ def resolve(spec: RegistrySpec, ctx: ResolveContext) -> Credential:
     identity = identity_of(auth, ctx)
     if identity.source == "ambient":
         # An ECR password of the operator's own identity goes to ECR's endpoints only.
-        hosts = [_expand(spec.server, region, None) for region in _regions(spec, auth)]
+        # {account} is filled from AWS's answer: always one label of 12 digits.
+        hosts = [_expand(spec.server, region, "0" * 12) for region in _regions(spec, auth)]
         check_ambient_destination("ecr", hosts, ctx)
     # Safe: static keys are in the key whole (the secret key and session token, not only the
     # public key id); a web identity is its ServiceAccount's, and tenants can name only their
@@ -263,4 +264,4 @@ def resolve(spec: RegistrySpec, ctx: ResolveContext) -> Credential:
         tuple(auth.regions),
         tuple(auth.registry_ids or ()),
     )
-    return ctx.cache.get(key, ctx.renew_before, lambda: mint(spec, ctx, identity))
+    return ctx.minted(key, lambda: mint(spec, ctx, identity))

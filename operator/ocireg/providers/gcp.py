@@ -112,9 +112,9 @@ def resolve(spec: RegistrySpec, ctx: ResolveContext) -> Credential:
         # Safe: ambient needs no secret; check_ambient_allowed has let this object use the
         # operator's identity, and the trust domain keeps cluster and tenant mints apart.
         key = ctx.mint_key("gcp", "ambient", spec.server)
-        return ctx.cache.get(key, ctx.renew_before, lambda: mint(spec, None))
+        return ctx.minted(key, lambda: mint(spec, None))
     info, key_bytes = found
     # Safe: the whole key file as stored (the private key in it), not client_email and
     # private_key_id, which are public; so only a holder of the same key shares the token.
     key = ctx.mint_key("gcp", "key", key_bytes, spec.server)
-    return ctx.cache.get(key, ctx.renew_before, lambda: mint(spec, info))
+    return ctx.minted(key, lambda: mint(spec, info))

@@ -235,6 +235,4 @@ def resolve(spec: RegistrySpec, ctx: ResolveContext) -> Credential:
     # namespaces' answers.
     key = ctx.mint_key("webhook", auth.to_api(), sorted(headers.items()), spec.server)
     # Answers without an expiry are asked for again every refresh.interval.
-    return ctx.cache.get(
-        key, ctx.renew_before, lambda: mint(spec, ctx, headers), max_age=ctx.refresh_interval
-    )
+    return ctx.minted(key, lambda: mint(spec, ctx, headers), max_age=ctx.refresh_interval)

@@ -69,8 +69,17 @@ MAX_TOKEN_BYTES: Final = 1024 * 1024
 # GHCR repositories with tens of thousands of tags, cosign .sig/.att tags included); at 128
 # characters per tag (the longest the spec allows) that is 13 MiB of JSON, within the total.
 MAX_LISTING_PAGE_BYTES: Final = 8 * 1024 * 1024
-MAX_LISTING_BYTES: Final = 32 * 1024 * 1024
+MAX_LISTING_BYTES: Final = 16 * 1024 * 1024
 MAX_TAGS: Final = 100_000
+# Listings read at once (8 repositories per chart sync, several syncs) share one budget for
+# the whole process, so that concurrency cannot multiply the caps above past the pod limit
+# (256 MiB, about 100 MiB of it the operator itself): a listing holds ~4 bytes of memory per
+# byte read (the body, its decoded text, the growing buffer) plus ~160 per entry kept, at
+# most 16 MiB x 4 + 100,000 x 160 = 79 MiB. When the budget is spent a listing stops with a
+# transient AnswerTooLarge and is retried at the next sync; small listings never notice it.
+LISTING_MEMORY: Final = 128 * 1024 * 1024
+_BYTES_PER_BYTE_READ: Final = 4
+_BYTES_PER_ENTRY: Final = 160
 # Chart discovery syncs every repository the catalog names; more than this is not a chart
 # registry to discover but one to list repositories of by hand (charts.repositories).
 MAX_REPOSITORIES: Final = 10_000
@@ -124,15 +133,44 @@ class _Target:
 _BASE = _Target("base")
 
 
+class _MemoryBudget:
+    """Bytes the process lets listings hold at once (LISTING_MEMORY)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def take(self, amount: int) -> bool:
+        with self._lock:
+            if self.used + amount > self.total:
+                return False
+            self.used += amount
+            return True
+
+    def give(self, amount: int) -> None:
+        with self._lock:
+            self.used -= amount
+
+
+_LISTING_BUDGET: Final = _MemoryBudget(LISTING_MEMORY)
+
+
+class _BudgetSpent(Exception):
+    pass
+
+
 @dataclass
 class _Listing:
-    """The entries of one paged listing so far, with its totals."""
+    """The entries of one paged listing so far, with its totals and its share of the
+    process's listing memory (given back by :meth:`close`)."""
 
     what: str  # "the tag list of team/app"
     noun: str  # "tags"
     limit: int
     items: dict[str, None] = field(default_factory=dict)  # ordered set: servers may repeat
     bytes_read: int = 0
+    held: int = 0
 
     def add(self, item: str) -> None:
         if len(self.items) <= self.limit:
@@ -141,6 +179,15 @@ class _Listing:
     @property
     def full(self) -> bool:
         return len(self.items) > self.limit
+
+    def reserve(self, amount: int) -> None:
+        if not _LISTING_BUDGET.take(amount):
+            raise _BudgetSpent
+        self.held += amount
+
+    def close(self) -> None:
+        _LISTING_BUDGET.give(self.held)
+        self.held = 0
 
 
 # --------------------------------------------------------------------------- header parsing
@@ -436,7 +483,7 @@ class RegistryClient:
         what = f"the tag list of {repo}"
         listing = _Listing(what, "tags", MAX_TAGS)
         seen = {url}
-        with self._within(LISTING_DEADLINE):
+        with contextlib.closing(listing), self._within(LISTING_DEADLINE):
             for _ in range(MAX_TAG_PAGES):
                 with self._within(self._deadline):
                     resp = self._send("GET", url, scope=_scope(repo, "pull"))
@@ -543,7 +590,7 @@ class RegistryClient:
             url += f"?n={int(page_size)}"
         listing = _Listing("the catalog", "repositories", MAX_REPOSITORIES)
         seen = {url}
-        with self._within(LISTING_DEADLINE):
+        with contextlib.closing(listing), self._within(LISTING_DEADLINE):
             for _ in range(MAX_TAG_PAGES):
                 with self._within(self._deadline):
                     resp = self._send("GET", url, scope="registry:catalog:*")
@@ -833,7 +880,11 @@ class RegistryClient:
         left = MAX_LISTING_BYTES - listing.bytes_read
         limit = min(MAX_LISTING_PAGE_BYTES, left)
         try:
-            body = egress.read_capped(resp, limit)
+            body = egress.read_capped(
+                resp, limit, lambda size: listing.reserve(size * _BYTES_PER_BYTE_READ)
+            )
+        except _BudgetSpent:
+            raise self._budget_spent(listing) from None
         except egress.AnswerTooLarge:
             whole = limit < MAX_LISTING_PAGE_BYTES
             raise RegistryError(
@@ -852,9 +903,22 @@ class RegistryClient:
         if body.count(b",") > listing.limit - len(listing.items) + 64:
             raise self._too_many(listing)
         try:
+            listing.reserve((body.count(b",") + 1) * _BYTES_PER_ENTRY)
+        except _BudgetSpent:
+            raise self._budget_spent(listing) from None
+        try:
             return json.loads(body)
         except (ValueError, UnicodeDecodeError):
             raise self._invalid(f"{listing.what} is not JSON") from None
+
+    def _budget_spent(self, listing: _Listing) -> RegistryError:
+        return RegistryError(
+            "AnswerTooLarge",
+            f"{listing.what} from {self.host} was not read to the end: the operator already "
+            f"holds its limit of {LISTING_MEMORY // 2**20} MiB of registry listings being read "
+            "(a bound on its memory); retried later",
+            transient=True,
+        )
 
     def _too_many(self, listing: _Listing) -> RegistryError:
         return RegistryError(
