@@ -9,9 +9,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
+import pytest
 import yaml
 
-from ocireg.devenv.node import LocalNode, _remove_empty_tree, image_layer
+from ocireg.devenv import node as node_module
+from ocireg.devenv.node import LocalNode, NodeUnavailable, _remove_empty_tree, image_layer
 
 
 def _node(tmp_path: Path) -> LocalNode:
@@ -97,3 +99,26 @@ def test_only_empty_directories_are_removed(tmp_path: Path) -> None:
     _remove_empty_tree(kept)
     assert (kept / "a" / "someone-elses.sock").exists()
     assert not (kept / "b").exists()
+
+
+def test_the_tier_says_why_it_cannot_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(node_module.os, "geteuid", lambda: 1000)
+    with pytest.raises(NodeUnavailable, match="needs root"):
+        node_module.check_node_possible()
+    monkeypatch.setattr(node_module.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(node_module.shutil, "which", lambda name: None)
+    with pytest.raises(NodeUnavailable, match="containerd is not installed"):
+        node_module.check_node_possible()
+
+
+def test_under_ci_a_tier_that_cannot_run_fails_instead_of_skipping(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.conftest import _skip_or_fail
+
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="not root"):
+        _skip_or_fail("kubelet tier not run: not root")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="not root"):
+        _skip_or_fail("kubelet tier not run: not root")
