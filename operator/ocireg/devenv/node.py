@@ -214,7 +214,8 @@ class LocalNode:
             kubelet.stop()
             # The control plane may outlive this node (another node, the next session step).
             for kind, name in (("node", self.name), ("clusterrolebinding", f"{self.name}-node")):
-                self.cluster.kubectl("delete", kind, name, "--ignore-not-found", check=False)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.cluster.kubectl("delete", kind, name, "--ignore-not-found", check=False)
         if containerd is not None and containerd.running:
             self._remove_containers()
         if containerd is not None:
