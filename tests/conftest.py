@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -65,15 +66,31 @@ def clients(
 
 @pytest.fixture(scope="session")
 def crds(cluster: ControlPlane) -> None:
-    """The ocireg CRDs from crds/, installed once per session."""
-    cluster.kubectl("apply", "-f", str(Path(__file__).resolve().parents[1] / "crds"))
-    cluster.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/ociregistries.ocireg.dev",
-        "crd/clusterociregistries.ocireg.dev",
-    )
+    """The ocireg CRDs from crds/, installed once per session. Applied and waited for in a
+    bounded loop: on a loaded machine a single `kubectl wait` sometimes exited 1 before the
+    API server had the CRDs established, failing a whole test file for no product reason."""
+    names = ("ociregistries.ocireg.dev", "clusterociregistries.ocireg.dev")
+    established = '{.status.conditions[?(@.type=="Established")].status}'
+    deadline = time.monotonic() + 180
+    last = ""
+    while time.monotonic() < deadline:
+        applied = cluster.kubectl(
+            "apply", "-f", str(Path(__file__).resolve().parents[1] / "crds"), check=False
+        )
+        if applied.returncode == 0:
+            states = [
+                cluster.kubectl("get", f"crd/{n}", "-o", f"jsonpath={established}", check=False)
+                for n in names
+            ]
+            if all(s.returncode == 0 and s.stdout.strip() == "True" for s in states):
+                return
+            last = "; ".join(
+                f"{n}: {s.stdout.strip() or s.stderr.strip()}" for n, s in zip(names, states)
+            )
+        else:
+            last = applied.stderr.strip()
+        time.sleep(1)
+    raise AssertionError(f"the ocireg CRDs were not established within 180 s: {last}")
 
 
 @pytest.fixture
