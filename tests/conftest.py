@@ -85,7 +85,8 @@ def crds(cluster: ControlPlane) -> None:
             if all(s.returncode == 0 and s.stdout.strip() == "True" for s in states):
                 return
             last = "; ".join(
-                f"{n}: {s.stdout.strip() or s.stderr.strip()}" for n, s in zip(names, states)
+                f"{n}: {s.stdout.strip() or s.stderr.strip()}"
+                for n, s in zip(names, states, strict=True)
             )
         else:
             last = applied.stderr.strip()
