@@ -6,6 +6,7 @@ import json
 import os
 import secrets
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from ocireg.devenv.controlplane import ControlPlane
 from ocireg.devenv.hygiene import KNOWN_SECRETS, Leak
 from ocireg.devenv.node import LocalNode, NodeUnavailable
 from ocireg.devenv.operator import OperatorProcess
-from ocireg.devenv.processes import Tools, wait_until
+from ocireg.devenv.processes import Tools
 from ocireg.devenv.registries import LocalRegistries
 
 OPERATOR_LOGS = pytest.StashKey[list[OperatorProcess]]()
@@ -99,24 +100,32 @@ def _skip_or_fail(reason: str) -> None:
 
 @pytest.fixture(scope="session")
 def crds(cluster: ControlPlane) -> None:
-    """The ocireg CRDs from crds/, installed once per session."""
-    cluster.kubectl("apply", "-f", str(Path(__file__).resolve().parents[1] / "crds"))
-    # Read by path, not `kubectl wait crd/...`: resolving `crd` needs discovery of every
-    # group, which fails while the new group's storage is still initializing.
+    """The ocireg CRDs from crds/, installed once per session. Applied and waited for in a
+    bounded loop: on a loaded machine a single `kubectl wait` sometimes exited 1 before the
+    API server had the CRDs established, failing a whole test file for no product reason."""
     names = ("ociregistries.ocireg.dev", "clusterociregistries.ocireg.dev")
-
-    def established() -> bool:
-        for name in names:
-            path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}"
-            found = cluster.kubectl("get", "--raw", path, check=False)
-            if found.returncode != 0:
-                return False
-            conditions = json.loads(found.stdout).get("status", {}).get("conditions") or []
-            if not any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
-                return False
-        return True
-
-    wait_until(established, 60, "the ocireg CRDs to be Established")
+    established = '{.status.conditions[?(@.type=="Established")].status}'
+    deadline = time.monotonic() + 180
+    last = ""
+    while time.monotonic() < deadline:
+        applied = cluster.kubectl(
+            "apply", "-f", str(Path(__file__).resolve().parents[1] / "crds"), check=False
+        )
+        if applied.returncode == 0:
+            states = [
+                cluster.kubectl("get", f"crd/{n}", "-o", f"jsonpath={established}", check=False)
+                for n in names
+            ]
+            if all(s.returncode == 0 and s.stdout.strip() == "True" for s in states):
+                return
+            last = "; ".join(
+                f"{n}: {s.stdout.strip() or s.stderr.strip()}"
+                for n, s in zip(names, states, strict=True)
+            )
+        else:
+            last = applied.stderr.strip()
+        time.sleep(1)
+    raise AssertionError(f"the ocireg CRDs were not established within 180 s: {last}")
 
 
 @pytest.fixture
