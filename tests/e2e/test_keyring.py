@@ -24,6 +24,7 @@ from ocireg.devenv.operator import OperatorProcess
 from ocireg.devenv.processes import Tools
 from ocireg.devenv.registries import LocalRegistries, RegistryServer
 from ocireg.plan import docker_config_json
+from ocireg.providers import acr, gcp
 
 from .helpers import (
     apply,
@@ -291,3 +292,25 @@ def test_ecr_region_entries_each_go_to_their_own_host(
     image = pushed(clients, basic, "ecr/app", tmp_path)
     assert pull_like_the_kubelet(clients, image, chosen["eu-west-1"], tmp_path).pulled
     assert not pull_like_the_kubelet(clients, image, chosen["us-east-2"], tmp_path).pulled
+
+
+def test_cloud_provider_credentials_reach_the_kubelet_as_username_and_password(
+    tools: Tools, registries: LocalRegistries, clients: Clients, tmp_path: Path
+) -> None:
+    """GCP, ACR, ECR and webhook credentials are written as username and password (GCP's
+    oauth2accesstoken and ACR's null-GUID user with the provider's token), which the kubelet
+    reads; the registry, taught each token, lets the kubelet's choice pull. (Minting them
+    for real is test_cloud_credentials.py; the ECR and webhook mints go through a real
+    kubelet in test_kubelet_pulls.py.)"""
+    basic = registries.basic
+    image = pushed(clients, basic, "cloud/app", tmp_path)
+    users = {"gcp": gcp.USERNAME, "acr": acr.USERNAME, "ecr": "AWS", "webhook": "robot"}
+    for provider, username in users.items():
+        token = f"{provider}-token-{secrets.token_hex(8)}"
+        credential = Credential(provider, (basic.host,), username, token)
+        pull_secret = hand_made(provider, "team", docker_config_json(credential))
+        found = kubelet_credentials(tools, image, [pull_secret], tmp_path / provider)
+        assert [(c["username"], c["password"]) for c in found] == [(username, token)], provider
+        assert not pull_like_the_kubelet(clients, image, found, tmp_path).pulled  # not yet known
+        registries.set_user("basic", username, token)
+        assert pull_like_the_kubelet(clients, image, found, tmp_path).pulled, provider
