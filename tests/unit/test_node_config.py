@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from ocireg.devenv import node as node_module
-from ocireg.devenv.node import LocalNode, NodeUnavailable, _remove_empty_tree, image_layer
+from ocireg.devenv.node import LocalNode, NodeUnavailable, _remove_stale_tree, image_layer
 
 
 def _node(tmp_path: Path) -> LocalNode:
@@ -87,18 +87,28 @@ def test_image_layers_keep_the_mode(tmp_path: Path) -> None:
         assert {m.name: m.mode for m in tar.getmembers()} == {"pause": 0o755, "marker.txt": 0o644}
 
 
-def test_only_empty_directories_are_removed(tmp_path: Path) -> None:
+def test_only_empty_directories_and_dead_sockets_are_removed(tmp_path: Path) -> None:
+    import socket
+
     empty = tmp_path / "empty"
     (empty / "a" / "b").mkdir(parents=True)
-    _remove_empty_tree(empty)
+    _remove_stale_tree(empty, set())
     assert not empty.exists()
+
     kept = tmp_path / "kept"
-    (kept / "a").mkdir(parents=True)
-    (kept / "a" / "someone-elses.sock").write_text("")
-    (kept / "b").mkdir()
-    _remove_empty_tree(kept)
-    assert (kept / "a" / "someone-elses.sock").exists()
-    assert not (kept / "b").exists()
+    (kept / "files").mkdir(parents=True)
+    (kept / "files" / "someone-elses.txt").write_text("")
+    (kept / "dead").mkdir()
+    (kept / "live").mkdir()
+    dead, live = kept / "dead" / "kubelet.sock", kept / "live" / "kubelet.sock"
+    with socket.socket(socket.AF_UNIX) as closed, socket.socket(socket.AF_UNIX) as open_:
+        closed.bind(str(dead))
+        open_.bind(str(live))
+        open_.listen()
+        _remove_stale_tree(kept, {str(live)})
+        assert not (kept / "dead").exists()
+        assert live.exists()
+    assert (kept / "files" / "someone-elses.txt").exists()
 
 
 def test_the_tier_says_why_it_cannot_run(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -534,7 +534,10 @@ class LocalNode:
                         link.unlink()
             for path in HOST_PATHS:
                 if path not in snapshot.existing_paths:
-                    _remove_empty_tree(path)
+                    _remove_stale_tree(path, _listening_unix_sockets())
+                    # Still there with nobody listening in it: this node's, and left behind.
+                    if path.exists() and not _has_live_socket(path, _listening_unix_sockets()):
+                        leftovers.append(f"{path} (created by this node, not empty)")
         for name in ("containerd", "kubelet"):
             shutil.rmtree(self.workdir / name, ignore_errors=True)
             if (self.workdir / name).exists():
@@ -565,17 +568,31 @@ def _listening_unix_sockets() -> set[str]:
     return {fields[-1] for line in lines if len(fields := line.split()) >= 8}
 
 
-def _remove_empty_tree(path: Path) -> None:
-    """Remove ``path`` and what is under it, bottom-up, as long as it holds nothing but
-    empty directories."""
+def _remove_stale_tree(path: Path, listening: set[str]) -> None:
+    """Remove, bottom-up, the unix sockets under ``path`` nobody listens on (the kubelet
+    puts its device-plugin socket in /var/lib/kubelet whatever its --root-dir) and the
+    directories left empty; anything else, and live sockets, stay."""
     if not path.is_dir() or path.is_symlink():
         return
-    for root, dirs, _files in os.walk(path, topdown=False):
+    for root, dirs, files in os.walk(path, topdown=False):
+        for name in files:
+            file = Path(root) / name
+            if file.is_socket() and str(file) not in listening:
+                with contextlib.suppress(OSError):
+                    file.unlink()
         for name in dirs:
             with contextlib.suppress(OSError):
                 (Path(root) / name).rmdir()
     with contextlib.suppress(OSError):
         path.rmdir()
+
+
+def _has_live_socket(path: Path, listening: set[str]) -> bool:
+    return any(
+        str(Path(root) / name) in listening
+        for root, _dirs, files in os.walk(path)
+        for name in files
+    )
 
 
 __all__ = ["NODE_NAME", "LocalNode", "NodeUnavailable", "check_node_possible", "image_layer"]
