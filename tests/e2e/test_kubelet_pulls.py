@@ -215,6 +215,10 @@ def test_a_rotated_password_reaches_new_pods_and_the_old_one_is_refused(
         assert_runs(cluster, target, run_pod(cluster, node, target, image))
         stale = run_pod(cluster, node, target, image, pull_secrets=("pasted-copy",))
         assert_denied(cluster, target, stale, DENIED_BY["basic"])
+        # Listed before ocireg's copy, the stale one costs a refused try, not the pull: the
+        # kubelet tries each matching credential in order.
+        both = run_pod(cluster, node, target, image, pull_secrets=("pasted-copy", name))
+        assert_runs(cluster, target, both)
     finally:
         delete_cluster_registry(cluster, name)
 
