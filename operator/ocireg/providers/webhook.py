@@ -6,7 +6,8 @@ cluster network; for the namespaced kind the request obeys the operator's egress
 (ocireg.egress: public addresses only unless the operator allows ranges, checked when the
 host is resolved and again on the connected socket before a byte is sent, so DNS rebinding
 cannot lead the request, or the Secret's headers, to a refused address). `timeoutSeconds` is
-the whole budget of one call: connect, TLS, headers and the (capped) answer."""
+the whole budget of one call: name lookup and address check, connect, TLS, headers and the
+(capped) answer."""
 
 from __future__ import annotations
 
@@ -161,8 +162,6 @@ def mint(spec: RegistrySpec, ctx: ResolveContext, headers: dict[str, str]) -> Cr
     auth = spec.auth.webhook if spec.auth else None
     assert auth is not None
     allowed = ctx.config.egress_allowed_cidrs
-    if ctx.namespaced:
-        check_destination(auth.url, allowed)
     host = urlsplit(auth.url).hostname
     budget = float(auth.timeout_seconds)
     too_slow = ReconcileError(
@@ -176,6 +175,9 @@ def mint(spec: RegistrySpec, ctx: ResolveContext, headers: dict[str, str]) -> Cr
             egress.session(egress.EgressPolicy.for_object(ctx.namespaced, allowed)) as session,
             egress.deadline(budget) as deadline,
         ):
+            if ctx.namespaced:
+                # Inside the budget: the lookup is part of the call (egress.lookup).
+                check_destination(auth.url, allowed)
             try:
                 # Redirects could lead anywhere the first answer names: refuse them.
                 response = session.get(
