@@ -26,7 +26,7 @@ from .kube import UNKNOWN, Kube
 from .models.durations import parse_duration
 from .models.spec import RegistrySpec, Targets
 from .models.status import RegistryStatus
-from .providers.cache import MintCache
+from .providers.cache import MintCache, provider_failed
 from .registry import RegistryClient, RegistryCredentials, RegistryError, TLSOptions
 
 log = logging.getLogger(__name__)
@@ -499,6 +499,19 @@ def _success_status(
     ).to_api()
 
 
+def resolve_credential(spec: RegistrySpec, ctx: providers.ResolveContext) -> Credential:
+    """providers.resolve with every exception turned into a condition: what a tenant writes
+    (a Secret, an answer her endpoint sends) must never reach kopf as an exception, which
+    kopf retries every 10 s with no condition and no backoff."""
+    try:
+        return providers.resolve(spec, ctx)
+    except ReconcileError:
+        raise
+    except Exception as error:
+        method = spec.auth.method if spec.auth is not None else "auth"
+        raise provider_failed(method, error) from None
+
+
 def reconcile(
     kube: Kube,
     ref: plan.RegistryRef,
@@ -532,7 +545,7 @@ def reconcile(
             parse_duration(spec.effective_refresh.interval),
             tls,
         )
-        credential = providers.resolve(spec, ctx)
+        credential = resolve_credential(spec, ctx)
         current = schedule.fingerprint(
             spec.to_api(), credential.fingerprint_parts(), tls.ca_bundle, generation
         )

@@ -396,6 +396,44 @@ def test_extends_problems_are_conditions(
     assert conditions(obj)["Ready"]["reason"] == reason
 
 
+def test_any_exception_from_a_provider_is_a_condition_with_backoff(
+    kube: FakeKube, verified: Calls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(spec: Any, ctx: Any) -> Any:
+        raise UnicodeEncodeError("latin-1", "Bearer \u00ff" + PASSWORD, 7, 8, "out of range")
+
+    monkeypatch.setattr(reconcile.providers, "resolve", broken)
+    obj = body()
+    first = run(kube, obj, schedule.Memory(), now=0)
+    ready = conditions(obj)["Ready"]
+    assert (ready["status"], ready["reason"]) == ("False", "ProviderError")
+    assert "UnicodeEncodeError" in ready["message"]
+    assert PASSWORD not in json.dumps(obj["status"])
+    assert first.events == [("Warning", "ProviderError", ready["message"])]
+    assert first.memory.retry_at > 5
+    second = run(kube, obj, first.memory, now=5)  # within the backoff: no new status or Event
+    assert (second.status, second.events) == (None, [])
+    assert second.memory.retry_at == first.memory.retry_at
+
+
+def test_a_webhook_header_that_is_not_latin_1_is_an_invalid_secret(
+    kube: FakeKube, verified: Calls
+) -> None:
+    # Was: UnicodeEncodeError from http.client on every tick, no condition, no backoff.
+    kube.put_secret("ocireg-system", "hook-headers", {})
+    kube.secrets[("ocireg-system", "hook-headers")]["data"] = {
+        "Authorization": base64.b64encode(b"Bearer \xff\xfe" + PASSWORD.encode()).decode()
+    }
+    webhook = {"url": "http://127.0.0.1:9/creds", "headersSecretRef": {"name": "hook-headers"}}
+    obj = body(auth={"webhook": webhook})
+    run(kube, obj, schedule.Memory(), now=0)
+    ready = conditions(obj)["Ready"]
+    assert (ready["status"], ready["reason"]) == ("False", "InvalidSecret")
+    assert "'Authorization' is not a usable HTTP header value" in ready["message"]
+    assert conditions(obj)["Stalled"]["status"] == "True"
+    assert PASSWORD not in json.dumps(obj["status"])
+
+
 def test_auth_is_replaced_whole_by_an_override() -> None:
     merged = reconcile.merge_specs(
         {"auth": {"basic": {"secretRef": {"name": "a"}}}, "tls": {"insecure": True}},
