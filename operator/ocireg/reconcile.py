@@ -31,6 +31,9 @@ from .registry import RegistryClient, RegistryCredentials, RegistryError, TLSOpt
 
 log = logging.getLogger(__name__)
 MAX_FAILED_IN_STATUS = 20
+# Bases one object may extend through (each one GET per tick): without a cap a chain of N
+# objects costs N(N-1)/2 reads every tick.
+MAX_EXTENDS_DEPTH = 8
 # Reasons that retrying cannot fix: the user has to change something.
 _STALLED = {
     "SecretNotFound",
@@ -42,6 +45,7 @@ _STALLED = {
     "RepositoryNotFound",
     "BaseNotFound",
     "ExtendsLoop",
+    "ExtendsTooDeep",
     "InvalidSpec",
     "CrossNamespaceReference",
     "UnsupportedAuth",
@@ -84,6 +88,13 @@ def effective_spec(kube: Kube, ref: plan.RegistryRef, spec: dict[str, Any]) -> R
         if base_name in chain:
             raise ReconcileError(
                 "ExtendsLoop", "extends forms a loop: " + " -> ".join([*chain, base_name])
+            )
+        if len(chain) > MAX_EXTENDS_DEPTH:
+            raise ReconcileError(
+                "ExtendsTooDeep",
+                f"extends goes through more than {MAX_EXTENDS_DEPTH} bases ("
+                + " -> ".join([*chain, base_name])
+                + "); point this object at a base nearer the root",
             )
         base = kube.read_registry(ref.kind, base_name, ref.namespace)
         if base is None:

@@ -396,6 +396,31 @@ def test_extends_problems_are_conditions(
     assert conditions(obj)["Ready"]["reason"] == reason
 
 
+@pytest.mark.parametrize("bases", [8, 9, 40])
+def test_extends_depth_is_capped_with_a_clear_condition(
+    kube: FakeKube, verified: Calls, bases: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # corp -> b1 -> ... -> bN: each base is one read per tick, so a long chain costs every
+    # object in it a read of the rest on every tick (N(N-1)/2 in all).
+    reads: list[str] = []
+    real = kube.read_registry
+    monkeypatch.setattr(kube, "read_registry", lambda k, n, ns: reads.append(n) or real(k, n, ns))
+    for i in range(1, bases):
+        kube.registries[f"b{i}"] = {"spec": {"extends": f"b{i + 1}"}}
+    kube.registries[f"b{bases}"] = {"spec": body()["spec"]}
+    obj = {"metadata": {"name": "corp", "generation": 1}, "spec": {"extends": "b1"}}
+    run(kube, obj, schedule.Memory(), now=0)
+    ready = conditions(obj)["Ready"]
+    if bases <= 8:  # reconcile.MAX_EXTENDS_DEPTH
+        assert ready["status"] == "True"
+        assert len(reads) == bases
+        return
+    assert ready["reason"] == "ExtendsTooDeep"
+    assert ready["message"].startswith("extends goes through more than 8 bases (corp -> b1 ->")
+    assert conditions(obj)["Stalled"]["status"] == "True"
+    assert len(reads) == 8  # the 9th base is never read
+
+
 def test_any_exception_from_a_provider_is_a_condition_with_backoff(
     kube: FakeKube, verified: Calls, monkeypatch: pytest.MonkeyPatch
 ) -> None:
