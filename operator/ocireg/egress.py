@@ -5,8 +5,9 @@ webhooks).
 - Egress policy. For a tenant's OCIRegistry the destination must be a public address:
   loopback, link-local (cloud metadata), private, shared (CGNAT), unique-local, reserved,
   multicast and unspecified addresses are refused, and so are the IPv6 forms that carry one
-  of those (IPv4-mapped, IPv4-compatible, NAT64 64:ff9b::/96 and 64:ff9b:1::/48, 6to4
-  2002::/16, Teredo), unless the operator allows a range (--egress-allowed-cidr). The check
+  of those (IPv4-mapped, IPv4-compatible, IPv4-translated ::ffff:0:0:0/96 (SIIT), NAT64
+  64:ff9b::/96 and 64:ff9b:1::/48, 6to4 2002::/16, Teredo), and the deprecated site-local
+  fec0::/10, unless the operator allows a range (--egress-allowed-cidr). The check
   is made on the connected socket before a byte is sent (no TLS hello, no header), so a DNS
   answer that changes between a check and the connect (rebinding) cannot lead a request to a
   refused address. Through an HTTP proxy the socket is the proxy's: the host is then checked
@@ -15,7 +16,9 @@ webhooks).
 - Total deadline. Per-read timeouts let a server that drips one byte every few seconds hold
   a worker for ever. ``with deadline(seconds):`` bounds everything the thread sends and reads
   inside it (connect, TLS, headers, streamed bodies, redirect chains): when it passes, a
-  watchdog shuts the sockets down, which ends any blocked read at once.
+  watchdog shuts the sockets down, which ends any blocked read at once. Name lookups
+  (getaddrinfo cannot be interrupted) run on a helper thread the request waits for only as
+  long as its deadline leaves.
 - Size caps: :func:`read_capped` streams a body and stops one chunk past the limit.
 """
 
@@ -39,6 +42,8 @@ from requests.adapters import HTTPAdapter
 from requests.utils import select_proxy
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import NameResolutionError, NewConnectionError
+from urllib3.util.connection import allowed_gai_family
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -50,6 +55,12 @@ _NAT64: Final = ipaddress.ip_network("64:ff9b::/96")
 # length, and it never routes on the internet, so it is refused as a whole.
 _NAT64_LOCAL: Final = ipaddress.ip_network("64:ff9b:1::/48")
 _IPV4_COMPATIBLE: Final = ipaddress.ip_network("::/96")
+# RFC 2765 (SIIT) IPv4-translated addresses, ::ffff:0:a.b.c.d; Python's ipv4_mapped and
+# is_global do not know them (::ffff:0:7f00:1 counts as global).
+_IPV4_TRANSLATED: Final = ipaddress.ip_network("::ffff:0:0:0/96")
+# Deprecated site-local (RFC 3879): a private range for any network still using it, and
+# is_global says True for it.
+_SITE_LOCAL: Final = ipaddress.ip_network("fec0::/10")
 
 
 # --------------------------------------------------------------------------- the policy
@@ -72,7 +83,7 @@ def embedded_ipv4(address: Address) -> list[ipaddress.IPv4Address]:
         return []
     if address.ipv4_mapped is not None:
         return [address.ipv4_mapped]
-    if address in _NAT64 or address in _IPV4_COMPATIBLE:
+    if address in _NAT64 or address in _IPV4_COMPATIBLE or address in _IPV4_TRANSLATED:
         return [ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)]
     if address.sixtofour is not None:
         return [address.sixtofour]
@@ -90,7 +101,7 @@ def address_refused(address: Address, allowed: Iterable[Network] = ()) -> bool:
     allowed = tuple(allowed)
     if any(address in network for network in allowed):
         return False
-    if address in _NAT64_LOCAL:
+    if address in _NAT64_LOCAL or address in _SITE_LOCAL:
         return True
     if isinstance(address, ipaddress.IPv6Address) and address.teredo is not None:
         return True  # a tunnel that can end anywhere; no registry is served from one
@@ -122,7 +133,7 @@ class EgressPolicy:
         if not self.restricted:
             return
         try:
-            infos = (resolve or socket.getaddrinfo)(host, None, proto=socket.IPPROTO_TCP)
+            infos = (resolve or lookup)(host, None, proto=socket.IPPROTO_TCP)
         except UnicodeError:
             raise socket.gaierror(f"{host!r} is not a valid host name") from None
         for info in infos:
@@ -295,6 +306,47 @@ def deadline(seconds: float) -> Iterator[Deadline]:
         current.close()
 
 
+def lookup(host: str, port: int | None, *args: Any, **kwargs: Any) -> list[Any]:
+    """socket.getaddrinfo, within the current deadline. getaddrinfo cannot be interrupted
+    (a slow resolver, or a tenant's name server answering late, would hold the request past
+    its deadline), so it runs on a helper thread this one waits for only as long as the
+    deadline leaves; past it DeadlineExceeded, and the helper ends when the resolver gives up
+    (its own timeout, resolv.conf). Without a deadline, a plain call."""
+    current = current_deadline()
+    if current is None:
+        return socket.getaddrinfo(host, port, *args, **kwargs)
+    current.check()
+    answer: list[Any] = []
+    failure: list[BaseException] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            answer.extend(socket.getaddrinfo(host, port, *args, **kwargs))
+        except BaseException as error:  # handed to the waiting thread
+            failure.append(error)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="ocireg-lookup", daemon=True).start()
+    while not done.is_set() and current.remaining() > 0:
+        done.wait(current.remaining())
+    if not done.is_set():
+        current.expire()
+        raise DeadlineExceeded(current.seconds)
+    if failure:
+        raise failure[0]
+    return answer
+
+
+def _is_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
+
+
 # --------------------------------------------------------------------------- the transport
 
 
@@ -302,12 +354,12 @@ def _pool_classes(policy: EgressPolicy, check_peer: bool) -> dict[str, type[HTTP
     """Connection pools whose connections obey the current deadline and, when ``check_peer``,
     check the address they connected to before anything is sent."""
 
-    def opened(conn: HTTPConnection, sock: socket.socket) -> socket.socket:
+    def opened(conn: HTTPConnection, sock: socket.socket, name: str = "") -> socket.socket:
         if check_peer and policy.restricted:
             peer = str(sock.getpeername()[0]).split("%", 1)[0]
             if policy.refuses(ipaddress.ip_address(peer)):
                 sock.close()
-                raise EgressRefused(conn.host, peer)
+                raise EgressRefused(name or conn.host, peer)
         current = current_deadline()
         if current is not None:
             current.watch(sock)
@@ -331,10 +383,35 @@ def _pool_classes(policy: EgressPolicy, check_peer: bool) -> dict[str, type[HTTP
                 current.watch(conn.sock)
                 conn._ocireg_deadline = current  # type: ignore[attr-defined]
 
+    def connect(conn: HTTPConnection, plain_connect: Callable[[], socket.socket]) -> socket.socket:
+        """urllib3's connect, with the name looked up within the deadline first (lookup) and
+        each address it gave tried in turn, as urllib3 would."""
+        before_connect(conn)
+        host = conn._dns_host  # type: ignore[attr-defined]
+        if current_deadline() is None or _is_literal(host):
+            return opened(conn, plain_connect())
+        try:
+            infos = lookup(host.rstrip("."), conn.port, allowed_gai_family(), socket.SOCK_STREAM)
+        except socket.gaierror as error:
+            raise NameResolutionError(conn.host, conn, error) from error
+        last: Exception | None = None
+        try:
+            for address in dict.fromkeys(str(info[4][0]) for info in infos):
+                conn._dns_host = address  # type: ignore[attr-defined]
+                before_connect(conn)
+                try:
+                    return opened(conn, plain_connect(), host.rstrip("."))
+                except NewConnectionError as error:  # the next address, as urllib3 does
+                    last = error
+        finally:
+            conn._dns_host = host  # type: ignore[attr-defined]
+        if last is not None:
+            raise last
+        raise NameResolutionError(conn.host, conn, socket.gaierror(f"{host}: no address"))
+
     class Connection(HTTPConnection):
         def _new_conn(self) -> socket.socket:
-            before_connect(self)
-            return opened(self, super()._new_conn())
+            return connect(self, super()._new_conn)
 
         def request(self, *args: Any, **kwargs: Any) -> None:
             before_request(self)
@@ -342,8 +419,7 @@ def _pool_classes(policy: EgressPolicy, check_peer: bool) -> dict[str, type[HTTP
 
     class TLSConnection(HTTPSConnection):
         def _new_conn(self) -> socket.socket:
-            before_connect(self)
-            return opened(self, super()._new_conn())
+            return connect(self, super()._new_conn)
 
         def request(self, *args: Any, **kwargs: Any) -> None:
             before_request(self)
@@ -443,6 +519,7 @@ __all__ = [
     "current_deadline",
     "deadline",
     "embedded_ipv4",
+    "lookup",
     "parse_cidrs",
     "read_capped",
     "session",

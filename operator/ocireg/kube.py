@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import quote
@@ -17,6 +18,7 @@ from .errors import ReconcileError
 from .plan import DesiredSecret, RegistryRef, SecretState, secret_decision, secret_state
 
 GROUP, VERSION = "ocireg.dev", "v1alpha1"
+log = logging.getLogger(__name__)
 
 
 class Unknown:
@@ -39,6 +41,42 @@ def load_config() -> None:
 Written = Callable[[dict[str, Any]], None]
 Query = str | int | bool | None
 MERGE_PATCH = "application/merge-patch+json"
+# Most bytes read of one answer of the API (a list page, one object). Tenants control what
+# is listed (any Secret may carry the managed-by label, a ServiceAccount any annotations);
+# one object is at most ~1.5 MiB (etcd's request limit), so a page that is more than this is
+# asked for again in smaller pages, never read whole (decoded JSON costs ~3x its bytes).
+MAX_ANSWER_BYTES = 8 * 1024 * 1024
+_CHUNK = 64 * 1024
+
+
+class AnswerTooLarge(ReconcileError):
+    """An answer of the API past MAX_ANSWER_BYTES (closed unread)."""
+
+    def __init__(self, path: str, limit: int) -> None:
+        super().__init__(
+            "APIAnswerTooLarge",
+            f"the API's answer to GET {path} was more than {limit / (1024 * 1024):g} MiB; not read",
+            transient=True,
+        )
+
+
+def _read_bounded(response: Any, path: str, limit: int) -> bytearray:
+    """The body of a urllib3 response, at most ``limit`` bytes (closed past it)."""
+    declared = response.headers.get("Content-Length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        response.close()
+        raise AnswerTooLarge(path, limit)
+    data = bytearray()
+    try:
+        while chunk := response.read(_CHUNK):
+            data += chunk
+            if len(data) > limit:
+                raise AnswerTooLarge(path, limit)
+    except AnswerTooLarge:
+        response.close()  # the rest is never read: the connection is not reused
+        raise
+    response.release_conn()
+    return data
 
 
 class CoreV1:
@@ -48,8 +86,11 @@ class CoreV1:
     costs about 19 MB of the operator's memory, and its model objects cost more per object
     than the dicts the callers want anyway. Names and arguments follow CoreV1Api."""
 
-    def __init__(self, api: kubernetes.client.ApiClient) -> None:
+    def __init__(
+        self, api: kubernetes.client.ApiClient, max_answer_bytes: int = MAX_ANSWER_BYTES
+    ) -> None:
         self.api = api
+        self.max_answer_bytes = max_answer_bytes
 
     def _call(
         self,
@@ -82,7 +123,7 @@ class CoreV1:
             raise ApiException.from_response(http_resp=response, body=text, data=None)
         if stream:
             return response.response
-        return json.loads(response.read())
+        return json.loads(_read_bounded(response.response, path, self.max_answer_bytes))
 
     # Secrets
     def read_namespaced_secret(self, name: str, namespace: str) -> dict[str, Any]:
@@ -163,12 +204,43 @@ class WatchSource:
 
     PAGE = 500
 
-    def __init__(self, lister: Callable[..., Any], **selector: str) -> None:
+    def __init__(self, lister: Callable[..., Any], page: int = PAGE, **selector: str) -> None:
         self.lister = lister
         self.selector = selector
+        self.limit = page
 
     def page(self, token: str | None) -> dict[str, Any]:
-        return self.lister(**self.selector, limit=self.PAGE, _continue=token, timeout=60)
+        """One page, the next after ``token``. A page past MAX_ANSWER_BYTES is asked for again
+        with half as many objects, down to one (kept for the next pages and lists)."""
+        while True:
+            try:
+                return self.lister(**self.selector, limit=self.limit, _continue=token, timeout=60)
+            except AnswerTooLarge:
+                if self.limit == 1:
+                    raise
+                self.limit = max(1, self.limit // 2)
+                log.warning(
+                    "a page of objects listed by %s was too large; asking for %d at a time",
+                    getattr(self.lister, "__name__", "the API"),
+                    self.limit,
+                )
+
+
+# Objects per list page. Secrets and ServiceAccounts are what a tenant can fatten (1 MiB of
+# data, annotations) and label for our watches: few per page, so a page stays near or below
+# MAX_ANSWER_BYTES without being asked for again.
+PAGES = {"secrets": 8, "serviceaccounts": 50, "namespaces": 500}
+
+
+def list_all(lister: Callable[..., Any], page: int, **query: Any) -> list[dict[str, Any]]:
+    """Every item of a list call, in pages (the index's WatchSource, bounded per answer)."""
+    source, items, token = WatchSource(lister, page, **query), [], None
+    while True:
+        answer = source.page(token)
+        items += answer.get("items") or []
+        token = (answer.get("metadata") or {}).get("continue")
+        if not token:
+            return items
 
     def watch(self, resource_version: str, timeout: int) -> Iterator[dict[str, Any]]:
         response = self.lister(
@@ -264,7 +336,7 @@ class Kube:
                 ns["metadata"].get("labels") or {},
                 (ns.get("status") or {}).get("phase") or "Active",
             )
-            for ns in self.core.list_namespace()["items"]
+            for ns in list_all(self.core.list_namespace, PAGES["namespaces"])
         ]
 
     def apply_secret(
@@ -325,10 +397,17 @@ class Kube:
         its own, and others' of the same name, which callers tell apart with
         ownership.claim."""
         if namespace is None:
-            found = self.core.list_secret_for_all_namespaces(label_selector=ref.selector())
-        else:
-            found = self.core.list_namespaced_secret(namespace, label_selector=ref.selector())
-        return found["items"]
+            return list_all(
+                self.core.list_secret_for_all_namespaces,
+                PAGES["secrets"],
+                label_selector=ref.selector(),
+            )
+        return list_all(
+            self.core.list_namespaced_secret,
+            PAGES["secrets"],
+            namespace=namespace,
+            label_selector=ref.selector(),
+        )
 
     def delete_secret(self, namespace: str, name: str, uid: str | None = None) -> None:
         try:
@@ -344,13 +423,17 @@ class Kube:
         or all of one namespace)."""
         selector = {"label_selector": label_selector} if label_selector else {}
         if kind == "namespaces":
-            return WatchSource(self.core.list_namespace, **selector)
+            return WatchSource(self.core.list_namespace, PAGES[kind], **selector)
         if kind == "serviceaccounts":
-            return WatchSource(self.core.list_service_account_for_all_namespaces, **selector)
+            return WatchSource(
+                self.core.list_service_account_for_all_namespaces, PAGES[kind], **selector
+            )
         if kind == "secrets" and namespace:
-            return WatchSource(self.core.list_namespaced_secret, namespace=namespace, **selector)
+            return WatchSource(
+                self.core.list_namespaced_secret, PAGES[kind], namespace=namespace, **selector
+            )
         if kind == "secrets":
-            return WatchSource(self.core.list_secret_for_all_namespaces, **selector)
+            return WatchSource(self.core.list_secret_for_all_namespaces, PAGES[kind], **selector)
         raise ValueError(f"no watch source for {kind}")
 
     def patch_registry_status(self, ref: RegistryRef, status: dict[str, Any]) -> None:
@@ -374,14 +457,18 @@ class Kube:
         """ServiceAccounts of one namespace, or of all namespaces with None."""
         try:
             if namespace is None:
-                found = self.core.list_service_account_for_all_namespaces()
-            else:
-                found = self.core.list_namespaced_service_account(namespace)
+                return list_all(
+                    self.core.list_service_account_for_all_namespaces, PAGES["serviceaccounts"]
+                )
+            return list_all(
+                self.core.list_namespaced_service_account,
+                PAGES["serviceaccounts"],
+                namespace=namespace,
+            )
         except ApiException as error:
             if error.status == 404:
                 return []
             raise
-        return found["items"]
 
     def read_config_map(self, namespace: str, name: str) -> Mapping[str, bytes] | None:
         try:

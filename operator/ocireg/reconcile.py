@@ -26,11 +26,14 @@ from .kube import UNKNOWN, Kube
 from .models.durations import parse_duration
 from .models.spec import RegistrySpec, Targets
 from .models.status import RegistryStatus
-from .providers.cache import MintCache
+from .providers.cache import MintCache, provider_failed
 from .registry import RegistryClient, RegistryCredentials, RegistryError, TLSOptions
 
 log = logging.getLogger(__name__)
 MAX_FAILED_IN_STATUS = 20
+# Bases one object may extend through (each one GET per tick): without a cap a chain of N
+# objects costs N(N-1)/2 reads every tick.
+MAX_EXTENDS_DEPTH = 8
 # Reasons that retrying cannot fix: the user has to change something.
 _STALLED = {
     "SecretNotFound",
@@ -42,6 +45,7 @@ _STALLED = {
     "RepositoryNotFound",
     "BaseNotFound",
     "ExtendsLoop",
+    "ExtendsTooDeep",
     "InvalidSpec",
     "CrossNamespaceReference",
     "UnsupportedAuth",
@@ -84,6 +88,13 @@ def effective_spec(kube: Kube, ref: plan.RegistryRef, spec: dict[str, Any]) -> R
         if base_name in chain:
             raise ReconcileError(
                 "ExtendsLoop", "extends forms a loop: " + " -> ".join([*chain, base_name])
+            )
+        if len(chain) > MAX_EXTENDS_DEPTH:
+            raise ReconcileError(
+                "ExtendsTooDeep",
+                f"extends goes through more than {MAX_EXTENDS_DEPTH} bases ("
+                + " -> ".join([*chain, base_name])
+                + "); point this object at a base nearer the root",
             )
         base = kube.read_registry(ref.kind, base_name, ref.namespace)
         if base is None:
@@ -499,6 +510,19 @@ def _success_status(
     ).to_api()
 
 
+def resolve_credential(spec: RegistrySpec, ctx: providers.ResolveContext) -> Credential:
+    """providers.resolve with every exception turned into a condition: what a tenant writes
+    (a Secret, an answer her endpoint sends) must never reach kopf as an exception, which
+    kopf retries every 10 s with no condition and no backoff."""
+    try:
+        return providers.resolve(spec, ctx)
+    except ReconcileError:
+        raise
+    except Exception as error:
+        method = spec.auth.method if spec.auth is not None else "auth"
+        raise provider_failed(method, error) from None
+
+
 def reconcile(
     kube: Kube,
     ref: plan.RegistryRef,
@@ -532,7 +556,7 @@ def reconcile(
             parse_duration(spec.effective_refresh.interval),
             tls,
         )
-        credential = providers.resolve(spec, ctx)
+        credential = resolve_credential(spec, ctx)
         current = schedule.fingerprint(
             spec.to_api(), credential.fingerprint_parts(), tls.ca_bundle, generation
         )

@@ -27,12 +27,16 @@ from typing import Any
 import pytest
 import yaml
 
+from ocireg import plan
 from ocireg.admission import WEBHOOK_NAME, webhook_entry
+from ocireg.charts import publish
 from ocireg.config import SYSTEM_NAMESPACES
+from ocireg.credential import Credential
 from ocireg.devenv.controlplane import ControlPlane
 from ocireg.devenv.processes import Tools
 from ocireg.devenv.registries import LocalRegistries
 from ocireg.devenv.standins import AwsStandIn
+from ocireg.models.spec import Format, Targets
 
 from .helpers import (
     apply,
@@ -351,6 +355,18 @@ def test_chart_and_kustomize_ship_the_same_policies(
 
 
 OURS = {"app.kubernetes.io/managed-by": "ocireg"}
+# The labels the code writes on every object (ownership.RegistryRef.labels).
+FULL = {**OURS, plan.LABEL_REGISTRY: "x", plan.LABEL_KIND: "ClusterOCIRegistry",
+        plan.LABEL_UID: "00000000-0000-0000-0000-000000000001"}  # fmt: skip
+
+
+class _Index:
+    """What desired_config_map reads of a chart index."""
+
+    content_digest = "d"
+
+    def text(self, generated: str) -> str:
+        return f"apiVersion: v1\ngenerated: {generated}\n"
 
 
 @pytest.mark.parametrize("source", ["chart", "kustomize"])
@@ -389,7 +405,7 @@ def test_the_operator_writes_only_its_own_secrets_and_config_maps(
     denial = wait_for(refused, 30, "a service-account-token Secret to be refused")
     assert "may write only Secrets and ConfigMaps labelled" in denial, denial
     assert "ValidatingAdmissionPolicy" in denial
-    legacy["metadata"]["labels"] = dict(OURS)
+    legacy["metadata"]["labels"] = dict(FULL)
     typed = as_operator("create", "-f", "-", body=legacy)
     assert typed.returncode != 0
     assert "may not write Secrets of type kubernetes.io/service-account-token" in typed.stderr
@@ -413,7 +429,7 @@ def test_the_operator_writes_only_its_own_secrets_and_config_maps(
         else:
             changed["data"] = {"password": base64.b64encode(b"replaced").decode()}
         taken = copy.deepcopy(changed)
-        taken["metadata"]["labels"] = dict(OURS)
+        taken["metadata"]["labels"] = dict(FULL)
         for attempt, message in (
             (changed, "may write only Secrets and ConfigMaps labelled"),
             (taken, "may change or delete only the Secrets and ConfigMaps it wrote"),
@@ -428,14 +444,55 @@ def test_the_operator_writes_only_its_own_secrets_and_config_maps(
         assert after["data"] == live["data"]
         assert after["metadata"].get("labels") == live["metadata"].get("labels")
 
-    # Its own, as it writes them: created, updated, deleted.
+    # Names that do not exist yet, labelled as ours: still not what the code writes. EKS's
+    # aws-auth and AKS's coredns-custom are not chart indexes; an Argo CD repository Secret
+    # needs keys no format has; a Secret without the registry's kind and uid labels is not one
+    # the operator writes.
+    full = dict(FULL)
+    argo = {**full, "argocd.argoproj.io/secret-type": "repository"}
+    invented = {
+        "aws-auth": (
+            obj("ConfigMap", "aws-auth-new", full, data={"mapRoles": "[]"}),
+            "may write only chart index ConfigMaps",
+        ),
+        "coredns-custom": (
+            obj("ConfigMap", "coredns-custom", {**full, publish.LABEL_CHARTS: "index"},
+                data={"index.yaml": "x", "evil.server": "."}),
+            "may write only chart index ConfigMaps",
+        ),
+        "a charts ConfigMap with a second key": (
+            obj("ConfigMap", "x-charts", {**full, publish.LABEL_CHARTS: "index"},
+                data={"index.yaml": "x", "other": "y"}),
+            "may write only chart index ConfigMaps",
+        ),
+        "an Argo CD repository Secret": (
+            obj("Secret", "repo-evil", argo, type="Opaque",
+                stringData={"url": "https://git.example", "password": "x"}),
+            "may write only the keys of its formats",
+        ),
+        "a Secret without the uid label": (
+            obj("Secret", "pull-nouid", {**OURS, plan.LABEL_KIND: "OCIRegistry"},
+                type="kubernetes.io/dockerconfigjson",
+                stringData={".dockerconfigjson": '{"auths": {}}'}),
+            "with the registry's name, kind and uid",
+        ),
+    }  # fmt: skip
+    for what, (body, message) in invented.items():
+        attempt = as_operator("create", "-f", "-", body=body)
+        assert attempt.returncode != 0, f"{what}: created"
+        assert message in attempt.stderr, (what, attempt.stderr)
+
+    # Its own, exactly as the code writes them (plan.desired_secrets in every format,
+    # publish.desired_config_map): created, updated, deleted.
+    ref = plan.RegistryRef("OCIRegistry", "corp", namespace, "00000000-0000-0000-0000-000000000002")
+    credential = Credential("basic", ("registry.example.com",), "robot", "s3cret")
     mine = [
-        obj("Secret", "pull", OURS, type="kubernetes.io/dockerconfigjson",
-            stringData={".dockerconfigjson": '{"auths": {}}'}),
-        obj("Secret", "pull-env", OURS, type="Opaque", stringData={"OCI_REGISTRY_TOKEN": "t"}),
-        obj("ConfigMap", "corp-charts", OURS, data={"index.yaml": "apiVersion: v1\n"}),
-    ]  # fmt: skip
+        s.body()
+        for s in plan.desired_secrets(ref, Targets(formats=list(Format)), credential, namespace)
+    ]
+    mine.append(publish.desired_config_map(ref, namespace, _Index(), "now"))  # type: ignore[arg-type]
     for body in mine:
+        body["metadata"].pop("ownerReferences", None)  # no such OCIRegistry object here
         kind, name = body["kind"].lower(), body["metadata"]["name"]
         created = as_operator("create", "-f", "-", body=body)
         assert created.returncode == 0, created.stderr

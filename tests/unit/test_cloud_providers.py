@@ -430,3 +430,49 @@ def test_ecr_answers_are_matched_to_accounts_by_endpoint() -> None:
         "222222222222"
     )
     assert ecr._account_of("https://public.ecr.aws") is None
+
+
+# ------------------------------------------------------------------ the provider boundary
+
+
+def test_any_exception_from_a_mint_is_a_failure_with_backoff() -> None:
+    clock, calls = Clock(), []
+    cache = MintCache(clock)
+
+    def broken() -> Credential:
+        calls.append(1)
+        "s3cret-\xff".encode("latin-1").decode("ascii")  # UnicodeDecodeError quoting the value
+        raise AssertionError("unreachable")
+
+    for _ in range(3):
+        with pytest.raises(ReconcileError) as caught:
+            cache.get(("webhook", "k"), "20%", broken)
+        assert caught.value.reason == "ProviderError"
+        assert caught.value.transient
+        assert "UnicodeDecodeError" in caught.value.message
+        assert "s3cret" not in caught.value.message
+    assert len(calls) == 1  # backing off: the provider is not asked on every tick
+    assert cache.errors["webhook"] == 1
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"Bearer \xff\xfe", "Bearer caf\u00e9".encode(), b"Bearer a\x00b", b"Bearer a\r\nX-Other: 1"],
+)
+def test_webhook_header_values_must_be_printable_ascii(value: bytes) -> None:
+    store = {("team", "hook-headers"): {"Authorization": value}}
+    ctx = ResolveContext(secrets_of(store), "team", True)
+    webhook_spec = spec(
+        {
+            "webhook": {
+                "url": "https://creds.example.com/token",
+                "headersSecretRef": {"name": "hook-headers"},
+            }
+        }
+    )
+    for _ in range(2):  # the same condition every time, never an exception
+        with pytest.raises(ReconcileError) as caught:
+            resolve(webhook_spec, ctx)
+        assert caught.value.reason == "InvalidSecret"
+        assert "Authorization" in caught.value.message
+        assert "Bearer" not in caught.value.message  # the value is the webhook's secret

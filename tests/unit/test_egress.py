@@ -189,6 +189,12 @@ def _raises(reason: str, call: Callable[[], object]) -> RegistryError:
         ("2002:7f00:1::1", True),  # 6to4 of 127.0.0.1 (Python calls it global)
         ("2002:a9fe:a9fe::1", True),  # 6to4 of the metadata address
         ("2001:0:4136:e378:8000:63bf:3fff:fdd2", True),  # Teredo
+        ("::ffff:0:808:808", False),  # SIIT IPv4-translated of a public address
+        ("::ffff:0:7f00:1", True),  # SIIT of 127.0.0.1 (Python calls it global)
+        ("::ffff:0:a9fe:a9fe", True),  # SIIT of the metadata address
+        ("::ffff:0:a00:1", True),  # SIIT of 10.0.0.1
+        ("fec0::1", True),  # deprecated site-local (Python calls it global)
+        ("feff::8.8.8.8", True),  # the top of fec0::/10
     ],
 )
 def test_refused_addresses_in_every_form(address: str, refused: bool) -> None:
@@ -373,6 +379,60 @@ def test_webhook_timeout_seconds_is_the_whole_budget(drips: Callable[..., Drip])
     assert caught.value.reason == "WebhookUnreachable"
     assert "within 1 s" in caught.value.message
     assert elapsed < 4, elapsed  # was 10 s and more
+
+
+@pytest.fixture
+def slow_dns(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A name whose lookup takes 3 s (a slow or hostile name server), then gives 127.0.0.1."""
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        if host == "slow.example":
+            time.sleep(3)
+            host = "127.0.0.1"
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return "slow.example"
+
+
+def test_a_slow_name_lookup_is_inside_the_total_deadline(
+    servers: Callable[..., Server], slow_dns: str
+) -> None:
+    registry = servers(lambda handler: _json(handler, {}))
+    client = RegistryClient(f"{slow_dns}:{registry.port}", tls=PLAIN, deadline=1)
+    started = time.monotonic()
+    error = _raises("Unreachable", client.ping)
+    elapsed = time.monotonic() - started
+    assert "within 1 s" in error.message
+    assert elapsed < 2, elapsed  # was 3 s: getaddrinfo cannot be interrupted
+    assert registry.requests == []
+
+
+def test_a_name_lookup_within_the_deadline_still_connects(
+    servers: Callable[..., Server], slow_dns: str
+) -> None:
+    registry = servers(lambda handler: _json(handler, {}))
+    with RegistryClient(f"{slow_dns}:{registry.port}", tls=PLAIN, deadline=5) as client:
+        assert client.ping() == "none"
+    assert len(registry.requests) == 1
+
+
+def test_the_webhooks_address_check_is_inside_its_timeout(slow_dns: str) -> None:
+    spec = RegistrySpec.model_validate(
+        {
+            "server": "registry.example.com",
+            "auth": {"webhook": {"url": f"https://{slow_dns}/c", "timeoutSeconds": 1}},
+        }
+    )
+    ctx = ResolveContext(lambda n, s: {}, "team", namespaced=True)
+    started = time.monotonic()
+    with pytest.raises(ReconcileError) as caught:
+        webhook.mint(spec, ctx, {})
+    elapsed = time.monotonic() - started
+    assert caught.value.reason == "WebhookUnreachable"
+    assert "within 1 s" in caught.value.message
+    assert elapsed < 2, elapsed  # was 3 s: the pre-check resolved before the budget began
 
 
 def test_nested_deadlines_end_no_later_than_the_outer_one() -> None:

@@ -396,6 +396,69 @@ def test_extends_problems_are_conditions(
     assert conditions(obj)["Ready"]["reason"] == reason
 
 
+@pytest.mark.parametrize("bases", [8, 9, 40])
+def test_extends_depth_is_capped_with_a_clear_condition(
+    kube: FakeKube, verified: Calls, bases: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # corp -> b1 -> ... -> bN: each base is one read per tick, so a long chain costs every
+    # object in it a read of the rest on every tick (N(N-1)/2 in all).
+    reads: list[str] = []
+    real = kube.read_registry
+    monkeypatch.setattr(kube, "read_registry", lambda k, n, ns: reads.append(n) or real(k, n, ns))
+    for i in range(1, bases):
+        kube.registries[f"b{i}"] = {"spec": {"extends": f"b{i + 1}"}}
+    kube.registries[f"b{bases}"] = {"spec": body()["spec"]}
+    obj = {"metadata": {"name": "corp", "generation": 1}, "spec": {"extends": "b1"}}
+    run(kube, obj, schedule.Memory(), now=0)
+    ready = conditions(obj)["Ready"]
+    if bases <= 8:  # reconcile.MAX_EXTENDS_DEPTH
+        assert ready["status"] == "True"
+        assert len(reads) == bases
+        return
+    assert ready["reason"] == "ExtendsTooDeep"
+    assert ready["message"].startswith("extends goes through more than 8 bases (corp -> b1 ->")
+    assert conditions(obj)["Stalled"]["status"] == "True"
+    assert len(reads) == 8  # the 9th base is never read
+
+
+def test_any_exception_from_a_provider_is_a_condition_with_backoff(
+    kube: FakeKube, verified: Calls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(spec: Any, ctx: Any) -> Any:
+        raise UnicodeEncodeError("latin-1", "Bearer \u00ff" + PASSWORD, 7, 8, "out of range")
+
+    monkeypatch.setattr(reconcile.providers, "resolve", broken)
+    obj = body()
+    first = run(kube, obj, schedule.Memory(), now=0)
+    ready = conditions(obj)["Ready"]
+    assert (ready["status"], ready["reason"]) == ("False", "ProviderError")
+    assert "UnicodeEncodeError" in ready["message"]
+    assert PASSWORD not in json.dumps(obj["status"])
+    assert first.events == [("Warning", "ProviderError", ready["message"])]
+    assert first.memory.retry_at > 5
+    second = run(kube, obj, first.memory, now=5)  # within the backoff: no new status or Event
+    assert (second.status, second.events) == (None, [])
+    assert second.memory.retry_at == first.memory.retry_at
+
+
+def test_a_webhook_header_that_is_not_latin_1_is_an_invalid_secret(
+    kube: FakeKube, verified: Calls
+) -> None:
+    # Was: UnicodeEncodeError from http.client on every tick, no condition, no backoff.
+    kube.put_secret("ocireg-system", "hook-headers", {})
+    kube.secrets[("ocireg-system", "hook-headers")]["data"] = {
+        "Authorization": base64.b64encode(b"Bearer \xff\xfe" + PASSWORD.encode()).decode()
+    }
+    webhook = {"url": "http://127.0.0.1:9/creds", "headersSecretRef": {"name": "hook-headers"}}
+    obj = body(auth={"webhook": webhook})
+    run(kube, obj, schedule.Memory(), now=0)
+    ready = conditions(obj)["Ready"]
+    assert (ready["status"], ready["reason"]) == ("False", "InvalidSecret")
+    assert "'Authorization' is not a usable HTTP header value" in ready["message"]
+    assert conditions(obj)["Stalled"]["status"] == "True"
+    assert PASSWORD not in json.dumps(obj["status"])
+
+
 def test_auth_is_replaced_whole_by_an_override() -> None:
     merged = reconcile.merge_specs(
         {"auth": {"basic": {"secretRef": {"name": "a"}}}, "tls": {"insecure": True}},

@@ -21,8 +21,10 @@ minted: no hot loop, whatever the provider says."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import random
 import threading
+import traceback
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, replace
@@ -32,6 +34,8 @@ from ..credential import Credential
 from ..errors import ReconcileError
 from ..models.durations import renew_margin
 from ..schedule import backoff
+
+log = logging.getLogger(__name__)
 
 MIN_RENEW_AFTER = dt.timedelta(seconds=20)
 # Renewing an already-expired credential again sooner would not help; say so and wait.
@@ -72,6 +76,20 @@ def renew_at(
         return issued_at + EXPIRED_RENEW_AFTER
     window = lifetime - renew_margin(renew_before, lifetime)
     return issued_at + max(MIN_RENEW_AFTER, window * (1 - jitter))
+
+
+def provider_failed(provider: str, error: BaseException) -> ReconcileError:
+    """The condition for an unexpected exception from a provider: its type only (the text
+    may quote a secret or an answer), retried with backoff. The log gets the type and where
+    it was raised (frames, not the message)."""
+    frames = "".join(traceback.format_tb(error.__traceback__))
+    log.warning("the %s provider raised %s:\n%s", provider, type(error).__name__, frames)
+    return ReconcileError(
+        "ProviderError",
+        f"the {provider} provider failed unexpectedly ({type(error).__name__}); retried with "
+        "backoff, see the operator's log",
+        transient=True,
+    )
 
 
 class MintCache:
@@ -149,16 +167,26 @@ class MintCache:
             failure = self._failures.get(key)
             if failure is not None and now < failure.retry_at:
                 raise failure.error  # still backing off: do not ask the provider again yet
+            provider = str(key[0]) if isinstance(key, tuple) else str(key)
             try:
                 credential = mint()
-            except ReconcileError as error:
+            except Exception as raised:
+                # Any exception, not only ReconcileError: one that escaped would skip the
+                # backoff (the provider asked again on every tick) and reach kopf with no
+                # condition. Only its type is kept: its text may quote the secret.
+                error = (
+                    raised
+                    if isinstance(raised, ReconcileError)
+                    else provider_failed(provider, raised)
+                )
                 count = failure.count + 1 if failure else 1
                 delay = backoff(count, error.retry_after)
                 self._failures[key] = Failure(error, count, now + dt.timedelta(seconds=delay))
-                provider = str(key[0]) if isinstance(key, tuple) else str(key)
                 self.errors[provider] += 1
                 metrics.MINT_ERRORS.labels(provider, error.reason).inc()
-                raise
+                if error is raised:
+                    raise
+                raise error from None
             self._failures.pop(key, None)
             issued = now
             expires = credential.expires_at

@@ -6,7 +6,8 @@ cluster network; for the namespaced kind the request obeys the operator's egress
 (ocireg.egress: public addresses only unless the operator allows ranges, checked when the
 host is resolved and again on the connected socket before a byte is sent, so DNS rebinding
 cannot lead the request, or the Secret's headers, to a refused address). `timeoutSeconds` is
-the whole budget of one call: connect, TLS, headers and the (capped) answer."""
+the whole budget of one call: name lookup and address check, connect, TLS, headers and the
+(capped) answer. Header values must be printable ASCII (InvalidSecret otherwise)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from ..errors import ReconcileError
 from ..models.cloud import WebhookAuth, WebhookFormat
 from ..models.spec import RegistrySpec
 from ..registry import parse_retry_after
+from ..registry.auth import header_safe
 from . import ResolveContext
 
 MAX_ANSWER_BYTES = 64 * 1024
@@ -144,14 +146,22 @@ def _headers(ctx: ResolveContext, auth: WebhookAuth) -> dict[str, str]:
     if auth.headers_secret_ref is None:
         return {}
     namespace, data = ctx.secret(auth.headers_secret_ref)
+    where = f"Secret {namespace}/{auth.headers_secret_ref.name}"
     headers = {}
     for key, value in data.items():
-        text = value.decode(errors="replace").strip()
-        if not set(key) <= _SAFE_HEADER or any(c in text for c in "\r\n"):
+        if not key or not set(key) <= _SAFE_HEADER:
+            raise ReconcileError(
+                "InvalidSecret", f"{where}: key {key!r} is not a usable HTTP header name"
+            )
+        # Printable ASCII only (header_safe): anything else http.client cannot encode
+        # (UnicodeEncodeError deep in the request) or mangles. Never quoted back: the value
+        # is the webhook's secret.
+        text = value.decode("utf-8", errors="replace").strip()
+        if not header_safe(text):
             raise ReconcileError(
                 "InvalidSecret",
-                f"Secret {namespace}/{auth.headers_secret_ref.name}: key {key!r} is not a "
-                "usable HTTP header",
+                f"{where}: the value of {key!r} is not a usable HTTP header value "
+                "(printable ASCII only: no control characters, line breaks or non-ASCII)",
             )
         headers[key] = text
     return headers
@@ -161,8 +171,6 @@ def mint(spec: RegistrySpec, ctx: ResolveContext, headers: dict[str, str]) -> Cr
     auth = spec.auth.webhook if spec.auth else None
     assert auth is not None
     allowed = ctx.config.egress_allowed_cidrs
-    if ctx.namespaced:
-        check_destination(auth.url, allowed)
     host = urlsplit(auth.url).hostname
     budget = float(auth.timeout_seconds)
     too_slow = ReconcileError(
@@ -176,6 +184,9 @@ def mint(spec: RegistrySpec, ctx: ResolveContext, headers: dict[str, str]) -> Cr
             egress.session(egress.EgressPolicy.for_object(ctx.namespaced, allowed)) as session,
             egress.deadline(budget) as deadline,
         ):
+            if ctx.namespaced:
+                # Inside the budget: the lookup is part of the call (egress.lookup).
+                check_destination(auth.url, allowed)
             try:
                 # Redirects could lead anywhere the first answer names: refuse them.
                 response = session.get(
