@@ -13,11 +13,9 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
 import socket
 import ssl
-import tempfile
 import threading
 import time
 import weakref
@@ -30,6 +28,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 
 from .. import egress
+from ..ca_bundle import MAX_CA_BUNDLE_BYTES
 from ..egress import UNRESTRICTED, EgressPolicy
 from .auth import (
     CLIENT_ID,
@@ -337,8 +336,9 @@ class RegistryClient:
         self._clock: Callable[[], float] = time.monotonic
         self._redact = Redactor(credentials.secret_values())
         self._problem: RegistryError | None = None  # raised by the first request
-        self._ca_file: str | None = None
-        self._verify: bool | str = True
+        # verify= for the registry and its token server: True, False or the CA bundle's
+        # context (egress.trust_context, loaded in memory).
+        self._verify: bool | ssl.SSLContext = True
         self._setup_tls()
         token = credentials.registry_token
         if token and not header_safe(token):
@@ -348,7 +348,7 @@ class RegistryClient:
                 "(non-ASCII or control characters); check the Secret's value",
             )
         self._finalizer = weakref.finalize(
-            self, _release, self._ca_file, self._session if self._owns_session else None
+            self, _release, self._session if self._owns_session else None
         )
 
     def _setup_tls(self) -> None:
@@ -367,12 +367,24 @@ class RegistryClient:
                 f"(no '{_PEM_CERT}' line); check the object tls.caBundleRef points to",
             )
             return
-        # requests wants a file; only this client reads it, so keep it private (mkstemp: 0600).
-        fd, path = tempfile.mkstemp(prefix="ocireg-ca-", suffix=".pem")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(tls.ca_bundle)
-        self._ca_file = path
-        self._verify = path
+        if len(tls.ca_bundle) > MAX_CA_BUNDLE_BYTES:  # read_ca_bundle refuses it first
+            self._problem = RegistryError(
+                "TLSError",
+                f"the CA bundle for the registry is larger than {MAX_CA_BUNDLE_BYTES // 1024} "
+                "KiB; reference only the CAs the registry needs",
+            )
+            return
+        # In memory, not a temporary file: one file per client (chart clients are kept per
+        # object) filled the pod's 64 MiB /tmp.
+        try:
+            self._verify = egress.trust_context(tls.ca_bundle)
+        except ssl.SSLError as error:
+            self._problem = RegistryError(
+                "TLSError",
+                "the CA bundle for the registry holds no usable PEM certificate "
+                f"({error.reason or type(error).__name__}); check the object tls.caBundleRef "
+                "points to",
+            )
 
     # ---------------------------------------------------------------- public properties
 
@@ -391,7 +403,7 @@ class RegistryClient:
         return self._rate_limit_remaining
 
     def close(self) -> None:
-        """Release the CA bundle file and, if this client created it, the HTTP session."""
+        """Release the HTTP session if this client created it."""
         self._finalizer()
 
     def __enter__(self) -> RegistryClient:
@@ -811,7 +823,7 @@ class RegistryClient:
         if self._problem is not None:
             problem = self._problem
             raise RegistryError(problem.reason, problem.message)  # type: ignore[arg-type]
-        verify: bool | str = self._verify if trusted else not self._tls.skip_verify
+        verify: bool | ssl.SSLContext = self._verify if trusted else not self._tls.skip_verify
         with self._lock:
             self._request_count += 1
         log.debug("%s %s", method, _loggable(url))
@@ -1204,9 +1216,6 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         stack.extend(x for x in linked if isinstance(x, BaseException))
 
 
-def _release(ca_file: str | None, session: requests.Session | None) -> None:
-    if ca_file:
-        with contextlib.suppress(OSError):
-            os.unlink(ca_file)
+def _release(session: requests.Session | None) -> None:
     if session is not None:
         session.close()
