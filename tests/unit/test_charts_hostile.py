@@ -188,6 +188,36 @@ def test_a_chart_config_blob_nested_too_deep_is_skipped_not_a_crash(fake: FakeRe
     assert state.status["skipped"] == 1
 
 
+def test_deeply_nested_answers_from_a_registry_are_registry_errors(fake: FakeRegistry) -> None:
+    """64 KiB of [[[ in an error body, a manifest or a tag page raised RecursionError, which
+    no caller expects (it escaped the reconcile's verify and the chart sync)."""
+    nested = b"[" * 60_000 + b"]" * 60_000
+    fake.push_chart("team/c", "1.0.0")
+    original = fake.dispatch
+
+    def dispatch(method: str, raw: str) -> tuple[int, dict[str, str], bytes]:
+        if raw.startswith("/v2/team/denied/"):
+            return 403, {}, nested
+        if raw.startswith("/v2/team/c/manifests/"):
+            return 200, {"Content-Type": "application/vnd.oci.image.manifest.v1+json"}, nested
+        if raw.startswith("/v2/team/c/tags/list"):
+            return 200, {"Content-Type": "application/json"}, b'{"tags": ' + nested + b"}"
+        return original(method, raw)
+
+    fake.dispatch = dispatch  # type: ignore[method-assign]
+    reasons = []
+    with RegistryClient(fake.host, tls=PLAIN) as client:
+        for call in (
+            lambda: client.list_tags("team/denied"),
+            lambda: client.get_manifest("team/c", "1.0.0"),
+            lambda: client.list_tags("team/c"),
+        ):
+            with pytest.raises(RegistryError) as raised:
+                call()
+            reasons.append(raised.value.reason)
+    assert reasons == ["PermissionDenied", "InvalidResponse", "InvalidResponse"]
+
+
 # --------------------------------------------------------------------------- finding 3
 
 

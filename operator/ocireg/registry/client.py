@@ -1036,7 +1036,7 @@ class RegistryClient:
         """(error codes, a short redacted summary) from a registry or OAuth2 error body."""
         try:
             body = json.loads(self._read_capped(resp, MAX_ERROR_BYTES, "error body"))
-        except (RegistryError, ValueError, UnicodeDecodeError):
+        except (RegistryError, ValueError, UnicodeDecodeError, RecursionError):
             return [], ""
         codes: list[str] = []
         parts: list[str] = []
