@@ -31,10 +31,15 @@ See docs/admission.md.
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
+import functools
+import hashlib
 import ipaddress
 import json
 import logging
+import pathlib
+import ssl
 import time
 from collections.abc import AsyncIterator, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -73,8 +78,27 @@ PARTIAL_METADATA: Final = "application/json;as=PartialObjectMetadata;g=meta.k8s.
 MAX_REVIEW_BYTES: Final = 256 * 1024
 _SERVICE_ACCOUNT_KIND: Final = {"group": "", "version": "v1", "kind": "ServiceAccount"}
 _SERVICE_ACCOUNT_RESOURCE: Final = {"group": "", "version": "v1", "resource": "serviceaccounts"}
-# Admission reads never queue behind reconciles on kopf's own thread pool.
-_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ocireg-admission")
+# Bounds on the port, which anyone who reaches it may call (review finding 4). Each accepted
+# connection costs up to ~0.6 MiB (Python's TLS buffer of 256 KiB, a body up to the cap), so
+# their number is capped before TLS is set up for them; one peer address gets a share only,
+# and when the port is full a newcomer takes the place of the oldest connection of the peer
+# holding the most, so a few hostile pods cannot keep the API server out.
+MAX_CONNECTIONS: Final = 32
+MAX_CONNECTIONS_PER_PEER: Final = 8
+# Requests being parsed and decided at once (the rest is answered 503 at once: with
+# failurePolicy Ignore the account is created unchanged and the watch adds the references),
+# and per peer address, so a flood of well-formed reviews from one pod leaves room for others.
+MAX_IN_FLIGHT: Final = 8
+MAX_IN_FLIGHT_PER_PEER: Final = 2
+# A connection must send a request's headers within this long of opening (or of the previous
+# answer); its TLS handshake and then the body each within the webhook's timeoutSeconds,
+# after which the API server has given up anyway.
+IDLE_SECONDS: Final = 15.0
+# Parsing and decisions run here, never on kopf's event loop, nor on kopf's pool behind
+# reconciles; one thread per request allowed in flight, so an admitted request never queues.
+_POOL = ThreadPoolExecutor(max_workers=MAX_IN_FLIGHT, thread_name_prefix="ocireg-admission")
+# The configuration keeper's writes, apart: a flood of reviews never delays them, nor they a review.
+_KEEPER_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ocireg-admission-config")
 
 
 # -- pure parts: the decision ------------------------------------------------------------------
@@ -459,10 +483,193 @@ class AdmissionAPI:
 # -- the webhook server -----------------------------------------------------------------------
 
 
+def parse_review(webhook: str | None, body: bytes) -> tuple[Any, str | None]:
+    """The review in a body and why it is not served (None: it is). On the admission pool:
+    256 KiB of JSON is milliseconds of CPU kopf's event loop would otherwise spend."""
+    try:
+        review = json.loads(body)
+    except (ValueError, RecursionError):  # deep nesting raises RecursionError, not ValueError
+        return None, "the body is not JSON"
+    return review, review_problem(webhook, review)
+
+
+def _peer(peername: Any) -> str:
+    return str(peername[0]) if isinstance(peername, tuple) and peername else "?"
+
+
+@dataclass
+class _Connection:
+    peer: str
+    transport: asyncio.BaseTransport
+    busy: int = 0  # requests of it being parsed or decided
+
+
+class Gate:
+    """Which connections and requests the webhook port takes (MAX_CONNECTIONS & co above).
+    Lives on the event loop: no locks."""
+
+    def __init__(
+        self,
+        connections: int = MAX_CONNECTIONS,
+        per_peer: int = MAX_CONNECTIONS_PER_PEER,
+        in_flight: int = MAX_IN_FLIGHT,
+        in_flight_per_peer: int = MAX_IN_FLIGHT_PER_PEER,
+    ) -> None:
+        self.limits = (connections, per_peer, in_flight, in_flight_per_peer)
+        self.open: dict[Any, _Connection] = {}  # by peername, oldest first
+        self.in_flight: dict[str, int] = {}  # by peer address
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.turned_away = 0  # connections refused or evicted, and reviews answered 503
+        self._logged = 0.0
+
+    def _purge(self) -> None:
+        for key in [k for k, c in self.open.items() if c.transport.is_closing()]:
+            del self.open[key]
+
+    def _note(self, what: str) -> None:
+        self.turned_away += 1
+        now = time.monotonic()
+        if now - self._logged >= 60:  # at most a line a minute, however hard the port is hit
+            self._logged = now
+            log.warning(
+                "admission: the webhook port is full (%s; %d turned away so far): a pod may be"
+                " flooding it, see docs/admission.md",
+                what,
+                self.turned_away,
+            )
+
+    def admit(self, transport: asyncio.BaseTransport) -> bool:
+        """Whether a connection just accepted may stay (False: close it, before any TLS)."""
+        most_connections, per_peer, _, _ = self.limits
+        self._purge()
+        peername = transport.get_extra_info("peername")
+        peer = _peer(peername)
+        mine = sum(1 for c in self.open.values() if c.peer == peer)
+        if mine >= per_peer:
+            self._note(f"{per_peer} connections from one address")
+            return False
+        if len(self.open) >= most_connections:
+            counts: dict[str, int] = {}
+            for c in self.open.values():
+                counts[c.peer] = counts.get(c.peer, 0) + 1
+            largest = max(counts, key=counts.__getitem__)
+            # The newcomer takes the oldest idle or unfinished connection of the peer holding
+            # the most, unless it would then hold the most itself.
+            victim = next(
+                (k for k, c in self.open.items() if c.peer == largest and not c.busy), None
+            )
+            if mine + 1 > counts[largest] or victim is None:
+                self._note(f"{most_connections} connections")
+                return False
+            self.open.pop(victim).transport.abort()
+            self._note(f"{most_connections} connections, the oldest of {largest} closed")
+        self.open[peername] = _Connection(peer, transport)
+        return True
+
+    def begin(self, peername: Any) -> bool:
+        """Whether a review whose body is read may be parsed and decided now."""
+        _, _, most, per_peer = self.limits
+        peer = _peer(peername)
+        if sum(self.in_flight.values()) >= most or self.in_flight.get(peer, 0) >= per_peer:
+            self._note("reviews in flight")
+            return False
+        self.in_flight[peer] = self.in_flight.get(peer, 0) + 1
+        if peername in self.open:
+            self.open[peername].busy += 1
+        return True
+
+    def end(self, peername: Any) -> None:
+        peer = _peer(peername)
+        left = self.in_flight.get(peer, 0) - 1
+        if left > 0:
+            self.in_flight[peer] = left
+        else:
+            self.in_flight.pop(peer, None)
+        if peername in self.open:
+            self.open[peername].busy -= 1
+
+    def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for connection in self.open.values():
+            connection.transport.abort()
+        self.open.clear()
+
+
+class _Guard(asyncio.Protocol):
+    """The first protocol of every accepted connection: the gate decides whether it stays,
+    and only then is TLS set up for it (asyncio's own TLS server would allocate its buffers
+    for every connection first) and aiohttp's request handler put behind it."""
+
+    def __init__(
+        self, gate: Gate, context: ssl.SSLContext, factory: Any, handshake_timeout: float
+    ) -> None:
+        self.gate, self.context = gate, context
+        self.factory, self.handshake_timeout = factory, handshake_timeout
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not self.gate.admit(transport):
+            transport.abort()
+            return
+        assert isinstance(transport, asyncio.Transport)
+        transport.pause_reading()  # start_tls resumes it, with TLS in between
+        task = asyncio.get_running_loop().create_task(self._upgrade(transport))
+        self.gate.tasks.add(task)
+        task.add_done_callback(self.gate.tasks.discard)
+
+    def data_received(self, data: bytes) -> None:  # reading is paused until TLS is set up
+        pass
+
+    async def _upgrade(self, transport: asyncio.Transport) -> None:
+        early = _Early()
+        try:
+            tls = await asyncio.get_running_loop().start_tls(
+                transport,
+                early,
+                self.context,
+                server_side=True,
+                ssl_handshake_timeout=self.handshake_timeout,
+                # A caller that never acknowledges our close holds its buffers 30 s otherwise.
+                ssl_shutdown_timeout=2.0,
+            )
+        except (OSError, TimeoutError, ConnectionError):  # a failed or slow handshake
+            transport.abort()
+            return
+        if tls is None or early.ended:
+            transport.abort()
+            return
+        handler = self.factory()
+        tls.set_protocol(handler)
+        handler.connection_made(tls)
+        if early.data:
+            handler.data_received(bytes(early.data))
+
+
+class _Early(asyncio.Protocol):
+    """What TLS delivers between the handshake's end and start_tls returning (a request sent
+    with the client's last handshake flight), kept for aiohttp's handler, which must see
+    connection_made first."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.ended = False
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+
+    def eof_received(self) -> bool:
+        self.ended = True
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ended = True
+
+
 class AdmissionServer(kopf.WebhookServer):
     """kopf's HTTPS webhook server, with a certificate made by ``cryptography`` (kopf's own
-    self-signed certificates need the optional certbuilder package) and, when a
-    configuration name is given, keeping that MutatingWebhookConfiguration pointed at it."""
+    self-signed certificates need the optional certbuilder package), its port bounded (the
+    Gate) and, when a configuration name is given, keeping that MutatingWebhookConfiguration
+    pointed at it."""
 
     def __init__(self, config: AdmissionConfig, api: AdmissionAPI | None = None) -> None:
         unspecified = config.address in ("", "0.0.0.0", "::")  # noqa: S104 - a comparison
@@ -477,6 +684,7 @@ class AdmissionServer(kopf.WebhookServer):
         )
         self.config = config
         self.api = api
+        self.gate = Gate()
 
     @staticmethod
     def build_certificate(
@@ -485,36 +693,118 @@ class AdmissionServer(kopf.WebhookServer):
         del password  # the key only ever sits in kopf's short-lived temporary file
         return self_signed_certificate(hostnames)
 
-    @staticmethod
-    async def _serve(fn: Any, request: aiohttp.web.Request) -> aiohttp.web.Response:
+    async def _serve(self, fn: Any, request: aiohttp.web.Request) -> aiohttp.web.Response:  # type: ignore[override]
         """kopf's request handling (kopf._kits.webhooks.WebhookServer._serve, which has no
-        size cap and passes any JSON on), with the body capped and the review checked by
-        `review_problem` before kopf's admission machinery sees it."""
-        body = await read_capped(request, MAX_REVIEW_BYTES)
+        size cap, no time limit and parses on the event loop), with the body capped and read
+        within the webhook's timeout, parsed and checked by `review_problem` on the
+        admission pool before kopf's admission machinery sees it, and past the gate's limits
+        answered 503 at once."""
         try:
-            review = json.loads(body)
-        except ValueError:
-            raise aiohttp.web.HTTPBadRequest(reason="the body is not JSON") from None
-        problem = review_problem(request.match_info.get("id"), review)
-        if problem is not None:
-            log.info("admission: refused a request from %s: %s", request.remote, problem)
-            raise aiohttp.web.HTTPBadRequest(reason=problem)
-        headers = dict(request.headers)
-        sslpeer = request.transport.get_extra_info("peercert") if request.transport else None
+            async with asyncio.timeout(self.config.timeout_seconds):
+                body = await read_capped(request, MAX_REVIEW_BYTES)
+        except TimeoutError:
+            log.info("admission: a request from %s sent its body too slowly", request.remote)
+            raise aiohttp.web.HTTPRequestTimeout(
+                reason="the body took too long", headers={"Connection": "close"}
+            ) from None
+        except ConnectionError:  # the caller went, or the gate closed it for a newcomer
+            raise aiohttp.web.HTTPBadRequest(reason="connection lost") from None
+        peername = request.transport.get_extra_info("peername") if request.transport else None
+        if not self.gate.begin(peername):
+            raise aiohttp.web.HTTPServiceUnavailable(
+                reason="too many reviews at once", headers={"Retry-After": "1"}
+            )
         try:
-            response = await fn(review, webhook=HANDLER_ID, sslpeer=sslpeer, headers=headers)
-        except Exception as error:  # kopf's WebhookError & co (our handler never raises)
-            log.warning("admission: request not served: %s", type(error).__name__)
-            raise aiohttp.web.HTTPBadRequest(reason="the review could not be served") from None
-        return aiohttp.web.json_response(response)
+            loop = asyncio.get_running_loop()
+            review, problem = await loop.run_in_executor(
+                _POOL, parse_review, request.match_info.get("id"), body
+            )
+            del body
+            if problem is not None:
+                log.info("admission: refused a request from %s: %s", request.remote, problem)
+                raise aiohttp.web.HTTPBadRequest(reason=problem)
+            headers = dict(request.headers)
+            sslpeer = request.transport.get_extra_info("peercert") if request.transport else None
+            try:
+                response = await fn(review, webhook=HANDLER_ID, sslpeer=sslpeer, headers=headers)
+            except Exception as error:  # kopf's WebhookError & co (our handler never raises)
+                log.warning("admission: request not served: %s", type(error).__name__)
+                raise aiohttp.web.HTTPBadRequest(reason="the review could not be served") from None
+            return aiohttp.web.json_response(response)
+        finally:
+            self.gate.end(peername)
+
+    async def _listen(self, fn: Any) -> AsyncIterator[dict[str, Any]]:
+        """kopf.WebhookServer.__call__ (serve; serve again when the certificate files
+        change), with the listening socket ours, so that the Gate sees every connection
+        before TLS or aiohttp spend anything on it."""
+        loop = asyncio.get_running_loop()
+
+        async def serve(request: aiohttp.web.Request) -> aiohttp.web.Response:
+            return await self._serve(fn, request)
+
+        while True:
+            cadata, context = self._build_ssl()
+            assert context is not None  # always HTTPS: the API server calls nothing else
+            self.gate = gate = Gate()
+            app = aiohttp.web.Application()
+            app.add_routes([aiohttp.web.post("/{id:.*}", serve)])
+            # keepalive_timeout also bounds the wait for a request's headers (aiohttp closes
+            # a connection idle that long, one that sends half a request line included).
+            runner = aiohttp.web.AppRunner(
+                app, handle_signals=False, keepalive_timeout=IDLE_SECONDS, lingering_time=1.0
+            )
+            await runner.setup()
+            server: asyncio.Server | None = None
+            try:
+                port = self.port or self._allocate_free_port()
+                handshake = float(self.config.timeout_seconds)
+                server = await loop.create_server(
+                    functools.partial(_Guard, gate, context, runner.server, handshake),
+                    self.addr or None,
+                    port,
+                    reuse_address=True,
+                    reuse_port=True,  # as kopf's: a restarted process may bind at once
+                )
+                host = self.host or self.DEFAULT_HOST or self._get_accessible_addr(self.addr)
+                client_config: dict[str, Any] = {"url": self._build_url("https", host, port, "")}
+                if cadata is not None:
+                    client_config["caBundle"] = base64.b64encode(cadata).decode("ascii")
+                yield client_config
+                await self._until_files_change()
+                log.info("admission: certificate files changed, serving them")
+            finally:
+                if server is not None:
+                    server.close()
+                gate.close()
+                await runner.cleanup()
+
+    async def _until_files_change(self) -> None:
+        """Return when the certificate files' content changes (mounted Secrets change no
+        mtime reliably); never, for a certificate made in memory."""
+        paths = [p for p in (self.certfile, self.pkeyfile, self.cafile) if p is not None]
+        if not paths:
+            await asyncio.Event().wait()
+
+        def digest() -> str:
+            hasher = hashlib.sha256()
+            for path in paths:
+                hasher.update(pathlib.Path(path).read_bytes())
+            return hasher.hexdigest()
+
+        first = digest()
+        while True:
+            await asyncio.sleep(self.file_check_interval)
+            if digest() != first:
+                return
 
     async def __call__(self, fn: Any) -> AsyncIterator[Any]:
-        # kopf yields again after restarting with renewed certificate files.
+        # _listen yields again after restarting with renewed certificate files.
         name = self.config.configuration if self.api is not None else None
         keeper: asyncio.Task[None] | None = None
         url: str | None = None
         try:
-            async for client_config in super().__call__(fn):
+            async for client_config in self._listen(fn):
                 url = webhook_url(client_config["url"])
                 log.info("admission webhook serving ServiceAccount creations at %s", url)
                 if keeper is not None:
@@ -543,7 +833,7 @@ async def _keep(api: AdmissionAPI, name: str, entry: dict[str, Any]) -> None:
     loop = asyncio.get_running_loop()
     while True:
         try:
-            result = await loop.run_in_executor(_POOL, api.ensure_configuration, name, entry)
+            result = await loop.run_in_executor(_KEEPER_POOL, api.ensure_configuration, name, entry)
         except ApiException as error:
             hint = " (the operator may not write it: see docs/admission.md)"
             log.error(
@@ -569,7 +859,7 @@ async def _remove(api: AdmissionAPI, name: str, url: str) -> None:
     loop = asyncio.get_running_loop()
     try:
         removed = await asyncio.wait_for(
-            loop.run_in_executor(_POOL, api.remove_entry, name, url), timeout=6
+            loop.run_in_executor(_KEEPER_POOL, api.remove_entry, name, url), timeout=6
         )
     except Exception as error:
         log.warning("admission: could not remove the webhook entry from %s: %r", name, error)

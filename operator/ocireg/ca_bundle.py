@@ -10,6 +10,10 @@ from .models.spec import CABundleRef
 
 ReadData = Callable[[str, str], Mapping[str, bytes] | None]
 
+# A registry's CA chain is a few KiB; a tenant's bundle is held in memory by every client
+# made for her object (kept per object for chart syncs), so it is bounded.
+MAX_CA_BUNDLE_BYTES = 256 * 1024
+
 
 def ca_bundle_namespace(ref: CABundleRef, default_namespace: str, namespaced: bool) -> str:
     """Where the bundle is read from. A tenant's (OCIRegistry) reference stays in its own
@@ -48,6 +52,14 @@ def read_ca_bundle(
         raise ReconcileError("SecretNotFound", f"{where} does not exist", stalls=True)
     if ref.key not in data:
         raise ReconcileError("KeyMissing", f"{where} has no key {ref.key!r}", stalls=True)
+    if len(data[ref.key]) > MAX_CA_BUNDLE_BYTES:
+        raise ReconcileError(
+            "InvalidCABundle",
+            f"{where} key {ref.key!r} is {len(data[ref.key]) // 1024} KiB, over the "
+            f"{MAX_CA_BUNDLE_BYTES // 1024} KiB a CA bundle may hold; keep only the CAs the "
+            "registry needs",
+            stalls=True,
+        )
     try:
         return data[ref.key].decode("utf-8")
     except UnicodeDecodeError:

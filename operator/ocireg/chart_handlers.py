@@ -28,7 +28,7 @@ from kubernetes.client.exceptions import ApiException
 from . import plan
 from .charts import publish
 from .charts.index import build_index, read_index
-from .charts.sync import RepoState, SyncProblem, seed, sync_charts
+from .charts.sync import RepoState, SyncProblem, sync_charts
 from .credential import Credential
 from .egress import UNRESTRICTED, EgressPolicy
 from .errors import ReconcileError
@@ -141,9 +141,11 @@ def _client(
     credential: Credential,
     tls: TLSOptions,
     egress_policy: EgressPolicy = UNRESTRICTED,
+    listing_namespace: str | None = None,
 ) -> RegistryClient:
     """The registry client, kept between syncs while nothing about the connection changes:
-    Bearer tokens and connections are reused."""
+    Bearer tokens and connections are reused. ``listing_namespace``: the tenant namespace
+    whose share of the listing memory its listings take (None: a cluster object's)."""
     key = _digest(
         server,
         credential.fingerprint_parts(),
@@ -151,6 +153,7 @@ def _client(
         tls.skip_verify,
         tls.ca_bundle,
         egress_policy,
+        listing_namespace,
     )
     if state.client is None or state.client_key != key:
         if state.client is not None:
@@ -162,7 +165,12 @@ def _client(
             registry_token=credential.registry_token,
         )
         state.client = RegistryClient(
-            server, creds, tls, user_agent="ocireg-charts", egress_policy=egress_policy
+            server,
+            creds,
+            tls,
+            user_agent="ocireg-charts",
+            egress_policy=egress_policy,
+            listing_namespace=listing_namespace,
         )
         state.client_key = key
     return state.client
@@ -171,16 +179,17 @@ def _client(
 def _seed(
     kube: Kube, ref: plan.RegistryRef, state: ChartState, namespace: str, server: str
 ) -> None:
-    """After a restart, start from the index we wrote before: unchanged repositories then
-    cost one request, and only versions new since then get Events."""
+    """After a restart, take from the index we wrote before only which (chart, version)
+    pairs it listed, so that Events go out only for versions new since. Chart metadata and
+    tag digests are read from the registry again: a tenant can rewrite the ConfigMap in her
+    namespace, and what the operator publishes must not come from it (a rewritten index was
+    an alias bomb that took the operator out of memory on every restart)."""
     state.seeded = True
     observed = kube.read_config_map_body(namespace, publish.config_map_name(ref.name))
     if observed is None or not publish.owns(ref, observed):
         return
-    text = (observed.get("data") or {}).get(publish.INDEX_KEY) or ""
-    versions = read_index(text, server)
-    state.repos = seed(versions, time.time())
-    state.known = publish.versions_of(versions)
+    text = (observed.get("data") or {}).get(publish.INDEX_KEY)
+    state.known = read_index(text if isinstance(text, str) else "", server) or None
 
 
 def run_sync(
@@ -218,7 +227,8 @@ def run_sync(
     try:
         if not state.seeded:
             _seed(kube, ref, state, namespace, server)
-        client = _client(state, server, credential, tls, egress_policy)
+        listing_namespace = ref.namespace if ref.namespaced else None
+        client = _client(state, server, credential, tls, egress_policy, listing_namespace)
         before = client.request_count
         result = sync_charts(
             client, spec.repository_prefix, charts, state.repos, page_size=_page_size()
@@ -231,6 +241,13 @@ def run_sync(
     except (ApiException, ReconcileError, ValueError, OSError) as error:
         log.warning("chart sync of %s failed: %s", ref.display, type(error).__name__)
         message = getattr(error, "message", None) or f"{type(error).__name__} while syncing charts"
+        state.condition = (False, "SyncFailed", message, generation)
+        state.status = publish.problem_status(old_status, _now())
+        state.next_at = now + min(interval, RETRY_SECONDS)
+        return Published()
+    except Exception as error:  # a bug or an input nothing expected: a condition, not a crash
+        log.exception("chart sync of %s failed", ref.display)
+        message = f"{type(error).__name__} while syncing charts; retrying"
         state.condition = (False, "SyncFailed", message, generation)
         state.status = publish.problem_status(old_status, _now())
         state.next_at = now + min(interval, RETRY_SECONDS)

@@ -30,6 +30,7 @@ import ipaddress
 import itertools
 import math
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -434,12 +435,38 @@ def _pool_classes(policy: EgressPolicy, check_peer: bool) -> dict[str, type[HTTP
     return {"http": Pool, "https": TLSPool}
 
 
+def trust_context(pem: str) -> ssl.SSLContext:
+    """A verifying TLS context that trusts exactly the PEM certificates in ``pem``, loaded in
+    memory (no temporary file: CA bundles written to /tmp filled the pod's small emptyDir).
+    Pass it as requests' ``verify=`` to a session from :func:`session`. Raises ssl.SSLError
+    when ``pem`` holds no usable certificate."""
+    return ssl.create_default_context(cadata=pem)
+
+
 class EgressAdapter(HTTPAdapter):
-    """requests' adapter with the egress policy and the deadline on every connection."""
+    """requests' adapter with the egress policy and the deadline on every connection; it also
+    takes an ssl.SSLContext (trust_context) as ``verify``, which plain requests cannot."""
 
     def __init__(self, policy: EgressPolicy) -> None:
         self.policy = policy
         super().__init__()
+
+    def build_connection_pool_key_attributes(
+        self, request: requests.PreparedRequest, verify: Any, cert: Any = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        if not isinstance(verify, ssl.SSLContext):
+            return super().build_connection_pool_key_attributes(request, verify, cert)
+        host, pool = super().build_connection_pool_key_attributes(request, True, cert)
+        pool["ssl_context"] = verify  # part of the pool key: no connection shared across trusts
+        return host, pool
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        if not isinstance(verify, ssl.SSLContext):
+            super().cert_verify(conn, url, verify, cert)
+            return
+        # No ca_certs: urllib3 would add that file (requests' default bundle) to the context.
+        super().cert_verify(conn, url, False, cert)
+        conn.cert_reqs = "CERT_REQUIRED"
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
@@ -523,4 +550,5 @@ __all__ = [
     "parse_cidrs",
     "read_capped",
     "session",
+    "trust_context",
 ]

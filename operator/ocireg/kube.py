@@ -225,23 +225,6 @@ class WatchSource:
                     self.limit,
                 )
 
-
-# Objects per list page. Secrets and ServiceAccounts are what a tenant can fatten (1 MiB of
-# data, annotations) and label for our watches: few per page, so a page stays near or below
-# MAX_ANSWER_BYTES without being asked for again.
-PAGES = {"secrets": 8, "serviceaccounts": 50, "namespaces": 500}
-
-
-def list_all(lister: Callable[..., Any], page: int, **query: Any) -> list[dict[str, Any]]:
-    """Every item of a list call, in pages (the index's WatchSource, bounded per answer)."""
-    source, items, token = WatchSource(lister, page, **query), [], None
-    while True:
-        answer = source.page(token)
-        items += answer.get("items") or []
-        token = (answer.get("metadata") or {}).get("continue")
-        if not token:
-            return items
-
     def watch(self, resource_version: str, timeout: int) -> Iterator[dict[str, Any]]:
         response = self.lister(
             **self.selector,
@@ -259,6 +242,23 @@ def list_all(lister: Callable[..., Any], page: int, **query: Any) -> list[dict[s
         finally:
             response.close()
             response.release_conn()
+
+
+# Objects per list page. Secrets and ServiceAccounts are what a tenant can fatten (1 MiB of
+# data, annotations) and label for our watches: fewer per page (a page past MAX_ANSWER_BYTES
+# is asked for again with half as many, so this is the most per page, not the bound).
+PAGES = {"secrets": 25, "serviceaccounts": 50, "namespaces": 500}
+
+
+def list_all(lister: Callable[..., Any], page: int, **query: Any) -> list[dict[str, Any]]:
+    """Every item of a list call, in pages (the index's WatchSource, bounded per answer)."""
+    source, items, token = WatchSource(lister, page, **query), [], None
+    while True:
+        answer = source.page(token)
+        items += answer.get("items") or []
+        token = (answer.get("metadata") or {}).get("continue")
+        if not token:
+            return items
 
 
 def _state(observed: dict[str, Any] | SecretState | None) -> SecretState | None:

@@ -169,3 +169,24 @@ def test_the_stall_rule_said_where_the_error_is_raised_wins() -> None:
     assert {c["type"]: c["status"] for c in status["conditions"]}["Stalled"] == "True"
     status = reconcile._failure_status(retries, 1, {}, 10)
     assert {c["type"]: c["status"] for c in status["conditions"]}["Stalled"] == "False"
+
+
+@pytest.mark.parametrize("kind", ["secret", "configMap"])
+def test_an_oversized_ca_bundle_is_stalled_and_the_secret_is_kept(kube: CAKube, kind: str) -> None:
+    kube.put_raw_secret("team-a", "corp-ca", {"ca.crt": PEM.encode()})
+    kube.config_maps[("team-a", "corp-ca")] = {"ca.crt": PEM}
+    obj = body({kind: "corp-ca"}, namespace="team-a")
+    obj["spec"].pop("targets", None)
+    run(kube, TENANT, obj)
+    assert conditions(obj)["Ready"]["status"] == "True"
+    written = dict(kube.secrets[("team-a", "corp")]["data"])
+
+    huge = PEM * (300 * 1024 // len(PEM) + 1)  # 300 KiB of certificates
+    kube.put_raw_secret("team-a", "corp-ca", {"ca.crt": huge.encode()})
+    kube.config_maps[("team-a", "corp-ca")] = {"ca.crt": huge}
+    run(kube, TENANT, obj, now=10)
+    cond = conditions(obj)
+    assert cond["Ready"]["reason"] == "InvalidCABundle"
+    assert "over the 256 KiB a CA bundle may hold" in cond["Ready"]["message"]
+    assert (cond["Stalled"]["status"], cond["Stalled"]["reason"]) == ("True", "InvalidCABundle")
+    assert kube.secrets[("team-a", "corp")]["data"] == written

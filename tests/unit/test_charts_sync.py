@@ -20,7 +20,6 @@ from ocireg.charts.metadata import HELM_CHART_LAYER, HELM_CONFIG
 from ocireg.charts.sync import (
     REVALIDATE_SECONDS,
     SyncProblem,
-    seed,
     sync_charts,
 )
 from ocireg.models.charts import Charts
@@ -434,13 +433,12 @@ def test_an_image_index_under_a_version_tag_is_skipped(fake: FakeRegistry) -> No
     assert result.repos["charts/app"].skipped == 1
 
 
-def test_seeded_state_spares_every_known_manifest(fake: FakeRegistry) -> None:
+def test_known_state_spares_every_known_manifest(fake: FakeRegistry) -> None:
     fake.push_chart("charts/app", "1.0.0")
     spec = charts(repositories=["charts/app"])
     with fake.client() as client:
-        first = sync_charts(client, None, spec, {})
-        known = seed(first.repos["charts/app"].versions, checked_at=1e12)
+        first = sync_charts(client, None, spec, {}, now=lambda: 1e12)
         fake.hits.clear()
-        again = sync_charts(client, None, spec, known, now=lambda: 1e12)
+        again = sync_charts(client, None, spec, first.repos, now=lambda: 1e12)
     assert fake.total() == 1
     assert again.repos["charts/app"].versions == first.repos["charts/app"].versions

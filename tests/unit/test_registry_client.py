@@ -14,6 +14,7 @@ import pickle
 import re
 import socket
 import ssl
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -1059,16 +1060,44 @@ def test_untrusted_certificate_is_a_tls_error(tls_fake: FakeRegistry) -> None:
     assert not error.transient
 
 
-def test_ca_bundle_is_trusted_and_cleaned_up(
+def test_ca_bundle_is_trusted_in_memory_without_a_file(
+    tls_fake: FakeRegistry,
+    ca: CertificateAuthority,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each client used to write its bundle to /tmp (an emptyDir of 64 MiB in the pod): 8
+    # clients with 1 MiB bundles held 8 MiB until closed.
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    clients = [tls_fake.client(tls=TLSOptions(ca_bundle=ca.cert_pem.decode())) for _ in range(8)]
+    assert all(client.ping() == "none" for client in clients)
+    assert list(scratch.iterdir()) == []
+    for client in clients:
+        client.close()
+
+
+def test_a_ca_bundle_trusts_only_its_own_certificates(tls_fake: FakeRegistry) -> None:
+    # The context holds the bundle alone: requests' default CAs are not added to it.
+    other = CertificateAuthority("another CA").cert_pem.decode()
+    with tls_fake.client(tls=TLSOptions(ca_bundle=other)) as client:
+        raises("TLSError", client.ping)
+        assert client._verify.cert_store_stats()["x509_ca"] == 1
+
+
+def test_an_oversized_or_broken_ca_bundle_is_a_tls_error_before_any_request(
     tls_fake: FakeRegistry, ca: CertificateAuthority
 ) -> None:
-    client = tls_fake.client(tls=TLSOptions(ca_bundle=ca.cert_pem.decode()))
-    ca_file = client._ca_file
-    assert ca_file is not None
-    assert os.stat(ca_file).st_mode & 0o077 == 0
-    assert client.ping() == "none"
-    client.close()
-    assert not os.path.exists(ca_file)
+    huge = ca.cert_pem.decode() * (300 * 1024 // len(ca.cert_pem) + 1)
+    with tls_fake.client(tls=TLSOptions(ca_bundle=huge)) as client:
+        error = raises("TLSError", client.ping)
+    assert "larger than 256 KiB" in error.message
+    broken = "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n"
+    with tls_fake.client(tls=TLSOptions(ca_bundle=broken)) as client:
+        error = raises("TLSError", client.ping)
+    assert "no usable PEM certificate" in error.message
+    assert tls_fake.requests == []
 
 
 def test_other_ca_bundle_is_not_trusted(tls_fake: FakeRegistry) -> None:

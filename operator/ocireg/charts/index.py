@@ -156,7 +156,9 @@ def bounded_entry(
     entry = v.entry(server)
     left_out: list[str] = []
     for cut in (*_CUTS, None):
-        if len(json.dumps(entry)) <= 2 * MAX_ENTRY_BYTES:
+        if _within_size(entry, 2 * MAX_ENTRY_BYTES) and len(json.dumps(entry)) <= (
+            2 * MAX_ENTRY_BYTES
+        ):
             chunk = _entry_chunk(entry)
             if len(chunk) <= MAX_ENTRY_BYTES:
                 return entry, chunk, tuple(left_out)
@@ -166,6 +168,25 @@ def bounded_entry(
         left_out += gone
         entry = {k: value for k, value in entry.items() if k not in cut}
     return None, "", tuple(left_out)
+
+
+def _within_size(value: Any, limit: int) -> bool:
+    """Whether ``value`` (JSON-like) takes at most about ``limit`` characters, found by a walk
+    that stops as soon as it is over (shared or deeply nested objects never get serialised
+    whole) and refuses nesting deeper than MAX_READ_DEPTH + 2."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    left = limit
+    while stack:
+        item, depth = stack.pop()
+        left -= len(item) + 4 if isinstance(item, str) else 8
+        if left < 0 or depth > MAX_READ_DEPTH + 2:
+            return False
+        if isinstance(item, dict):
+            stack.extend((k, depth + 1) for k in item)
+            stack.extend((x, depth + 1) for x in item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend((x, depth + 1) for x in item)
+    return True
 
 
 # The C emitter when PyYAML has libyaml (the same output, about 50 times faster).
@@ -199,39 +220,56 @@ def _order(v: IndexedVersion) -> tuple[Any, ...]:
     return (1, parsed.sort_key()) if parsed else (0, v.version)
 
 
-def read_index(text: str, server: str) -> list[IndexedVersion]:
-    """The versions of an index.yaml we wrote before, to pick up where a restart left off.
-    Entries that are not ours (another server, unreadable) are left out."""
+# index.yaml as we write it nests 6 levels (entries, chart, list, entry, urls/dependencies,
+# a dependency's fields); deeper, or with aliases, it was not written by us.
+MAX_READ_DEPTH: Final = 8
+_LOADER: Final = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Untrusted(ValueError):
+    pass
+
+
+def _load_bounded(text: str, max_bytes: int = MAX_INDEX_BYTES * 2) -> Any:
+    """A YAML document that can cost no more than its size: refused when over ``max_bytes``,
+    when it holds an anchor or alias (a few hundred bytes of nested aliases expand to
+    gigabytes) or nests deeper than MAX_READ_DEPTH (a RecursionError in the composer). The
+    events are checked first, then the text is composed; both passes run in libyaml."""
+    if len(text) > max_bytes:
+        raise _Untrusted("over the size limit")
+    depth = 0
+    for event in yaml.parse(text, Loader=_LOADER):
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise _Untrusted("an alias or anchor")
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_READ_DEPTH:
+                raise _Untrusted("nested too deep")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+    return yaml.load(text, Loader=_LOADER)  # noqa: S506 - a safe loader
+
+
+def read_index(text: str, server: str) -> set[tuple[str, str]]:
+    """The (chart, version) pairs of an index.yaml we wrote before for ``server``, so that
+    after a restart Events go out only for versions new since. Nothing else is taken from
+    it: the ConfigMap sits in the tenant's namespace, where she can rewrite it, so chart
+    metadata always comes from the registry again. Anything unreadable, too big, too deep or
+    with aliases reads as nothing (the first sync then announces its versions in one
+    summary Event)."""
     try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return []
+        document = _load_bounded(text)
+    except Exception:  # any failure here only means "no previous index"
+        return set()
     entries = document.get("entries") if isinstance(document, dict) else None
-    found = []
+    found: set[tuple[str, str]] = set()
     prefix = f"oci://{server}/"
-    for rows in entries.values() if isinstance(entries, dict) else ():
+    for name, rows in entries.items() if isinstance(entries, dict) else ():
         for entry in rows if isinstance(rows, list) else ():
             if not isinstance(entry, dict):
                 continue
-            urls, digest, version = entry.get("urls"), entry.get("digest"), entry.get("version")
+            urls, version = entry.get("urls"), entry.get("version")
             url = urls[0] if isinstance(urls, list) and urls else None
-            if not (isinstance(url, str) and url.startswith(prefix)):
-                continue
-            repository, _, tag = url[len(prefix) :].rpartition(":")
-            if not (repository and tag and isinstance(digest, str) and isinstance(version, str)):
-                continue
-            created = entry.get("created")
-            metadata = {
-                k: v for k, v in entry.items() if k not in ("urls", "digest", "created", "version")
-            }
-            found.append(
-                IndexedVersion(
-                    repository,
-                    tag,
-                    version,
-                    digest,
-                    created if isinstance(created, str) else None,
-                    metadata,
-                )
-            )
+            if isinstance(name, str) and isinstance(version, str) and str(url).startswith(prefix):
+                found.add((name, version))
     return found

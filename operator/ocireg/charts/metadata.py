@@ -81,7 +81,7 @@ def chart_metadata(blob: bytes) -> dict[str, Any]:
     name, version, appVersion, description, type, icon, dependencies and a few more."""
     try:
         raw = json.loads(blob)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting: not Chart.yaml
         raise BadChart("the chart's config blob is not JSON") from None
     if not isinstance(raw, dict):
         raise BadChart("the chart's config blob is not a JSON object")

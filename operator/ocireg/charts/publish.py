@@ -198,7 +198,8 @@ def report(
 
 
 # Reasons in status.charts.errors that describe the index, not a repository that failed.
-_NOTES: Final = frozenset({"DuplicateChart", "EntryTrimmed", "EntryTooLarge"})
+# TagsNotChecked: the request budget ran out; the next syncs go on (no failure).
+_NOTES: Final = frozenset({"DuplicateChart", "EntryTrimmed", "EntryTooLarge", "TagsNotChecked"})
 
 
 def _trimmed(index: Index, prefix: str | None) -> list[dict[str, str]]:

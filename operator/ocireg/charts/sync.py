@@ -1,12 +1,17 @@
 """Reading the charts a registry holds, incrementally.
 
 Per repository a sync costs one tags/list call (one per page), then a manifest and a config
-blob only for version tags it has not seen. Known tags are trusted for REVALIDATE_SECONDS and
-then re-checked with one HEAD each, so an unchanged resync costs about one request per
-repository. The trade-off: a chart version re-pushed over an existing tag (Helm versions
-are meant to be immutable) shows its new digest within a day, not at the next sync. Cheaper
-checks do not exist: the tag list carries no digests, and HEAD-ing every kept tag would
-cost `keep` requests per repository per sync.
+blob only for version tags it has not seen, at most MANIFESTS_PER_KEPT x keep manifest
+requests (tags that are not charts never count towards keep: 400 image tags would otherwise
+cost 400 requests a sync); what it checked is remembered, so the next sync goes on from
+there. The whole sync ends within SYNC_DEADLINE, so no registry holds a chart worker longer.
+
+Known tags are trusted for REVALIDATE_SECONDS and then re-checked with one HEAD each, so
+an unchanged resync costs about one request per repository. The trade-off: a chart version
+re-pushed over an existing tag (Helm versions are meant to be immutable) shows its new
+digest within a day, not at the next sync. Cheaper checks do not exist: the tag list
+carries no digests, and HEAD-ing every kept tag would cost `keep` requests per repository
+per sync.
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Final, TypeVar
 
+from .. import egress
 from ..models.charts import Charts
 from ..registry import RegistryClient, RegistryError
 from .index import IndexedVersion
@@ -35,6 +41,11 @@ MAX_INLINE_WAIT: Final = 10.0
 # Stop when the registry says this few requests are left in its window (Docker Hub counts
 # pulls): the cluster's own image pulls need them more than the index does.
 RATE_LIMIT_RESERVE: Final = 10
+# One sync's total deadline (the listing deadline is 120 s, a request's 30 s): a registry that
+# answers slowly on purpose holds a chart worker at most this long per interval.
+SYNC_DEADLINE: Final = 300.0
+# Manifest requests (GET or HEAD) per repository and sync, per version kept.
+MANIFESTS_PER_KEPT: Final = 4
 
 
 class SyncProblem(Exception):
@@ -61,6 +72,7 @@ class RepoState:
     versions: list[IndexedVersion] = field(default_factory=list)  # selected, newest first
     skipped: int = 0
     error: tuple[str, str] | None = None  # (reason, message) of the last sync
+    unchecked: int = 0  # version tags left for the next syncs (request budget spent)
 
 
 @dataclass(frozen=True)
@@ -134,9 +146,12 @@ def sync_charts(
     now: Callable[[], float] = time.time,
     sleep: Callable[[float], None] = time.sleep,
     workers: int = WORKERS,
+    deadline: float = SYNC_DEADLINE,
 ) -> SyncResult:
     """Read every chart repository, reusing ``known`` (repository -> state from the last
-    sync, not modified). Raises SyncProblem when nothing can be read at all."""
+    sync, not modified), all within ``deadline`` seconds. Raises SyncProblem when nothing
+    can be read at all."""
+    ends_at = time.monotonic() + deadline
     versions = charts.effective_versions
     try:
         constraint = Constraint(versions.constraint)
@@ -146,26 +161,39 @@ def sync_charts(
     repositories = [full_path(prefix, r) for r in charts.repositories]
     note, reason = None, "NoRepositories"
     if charts.discover:
-        found, note, reason = _discover(session, prefix, page_size)
+        with egress.deadline(deadline):
+            found, note, reason = _discover(session, prefix, page_size)
         repositories.extend(found)
     repositories = list(dict.fromkeys(repositories))
     if not repositories:
         raise SyncProblem(reason, note or "no chart repositories: list them in charts.repositories")
 
     def one(repository: str) -> RepoState:
-        return _sync_repository(
-            session,
-            repository,
-            known.get(repository) or RepoState(),
-            constraint,
-            versions.keep,
-            page_size,
-            now,
-        )
+        old = known.get(repository) or RepoState()
+        late = ("SyncDeadline", _late(deadline))
+        left = ends_at - time.monotonic()
+        if left <= 0:
+            return _carry_over(old, late)
+        # Every request this thread makes ends by the sync's deadline (egress is per thread).
+        with egress.deadline(left):
+            state = _sync_repository(
+                session, repository, old, constraint, versions.keep, page_size, now
+            )
+        if state.error is not None and time.monotonic() >= ends_at:
+            state = _carry_over(old, late)  # name the sync's deadline, not the request's
+        return state
 
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(repositories)))) as pool:
         states = list(pool.map(one, repositories))
     return SyncResult(dict(zip(repositories, states, strict=True)), note, session.retry_after)
+
+
+def _late(deadline: float) -> str:
+    return (
+        f"the chart sync's total deadline ({deadline:g} s) passed before this repository "
+        "was read; it is read again at the next sync (the registry may be slow or dripping "
+        "its answers)"
+    )
 
 
 # Catalog failures that are not the registry declining the catalog API: the condition
@@ -220,17 +248,23 @@ def _sync_repository(
 ) -> RepoState:
     client = session.client
     state = RepoState()
+    budget = MANIFESTS_PER_KEPT * keep
+    used = 0
     try:
         tags = session.call(lambda: client.list_tags(repository, page_size))
         for tag, version in candidates(tags, constraint):
             if len(state.versions) >= keep:
                 break
-            known = _resolve(session, repository, tag, version.text, old.tags.get(tag), now)
-            state.tags[tag] = known
-            if known.version is None:
-                state.skipped += 1
-            else:
-                state.versions.append(known.version)
+            previous = old.tags.get(tag)
+            fresh = previous is not None and now() - previous.checked_at < REVALIDATE_SECONDS
+            if used >= budget and not fresh:
+                if previous is not None:  # known but due for a check: keep it until then
+                    _keep(state, tag, previous)
+                else:
+                    state.unchecked += 1
+                continue
+            used += 0 if fresh else 1
+            _keep(state, tag, _resolve(session, repository, tag, version.text, previous, now))
     except _Halt:
         # Keep what we had; the next sync picks up from there.
         state = _carry_over(old, ("RateLimited", "the registry asked to slow down; retrying later"))
@@ -238,11 +272,27 @@ def _sync_repository(
         state = _carry_over(old, (error.reason, error.message))
     except ValueError as error:  # an invalid repository name or reference
         state = _carry_over(old, ("InvalidRepository", str(error)))
+    else:
+        if state.unchecked:
+            state.error = (
+                "TagsNotChecked",
+                f"{state.unchecked} version tag(s) not checked yet: a sync reads at most "
+                f"{budget} manifests per repository ({MANIFESTS_PER_KEPT} x keep), and tags "
+                "that are not charts count too; the next syncs go on from here",
+            )
     return state
 
 
+def _keep(state: RepoState, tag: str, known: KnownTag) -> None:
+    state.tags[tag] = known
+    if known.version is None:
+        state.skipped += 1
+    else:
+        state.versions.append(known.version)
+
+
 def _carry_over(old: RepoState, error: tuple[str, str]) -> RepoState:
-    return RepoState(dict(old.tags), list(old.versions), old.skipped, error)
+    return RepoState(dict(old.tags), list(old.versions), old.skipped, error, old.unchecked)
 
 
 def _resolve(
@@ -275,14 +325,3 @@ def _resolve(
     return KnownTag(
         digest, now(), IndexedVersion(repository, tag, version, digest, chart.created, metadata)
     )
-
-
-def seed(versions: Iterable[IndexedVersion], checked_at: float) -> dict[str, RepoState]:
-    """Known state rebuilt from a previously written index (after a restart), so the first
-    sync does not read every manifest again."""
-    repos: dict[str, RepoState] = {}
-    for v in versions:
-        state = repos.setdefault(v.repository, RepoState())
-        state.tags[v.tag] = KnownTag(v.digest, checked_at, v)
-        state.versions.append(v)
-    return repos

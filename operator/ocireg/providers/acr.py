@@ -10,7 +10,7 @@ import binascii
 import contextlib
 import datetime as dt
 import json
-import tempfile
+import ssl
 from collections.abc import Iterator
 from typing import Any
 
@@ -113,19 +113,24 @@ def _cause(error: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _verify_option(tls: TLSOptions) -> Iterator[bool | str]:
-    """requests' verify= for the registry's TLS options (a CA bundle goes through a private
-    temporary file, removed afterwards)."""
+def _verify_option(tls: TLSOptions) -> Iterator[bool | ssl.SSLContext]:
+    """requests' verify= for the registry's TLS options (a CA bundle is loaded in memory,
+    egress.trust_context: no temporary file)."""
     if tls.skip_verify:
         yield False
         return
     if not tls.ca_bundle:
         yield True
         return
-    with tempfile.NamedTemporaryFile("w", suffix=".pem") as bundle:
-        bundle.write(tls.ca_bundle)
-        bundle.flush()
-        yield bundle.name
+    try:
+        context = egress.trust_context(tls.ca_bundle)
+    except ssl.SSLError:
+        raise ReconcileError(
+            "TLSError",
+            "the CA bundle for the registry holds no usable PEM certificate; check the object "
+            "tls.caBundleRef points to",
+        ) from None
+    yield context
 
 
 def _exchange(
@@ -133,7 +138,7 @@ def _exchange(
     registry: str,
     tenant: str | None,
     access_token: str,
-    verify: bool | str,
+    verify: bool | ssl.SSLContext,
     policy: egress.EgressPolicy = egress.UNRESTRICTED,
 ) -> str:
     form = {"grant_type": "access_token", "service": registry, "access_token": access_token}

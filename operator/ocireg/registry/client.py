@@ -13,11 +13,9 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
 import socket
 import ssl
-import tempfile
 import threading
 import time
 import weakref
@@ -30,6 +28,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 
 from .. import egress
+from ..ca_bundle import MAX_CA_BUNDLE_BYTES
 from ..egress import UNRESTRICTED, EgressPolicy
 from .auth import (
     CLIENT_ID,
@@ -75,9 +74,17 @@ MAX_TAGS: Final = 100_000
 # the whole process, so that concurrency cannot multiply the caps above past the pod limit
 # (256 MiB, about 100 MiB of it the operator itself): a listing holds ~4 bytes of memory per
 # byte read (the body, its decoded text, the growing buffer) plus ~160 per entry kept, at
-# most 16 MiB x 4 + 100,000 x 160 = 79 MiB. When the budget is spent a listing stops with a
-# transient AnswerTooLarge and is retried at the next sync; small listings never notice it.
+# most 16 MiB x 4 + 100,000 x 160 = 79 MiB. First come, first served let one slow tenant
+# registry hold all of it, so tenants have a part: tenant objects' listings hold at most
+# TENANT_LISTING_MEMORY together and one namespace's at most half of that (a listing bigger
+# than that is refused, naming the limit), which always leaves CLUSTER_LISTING_MEMORY to
+# cluster objects (the platform team's, which may use all of it). A listing that finds its
+# part full waits for room within its request's deadline, then stops with a transient
+# AnswerTooLarge (retried at the next sync). Small listings never notice any of it.
 LISTING_MEMORY: Final = 128 * 1024 * 1024
+CLUSTER_LISTING_MEMORY: Final = 48 * 1024 * 1024
+TENANT_LISTING_MEMORY: Final = LISTING_MEMORY - CLUSTER_LISTING_MEMORY
+NAMESPACE_LISTING_MEMORY: Final = TENANT_LISTING_MEMORY // 2
 _BYTES_PER_BYTE_READ: Final = 4
 _BYTES_PER_ENTRY: Final = 160
 # Chart discovery syncs every repository the catalog names; more than this is not a chart
@@ -134,30 +141,66 @@ _BASE = _Target("base")
 
 
 class _MemoryBudget:
-    """Bytes the process lets listings hold at once (LISTING_MEMORY)."""
+    """Bytes listings hold at once: ``namespace`` None is a cluster object's listing (counted
+    in the whole only), a namespace's counts against the whole, the tenants' part and that
+    namespace's share."""
 
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.used = 0
-        self._lock = threading.Lock()
+    def __init__(
+        self,
+        total: int = LISTING_MEMORY,
+        tenants: int = TENANT_LISTING_MEMORY,
+        namespace: int = NAMESPACE_LISTING_MEMORY,
+    ) -> None:
+        self.total, self.tenants, self.namespace = total, tenants, namespace
+        self._used: dict[tuple[str, str | None], int] = {}
+        self._cond = threading.Condition()
 
-    def take(self, amount: int) -> bool:
-        with self._lock:
-            if self.used + amount > self.total:
-                return False
-            self.used += amount
+    @property
+    def used(self) -> int:
+        with self._cond:
+            return self._used.get(("all", None), 0)
+
+    def _parts(self, namespace: str | None) -> list[tuple[tuple[str, str | None], int]]:
+        parts = [(("all", None), self.total)]
+        if namespace is not None:
+            parts += [(("tenants", None), self.tenants), (("namespace", namespace), self.namespace)]
+        return parts
+
+    def limit(self, namespace: str | None) -> int:
+        return min(cap for _, cap in self._parts(namespace))
+
+    def take(self, amount: int, namespace: str | None = None, until: float | None = None) -> bool:
+        """Take ``amount`` bytes, waiting for room until the monotonic time ``until`` (no
+        wait when None); False when there was none by then."""
+        parts = self._parts(namespace)
+        with self._cond:
+            while any(self._used.get(key, 0) + amount > cap for key, cap in parts):
+                left = until - time.monotonic() if until is not None else 0.0
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 1.0))
+            for key, _ in parts:
+                self._used[key] = self._used.get(key, 0) + amount
             return True
 
-    def give(self, amount: int) -> None:
-        with self._lock:
-            self.used -= amount
+    def give(self, amount: int, namespace: str | None = None) -> None:
+        with self._cond:
+            for key, _ in self._parts(namespace):
+                left = self._used.get(key, 0) - amount
+                if left > 0:
+                    self._used[key] = left
+                else:
+                    self._used.pop(key, None)
+            self._cond.notify_all()
 
 
-_LISTING_BUDGET: Final = _MemoryBudget(LISTING_MEMORY)
+_LISTING_BUDGET: Final = _MemoryBudget()
 
 
 class _BudgetSpent(Exception):
-    pass
+    def __init__(self, never: bool = False) -> None:
+        super().__init__()
+        self.never = never  # more than the listing's part of the budget holds in all
 
 
 @dataclass
@@ -168,6 +211,7 @@ class _Listing:
     what: str  # "the tag list of team/app"
     noun: str  # "tags"
     limit: int
+    namespace: str | None = None  # whose part of the listing memory it holds (None: cluster)
     items: dict[str, None] = field(default_factory=dict)  # ordered set: servers may repeat
     bytes_read: int = 0
     held: int = 0
@@ -181,12 +225,18 @@ class _Listing:
         return len(self.items) > self.limit
 
     def reserve(self, amount: int) -> None:
-        if not _LISTING_BUDGET.take(amount):
+        if self.held + amount > _LISTING_BUDGET.limit(self.namespace):
+            raise _BudgetSpent(never=True)
+        # Wait for room as long as the request's deadline lets us (the watchdog ends the
+        # connection at the same moment), instead of failing while others hold it briefly.
+        current = egress.current_deadline()
+        until = current.expires_at if current is not None else None
+        if not _LISTING_BUDGET.take(amount, self.namespace, until):
             raise _BudgetSpent
         self.held += amount
 
     def close(self) -> None:
-        _LISTING_BUDGET.give(self.held)
+        _LISTING_BUDGET.give(self.held, self.namespace)
         self.held = 0
 
 
@@ -309,7 +359,10 @@ class RegistryClient:
         user_agent: str = "ocireg",
         egress_policy: EgressPolicy = UNRESTRICTED,
         deadline: float = REQUEST_DEADLINE,
+        listing_namespace: str | None = None,
     ) -> None:
+        """``listing_namespace``: the tenant namespace whose share of the listing memory this
+        client's listings take; None for cluster objects and the operator's own use."""
         if not host or any(c in host for c in "/@?#\\" + " \t\r\n"):
             raise ValueError(f"registry host must be host[:port] without a scheme, got {host!r}")
         self.host = host
@@ -324,6 +377,7 @@ class RegistryClient:
         self._tls = tls
         self._timeout = timeout
         self._deadline = deadline
+        self._listing_namespace = listing_namespace
         self._owns_session = session is None
         # Every request (registry, token realm, redirect hops, blob storage) goes through the
         # egress adapter: the object's address policy and the total deadline.
@@ -337,8 +391,9 @@ class RegistryClient:
         self._clock: Callable[[], float] = time.monotonic
         self._redact = Redactor(credentials.secret_values())
         self._problem: RegistryError | None = None  # raised by the first request
-        self._ca_file: str | None = None
-        self._verify: bool | str = True
+        # verify= for the registry and its token server: True, False or the CA bundle's
+        # context (egress.trust_context, loaded in memory).
+        self._verify: bool | ssl.SSLContext = True
         self._setup_tls()
         token = credentials.registry_token
         if token and not header_safe(token):
@@ -348,7 +403,7 @@ class RegistryClient:
                 "(non-ASCII or control characters); check the Secret's value",
             )
         self._finalizer = weakref.finalize(
-            self, _release, self._ca_file, self._session if self._owns_session else None
+            self, _release, self._session if self._owns_session else None
         )
 
     def _setup_tls(self) -> None:
@@ -367,12 +422,24 @@ class RegistryClient:
                 f"(no '{_PEM_CERT}' line); check the object tls.caBundleRef points to",
             )
             return
-        # requests wants a file; only this client reads it, so keep it private (mkstemp: 0600).
-        fd, path = tempfile.mkstemp(prefix="ocireg-ca-", suffix=".pem")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(tls.ca_bundle)
-        self._ca_file = path
-        self._verify = path
+        if len(tls.ca_bundle) > MAX_CA_BUNDLE_BYTES:  # read_ca_bundle refuses it first
+            self._problem = RegistryError(
+                "TLSError",
+                f"the CA bundle for the registry is larger than {MAX_CA_BUNDLE_BYTES // 1024} "
+                "KiB; reference only the CAs the registry needs",
+            )
+            return
+        # In memory, not a temporary file: one file per client (chart clients are kept per
+        # object) filled the pod's 64 MiB /tmp.
+        try:
+            self._verify = egress.trust_context(tls.ca_bundle)
+        except ssl.SSLError as error:
+            self._problem = RegistryError(
+                "TLSError",
+                "the CA bundle for the registry holds no usable PEM certificate "
+                f"({error.reason or type(error).__name__}); check the object tls.caBundleRef "
+                "points to",
+            )
 
     # ---------------------------------------------------------------- public properties
 
@@ -391,7 +458,7 @@ class RegistryClient:
         return self._rate_limit_remaining
 
     def close(self) -> None:
-        """Release the CA bundle file and, if this client created it, the HTTP session."""
+        """Release the HTTP session if this client created it."""
         self._finalizer()
 
     def __enter__(self) -> RegistryClient:
@@ -481,7 +548,7 @@ class RegistryClient:
             url += f"?n={int(page_size)}"
         target = _Target("repository", repo)
         what = f"the tag list of {repo}"
-        listing = _Listing(what, "tags", MAX_TAGS)
+        listing = _Listing(what, "tags", MAX_TAGS, self._listing_namespace)
         seen = {url}
         with contextlib.closing(listing), self._within(LISTING_DEADLINE):
             for _ in range(MAX_TAG_PAGES):
@@ -539,7 +606,7 @@ class RegistryClient:
             raise self._invalid(f"manifest {ref} of {repo} does not match its digest")
         try:
             manifest = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting
             raise self._invalid(f"manifest {ref} of {repo} is not JSON") from None
         if not isinstance(manifest, dict):
             raise self._invalid(f"manifest {ref} of {repo} is not a JSON object")
@@ -588,7 +655,7 @@ class RegistryClient:
         url = self._url("/v2/_catalog")
         if page_size is not None:
             url += f"?n={int(page_size)}"
-        listing = _Listing("the catalog", "repositories", MAX_REPOSITORIES)
+        listing = _Listing("the catalog", "repositories", MAX_REPOSITORIES, self._listing_namespace)
         seen = {url}
         with contextlib.closing(listing), self._within(LISTING_DEADLINE):
             for _ in range(MAX_TAG_PAGES):
@@ -811,7 +878,7 @@ class RegistryClient:
         if self._problem is not None:
             problem = self._problem
             raise RegistryError(problem.reason, problem.message)  # type: ignore[arg-type]
-        verify: bool | str = self._verify if trusted else not self._tls.skip_verify
+        verify: bool | ssl.SSLContext = self._verify if trusted else not self._tls.skip_verify
         with self._lock:
             self._request_count += 1
         log.debug("%s %s", method, _loggable(url))
@@ -883,8 +950,8 @@ class RegistryClient:
             body = egress.read_capped(
                 resp, limit, lambda size: listing.reserve(size * _BYTES_PER_BYTE_READ)
             )
-        except _BudgetSpent:
-            raise self._budget_spent(listing) from None
+        except _BudgetSpent as spent:
+            raise self._budget_spent(listing, spent.never) from None
         except egress.AnswerTooLarge:
             whole = limit < MAX_LISTING_PAGE_BYTES
             raise RegistryError(
@@ -904,19 +971,30 @@ class RegistryClient:
             raise self._too_many(listing)
         try:
             listing.reserve((body.count(b",") + 1) * _BYTES_PER_ENTRY)
-        except _BudgetSpent:
-            raise self._budget_spent(listing) from None
+        except _BudgetSpent as spent:
+            raise self._budget_spent(listing, spent.never) from None
         try:
             return json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting
             raise self._invalid(f"{listing.what} is not JSON") from None
 
-    def _budget_spent(self, listing: _Listing) -> RegistryError:
+    def _budget_spent(self, listing: _Listing, never: bool = False) -> RegistryError:
+        mib = _LISTING_BUDGET.limit(listing.namespace) // 2**20
+        whose = "all" if listing.namespace is None else "one namespace's"
+        part = f"{mib} MiB that {whose} listings may hold at once"
+        if never:
+            return RegistryError(
+                "AnswerTooLarge",
+                f"{listing.what} from {self.host} needs more memory than the {part} (a bound "
+                "on the operator's memory); prune tags or list fewer repositories",
+            )
         return RegistryError(
             "AnswerTooLarge",
-            f"{listing.what} from {self.host} was not read to the end: the operator already "
-            f"holds its limit of {LISTING_MEMORY // 2**20} MiB of registry listings being read "
-            "(a bound on its memory); retried later",
+            f"{listing.what} from {self.host} was not read to the end: other listings held the "
+            f"listing memory until its deadline ({LISTING_MEMORY // 2**20} MiB in all, tenant "
+            f"objects' {TENANT_LISTING_MEMORY // 2**20} MiB, one namespace's "
+            f"{NAMESPACE_LISTING_MEMORY // 2**20} MiB: a bound on the operator's memory); "
+            "retried later",
             transient=True,
         )
 
@@ -938,7 +1016,7 @@ class RegistryClient:
         body = self._read_capped(resp, limit, what)
         try:
             return json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting
             raise self._invalid(f"{what} is not JSON") from None
 
     # ---------------------------------------------------------------- errors
@@ -958,7 +1036,7 @@ class RegistryClient:
         """(error codes, a short redacted summary) from a registry or OAuth2 error body."""
         try:
             body = json.loads(self._read_capped(resp, MAX_ERROR_BYTES, "error body"))
-        except (RegistryError, ValueError, UnicodeDecodeError):
+        except (RegistryError, ValueError, UnicodeDecodeError, RecursionError):
             return [], ""
         codes: list[str] = []
         parts: list[str] = []
@@ -1204,9 +1282,6 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         stack.extend(x for x in linked if isinstance(x, BaseException))
 
 
-def _release(ca_file: str | None, session: requests.Session | None) -> None:
-    if ca_file:
-        with contextlib.suppress(OSError):
-            os.unlink(ca_file)
+def _release(session: requests.Session | None) -> None:
     if session is not None:
         session.close()
