@@ -21,7 +21,7 @@ def parse_duration(text: str) -> timedelta:
     # The pattern allows any number of digits: without a bound, "2000000000000m" overflows
     # timedelta, and a merely huge one overflows the datetime arithmetic of the schedule.
     if seconds > MAX_DURATION.total_seconds():
-        raise ValueError(f"duration {text[:40]!r} is longer than {MAX_DURATION.days} days")
+        raise ValueError(f"duration {text!r} is longer than {MAX_DURATION.days} days")
     return timedelta(seconds=seconds)
 
 
