@@ -9,13 +9,20 @@ DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
 RENEW_BEFORE_PATTERN = r"^(([1-9]|[1-9][0-9])%|([0-9]+(\.[0-9]+)?(ms|s|m|h))+)$"
 _PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+# Beyond what any interval means; Go (and CEL) durations end near 292 years.
+MAX_DURATION = timedelta(days=100 * 365)
 
 
 def parse_duration(text: str) -> timedelta:
     """Parse a Go-style duration; raise ValueError with the offending text otherwise."""
     if not re.fullmatch(DURATION_PATTERN, text or ""):
         raise ValueError(f"invalid duration {text!r}: use e.g. 90s, 15m, 1h30m")
-    return timedelta(seconds=sum(float(n) * _UNITS[u] for n, u in _PART.findall(text)))
+    seconds = sum(float(n) * _UNITS[u] for n, u in _PART.findall(text))
+    # The pattern allows any number of digits: without a bound, "2000000000000m" overflows
+    # timedelta, and a merely huge one overflows the datetime arithmetic of the schedule.
+    if seconds > MAX_DURATION.total_seconds():
+        raise ValueError(f"duration {text!r} is longer than {MAX_DURATION.days} days")
+    return timedelta(seconds=seconds)
 
 
 def format_duration(delta: timedelta) -> str:
