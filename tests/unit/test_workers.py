@@ -201,7 +201,7 @@ def test_pool_sizes_are_flags_with_documented_defaults() -> None:
         "--reconcile-workers",
         "32",
         "--cluster-reconcile-workers",
-        "8",
+        "12",
         "--chart-workers",
         "6",
         "--cluster-chart-workers",
@@ -211,7 +211,7 @@ def test_pool_sizes_are_flags_with_documented_defaults() -> None:
         "--kopf-workers",
         "2",
     ).pools
-    assert sizes == PoolSizes(32, 8, 6, 3, 1, 2)
+    assert sizes == PoolSizes(32, 12, 6, 3, 1, 2)
     assert config("--namespace-workers", "0").pools.namespace_share == 1
 
 
