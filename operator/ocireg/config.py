@@ -46,10 +46,11 @@ class PoolSizes:
     network, and a namespace's stuck registries hold at most `namespace_share` of them."""
 
     tenant_reconciles: int = 16
-    # Platform objects are trusted and few; a reconcile holds its thread while its first
-    # fan-out is written, so 4 made 10 objects' initial fan-out 1.5x slower (29 s vs 20 s
-    # at 1,000 namespaces, bench/scale_bench.py); 8 keeps it near a thread per object.
-    cluster_reconciles: int = 8
+    # Platform objects are trusted and few. A reconcile holds its thread while its first
+    # fan-out is written, so with fewer threads than objects the fan-outs go in rounds:
+    # 10 objects x 1,000 namespaces (bench/scale_bench.py, one run each) took 29 s with 4
+    # or 8 threads, 22 s with 10 or 16.
+    cluster_reconciles: int = 16
     tenant_charts: int = 4
     cluster_charts: int = 2
     namespace_share: int = 2
