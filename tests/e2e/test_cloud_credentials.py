@@ -6,8 +6,6 @@ registry, so every pull secret is checked with skopeo."""
 from __future__ import annotations
 
 import base64
-import contextlib
-import io
 import json
 import secrets
 import ssl
@@ -21,7 +19,6 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from ocireg.cli import build_parser
 from ocireg.devenv.clients import Clients, docker_config, write_docker_config
 from ocireg.devenv.controlplane import ControlPlane
 from ocireg.devenv.registries import LocalRegistries
@@ -37,6 +34,7 @@ from ocireg.devenv.standins import (
 )
 
 from .helpers import (
+    ALLOW_LOCAL_REGISTRIES,
     apply,
     ca_config_map,
     condition,
@@ -52,17 +50,6 @@ CLUSTER = "ClusterOCIRegistry"
 TENANT = "OCIRegistry"
 TEAM_KEY = "wJalrXUtnFEMI-team-one-secret-key"
 MOTO_PASSWORD = "123456789012-auth-token"  # moto's answer for its default account
-
-
-def egress_allowance(cidr: str = "127.0.0.1/32") -> list[str]:
-    """Where the operator has an egress policy for tenants, let them reach the local stand-ins:
-    the guards under test here are the cloud identities', not which addresses tenants reach."""
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            build_parser().parse_args(["run", "--egress-allowed-cidr", cidr])
-    except SystemExit:
-        return []
-    return ["--egress-allowed-cidr", cidr]
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +135,7 @@ def test_ecr_static_keys_web_identity_shared_mints_and_failures(
         )
         operator = run_operator(
             "--credentials-namespace", namespace, "--aws-endpoint-url", aws.url,
-            *egress_allowance(),  # the tenant's object below uses the local registry
+            *ALLOW_LOCAL_REGISTRIES,  # the tenant's object below uses the local registry
             env={"AWS_EC2_METADATA_DISABLED": "true", "AWS_ACCESS_KEY_ID": "AKIDOPERATOR",
                  "AWS_SECRET_ACCESS_KEY": "operator", "AWS_DEFAULT_REGION": "eu-west-1"},
         )  # fmt: skip
@@ -453,7 +440,7 @@ def test_acr_client_secret_exchange(
             "--credentials-namespace", namespace,
             "--azure-authority-host", azure.authority_host,
             "--acr-exchange-url", azure.exchange_url,
-            *egress_allowance(),  # the tenant's object below uses the local registry
+            *ALLOW_LOCAL_REGISTRIES,  # the tenant's object below uses the local registry
             "--ambient-acr-host", registry.host.split(":")[0],  # the stand-in for *.azurecr.io
             env={"REQUESTS_CA_BUNDLE": str(bundle), "SSL_CERT_FILE": str(bundle),
                  "IDENTITY_ENDPOINT": azure.identity_endpoint,
@@ -561,7 +548,7 @@ def test_ambient_tokens_never_reach_a_host_their_cloud_does_not_run(
     try:
         run_operator(
             "--credentials-namespace", namespace, "--allow-tenant-ambient-identity",
-            "--aws-endpoint-url", aws.url, *egress_allowance(),
+            "--aws-endpoint-url", aws.url, *ALLOW_LOCAL_REGISTRIES,
             env={"AWS_EC2_METADATA_DISABLED": "true", "AWS_ACCESS_KEY_ID": "AKIDOPERATOR",
                  "AWS_SECRET_ACCESS_KEY": "operator-secret", "AWS_DEFAULT_REGION": "eu-west-1",
                  "GCE_METADATA_HOST": google.metadata_host,
