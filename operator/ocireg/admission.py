@@ -55,10 +55,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kubernetes.client.exceptions import ApiException
 
-from . import ownership, plan
-from .config import AdmissionConfig
-from .kube import load_config
-from .models.spec import Format, Targets
+from ocireg import ownership, plan
+from ocireg.config import AdmissionConfig
+from ocireg.kube import load_config
+from ocireg.models.spec import Format, Targets
 
 log = logging.getLogger(__name__)
 

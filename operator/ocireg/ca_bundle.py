@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from .errors import ReconcileError
-from .models.spec import CABundleRef
+from ocireg.errors import ReconcileError
+from ocireg.models.spec import CABundleRef
 
 ReadData = Callable[[str, str], Mapping[str, bytes] | None]
 

@@ -25,18 +25,18 @@ from typing import Any, Final, TypeVar
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from . import plan
-from .charts import publish
-from .charts.index import build_index, read_index
-from .charts.sync import RepoState, SyncProblem, sync_charts
-from .credential import Credential
-from .egress import UNRESTRICTED, EgressPolicy
-from .errors import ReconcileError
-from .kube import Kube
-from .models.durations import parse_duration
-from .models.spec import RegistrySpec
-from .registry import RegistryClient, RegistryCredentials, TLSOptions
-from .workers import Pools
+from ocireg import plan
+from ocireg.charts import publish
+from ocireg.charts.index import build_index, read_index
+from ocireg.charts.sync import RepoState, SyncProblem, sync_charts
+from ocireg.credential import Credential
+from ocireg.egress import UNRESTRICTED, EgressPolicy
+from ocireg.errors import ReconcileError
+from ocireg.kube import Kube
+from ocireg.models.durations import parse_duration
+from ocireg.models.spec import RegistrySpec
+from ocireg.registry import RegistryClient, RegistryCredentials, TLSOptions
+from ocireg.workers import Pools
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import __version__
-from .config import SYSTEM_NAMESPACES, AdmissionConfig, LogFormat, OperatorConfig, PoolSizes
+from ocireg import __version__
+from ocireg.config import SYSTEM_NAMESPACES, AdmissionConfig, LogFormat, OperatorConfig, PoolSizes
 
 # Libraries whose debug logs can carry credentials.
 QUIET_LOGGERS = (
@@ -358,7 +358,7 @@ def config_from_args(args: argparse.Namespace) -> OperatorConfig:
 def _egress_allowed(given: list[str] | None) -> tuple[str, ...]:
     """The flags, else both environment variables (the webhook's is the deprecated name);
     a malformed range stops the start rather than failing every tenant's request later."""
-    from .egress import parse_cidrs
+    from ocireg.egress import parse_cidrs
 
     from_env = _env_list("OCIREG_EGRESS_ALLOWED_CIDRS") + _env_list("OCIREG_WEBHOOK_ALLOWED_CIDRS")
     cidrs = tuple(given or from_env)
@@ -408,7 +408,7 @@ def admission_from_args(args: argparse.Namespace) -> AdmissionConfig:
 def run_operator(config: OperatorConfig) -> int:
     import kopf
 
-    from . import admission, handlers  # noqa: F401 - registers the handlers with kopf
+    from ocireg import admission, handlers  # noqa: F401 - registers the handlers with kopf
 
     admission.register(config.admission)  # only when --admission-webhook
 
@@ -441,8 +441,8 @@ def run_operator(config: OperatorConfig) -> int:
     if not config.leader_elect:
         operate()
         return 0
-    from .kube import load_config
-    from .leader import LeaderElection, run_while_leading
+    from ocireg.kube import load_config
+    from ocireg.leader import LeaderElection, run_while_leading
 
     load_config()
     # Leadership changes are always logged, whatever the operator's own level.
@@ -460,7 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "crds":
         from pathlib import Path
 
-        from .models.crd import write_crds
+        from ocireg.models.crd import write_crds
 
         for path in write_crds(Path(args.out)):
             print(path)
@@ -468,7 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         return run_operator(config_from_args(args))
     if args.command == "demo":
-        from .demo import run_demo
+        from ocireg.demo import run_demo
 
         return run_demo(keep=args.keep)
     return 2

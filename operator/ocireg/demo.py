@@ -20,12 +20,12 @@ from typing import Any
 
 import yaml
 
-from .devenv.clients import Clients, docker_config, write_docker_config
-from .devenv.controlplane import ControlPlane
-from .devenv.operator import OperatorProcess
-from .devenv.processes import Tools, ToolsMissing
-from .devenv.registries import LocalRegistries
-from .models.crd import crd_files
+from ocireg.devenv.clients import Clients, docker_config, write_docker_config
+from ocireg.devenv.controlplane import ControlPlane
+from ocireg.devenv.operator import OperatorProcess
+from ocireg.devenv.processes import Tools, ToolsMissing
+from ocireg.devenv.registries import LocalRegistries
+from ocireg.models.crd import crd_files
 
 CREDENTIALS_NAMESPACE = "ocireg-system"
 TEAMS = ("team-a", "team-b")

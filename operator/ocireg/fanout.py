@@ -27,13 +27,13 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from . import metrics, plan, schedule
-from .credential import Credential
-from .index import ClusterIndex
-from .kube import Kube
-from .models.spec import RegistrySpec
-from .reconcile import NamespaceResult, conflict, report
-from .registry import TLSOptions
+from ocireg import metrics, plan, schedule
+from ocireg.credential import Credential
+from ocireg.index import ClusterIndex
+from ocireg.kube import Kube
+from ocireg.models.spec import RegistrySpec
+from ocireg.reconcile import NamespaceResult, conflict, report
+from ocireg.registry import TLSOptions
 
 log = logging.getLogger(__name__)
 K = TypeVar("K", bound=Hashable)

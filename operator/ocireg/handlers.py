@@ -14,14 +14,14 @@ from typing import Any, TypeVar
 
 import kopf
 
-from . import metrics, ownership, plan
-from .config import OperatorConfig
-from .fanout import Fanout, Registries, Tracked
-from .index import ClusterIndex, Store, Watcher
-from .kube import Kube, load_config
-from .providers.cache import MintCache
-from .reconcile import Sync, cleanup, reconcile, sync_targets
-from .workers import Pools
+from ocireg import metrics, ownership, plan
+from ocireg.config import OperatorConfig
+from ocireg.fanout import Fanout, Registries, Tracked
+from ocireg.index import ClusterIndex, Store, Watcher
+from ocireg.kube import Kube, load_config
+from ocireg.providers.cache import MintCache
+from ocireg.reconcile import Sync, cleanup, reconcile, sync_targets
+from ocireg.workers import Pools
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -279,4 +279,4 @@ for _plural in KINDS:
         await _on_pool(memo, ref, lambda: _delete(memo, ref))
 
 
-from . import chart_handlers  # noqa: E402, F401 - registers the chart sync handlers
+from ocireg import chart_handlers  # noqa: E402, F401 - registers the chart sync handlers

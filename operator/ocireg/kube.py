@@ -13,9 +13,9 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
-from . import metrics
-from .errors import ReconcileError
-from .plan import DesiredSecret, RegistryRef, SecretState, secret_decision, secret_state
+from ocireg import metrics
+from ocireg.errors import ReconcileError
+from ocireg.plan import DesiredSecret, RegistryRef, SecretState, secret_decision, secret_state
 
 GROUP, VERSION = "ocireg.dev", "v1alpha1"
 log = logging.getLogger(__name__)

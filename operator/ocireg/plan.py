@@ -11,21 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from .credential import Credential
-from .models.spec import Format, LabelSelector, Targets
-from .ownership import (
-    ANNOTATION_OWNER,
-    LABEL_KIND,
-    LABEL_REGISTRY,
-    LABEL_UID,
-    MANAGED_BY,
-    MANAGER,
-    OWNER_LABELS,
-    Claim,
-    RegistryRef,
-    claim,
-    recorded_owner,
-)
+from ocireg.credential import Credential
+from ocireg.models.spec import Format, LabelSelector, Targets
+from ocireg.ownership import ANNOTATION_OWNER, LABEL_KIND, LABEL_REGISTRY, LABEL_UID, MANAGED_BY, MANAGER, OWNER_LABELS, Claim, RegistryRef, claim, recorded_owner
 
 __all__ = [
     "ANNOTATION_OWNER",

@@ -16,18 +16,18 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import plan, providers, schedule
-from .ca_bundle import read_ca_bundle
-from .config import OperatorConfig
-from .credential import Credential
-from .egress import UNRESTRICTED, EgressPolicy
-from .errors import ReconcileError
-from .kube import UNKNOWN, Kube
-from .models.durations import parse_duration
-from .models.spec import RegistrySpec, Targets
-from .models.status import RegistryStatus
-from .providers.cache import MintCache, provider_failed
-from .registry import RegistryClient, RegistryCredentials, RegistryError, TLSOptions
+from ocireg import plan, providers, schedule
+from ocireg.ca_bundle import read_ca_bundle
+from ocireg.config import OperatorConfig
+from ocireg.credential import Credential
+from ocireg.egress import UNRESTRICTED, EgressPolicy
+from ocireg.errors import ReconcileError
+from ocireg.kube import UNKNOWN, Kube
+from ocireg.models.durations import parse_duration
+from ocireg.models.spec import RegistrySpec, Targets
+from ocireg.models.status import RegistryStatus
+from ocireg.providers.cache import MintCache, provider_failed
+from ocireg.registry import RegistryClient, RegistryCredentials, RegistryError, TLSOptions
 
 log = logging.getLogger(__name__)
 MAX_FAILED_IN_STATUS = 20

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 import yaml
 
-from .versions import parse_version
+from ocireg.charts.versions import parse_version
 
 # A ConfigMap holds at most 1 MiB in all; leave room for metadata.
 MAX_INDEX_BYTES: Final = 900 * 1024

@@ -24,12 +24,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Final, TypeVar
 
-from .. import egress
-from ..models.charts import Charts
-from ..registry import RegistryClient, RegistryError
-from .index import IndexedVersion
-from .metadata import MAX_CONFIG_BYTES, BadChart, NotAChart, chart_metadata, classify
-from .versions import Constraint, ConstraintError, candidates
+from ocireg import egress
+from ocireg.models.charts import Charts
+from ocireg.registry import RegistryClient, RegistryError
+from ocireg.charts.index import IndexedVersion
+from ocireg.charts.metadata import MAX_CONFIG_BYTES, BadChart, NotAChart, chart_metadata, classify
+from ocireg.charts.versions import Constraint, ConstraintError, candidates
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

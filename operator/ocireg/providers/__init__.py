@@ -10,14 +10,14 @@ import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from ..config import OperatorConfig
-from ..credential import Credential
-from ..errors import ReconcileError
-from ..models.cloud import ServiceAccountRef
-from ..models.spec import RegistrySpec, SecretRef
-from ..registry import TLSOptions
-from . import destinations, static
-from .cache import MintCache
+from ocireg.config import OperatorConfig
+from ocireg.credential import Credential
+from ocireg.errors import ReconcileError
+from ocireg.models.cloud import ServiceAccountRef
+from ocireg.models.spec import RegistrySpec, SecretRef
+from ocireg.registry import TLSOptions
+from ocireg.providers import destinations, static
+from ocireg.providers.cache import MintCache
 
 # (namespace, name) -> the Secret's decoded data; raises ReconcileError SecretNotFound.
 SecretReader = Callable[[str, str], Mapping[str, bytes]]

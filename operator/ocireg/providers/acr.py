@@ -18,13 +18,13 @@ import requests
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import AzureError, ClientAuthenticationError
 
-from .. import egress
-from ..credential import Credential
-from ..errors import ReconcileError
-from ..models.cloud import AcrAuth
-from ..models.spec import RegistrySpec
-from ..registry import TLSOptions, parse_retry_after
-from . import ResolveContext, check_ambient_destination
+from ocireg import egress
+from ocireg.credential import Credential
+from ocireg.errors import ReconcileError
+from ocireg.models.cloud import AcrAuth
+from ocireg.models.spec import RegistrySpec
+from ocireg.registry import TLSOptions, parse_retry_after
+from ocireg.providers import ResolveContext, check_ambient_destination
 
 USERNAME = "00000000-0000-0000-0000-000000000000"
 SCOPE = "https://management.azure.com/.default"

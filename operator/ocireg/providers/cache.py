@@ -29,11 +29,11 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, replace
 
-from .. import metrics
-from ..credential import Credential
-from ..errors import ReconcileError
-from ..models.durations import renew_margin
-from ..schedule import backoff
+from ocireg import metrics
+from ocireg.credential import Credential
+from ocireg.errors import ReconcileError
+from ocireg.models.durations import renew_margin
+from ocireg.schedule import backoff
 
 log = logging.getLogger(__name__)
 

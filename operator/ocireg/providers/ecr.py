@@ -15,11 +15,11 @@ import botocore
 import botocore.config
 import botocore.exceptions
 
-from ..credential import Credential
-from ..errors import ReconcileError
-from ..models.cloud import EcrAuth, ServiceAccountRef
-from ..models.spec import RegistrySpec
-from . import ResolveContext, check_ambient_destination
+from ocireg.credential import Credential
+from ocireg.errors import ReconcileError
+from ocireg.models.cloud import EcrAuth, ServiceAccountRef
+from ocireg.models.spec import RegistrySpec
+from ocireg.providers import ResolveContext, check_ambient_destination
 
 PUBLIC_HOST = "public.ecr.aws"
 WEB_IDENTITY_AUDIENCE = "sts.amazonaws.com"

@@ -13,10 +13,10 @@ import google.auth.exceptions
 import google.auth.transport.requests
 from google.oauth2 import service_account
 
-from ..credential import Credential
-from ..errors import ReconcileError
-from ..models.spec import RegistrySpec
-from . import ResolveContext, check_ambient_destination
+from ocireg.credential import Credential
+from ocireg.errors import ReconcileError
+from ocireg.models.spec import RegistrySpec
+from ocireg.providers import ResolveContext, check_ambient_destination
 
 USERNAME = "oauth2accesstoken"
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)

@@ -8,13 +8,13 @@ import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from ..credential import Credential
-from ..errors import ReconcileError
-from ..models.spec import RegistrySpec, TokenType
-from ..plan import DOCKER_HUB_HOSTS
+from ocireg.credential import Credential
+from ocireg.errors import ReconcileError
+from ocireg.models.spec import RegistrySpec, TokenType
+from ocireg.plan import DOCKER_HUB_HOSTS
 
 if TYPE_CHECKING:
-    from . import ResolveContext
+    from ocireg.providers import ResolveContext
 
 METHODS = ("anonymous", "basic", "token", "dockerConfig")
 

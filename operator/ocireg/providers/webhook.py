@@ -21,14 +21,14 @@ from urllib.parse import urlsplit
 
 import requests
 
-from .. import egress
-from ..credential import Credential
-from ..errors import ReconcileError
-from ..models.cloud import WebhookAuth, WebhookFormat
-from ..models.spec import RegistrySpec
-from ..registry import parse_retry_after
-from ..registry.auth import header_safe
-from . import ResolveContext
+from ocireg import egress
+from ocireg.credential import Credential
+from ocireg.errors import ReconcileError
+from ocireg.models.cloud import WebhookAuth, WebhookFormat
+from ocireg.models.spec import RegistrySpec
+from ocireg.registry import parse_retry_after
+from ocireg.registry.auth import header_safe
+from ocireg.providers import ResolveContext
 
 MAX_ANSWER_BYTES = 64 * 1024
 _SAFE_HEADER = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")

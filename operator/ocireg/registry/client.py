@@ -27,25 +27,11 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 
-from .. import egress
-from ..ca_bundle import MAX_CA_BUNDLE_BYTES
-from ..egress import UNRESTRICTED, EgressPolicy
-from .auth import (
-    CLIENT_ID,
-    NO_AUTH,
-    Challenge,
-    Redactor,
-    RegistryCredentials,
-    TokenCache,
-    TokenKey,
-    choose_challenge,
-    header_safe,
-    parse_token_response,
-    read_token,
-    read_value,
-    skip_ws,
-)
-from .errors import Reason, RegistryError
+from ocireg import egress
+from ocireg.ca_bundle import MAX_CA_BUNDLE_BYTES
+from ocireg.egress import UNRESTRICTED, EgressPolicy
+from ocireg.registry.auth import CLIENT_ID, NO_AUTH, Challenge, Redactor, RegistryCredentials, TokenCache, TokenKey, choose_challenge, header_safe, parse_token_response, read_token, read_value, skip_ws
+from ocireg.registry.errors import Reason, RegistryError
 
 log = logging.getLogger(__name__)
 
