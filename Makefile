@@ -8,11 +8,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test unit e2e lint tools venv clean manifests
 
-$(STAMP): pyproject.toml requirements.lock
+$(STAMP): pyproject.toml devenv/pyproject.toml requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
+	$(BIN)/pip install -q -c requirements.lock -e '.[dev]' -e ./devenv
 	@touch $@
 
 venv: $(STAMP)
@@ -22,7 +22,7 @@ tools:
 
 ## Run the demo: local control plane + registry + operator.
 demo: venv tools
-	$(BIN)/ocireg demo
+	$(BIN)/ocireg-demo $(ARGS)
 
 ## Run every test: lint, unit and end-to-end against the real local control plane.
 test: venv tools lint
@@ -36,8 +36,8 @@ e2e: venv tools
 	$(BIN)/pytest tests -m e2e
 
 lint: venv
-	$(BIN)/ruff check operator tests bench
-	$(BIN)/ruff format --check operator tests bench
+	$(BIN)/ruff check operator devenv tests bench
+	$(BIN)/ruff format --check operator devenv tests bench
 
 ## Copy the generated CRDs, the ClusterRole and the admission policies into manifests/ and the Helm chart.
 manifests:

@@ -24,12 +24,12 @@ from pathlib import Path
 
 import requests
 
-from ocireg.charts.index import IndexedVersion, build_index
+from ocireg.api.charts import Charts
+from ocireg.charts.helm_index import IndexedVersion, build_index
 from ocireg.charts.metadata import HELM_CHART_LAYER, HELM_CONFIG, chart_metadata
 from ocireg.charts.sync import sync_charts
-from ocireg.devenv.registries import LocalRegistries, RegistryServer
-from ocireg.models.charts import Charts
-from ocireg.registry import RegistryClient, RegistryCredentials, TLSOptions
+from ocireg.oci import RegistryClient, RegistryCredentials, TLSOptions
+from ocireg_devenv.registries import LocalRegistries, RegistryServer
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 

@@ -32,12 +32,12 @@ import requests
 import yaml
 from kubernetes.client.exceptions import ApiException
 
-from ocireg.devenv.controlplane import ControlPlane
-from ocireg.devenv.operator import OperatorProcess
-from ocireg.devenv.processes import Tools, free_port
-from ocireg.devenv.registries import LocalRegistries
-from ocireg.devenv.standins import WebhookStandIn
-from ocireg.models.crd import crd_files
+from ocireg.api.crd import crd_files
+from ocireg_devenv.controlplane import ControlPlane
+from ocireg_devenv.operator import OperatorProcess
+from ocireg_devenv.processes import Tools, free_port
+from ocireg_devenv.registries import LocalRegistries
+from ocireg_devenv.standins import WebhookStandIn
 
 CREDS_NS = "ocireg-system"
 LABEL = {"ocireg-bench": "yes"}

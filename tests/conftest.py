@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from ocireg.devenv.clients import Clients
-from ocireg.devenv.controlplane import ControlPlane
-from ocireg.devenv.hygiene import KNOWN_SECRETS, Leak
-from ocireg.devenv.node import LocalNode, NodeUnavailable
-from ocireg.devenv.operator import OperatorProcess
-from ocireg.devenv.processes import Tools
-from ocireg.devenv.registries import LocalRegistries
+from ocireg_devenv.clients import Clients
+from ocireg_devenv.controlplane import ControlPlane
+from ocireg_devenv.hygiene import KNOWN_SECRETS, Leak
+from ocireg_devenv.node import LocalNode, NodeUnavailable
+from ocireg_devenv.operator import OperatorProcess
+from ocireg_devenv.processes import Tools
+from ocireg_devenv.registries import LocalRegistries
 
 OPERATOR_LOGS = pytest.StashKey[list[OperatorProcess]]()
 
@@ -182,7 +182,7 @@ def run_operator(
     """Start `ocireg run` (admin identity unless a kubeconfig is given); stopped at teardown,
     its log attached to the report when the test fails. At teardown the operators' logs,
     Events and ocireg status are scanned for every known credential value
-    (ocireg.devenv.hygiene): any hit fails the test. The local registries are always started
+    (ocireg_devenv.hygiene): any hit fails the test. The local registries are always started
     so that there are credentials to look for."""
     started: list[OperatorProcess] = []
     request.node.stash[OPERATOR_LOGS] = started

@@ -1,4 +1,4 @@
-"""The `ocireg` command: run the operator, print the version, run the local demo."""
+"""The `ocireg` command: run the operator, print the version, write the CRDs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from ocireg import __version__
-from ocireg.config import SYSTEM_NAMESPACES, AdmissionConfig, LogFormat, OperatorConfig, PoolSizes
+from ocireg.settings import SYSTEM_NAMESPACES, AdmissionConfig, LogFormat, OperatorConfig, PoolSizes
 
 # Libraries whose debug logs can carry credentials.
 QUIET_LOGGERS = (
@@ -311,8 +311,6 @@ def build_parser() -> argparse.ArgumentParser:
     crds = sub.add_parser("crds", help="write the CRDs generated from the models")
     crds.add_argument("--out", default="crds", help="directory to write into (default: crds)")
 
-    demo = sub.add_parser("demo", help="start a local control plane and registry, show ocireg")
-    demo.add_argument("--keep", action="store_true", help="keep everything running until Ctrl-C")
     return parser
 
 
@@ -408,7 +406,8 @@ def admission_from_args(args: argparse.Namespace) -> AdmissionConfig:
 def run_operator(config: OperatorConfig) -> int:
     import kopf
 
-    from ocireg import admission, handlers  # noqa: F401 - registers the handlers with kopf
+    from ocireg.admission import server as admission
+    from ocireg.pullsecrets import handlers  # noqa: F401 - registers the handlers with kopf
 
     admission.register(config.admission)  # only when --admission-webhook
 
@@ -441,12 +440,12 @@ def run_operator(config: OperatorConfig) -> int:
     if not config.leader_elect:
         operate()
         return 0
-    from ocireg.kube import load_config
-    from ocireg.leader import LeaderElection, run_while_leading
+    from ocireg.kube.client import load_config
+    from ocireg.kube.leader import LeaderElection, run_while_leading
 
     load_config()
     # Leadership changes are always logged, whatever the operator's own level.
-    logging.getLogger("ocireg.leader").setLevel(logging.INFO)
+    logging.getLogger("ocireg.kube.leader").setLevel(logging.INFO)
     election = LeaderElection(config.leader_election_namespace, config.leader_election_id)
     run_while_leading(election, operate, config.liveness_endpoint)
     return 0
@@ -460,17 +459,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "crds":
         from pathlib import Path
 
-        from ocireg.models.crd import write_crds
+        from ocireg.api.crd import write_crds
 
         for path in write_crds(Path(args.out)):
             print(path)
         return 0
     if args.command == "run":
         return run_operator(config_from_args(args))
-    if args.command == "demo":
-        from ocireg.demo import run_demo
-
-        return run_demo(keep=args.keep)
     return 2
 
 

@@ -21,8 +21,8 @@ from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from typing import Any, Generic, TypeVar
 
-from ocireg import plan
-from ocireg.config import PoolSizes
+from ocireg.pullsecrets import plan
+from ocireg.settings import PoolSizes
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from ocireg.devenv.controlplane import ControlPlane
+from ocireg_devenv.controlplane import ControlPlane
 
 T = TypeVar("T")
 API_VERSION = "ocireg.dev/v1alpha1"

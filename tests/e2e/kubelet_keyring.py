@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ocireg.devenv.clients import Clients
-from ocireg.devenv.controlplane import ControlPlane
-from ocireg.devenv.processes import Tools
+from ocireg_devenv.clients import Clients
+from ocireg_devenv.controlplane import ControlPlane
+from ocireg_devenv.processes import Tools
 
 # Fields of the keyring's answer that go into a Docker config entry for crane.
 _CONFIG_FIELDS = ("username", "password", "auth", "identitytoken", "registrytoken")

@@ -6,8 +6,8 @@ import json
 import secrets
 from dataclasses import dataclass
 
-from ocireg.devenv.controlplane import ControlPlane
-from ocireg.devenv.node import LocalNode
+from ocireg_devenv.controlplane import ControlPlane
+from ocireg_devenv.node import LocalNode
 
 from .helpers import wait_for
 

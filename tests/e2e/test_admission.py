@@ -23,13 +23,13 @@ import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
 
-from ocireg.admission import WEBHOOK_NAME
-from ocireg.config import SYSTEM_NAMESPACES
-from ocireg.devenv.controlplane import ControlPlane
-from ocireg.devenv.operator import OperatorProcess
-from ocireg.devenv.processes import LOOPBACK, Tools, free_port
-from ocireg.devenv.registries import LocalRegistries
-from ocireg.plan import ANNOTATION_SA_REFS
+from ocireg.admission.server import WEBHOOK_NAME
+from ocireg.pullsecrets.plan import ANNOTATION_SA_REFS
+from ocireg.settings import SYSTEM_NAMESPACES
+from ocireg_devenv.controlplane import ControlPlane
+from ocireg_devenv.operator import OperatorProcess
+from ocireg_devenv.processes import LOOPBACK, Tools, free_port
+from ocireg_devenv.registries import LocalRegistries
 
 from .helpers import (
     ALLOW_LOCAL_REGISTRIES,

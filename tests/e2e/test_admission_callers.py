@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import requests
 
-from ocireg.devenv.operator import OperatorProcess
+from ocireg_devenv.operator import OperatorProcess
 
 from .test_admission import Setup, _refs, _start, setup  # noqa: F401 - the fixture
 

@@ -11,8 +11,8 @@ import json
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from ocireg.devenv.controlplane import ControlPlane
-from ocireg.devenv.registries import LocalRegistries
+from ocireg_devenv.controlplane import ControlPlane
+from ocireg_devenv.registries import LocalRegistries
 
 from .helpers import (
     ALLOW_LOCAL_REGISTRIES,

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import yaml
 
-from ocireg.devenv.clients import Clients, docker_config, write_docker_config
-from ocireg.devenv.controlplane import ControlPlane
-from ocireg.devenv.registries import LocalRegistries, RegistryServer
+from ocireg_devenv.clients import Clients, docker_config, write_docker_config
+from ocireg_devenv.controlplane import ControlPlane
+from ocireg_devenv.registries import LocalRegistries, RegistryServer
 
 from .helpers import (
     ALLOW_LOCAL_REGISTRIES,

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import yaml
 
-from ocireg.devenv.controlplane import ControlPlane
+from ocireg_devenv.controlplane import ControlPlane
 
 from .helpers import ALLOW_LOCAL_REGISTRIES, apply, condition, registry, registry_object, wait_for
 from .test_egress import POD_LIMIT, Hostile, _peak_rss

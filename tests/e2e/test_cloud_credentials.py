@@ -19,10 +19,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from ocireg.devenv.clients import Clients, docker_config, write_docker_config
-from ocireg.devenv.controlplane import ControlPlane
-from ocireg.devenv.registries import LocalRegistries
-from ocireg.devenv.standins import (
+from ocireg_devenv.clients import Clients, docker_config, write_docker_config
+from ocireg_devenv.controlplane import ControlPlane
+from ocireg_devenv.registries import LocalRegistries
+from ocireg_devenv.standins import (
     AwsStandIn,
     AzureStandIn,
     Fault,

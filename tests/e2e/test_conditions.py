@@ -9,9 +9,9 @@ import base64
 import json
 import time
 
-from ocireg.devenv.controlplane import ControlPlane
-from ocireg.devenv.processes import free_port
-from ocireg.devenv.registries import LocalRegistries
+from ocireg_devenv.controlplane import ControlPlane
+from ocireg_devenv.processes import free_port
+from ocireg_devenv.registries import LocalRegistries
 
 from .helpers import (
     ALLOW_LOCAL_REGISTRIES,

@@ -9,7 +9,7 @@ import time
 import pytest
 import yaml
 
-from ocireg.devenv.controlplane import ControlPlane
+from ocireg_devenv.controlplane import ControlPlane
 
 WIDGET_CRD = {
     "apiVersion": "apiextensions.k8s.io/v1",

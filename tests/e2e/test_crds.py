@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from ocireg.devenv.controlplane import ControlPlane
+from ocireg_devenv.controlplane import ControlPlane
 
 BASIC = {"basic": {"secretRef": {"name": "creds"}}}
 

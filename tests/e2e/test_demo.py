@@ -6,12 +6,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from ocireg.devenv.processes import Tools
+from ocireg_devenv.processes import Tools
 
 
 def test_demo_runs_end_to_end(tools: Tools) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "ocireg", "demo"],
+        [sys.executable, "-m", "ocireg_devenv.demo"],
         capture_output=True,
         text=True,
         timeout=240,

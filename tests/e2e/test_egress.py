@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from ocireg.devenv.controlplane import ControlPlane
+from ocireg_devenv.controlplane import ControlPlane
 
 from .helpers import (
     ALLOW_LOCAL_REGISTRIES,

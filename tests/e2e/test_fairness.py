@@ -17,8 +17,8 @@ from collections.abc import Iterator
 import pytest
 
 from ocireg.cli import build_parser
-from ocireg.devenv.controlplane import ControlPlane
-from ocireg.devenv.registries import LocalRegistries
+from ocireg_devenv.controlplane import ControlPlane
+from ocireg_devenv.registries import LocalRegistries
 
 from .helpers import (
     apply,

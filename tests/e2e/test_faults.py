@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from ocireg.devenv.controlplane import ControlPlane
-from ocireg.devenv.processes import Tools
-from ocireg.devenv.registries import LocalRegistries, RegistryServer
+from ocireg_devenv.controlplane import ControlPlane
+from ocireg_devenv.processes import Tools
+from ocireg_devenv.registries import LocalRegistries, RegistryServer
 
 from .helpers import (
     ALLOW_LOCAL_REGISTRIES,

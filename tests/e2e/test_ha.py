@@ -13,10 +13,10 @@ import time
 
 import pytest
 
-from ocireg.devenv.controlplane import ControlPlane
-from ocireg.devenv.operator import OperatorProcess
-from ocireg.devenv.registries import LocalRegistries
-from ocireg.leader import Timing
+from ocireg.kube.leader import Timing
+from ocireg_devenv.controlplane import ControlPlane
+from ocireg_devenv.operator import OperatorProcess
+from ocireg_devenv.registries import LocalRegistries
 
 from .helpers import (
     apply,

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
-from ocireg.devenv.controlplane import ControlPlane
-from ocireg.devenv.processes import Tools
-from ocireg.devenv.registries import LocalRegistries
+from ocireg_devenv.controlplane import ControlPlane
+from ocireg_devenv.processes import Tools
+from ocireg_devenv.registries import LocalRegistries
 
 from .helpers import (
     ALLOW_LOCAL_REGISTRIES,

@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
-from ocireg.devenv.controlplane import ControlPlane
-from ocireg.devenv.processes import Tools
+from ocireg_devenv.controlplane import ControlPlane
+from ocireg_devenv.processes import Tools
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "ocireg"

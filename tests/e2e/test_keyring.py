@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 import requests
 
-from ocireg.credential import Credential
-from ocireg.devenv.clients import Clients, docker_config, write_docker_config
-from ocireg.devenv.controlplane import ControlPlane
-from ocireg.devenv.operator import OperatorProcess
-from ocireg.devenv.processes import Tools
-from ocireg.devenv.registries import LocalRegistries, RegistryServer
-from ocireg.plan import docker_config_json
+from ocireg.api.credential import Credential
 from ocireg.providers import acr, gcp
+from ocireg.pullsecrets.plan import docker_config_json
+from ocireg_devenv.clients import Clients, docker_config, write_docker_config
+from ocireg_devenv.controlplane import ControlPlane
+from ocireg_devenv.operator import OperatorProcess
+from ocireg_devenv.processes import Tools
+from ocireg_devenv.registries import LocalRegistries, RegistryServer
 
 from .helpers import (
     apply,

@@ -14,10 +14,11 @@ import tracemalloc
 import kubernetes
 import pytest
 
-from ocireg import index, kube
-from ocireg.devenv.controlplane import ControlPlane
-from ocireg.ownership import MANAGED_SELECTOR
-from ocireg.plan import secret_state
+from ocireg.api.ownership import MANAGED_SELECTOR
+from ocireg.kube import cache as index
+from ocireg.kube import client as kube
+from ocireg.pullsecrets.plan import secret_state
+from ocireg_devenv.controlplane import ControlPlane
 
 MIB = 1024 * 1024
 COUNT, SIZE = 40, 3 * MIB // 4
@@ -56,7 +57,7 @@ def test_the_index_lists_a_tenants_fat_labelled_secrets_within_a_bounded_peak(
         )
     del blob
     ours = kube.Kube(api).watch_source("secrets", namespace, MANAGED_SELECTOR)
-    with caplog.at_level(logging.WARNING, logger="ocireg.kube"):
+    with caplog.at_level(logging.WARNING, logger="ocireg.kube.client"):
         listed, peak = _list_peak(ours)
     # As before this change: one page of 500, read whole (no cap to speak of).
     before = kube.WatchSource(

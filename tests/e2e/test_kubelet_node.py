@@ -8,10 +8,10 @@ import os
 import secrets
 from pathlib import Path
 
-from ocireg.devenv.clients import Clients
-from ocireg.devenv.controlplane import ControlPlane
-from ocireg.devenv.node import HOST_PATHS, LocalNode, _cgroup_dirs, _mounts_under
-from ocireg.devenv.registries import LocalRegistries
+from ocireg_devenv.clients import Clients
+from ocireg_devenv.controlplane import ControlPlane
+from ocireg_devenv.node import HOST_PATHS, LocalNode, _cgroup_dirs, _mounts_under
+from ocireg_devenv.registries import LocalRegistries
 
 from .pods import assert_runs, run_pod
 

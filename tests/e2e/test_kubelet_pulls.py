@@ -20,15 +20,15 @@ from pathlib import Path
 
 import pytest
 
-from ocireg.credential import Credential
-from ocireg.devenv.clients import docker_config, write_docker_config
-from ocireg.devenv.controlplane import ControlPlane
-from ocireg.devenv.node import LocalNode
-from ocireg.devenv.operator import OperatorProcess
-from ocireg.devenv.processes import LOOPBACK, free_port
-from ocireg.devenv.registries import LocalRegistries, RegistryServer
-from ocireg.devenv.standins import AwsStandIn, WebhookStandIn
-from ocireg.plan import docker_config_json
+from ocireg.api.credential import Credential
+from ocireg.pullsecrets.plan import docker_config_json
+from ocireg_devenv.clients import docker_config, write_docker_config
+from ocireg_devenv.controlplane import ControlPlane
+from ocireg_devenv.node import LocalNode
+from ocireg_devenv.operator import OperatorProcess
+from ocireg_devenv.processes import LOOPBACK, free_port
+from ocireg_devenv.registries import LocalRegistries, RegistryServer
+from ocireg_devenv.standins import AwsStandIn, WebhookStandIn
 
 from .helpers import (
     apply,

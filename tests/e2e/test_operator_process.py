@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from ocireg.devenv.controlplane import ControlPlane
+from ocireg_devenv.controlplane import ControlPlane
 
 
 def test_operator_runs_and_stops_cleanly(cluster: ControlPlane, run_operator) -> None:

@@ -27,16 +27,16 @@ from typing import Any
 import pytest
 import yaml
 
-from ocireg import plan
-from ocireg.admission import WEBHOOK_NAME, webhook_entry
+from ocireg.admission.server import WEBHOOK_NAME, webhook_entry
+from ocireg.api.credential import Credential
+from ocireg.api.spec import Format, Targets
 from ocireg.charts import publish
-from ocireg.config import SYSTEM_NAMESPACES
-from ocireg.credential import Credential
-from ocireg.devenv.controlplane import ControlPlane
-from ocireg.devenv.processes import Tools
-from ocireg.devenv.registries import LocalRegistries
-from ocireg.devenv.standins import AwsStandIn
-from ocireg.models.spec import Format, Targets
+from ocireg.pullsecrets import plan
+from ocireg.settings import SYSTEM_NAMESPACES
+from ocireg_devenv.controlplane import ControlPlane
+from ocireg_devenv.processes import Tools
+from ocireg_devenv.registries import LocalRegistries
+from ocireg_devenv.standins import AwsStandIn
 
 from .helpers import (
     apply,

@@ -1,5 +1,5 @@
 """Ownership on the real control plane: a registry object only ever overwrites, deletes or
-strips the references of its own copies (ocireg.ownership), whoever else has a registry
+strips the references of its own copies (ocireg.api.ownership), whoever else has a registry
 object of the same name.
 
 - two tenants, each with an `OCIRegistry ghcr`: deleting one leaves the other's Secret (same
@@ -24,11 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ocireg.cli import build_parser
-from ocireg.devenv.controlplane import ControlPlane
-from ocireg.devenv.operator import OperatorProcess
-from ocireg.devenv.registries import LocalRegistries
-from ocireg.ownership import (
+from ocireg.api.ownership import (
     ANNOTATION_OWNER,
     LABEL_KIND,
     LABEL_REGISTRY,
@@ -36,7 +32,11 @@ from ocireg.ownership import (
     MANAGED_BY,
     MANAGER,
 )
-from ocireg.plan import ANNOTATION_SA_REFS
+from ocireg.cli import build_parser
+from ocireg.pullsecrets.plan import ANNOTATION_SA_REFS
+from ocireg_devenv.controlplane import ControlPlane
+from ocireg_devenv.operator import OperatorProcess
+from ocireg_devenv.registries import LocalRegistries
 
 from .helpers import (
     apply,

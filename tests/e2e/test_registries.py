@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ocireg.devenv.clients import Clients, docker_config, write_docker_config
-from ocireg.devenv.registries import LocalRegistries
+from ocireg_devenv.clients import Clients, docker_config, write_docker_config
+from ocireg_devenv.registries import LocalRegistries
 
 
 def _config_dir(tmp_path: Path, name: str, host: str, user: str, password: str) -> Path:

@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 import yaml
 
-from ocireg.devenv.controlplane import ControlPlane
-from ocireg.devenv.hygiene import KNOWN_SECRETS, remember
-from ocireg.devenv.registries import LocalRegistries
-from ocireg.devenv.standins import WebhookStandIn
-from ocireg.plan import ANNOTATION_OWNER, LABEL_KIND, MANAGED_BY, MANAGER
+from ocireg.pullsecrets.plan import ANNOTATION_OWNER, LABEL_KIND, MANAGED_BY, MANAGER
+from ocireg_devenv.controlplane import ControlPlane
+from ocireg_devenv.hygiene import KNOWN_SECRETS, remember
+from ocireg_devenv.registries import LocalRegistries
+from ocireg_devenv.standins import WebhookStandIn
 from tests.conftest import check_secret_hygiene
 
 from .helpers import (

@@ -20,12 +20,12 @@ import yaml
 from cryptography import x509
 from kubernetes.client.exceptions import ApiException
 
-from ocireg import admission
-from ocireg.admission import Candidate, account_fields, secret_is_ours, wanted
+from ocireg.admission import server as admission
+from ocireg.admission.server import Candidate, account_fields, secret_is_ours, wanted
+from ocireg.api.spec import Format, LabelSelector, Targets
 from ocireg.cli import build_parser, config_from_args
-from ocireg.config import SYSTEM_NAMESPACES, AdmissionConfig, OperatorConfig
-from ocireg.models.spec import Format, LabelSelector, Targets
-from ocireg.plan import ANNOTATION_SA_REFS, RegistryRef
+from ocireg.pullsecrets.plan import ANNOTATION_SA_REFS, RegistryRef
+from ocireg.settings import SYSTEM_NAMESPACES, AdmissionConfig, OperatorConfig
 
 SHARED = RegistryRef("ClusterOCIRegistry", "shared", uid="u1")
 OTHER = RegistryRef("ClusterOCIRegistry", "other", uid="u2")
@@ -341,7 +341,7 @@ def test_the_admission_role_allows_exactly_the_configuration_calls() -> None:
     (Its reads of namespaces and Secrets are core calls that tests/unit/test_install_rbac.py
     checks against the main ClusterRole.)"""
     root = Path(__file__).resolve().parents[2]
-    code = (root / "operator/ocireg/admission.py").read_text()
+    code = (root / "operator/ocireg/admission/server.py").read_text()
     verbs = {"read": "get", "patch": "patch", "create": "create", "delete": "delete"}
     calls = {
         verbs[method.split("_")[0]]

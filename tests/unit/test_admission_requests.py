@@ -29,8 +29,8 @@ import aiohttp
 import aiohttp.web
 import pytest
 
-from ocireg import admission
-from ocireg.config import AdmissionConfig
+from ocireg.admission import server as admission
+from ocireg.settings import AdmissionConfig
 
 LIMIT = 256 * 1024
 MARKER = "do-not-echo-7f3a"
@@ -211,8 +211,8 @@ def test_a_body_over_the_cap_is_refused_unread_with_or_without_a_length() -> Non
 
 SERVER = """
 import asyncio, json, sys
-from ocireg.admission import AdmissionServer
-from ocireg.config import AdmissionConfig
+from ocireg.admission.server import AdmissionServer
+from ocireg.settings import AdmissionConfig
 
 async def fn(data, **_):
     return {**data, "response": {"uid": data["request"]["uid"], "allowed": True}}

@@ -10,14 +10,14 @@ from typing import Any
 import pydantic
 import pytest
 
+from ocireg.api.credential import Credential
+from ocireg.api.errors import ReconcileError
+from ocireg.api.spec import RegistrySpec
 from ocireg.cli import build_parser, config_from_args
-from ocireg.config import OperatorConfig
-from ocireg.credential import Credential
-from ocireg.errors import ReconcileError
-from ocireg.models.spec import RegistrySpec
+from ocireg.oci import TLSOptions
 from ocireg.providers import ResolveContext, acr, ecr, gcp, resolve
 from ocireg.providers.destinations import ambient_refusal, host_matches, hostname
-from ocireg.registry import TLSOptions
+from ocireg.settings import OperatorConfig
 
 
 @pytest.mark.parametrize(

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from ocireg import reconcile, schedule
-from ocireg.config import OperatorConfig
-from ocireg.errors import ReconcileError
-from ocireg.plan import RegistryRef
+from ocireg.api.errors import ReconcileError
+from ocireg.pullsecrets import reconcile, schedule
+from ocireg.pullsecrets.plan import RegistryRef
+from ocireg.settings import OperatorConfig
 
 from .test_reconcile import FakeKube
 

@@ -13,15 +13,16 @@ from typing import Any
 import pytest
 import yaml
 
-from ocireg import chart_handlers, plan
+from ocireg.api.credential import Credential
+from ocireg.api.spec import RegistrySpec
+from ocireg.charts import handlers as chart_handlers
 from ocireg.charts import publish
-from ocireg.charts.index import build_index
+from ocireg.charts.helm_index import build_index
 from ocireg.charts.sync import MANIFESTS_PER_KEPT, sync_charts
-from ocireg.credential import Credential
 from ocireg.egress import EgressPolicy
-from ocireg.models.spec import RegistrySpec
-from ocireg.registry import RegistryClient, RegistryError, TLSOptions
-from ocireg.registry import client as registry_client
+from ocireg.oci import RegistryClient, RegistryError, TLSOptions
+from ocireg.oci import client as registry_client
+from ocireg.pullsecrets import plan
 
 from .test_charts_sync import FakeRegistry, charts, digest
 

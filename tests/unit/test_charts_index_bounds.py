@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ocireg.charts import publish
-from ocireg.charts.index import IndexedVersion, build_index
+from ocireg.charts.helm_index import IndexedVersion, build_index
 from ocireg.charts.metadata import chart_metadata
 from ocireg.charts.sync import RepoState, SyncResult
 

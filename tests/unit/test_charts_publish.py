@@ -8,15 +8,15 @@ from typing import Any
 import pytest
 import yaml
 
-from ocireg import reconcile
+from ocireg.api.credential import Credential
+from ocireg.api.errors import ReconcileError
+from ocireg.api.spec import RegistrySpec
 from ocireg.charts import publish
-from ocireg.charts.index import IndexedVersion, build_index, read_index
+from ocireg.charts.helm_index import IndexedVersion, build_index, read_index
 from ocireg.charts.metadata import BadChart, NotAChart, chart_metadata, classify
 from ocireg.charts.sync import RepoState, SyncResult
-from ocireg.credential import Credential
-from ocireg.errors import ReconcileError
-from ocireg.models.spec import RegistrySpec
-from ocireg.plan import RegistryRef
+from ocireg.pullsecrets import reconcile
+from ocireg.pullsecrets.plan import RegistryRef
 
 SERVER = "registry.example.com:5000"
 REF = RegistryRef("OCIRegistry", "corp", "team-a", "uid-1")

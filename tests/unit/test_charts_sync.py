@@ -16,14 +16,14 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from ocireg.api.charts import Charts
 from ocireg.charts.metadata import HELM_CHART_LAYER, HELM_CONFIG
 from ocireg.charts.sync import (
     REVALIDATE_SECONDS,
     SyncProblem,
     sync_charts,
 )
-from ocireg.models.charts import Charts
-from ocireg.registry import RegistryClient, TLSOptions
+from ocireg.oci import RegistryClient, TLSOptions
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
+from ocireg.api.durations import format_duration, parse_duration, renew_margin
 from ocireg.cli import build_parser, config_from_args
-from ocireg.config import LogFormat
-from ocireg.models.durations import format_duration, parse_duration, renew_margin
+from ocireg.settings import LogFormat
 
 
 def _config(*argv: str):

@@ -13,13 +13,13 @@ from collections.abc import Mapping
 import pytest
 from moto import mock_aws
 
-from ocireg.config import OperatorConfig
-from ocireg.credential import Credential
-from ocireg.errors import ReconcileError
-from ocireg.models.cloud import WebhookAuth
-from ocireg.models.spec import RegistrySpec
+from ocireg.api.cloud import WebhookAuth
+from ocireg.api.credential import Credential
+from ocireg.api.errors import ReconcileError
+from ocireg.api.spec import RegistrySpec
 from ocireg.providers import ResolveContext, acr, ecr, resolve, webhook
 from ocireg.providers.cache import EXPIRED_RENEW_AFTER, MIN_RENEW_AFTER, MintCache, renew_at
+from ocireg.settings import OperatorConfig
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -409,7 +409,7 @@ def test_max_age_does_not_shorten_an_expiring_credential() -> None:
 
 
 def test_verification_uses_the_expanded_host_of_a_template() -> None:
-    from ocireg.reconcile import verified_host
+    from ocireg.pullsecrets.reconcile import verified_host
 
     templated = spec({"ecr": {"regions": ["eu-west-1", "us-east-2"]}}, "1.dkr.ecr.{region}.x")
     credential = Credential(

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ocireg.models.crd import crd, crd_files
-from ocireg.models.spec import RegistrySpec
+from ocireg.api.crd import crd, crd_files
+from ocireg.api.spec import RegistrySpec
 
 CRDS = Path(__file__).resolve().parents[2] / "crds"
 

@@ -17,12 +17,12 @@ import pytest
 import requests
 
 from ocireg import egress
-from ocireg.config import OperatorConfig
-from ocireg.errors import ReconcileError
-from ocireg.models.spec import RegistrySpec
+from ocireg.api.errors import ReconcileError
+from ocireg.api.spec import RegistrySpec
+from ocireg.oci import RegistryClient, RegistryError, TLSOptions
+from ocireg.oci import client as registry_client
 from ocireg.providers import ResolveContext, acr, webhook
-from ocireg.registry import RegistryClient, RegistryError, TLSOptions
-from ocireg.registry import client as registry_client
+from ocireg.settings import OperatorConfig
 
 TENANT = egress.EgressPolicy.for_object(True, ())
 LOOPBACK_ONLY = egress.EgressPolicy.for_object(True, ("127.0.0.1/32",))

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from ocireg import fanout as fanout_module
-from ocireg import plan
-from ocireg.credential import Credential
-from ocireg.fanout import Fanout, KeyedQueue, Registries
-from ocireg.index import ClusterIndex
-from ocireg.models.spec import RegistrySpec
+from ocireg.api.credential import Credential
+from ocireg.api.spec import RegistrySpec
+from ocireg.kube.cache import ClusterIndex
+from ocireg.pullsecrets import fanout as fanout_module
+from ocireg.pullsecrets import plan
+from ocireg.pullsecrets.fanout import Fanout, KeyedQueue, Registries
 
 from .test_reconcile import FakeKube, index_of
 

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from ocireg import index as index_module
-from ocireg import plan
-from ocireg.index import ClusterIndex, NamespaceState, Store, Watcher, namespace_state
+from ocireg.kube import cache as index_module
+from ocireg.kube.cache import ClusterIndex, NamespaceState, Store, Watcher, namespace_state
+from ocireg.pullsecrets import plan
 
 REF = plan.RegistryRef("ClusterOCIRegistry", "corp")
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ocireg.devenv.processes import Tools, ToolsMissing
+from ocireg_devenv.processes import Tools, ToolsMissing
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"

@@ -16,12 +16,13 @@ import jsonschema
 import pytest
 import yaml
 
-from ocireg import admission, plan
+from ocireg.admission import server as admission
+from ocireg.api.credential import Credential
+from ocireg.api.spec import Format, Targets
 from ocireg.charts import publish
-from ocireg.config import SYSTEM_NAMESPACES, AdmissionConfig
-from ocireg.credential import Credential
-from ocireg.models.spec import Format, Targets
 from ocireg.providers import acr, ecr
+from ocireg.pullsecrets import plan
+from ocireg.settings import SYSTEM_NAMESPACES, AdmissionConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 CODE = ROOT / "operator" / "ocireg"
@@ -82,7 +83,7 @@ def test_the_token_policy_allows_every_audience_the_code_requests_and_no_more() 
 
 
 def test_the_token_policy_allows_the_lifetime_the_code_requests() -> None:
-    source = (CODE / "kube.py").read_text()
+    source = (CODE / "kube" / "client.py").read_text()
     requested = {int(n) for n in re.findall(r'"expirationSeconds":\s*(\d+)', source)}
     assert requested == {600}, requested
     limit = _variables(_load(TOKEN_POLICY))["maxExpirationSeconds"]

@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlparse
 import kubernetes
 import pytest
 
-from ocireg import kube
+from ocireg.kube import client as kube
 
 MIB = 1024 * 1024
 SECRETS = 64  # the review's probe: 64 Secrets of 1 MiB peaked at 197 MiB in one page
@@ -127,7 +127,7 @@ def test_the_index_lists_64_fat_secrets_within_a_bounded_peak(
             if token is None:
                 return count
 
-    with caplog.at_level(logging.WARNING, logger="ocireg.kube"):
+    with caplog.at_level(logging.WARNING, logger="ocireg.kube.client"):
         count, peak = _peak_of(list_them)
     print(f"peak {peak / MIB:.1f} MiB for {SECRETS} Secrets of 1 MiB, pages {fat.limits}")
     assert count == SECRETS

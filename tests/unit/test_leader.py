@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from kubernetes.client.rest import ApiException
 
-from ocireg.leader import LeaderElection, Record, Timing, may_take
+from ocireg.kube.leader import LeaderElection, Record, Timing, may_take
 
 
 def _record(holder: str, seconds: int = 15) -> Record:

@@ -9,8 +9,8 @@ import datetime as dt
 from prometheus_client import generate_latest
 
 from ocireg import metrics
-from ocireg.credential import Credential
-from ocireg.errors import ReconcileError
+from ocireg.api.credential import Credential
+from ocireg.api.errors import ReconcileError
 from ocireg.providers.cache import MintCache
 
 

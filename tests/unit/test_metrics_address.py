@@ -11,7 +11,7 @@ import pytest
 
 from ocireg import metrics
 from ocireg.cli import build_parser, config_from_args
-from ocireg.config import OperatorConfig
+from ocireg.settings import OperatorConfig
 
 
 def _free_port() -> int:

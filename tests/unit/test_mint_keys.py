@@ -16,13 +16,13 @@ from typing import Any
 
 import pytest
 
-from ocireg.config import OperatorConfig
-from ocireg.credential import Credential
-from ocireg.errors import ReconcileError
-from ocireg.models.spec import RegistrySpec
+from ocireg.api.credential import Credential
+from ocireg.api.errors import ReconcileError
+from ocireg.api.spec import RegistrySpec
+from ocireg.oci import TLSOptions
 from ocireg.providers import ResolveContext, acr, ecr, gcp, resolve, webhook
 from ocireg.providers.cache import PER_TENANT, MintCache
-from ocireg.registry import TLSOptions
+from ocireg.settings import OperatorConfig
 
 Store = dict[tuple[str, str], dict[str, bytes]]
 

@@ -12,8 +12,8 @@ from typing import Any, cast
 import pytest
 import yaml
 
-from ocireg.devenv import node as node_module
-from ocireg.devenv.node import LocalNode, NodeUnavailable, _remove_stale_tree, image_layer
+from ocireg_devenv import node as node_module
+from ocireg_devenv.node import LocalNode, NodeUnavailable, _remove_stale_tree, image_layer
 
 
 def _node(tmp_path: Path) -> LocalNode:

@@ -1,4 +1,4 @@
-"""The one definition of "ours" (ocireg.ownership.claim) and the decisions built on it:
+"""The one definition of "ours" (ocireg.api.ownership.claim) and the decisions built on it:
 which Secrets a registry object may overwrite, take over or delete, for two tenants with
 registries of the same name, a cluster registry next to a tenant's, an upgrade from the
 labels of the release before the uid label, and an object deleted and re-created."""
@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import pytest
 
-from ocireg import ownership, plan
-from ocireg.credential import Credential
-from ocireg.models.spec import Targets
-from ocireg.ownership import Claim, RegistryRef, claim
+from ocireg.api import ownership
+from ocireg.api.credential import Credential
+from ocireg.api.ownership import Claim, RegistryRef, claim
+from ocireg.api.spec import Targets
+from ocireg.pullsecrets import plan
 
 A = RegistryRef("OCIRegistry", "ghcr", "team-a", "uid-a")
 B = RegistryRef("OCIRegistry", "ghcr", "team-b", "uid-b")
@@ -189,7 +190,7 @@ def test_the_index_keeps_what_ownership_reads() -> None:
 
 def _index_config_map(ref: RegistryRef, namespace: str) -> dict:
     from ocireg.charts import publish
-    from ocireg.charts.index import build_index
+    from ocireg.charts.helm_index import build_index
 
     return publish.desired_config_map(ref, namespace, build_index([], "ghcr.io"), "now")
 

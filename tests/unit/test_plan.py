@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from ocireg.credential import Credential
-from ocireg.models.spec import Format, LabelSelector, Targets
-from ocireg.plan import (
+from ocireg.api.credential import Credential
+from ocireg.api.spec import Format, LabelSelector, Targets
+from ocireg.pullsecrets.plan import (
     ANNOTATION_SA_REFS,
     DOCKER_HUB_KEY,
     RegistryRef,

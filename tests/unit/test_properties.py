@@ -17,19 +17,19 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from ocireg.credential import Credential
-from ocireg.devenv.hygiene import KnownSecrets, forms
+from ocireg.api.cloud import WebhookAuth, WebhookFormat
+from ocireg.api.credential import Credential
+from ocireg.api.durations import format_duration, parse_duration, renew_margin
+from ocireg.api.errors import ReconcileError
+from ocireg.api.spec import RegistrySpec
 from ocireg.egress import embedded_ipv4
-from ocireg.errors import ReconcileError
-from ocireg.models.cloud import WebhookAuth, WebhookFormat
-from ocireg.models.durations import format_duration, parse_duration, renew_margin
-from ocireg.models.spec import RegistrySpec
+from ocireg.oci import parse_link_next, parse_www_authenticate, parse_www_authenticate_all
 from ocireg.providers import ResolveContext
 from ocireg.providers.acr import jwt_expiry
 from ocireg.providers.static import docker_config_entry
 from ocireg.providers.static import resolve as static_resolve
 from ocireg.providers.webhook import address_refused, check_destination, parse_answer
-from ocireg.registry import parse_link_next, parse_www_authenticate, parse_www_authenticate_all
+from ocireg_devenv.hygiene import KnownSecrets, forms
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)

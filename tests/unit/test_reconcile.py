@@ -12,19 +12,19 @@ from typing import Any
 
 import pytest
 
-from ocireg import plan, reconcile, schedule
-from ocireg.config import OperatorConfig
-from ocireg.errors import ReconcileError
-from ocireg.fanout import Fanout, Registries
-from ocireg.index import ClusterIndex
-from ocireg.kube import UNKNOWN
-from ocireg.plan import RegistryRef
+from ocireg.api.errors import ReconcileError
+from ocireg.kube.cache import ClusterIndex
+from ocireg.kube.client import UNKNOWN
+from ocireg.pullsecrets import plan, reconcile, schedule
+from ocireg.pullsecrets.fanout import Fanout, Registries
+from ocireg.pullsecrets.plan import RegistryRef
+from ocireg.settings import OperatorConfig
 
 PASSWORD = "s3cret-pa55"
 
 
 class FakeKube:
-    """Just enough of ocireg.kube.Kube, with the same semantics, counting writes."""
+    """Just enough of ocireg.kube.client.Kube, with the same semantics, counting writes."""
 
     def __init__(self) -> None:
         self.secrets: dict[tuple[str, str], dict[str, Any]] = {}

@@ -28,14 +28,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ocireg.devenv.pki import CertificateAuthority
-from ocireg.registry import (
+from ocireg.oci import (
     RegistryClient,
     RegistryCredentials,
     RegistryError,
     TLSOptions,
     VerifyResult,
 )
+from ocireg_devenv.pki import CertificateAuthority
 
 LOOPBACK = "127.0.0.1"
 SERVICE = "fake-registry"

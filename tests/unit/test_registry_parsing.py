@@ -1,4 +1,4 @@
-"""Header parsing and the small auth helpers of ocireg.registry, without any network."""
+"""Header parsing and the small auth helpers of ocireg.oci, without any network."""
 
 from __future__ import annotations
 
@@ -10,20 +10,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ocireg.registry import (
+from ocireg.oci import (
     RegistryCredentials,
     parse_link_next,
     parse_retry_after,
     parse_www_authenticate,
     parse_www_authenticate_all,
 )
-from ocireg.registry.auth import (
+from ocireg.oci.auth import (
     Redactor,
     TokenCache,
     choose_challenge,
     parse_token_response,
 )
-from ocireg.registry.client import _parse_rate_limit
+from ocireg.oci.client import _parse_rate_limit
 
 # ------------------------------------------------------------------------ WWW-Authenticate
 

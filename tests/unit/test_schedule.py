@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from ocireg import schedule
-from ocireg.schedule import Memory, Work, work_due
+from ocireg.pullsecrets import schedule
+from ocireg.pullsecrets.schedule import Memory, Work, work_due
 
 HOUR = 3600.0
 

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from ocireg.errors import ReconcileError
-from ocireg.models.spec import RegistrySpec
+from ocireg.api.errors import ReconcileError
+from ocireg.api.spec import RegistrySpec
 from ocireg.providers import ResolveContext, resolve
 
 SECRETS = {

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from ocireg.config import OperatorConfig
-from ocireg.errors import ReconcileError
-from ocireg.models.spec import RegistrySpec
+from ocireg.api.errors import ReconcileError
+from ocireg.api.spec import RegistrySpec
 from ocireg.providers import ResolveContext, webhook
+from ocireg.settings import OperatorConfig
 
 PUBLIC = "93.184.216.34"
 HOST = "creds.rebind.test"

@@ -10,8 +10,8 @@ import kopf
 import pytest
 
 from ocireg.cli import build_parser, config_from_args
-from ocireg.config import OperatorConfig, PoolSizes
-from ocireg.plan import RegistryRef
+from ocireg.pullsecrets.plan import RegistryRef
+from ocireg.settings import OperatorConfig, PoolSizes
 from ocireg.workers import FairPool, Pools, ShareQueue, group_of
 
 
@@ -218,7 +218,7 @@ def test_pool_sizes_are_flags_with_documented_defaults() -> None:
 def test_no_handler_of_an_object_runs_on_kopfs_executor() -> None:
     """Every handler kopf calls for a registry object is async and waits on the pools; a sync
     one would run on kopf's executor, shared by every object."""
-    import ocireg.handlers  # noqa: F401 - registers the handlers (and the chart handlers)
+    import ocireg.pullsecrets.handlers  # noqa: F401 - registers the handlers (and the chart handlers)
 
     registry = kopf.get_default_registry()
     handlers = [
@@ -233,7 +233,7 @@ def test_no_handler_of_an_object_runs_on_kopfs_executor() -> None:
 def test_kopfs_executor_size_is_set_and_the_pools_made_at_start(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from ocireg import handlers
+    from ocireg.pullsecrets import handlers
 
     monkeypatch.setattr(handlers, "load_config", lambda: None)
     monkeypatch.setattr(handlers, "Kube", lambda: object())

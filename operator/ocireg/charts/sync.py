@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from typing import Final, TypeVar
 
 from ocireg import egress
-from ocireg.models.charts import Charts
-from ocireg.registry import RegistryClient, RegistryError
-from ocireg.charts.index import IndexedVersion
+from ocireg.api.charts import Charts
+from ocireg.charts.helm_index import IndexedVersion
 from ocireg.charts.metadata import MAX_CONFIG_BYTES, BadChart, NotAChart, chart_metadata, classify
 from ocireg.charts.versions import Constraint, ConstraintError, candidates
+from ocireg.oci import RegistryClient, RegistryError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -10,14 +10,14 @@ import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from ocireg.config import OperatorConfig
-from ocireg.credential import Credential
-from ocireg.errors import ReconcileError
-from ocireg.models.cloud import ServiceAccountRef
-from ocireg.models.spec import RegistrySpec, SecretRef
-from ocireg.registry import TLSOptions
+from ocireg.api.cloud import ServiceAccountRef
+from ocireg.api.credential import Credential
+from ocireg.api.errors import ReconcileError
+from ocireg.api.spec import RegistrySpec, SecretRef
+from ocireg.oci import TLSOptions
 from ocireg.providers import destinations, static
 from ocireg.providers.cache import MintCache
+from ocireg.settings import OperatorConfig
 
 # (namespace, name) -> the Secret's decoded data; raises ReconcileError SecretNotFound.
 SecretReader = Callable[[str, str], Mapping[str, bytes]]

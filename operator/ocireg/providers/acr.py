@@ -19,11 +19,11 @@ from azure.core.credentials import TokenCredential
 from azure.core.exceptions import AzureError, ClientAuthenticationError
 
 from ocireg import egress
-from ocireg.credential import Credential
-from ocireg.errors import ReconcileError
-from ocireg.models.cloud import AcrAuth
-from ocireg.models.spec import RegistrySpec
-from ocireg.registry import TLSOptions, parse_retry_after
+from ocireg.api.cloud import AcrAuth
+from ocireg.api.credential import Credential
+from ocireg.api.errors import ReconcileError
+from ocireg.api.spec import RegistrySpec
+from ocireg.oci import TLSOptions, parse_retry_after
 from ocireg.providers import ResolveContext, check_ambient_destination
 
 USERNAME = "00000000-0000-0000-0000-000000000000"

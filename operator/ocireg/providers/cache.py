@@ -30,10 +30,10 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, replace
 
 from ocireg import metrics
-from ocireg.credential import Credential
-from ocireg.errors import ReconcileError
-from ocireg.models.durations import renew_margin
-from ocireg.schedule import backoff
+from ocireg.api.credential import Credential
+from ocireg.api.durations import renew_margin
+from ocireg.api.errors import ReconcileError
+from ocireg.pullsecrets.schedule import backoff
 
 log = logging.getLogger(__name__)
 

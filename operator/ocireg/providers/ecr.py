@@ -15,10 +15,10 @@ import botocore
 import botocore.config
 import botocore.exceptions
 
-from ocireg.credential import Credential
-from ocireg.errors import ReconcileError
-from ocireg.models.cloud import EcrAuth, ServiceAccountRef
-from ocireg.models.spec import RegistrySpec
+from ocireg.api.cloud import EcrAuth, ServiceAccountRef
+from ocireg.api.credential import Credential
+from ocireg.api.errors import ReconcileError
+from ocireg.api.spec import RegistrySpec
 from ocireg.providers import ResolveContext, check_ambient_destination
 
 PUBLIC_HOST = "public.ecr.aws"

@@ -13,9 +13,9 @@ import google.auth.exceptions
 import google.auth.transport.requests
 from google.oauth2 import service_account
 
-from ocireg.credential import Credential
-from ocireg.errors import ReconcileError
-from ocireg.models.spec import RegistrySpec
+from ocireg.api.credential import Credential
+from ocireg.api.errors import ReconcileError
+from ocireg.api.spec import RegistrySpec
 from ocireg.providers import ResolveContext, check_ambient_destination
 
 USERNAME = "oauth2accesstoken"

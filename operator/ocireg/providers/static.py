@@ -8,10 +8,10 @@ import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from ocireg.credential import Credential
-from ocireg.errors import ReconcileError
-from ocireg.models.spec import RegistrySpec, TokenType
-from ocireg.plan import DOCKER_HUB_HOSTS
+from ocireg.api.credential import Credential
+from ocireg.api.errors import ReconcileError
+from ocireg.api.spec import RegistrySpec, TokenType
+from ocireg.pullsecrets.plan import DOCKER_HUB_HOSTS
 
 if TYPE_CHECKING:
     from ocireg.providers import ResolveContext

@@ -22,12 +22,12 @@ from urllib.parse import urlsplit
 import requests
 
 from ocireg import egress
-from ocireg.credential import Credential
-from ocireg.errors import ReconcileError
-from ocireg.models.cloud import WebhookAuth, WebhookFormat
-from ocireg.models.spec import RegistrySpec
-from ocireg.registry import parse_retry_after
-from ocireg.registry.auth import header_safe
+from ocireg.api.cloud import WebhookAuth, WebhookFormat
+from ocireg.api.credential import Credential
+from ocireg.api.errors import ReconcileError
+from ocireg.api.spec import RegistrySpec
+from ocireg.oci import parse_retry_after
+from ocireg.oci.auth import header_safe
 from ocireg.providers import ResolveContext
 
 MAX_ANSWER_BYTES = 64 * 1024

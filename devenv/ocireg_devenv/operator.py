@@ -8,7 +8,7 @@ from pathlib import Path
 
 import requests
 
-from ocireg.devenv.processes import LOOPBACK, Process, free_port, wait_until
+from ocireg_devenv.processes import LOOPBACK, Process, free_port, wait_until
 
 
 class OperatorProcess:

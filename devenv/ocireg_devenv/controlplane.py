@@ -19,8 +19,8 @@ from pathlib import Path
 import requests
 import yaml
 
-from ocireg.devenv.pki import CertificateAuthority, IssuedCert, rsa_key_pem
-from ocireg.devenv.processes import LOOPBACK, Process, Tools, free_port, wait_until
+from ocireg_devenv.pki import CertificateAuthority, IssuedCert, rsa_key_pem
+from ocireg_devenv.processes import LOOPBACK, Process, Tools, free_port, wait_until
 
 # Controllers the tests and the operator depend on; everything else (nodes, pods, volumes)
 # is irrelevant without kubelets and only costs memory.

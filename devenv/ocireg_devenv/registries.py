@@ -32,9 +32,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from ocireg.devenv.hygiene import remember
-from ocireg.devenv.pki import CertificateAuthority, cert_pem, key_pem
-from ocireg.devenv.processes import LOOPBACK, Process, Tools, free_port, wait_until
+from ocireg_devenv.hygiene import remember
+from ocireg_devenv.pki import CertificateAuthority, cert_pem, key_pem
+from ocireg_devenv.processes import LOOPBACK, Process, Tools, free_port, wait_until
 
 _TOKEN_ISSUER = "ocireg-test-token-server"  # noqa: S105 - a name, not a secret
 _TOKEN_LIFETIME = 300

@@ -11,9 +11,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from ocireg.credential import Credential
-from ocireg.models.spec import Format, LabelSelector, Targets
-from ocireg.ownership import ANNOTATION_OWNER, LABEL_KIND, LABEL_REGISTRY, LABEL_UID, MANAGED_BY, MANAGER, OWNER_LABELS, Claim, RegistryRef, claim, recorded_owner
+from ocireg.api.credential import Credential
+from ocireg.api.ownership import (
+    ANNOTATION_OWNER,
+    LABEL_KIND,
+    LABEL_REGISTRY,
+    LABEL_UID,
+    MANAGED_BY,
+    MANAGER,
+    OWNER_LABELS,
+    Claim,
+    RegistryRef,
+    claim,
+    recorded_owner,
+)
+from ocireg.api.spec import Format, LabelSelector, Targets
 
 __all__ = [
     "ANNOTATION_OWNER",

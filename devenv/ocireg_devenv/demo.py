@@ -1,5 +1,5 @@
-"""`ocireg demo`: a real local control plane, a registry and the operator, showing a pull
-secret written, used by a real client, and rotated when the password changes.
+"""`ocireg-demo` (`make demo`): a real local control plane, a registry and the operator,
+showing a pull secret written, used by a real client, and rotated when the password changes.
 
 Everything runs on loopback from the binaries tests/cluster/build.sh builds; nothing touches
 the user's kubeconfig or Docker config.
@@ -7,11 +7,13 @@ the user's kubeconfig or Docker config.
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
 import secrets
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -20,12 +22,12 @@ from typing import Any
 
 import yaml
 
-from ocireg.devenv.clients import Clients, docker_config, write_docker_config
-from ocireg.devenv.controlplane import ControlPlane
-from ocireg.devenv.operator import OperatorProcess
-from ocireg.devenv.processes import Tools, ToolsMissing
-from ocireg.devenv.registries import LocalRegistries
-from ocireg.models.crd import crd_files
+from ocireg.api.crd import crd_files
+from ocireg_devenv.clients import Clients, docker_config, write_docker_config
+from ocireg_devenv.controlplane import ControlPlane
+from ocireg_devenv.operator import OperatorProcess
+from ocireg_devenv.processes import Tools, ToolsMissing
+from ocireg_devenv.registries import LocalRegistries
 
 CREDENTIALS_NAMESPACE = "ocireg-system"
 TEAMS = ("team-a", "team-b")
@@ -89,7 +91,7 @@ def run_demo(keep: bool = False) -> int:
     try:
         tools = Tools.locate()
     except ToolsMissing as error:
-        print(f"ocireg demo: {error}")
+        print(f"ocireg-demo: {error}")
         return 1
     workdir = Path(tempfile.mkdtemp(prefix="ocireg-demo-"))
     cluster = ControlPlane(workdir / "cluster", tools)
@@ -248,3 +250,16 @@ def run_demo(keep: bool = False) -> int:
         registries.stop()
         cluster.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="ocireg-demo",
+        description="start a local control plane and registry, and show ocireg at work",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep everything running until Ctrl-C")
+    return run_demo(keep=parser.parse_args(argv).keep)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

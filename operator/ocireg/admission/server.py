@@ -55,10 +55,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kubernetes.client.exceptions import ApiException
 
-from ocireg import ownership, plan
-from ocireg.config import AdmissionConfig
-from ocireg.kube import load_config
-from ocireg.models.spec import Format, Targets
+from ocireg.api import ownership
+from ocireg.api.spec import Format, Targets
+from ocireg.kube.client import load_config
+from ocireg.pullsecrets import plan
+from ocireg.settings import AdmissionConfig
 
 log = logging.getLogger(__name__)
 

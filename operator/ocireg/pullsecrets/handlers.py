@@ -14,13 +14,15 @@ from typing import Any, TypeVar
 
 import kopf
 
-from ocireg import metrics, ownership, plan
-from ocireg.config import OperatorConfig
-from ocireg.fanout import Fanout, Registries, Tracked
-from ocireg.index import ClusterIndex, Store, Watcher
-from ocireg.kube import Kube, load_config
+from ocireg import metrics
+from ocireg.api import ownership
+from ocireg.kube.cache import ClusterIndex, Store, Watcher
+from ocireg.kube.client import Kube, load_config
 from ocireg.providers.cache import MintCache
-from ocireg.reconcile import Sync, cleanup, reconcile, sync_targets
+from ocireg.pullsecrets import plan
+from ocireg.pullsecrets.fanout import Fanout, Registries, Tracked
+from ocireg.pullsecrets.reconcile import Sync, cleanup, reconcile, sync_targets
+from ocireg.settings import OperatorConfig
 from ocireg.workers import Pools
 
 log = logging.getLogger(__name__)
@@ -279,4 +281,4 @@ for _plural in KINDS:
         await _on_pool(memo, ref, lambda: _delete(memo, ref))
 
 
-from ocireg import chart_handlers  # noqa: E402, F401 - registers the chart sync handlers
+from ocireg.charts import handlers as chart_handlers  # noqa: E402, F401 - registers the chart sync handlers

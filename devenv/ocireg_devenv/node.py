@@ -31,10 +31,10 @@ from typing import Any
 
 import yaml
 
-from ocireg.devenv.clients import Clients
-from ocireg.devenv.controlplane import ControlPlane
-from ocireg.devenv.processes import LOOPBACK, Process, Tools, free_port, wait_until
-from ocireg.devenv.registries import LocalRegistries, RegistryServer
+from ocireg_devenv.clients import Clients
+from ocireg_devenv.controlplane import ControlPlane
+from ocireg_devenv.processes import LOOPBACK, Process, Tools, free_port, wait_until
+from ocireg_devenv.registries import LocalRegistries, RegistryServer
 
 NODE_NAME = "ocireg-node"
 CGROUP_ROOT = Path("/sys/fs/cgroup")

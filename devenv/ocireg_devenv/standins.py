@@ -27,9 +27,9 @@ from urllib.parse import parse_qs, urlparse
 
 import requests
 
-from ocireg.devenv.hygiene import remember
-from ocireg.devenv.pki import CertificateAuthority
-from ocireg.devenv.processes import LOOPBACK, free_port
+from ocireg_devenv.hygiene import remember
+from ocireg_devenv.pki import CertificateAuthority
+from ocireg_devenv.processes import LOOPBACK, free_port
 
 TokenSink = Callable[[str, str], None]  # (username, password) the registry should accept
 

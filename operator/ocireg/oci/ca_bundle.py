@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from ocireg.errors import ReconcileError
-from ocireg.models.spec import CABundleRef
+from ocireg.api.errors import ReconcileError
+from ocireg.api.spec import CABundleRef
 
 ReadData = Callable[[str, str], Mapping[str, bytes] | None]
 

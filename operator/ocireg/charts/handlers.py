@@ -25,17 +25,17 @@ from typing import Any, Final, TypeVar
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from ocireg import plan
+from ocireg.api.credential import Credential
+from ocireg.api.durations import parse_duration
+from ocireg.api.errors import ReconcileError
+from ocireg.api.spec import RegistrySpec
 from ocireg.charts import publish
-from ocireg.charts.index import build_index, read_index
+from ocireg.charts.helm_index import build_index, read_index
 from ocireg.charts.sync import RepoState, SyncProblem, sync_charts
-from ocireg.credential import Credential
 from ocireg.egress import UNRESTRICTED, EgressPolicy
-from ocireg.errors import ReconcileError
-from ocireg.kube import Kube
-from ocireg.models.durations import parse_duration
-from ocireg.models.spec import RegistrySpec
-from ocireg.registry import RegistryClient, RegistryCredentials, TLSOptions
+from ocireg.kube.client import Kube
+from ocireg.oci import RegistryClient, RegistryCredentials, TLSOptions
+from ocireg.pullsecrets import plan
 from ocireg.workers import Pools
 
 log = logging.getLogger(__name__)

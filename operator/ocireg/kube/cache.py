@@ -24,7 +24,7 @@ from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from kubernetes.client.exceptions import ApiException
 
-from ocireg.plan import account_state, secret_state
+from ocireg.pullsecrets.plan import account_state, secret_state
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

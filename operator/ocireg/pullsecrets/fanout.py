@@ -27,13 +27,14 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from ocireg import metrics, plan, schedule
-from ocireg.credential import Credential
-from ocireg.index import ClusterIndex
-from ocireg.kube import Kube
-from ocireg.models.spec import RegistrySpec
-from ocireg.reconcile import NamespaceResult, conflict, report
-from ocireg.registry import TLSOptions
+from ocireg import metrics
+from ocireg.api.credential import Credential
+from ocireg.api.spec import RegistrySpec
+from ocireg.kube.cache import ClusterIndex
+from ocireg.kube.client import Kube
+from ocireg.oci import TLSOptions
+from ocireg.pullsecrets import plan, schedule
+from ocireg.pullsecrets.reconcile import NamespaceResult, conflict, report
 
 log = logging.getLogger(__name__)
 K = TypeVar("K", bound=Hashable)

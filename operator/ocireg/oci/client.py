@@ -28,10 +28,24 @@ from urllib.parse import urljoin, urlsplit
 import requests
 
 from ocireg import egress
-from ocireg.ca_bundle import MAX_CA_BUNDLE_BYTES
 from ocireg.egress import UNRESTRICTED, EgressPolicy
-from ocireg.registry.auth import CLIENT_ID, NO_AUTH, Challenge, Redactor, RegistryCredentials, TokenCache, TokenKey, choose_challenge, header_safe, parse_token_response, read_token, read_value, skip_ws
-from ocireg.registry.errors import Reason, RegistryError
+from ocireg.oci.auth import (
+    CLIENT_ID,
+    NO_AUTH,
+    Challenge,
+    Redactor,
+    RegistryCredentials,
+    TokenCache,
+    TokenKey,
+    choose_challenge,
+    header_safe,
+    parse_token_response,
+    read_token,
+    read_value,
+    skip_ws,
+)
+from ocireg.oci.ca_bundle import MAX_CA_BUNDLE_BYTES
+from ocireg.oci.errors import Reason, RegistryError
 
 log = logging.getLogger(__name__)
 

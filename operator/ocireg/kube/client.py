@@ -14,8 +14,14 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
 from ocireg import metrics
-from ocireg.errors import ReconcileError
-from ocireg.plan import DesiredSecret, RegistryRef, SecretState, secret_decision, secret_state
+from ocireg.api.errors import ReconcileError
+from ocireg.pullsecrets.plan import (
+    DesiredSecret,
+    RegistryRef,
+    SecretState,
+    secret_decision,
+    secret_state,
+)
 
 GROUP, VERSION = "ocireg.dev", "v1alpha1"
 log = logging.getLogger(__name__)

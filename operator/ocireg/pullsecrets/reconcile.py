@@ -16,18 +16,19 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ocireg import plan, providers, schedule
-from ocireg.ca_bundle import read_ca_bundle
-from ocireg.config import OperatorConfig
-from ocireg.credential import Credential
+from ocireg import providers
+from ocireg.api.credential import Credential
+from ocireg.api.durations import parse_duration
+from ocireg.api.errors import ReconcileError
+from ocireg.api.spec import RegistrySpec, Targets
+from ocireg.api.status import RegistryStatus
 from ocireg.egress import UNRESTRICTED, EgressPolicy
-from ocireg.errors import ReconcileError
-from ocireg.kube import UNKNOWN, Kube
-from ocireg.models.durations import parse_duration
-from ocireg.models.spec import RegistrySpec, Targets
-from ocireg.models.status import RegistryStatus
+from ocireg.kube.client import UNKNOWN, Kube
+from ocireg.oci import RegistryClient, RegistryCredentials, RegistryError, TLSOptions
+from ocireg.oci.ca_bundle import read_ca_bundle
 from ocireg.providers.cache import MintCache, provider_failed
-from ocireg.registry import RegistryClient, RegistryCredentials, RegistryError, TLSOptions
+from ocireg.pullsecrets import plan, schedule
+from ocireg.settings import OperatorConfig
 
 log = logging.getLogger(__name__)
 MAX_FAILED_IN_STATUS = 20

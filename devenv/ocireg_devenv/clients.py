@@ -13,7 +13,7 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-from ocireg.devenv.processes import Tools
+from ocireg_devenv.processes import Tools
 
 # skopeo refuses to copy without a signature policy; the Debian package may not ship one.
 _ACCEPT_ANYTHING = {"default": [{"type": "insecureAcceptAnything"}]}

@@ -1,0 +1,1 @@
+"""The custom resources: models, names, labels, conditions and reasons (pure)."""

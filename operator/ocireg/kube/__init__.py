@@ -1,0 +1,1 @@
+"""The one Kubernetes layer: the only importer of the kubernetes client."""
