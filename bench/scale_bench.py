@@ -87,6 +87,16 @@ class Bench:
         self.operator: OperatorProcess | None = None
         self.hook: WebhookStandIn | None = None
         self.metrics_port = free_port()
+        # With --admission the operator also serves the ServiceAccount admission webhook (the
+        # API server calls it for every ServiceAccount created), to measure its memory too.
+        self.admission_args: tuple[str, ...] = ()
+        if args.admission:
+            self.admission_args = (
+                "--admission-webhook",
+                "--admission-address", "127.0.0.1",
+                "--admission-port", str(free_port()),
+                "--admission-configuration", "ocireg-bench",
+            )  # fmt: skip
 
     # ------------------------------------------------------------------ set-up
 
@@ -145,6 +155,7 @@ class Bench:
                 "--resync", str(RESYNC),
                 "--metrics-port", str(self.metrics_port),
                 "--metrics-address", "127.0.0.1",
+                *self.admission_args,
             ),
             name=f"ocireg-{int(started)}",
             verbose=False,  # at this scale a verbose log would measure logging
@@ -396,6 +407,7 @@ class Bench:
             "registries": self.args.registries,
             "concurrency": self.args.concurrency,
             "resync_s": RESYNC,
+            "admission_webhook": bool(self.args.admission),
         }
         return self.results
 
@@ -418,7 +430,8 @@ def table(results: dict[str, Any]) -> str:
     params = results["parameters"]
     rows = [
         ("setup", f"{params['namespaces']} namespaces x {params['registries']} registries, "
-         f"concurrency {params['concurrency']}", ""),
+         f"concurrency {params['concurrency']}",
+         "admission webhook on" if params.get("admission_webhook") else ""),
         ("initial fan-out", f"{results['initial_fan_out_s']:.1f} s",
          f"{params['namespaces'] * params['registries']} Secrets"),
         ("P1 new namespace -> secrets + SA", f"p50 {p1['p50_s']:.2f} s, p99 {p1['p99_s']:.2f} s",
@@ -446,6 +459,9 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=50)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--admission", action="store_true", help="run the operator with its admission webhook on"
+    )
     args = parser.parse_args()
     bench = Bench(args)
     try:
