@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from ocireg.charts import publish
 from ocireg.charts.helm_index import IndexedVersion, build_index
 from ocireg.charts.metadata import chart_metadata
-from ocireg.charts.sync import RepoState, SyncResult
+from ocireg.charts.state import RepoState, SyncResult
 
 SERVER = "registry.example.com:5000"
 MAX_ENTRY_BYTES = 16 * 1024

@@ -14,7 +14,7 @@ from ocireg.api.spec import RegistrySpec
 from ocireg.charts import publish
 from ocireg.charts.helm_index import IndexedVersion, build_index, read_index
 from ocireg.charts.metadata import BadChart, NotAChart, chart_metadata, classify
-from ocireg.charts.sync import RepoState, SyncResult
+from ocireg.charts.state import RepoState, SyncResult
 from ocireg.pullsecrets import reconcile
 from ocireg.pullsecrets.plan import RegistryRef
 

@@ -31,7 +31,8 @@ from ocireg.api.errors import ReconcileError
 from ocireg.api.spec import RegistrySpec
 from ocireg.charts import publish
 from ocireg.charts.helm_index import build_index, read_index
-from ocireg.charts.sync import RepoState, SyncProblem, sync_charts
+from ocireg.charts.state import RepoState
+from ocireg.charts.sync import SyncProblem, sync_charts
 from ocireg.egress import UNRESTRICTED, EgressPolicy
 from ocireg.kube.client import Kube
 from ocireg.oci import RegistryClient, RegistryCredentials, TLSOptions

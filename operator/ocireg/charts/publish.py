@@ -11,7 +11,7 @@ from typing import Any, Final
 from ocireg.api.charts import MAX_ERRORS_IN_STATUS, MAX_ITEMS_IN_STATUS, ChartsStatus
 from ocireg.api.ownership import ANNOTATION_OWNER, LABEL_KIND, LABEL_UID, Claim, RegistryRef, claim
 from ocireg.charts.helm_index import MAX_ENTRY_BYTES, Index, IndexedVersion
-from ocireg.charts.sync import RepoState, SyncResult, relative
+from ocireg.charts.state import RepoState, SyncResult, relative
 from ocireg.charts.versions import latest, parse_version
 
 CONDITION: Final = "ChartsSynced"

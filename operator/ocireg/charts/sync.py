@@ -21,13 +21,13 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Final, TypeVar
 
 from ocireg import egress
 from ocireg.api.charts import Charts
 from ocireg.charts.helm_index import IndexedVersion
 from ocireg.charts.metadata import MAX_CONFIG_BYTES, BadChart, NotAChart, chart_metadata, classify
+from ocireg.charts.state import KnownTag, RepoState, SyncResult
 from ocireg.charts.versions import Constraint, ConstraintError, candidates
 from ocireg.oci import RegistryClient, RegistryError
 
@@ -55,31 +55,6 @@ class SyncProblem(Exception):
         super().__init__(message)
         self.reason = reason
         self.message = message
-
-
-@dataclass(frozen=True)
-class KnownTag:
-    digest: str
-    checked_at: float  # wall clock
-    version: IndexedVersion | None  # None: not a chart
-
-
-@dataclass
-class RepoState:
-    """What we know about one repository (full path on the server)."""
-
-    tags: dict[str, KnownTag] = field(default_factory=dict)
-    versions: list[IndexedVersion] = field(default_factory=list)  # selected, newest first
-    skipped: int = 0
-    error: tuple[str, str] | None = None  # (reason, message) of the last sync
-    unchecked: int = 0  # version tags left for the next syncs (request budget spent)
-
-
-@dataclass(frozen=True)
-class SyncResult:
-    repos: dict[str, RepoState]  # every repository that is part of the index now
-    discovery_note: str | None = None  # why discover found nothing usable
-    retry_after: float | None = None  # the registry asked us to come back later
 
 
 class _Halt(Exception):
@@ -128,12 +103,6 @@ class _Session:
 
 def full_path(prefix: str | None, repository: str) -> str:
     return f"{prefix}/{repository}" if prefix else repository
-
-
-def relative(prefix: str | None, repository: str) -> str:
-    if prefix and repository.startswith(prefix + "/"):
-        return repository[len(prefix) + 1 :]
-    return repository
 
 
 def sync_charts(
