@@ -17,7 +17,7 @@ from pathlib import Path
 LOOPBACK = "127.0.0.1"
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ocireg"
 # Present in a source checkout (an editable install), absent from an installed wheel.
-BUILD_SCRIPT = Path(__file__).resolve().parents[3] / "tests" / "cluster" / "build.sh"
+BUILD_SCRIPT = Path(__file__).resolve().parents[2] / "tests" / "cluster" / "build.sh"
 
 
 class ToolsMissing(RuntimeError):
