@@ -407,7 +407,14 @@ def run_operator(config: OperatorConfig) -> int:
     import kopf
 
     from ocireg.admission import server as admission
-    from ocireg.pullsecrets import handlers  # noqa: F401 - registers the handlers with kopf
+
+    # Importing the handler modules registers their handlers with kopf, in this order (pull
+    # secrets first: its startup handlers build what the chart handlers use, and its delete
+    # handler runs before the chart index's).
+    from ocireg.pullsecrets import handlers as _pullsecrets  # noqa: F401
+
+    # isort: split
+    from ocireg.charts import handlers as _charts  # noqa: F401
 
     admission.register(config.admission)  # only when --admission-webhook
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from typing import Any, Generic, TypeVar
 
-from ocireg.pullsecrets import plan
+from ocireg.api.ownership import RegistryRef
 from ocireg.settings import PoolSizes
 
 log = logging.getLogger(__name__)
@@ -197,12 +197,12 @@ class Pools:
         )
 
     def reconcile(
-        self, ref: plan.RegistryRef, run: Callable[[], T], coalesce: bool = False
+        self, ref: RegistryRef, run: Callable[[], T], coalesce: bool = False
     ) -> Future[T]:
         pool = self.tenant_reconciles if ref.namespaced else self.cluster_reconciles
         return pool.submit(ref, group_of(ref), run, coalesce)
 
-    def charts(self, ref: plan.RegistryRef, run: Callable[[], T]) -> Future[T]:
+    def charts(self, ref: RegistryRef, run: Callable[[], T]) -> Future[T]:
         pool = self.tenant_charts if ref.namespaced else self.cluster_charts
         return pool.submit(ref, group_of(ref), run)
 
@@ -216,7 +216,7 @@ class Pools:
             pool.stop()
 
 
-def group_of(ref: plan.RegistryRef) -> Hashable:
+def group_of(ref: RegistryRef) -> Hashable:
     """Whose share a job counts against: a tenant's namespace; a cluster object its own."""
     if ref.namespaced:
         return ("namespace", ref.namespace or "")

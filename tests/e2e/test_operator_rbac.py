@@ -34,6 +34,7 @@ from ocireg.charts import publish
 from ocireg.pullsecrets import plan
 from ocireg.settings import SYSTEM_NAMESPACES
 from ocireg_devenv.controlplane import ControlPlane
+from ocireg_devenv.operator import OperatorProcess
 from ocireg_devenv.processes import Tools
 from ocireg_devenv.registries import LocalRegistries
 from ocireg_devenv.standins import AwsStandIn
@@ -784,3 +785,42 @@ def test_the_chart_operator_still_does_aws_web_identity(
                 check=False,
             )  # fmt: skip
         aws.stop()
+
+
+def test_without_watch_rights_the_operator_refuses_to_start(
+    cluster: ControlPlane, crds: None, namespace: str, tmp_path: Path
+) -> None:
+    """The watch-fed index is the only way targets are written, so an identity that may not
+    watch Secrets (an old ClusterRole, a hand-trimmed one) would run and never write a thing.
+    The operator asks the API server (SelfSubjectAccessReview) at start and exits saying what
+    is missing instead."""
+    role = yaml.safe_load((MANIFESTS / "rbac" / "clusterrole.yaml").read_text())
+    for rule in role["rules"]:
+        if "secrets" in rule["resources"] and rule["apiGroups"] == [""]:
+            rule["verbs"] = [v for v in rule["verbs"] if v != "watch"]
+    name = f"{namespace}-narrow"
+    role["metadata"] = {"name": name}
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": "narrow", "namespace": namespace}],
+    }
+    cluster.kubectl("create", "serviceaccount", "narrow", "-n", namespace)
+    apply(cluster, role, binding)
+    operator = OperatorProcess(
+        cluster.kubeconfig_for_service_account(namespace, "narrow"),
+        tmp_path,
+        ["--credentials-namespace", namespace],
+        name="narrow",
+    )
+    try:
+        operator.process.start()
+        assert operator.process.popen is not None
+        code = wait_for(lambda: operator.process.popen.poll(), 60, "the operator to exit")  # type: ignore[union-attr]
+        assert code == 1
+        assert "ocireg may not watch secrets cluster-wide" in operator.logs()
+    finally:
+        operator.stop()
+        cluster.kubectl("delete", "clusterrolebinding,clusterrole", name, check=False)

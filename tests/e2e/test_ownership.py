@@ -4,8 +4,6 @@ object of the same name.
 
 - two tenants, each with an `OCIRegistry ghcr`: deleting one leaves the other's Secret (same
   resourceVersion) and ServiceAccount reference alone, for a window after the deletion;
-- the same with the watch-fed index never complete (the operator may not list
-  ServiceAccounts cluster-wide), where every reconcile lists its targets from the API;
 - a `ClusterOCIRegistry ghcr` next to a tenant's `ghcr` in a namespace it targets: the
   second reports SecretConflict naming the first, and deleting either never deletes the
   other's Secret;
@@ -15,14 +13,12 @@ object of the same name.
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from ocireg.api.ownership import (
     ANNOTATION_OWNER,
@@ -201,99 +197,6 @@ def test_deleting_one_tenants_registry_leaves_the_other_tenants_of_the_same_name
     _gone(cluster, team_a)
     _untouched(cluster, team_b, before)
     assert condition(cluster, TENANT, NAME, "Ready", team_b)["status"] == "True"
-
-
-def _incomplete_index_identity(cluster: ControlPlane, user: str, tenants: list[str]) -> Path:
-    """The shipped ClusterRole, except that ServiceAccounts may be listed only in the
-    tenants' namespaces (a Role each), not cluster-wide: the operator's watch-fed index
-    never completes its first list, and every reconcile lists its targets from the API
-    (handlers._sync's fallback), which for an OCIRegistry needs its own namespace only."""
-    role = yaml.safe_load((ROOT / "manifests" / "rbac" / "clusterrole.yaml").read_text())
-    for rule in role["rules"]:
-        if rule["resources"] == ["serviceaccounts"]:
-            rule["verbs"] = [v for v in rule["verbs"] if v not in ("list", "watch")]
-    role["metadata"] = {"name": user}
-    subjects = [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]
-    objects: list[dict[str, Any]] = [
-        role,
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": {"name": user},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": user,
-            },
-            "subjects": subjects,
-        },
-    ]
-    for namespace in tenants:
-        objects += [
-            {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "Role",
-                "metadata": {"name": "list-service-accounts", "namespace": namespace},
-                "rules": [{"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["list"]}],
-            },
-            {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "RoleBinding",
-                "metadata": {"name": "list-service-accounts", "namespace": namespace},
-                "roleRef": {
-                    "apiGroup": "rbac.authorization.k8s.io",
-                    "kind": "Role",
-                    "name": "list-service-accounts",
-                },
-                "subjects": subjects,
-            },
-        ]
-    apply(cluster, *objects)
-    return cluster.kubeconfig_for_user(user)
-
-
-def test_the_list_based_fallback_leaves_the_other_tenants_of_the_same_name(
-    cluster: ControlPlane,
-    crds: None,
-    registries: LocalRegistries,
-    run_operator: Callable[..., OperatorProcess],
-    namespaces: Callable[[str], str],
-) -> None:
-    team_a, team_b = namespaces("a"), namespaces("b")
-    user = f"ocireg-incomplete-index-{secrets.token_hex(3)}"
-    kubeconfig = _incomplete_index_identity(cluster, user, [team_a, team_b])
-    try:
-        operator = run_operator(*_loopback_allowed(), kubeconfig=kubeconfig)
-        _tenant(cluster, registries, team_a)
-        # The first reconcile waits 60 s for the index, then lists from the API.
-        wait_for_reason(cluster, TENANT, NAME, "Ready", team_a, timeout=120)
-        _tenant(cluster, registries, team_b)
-        wait_for_reason(cluster, TENANT, NAME, "Ready", team_b, timeout=60)
-        assert "listing targets from the API" in operator.logs()
-        _written(cluster, team_a)
-        before = _written(cluster, team_b)
-
-        # A reconcile of team-a's object that syncs its targets (a spec change) ...
-        cluster.kubectl(
-            "patch", "ociregistry", NAME, "-n", team_a, "--type=merge",
-            "-p", '{"spec":{"refresh":{"interval":"50m"}}}',
-        )  # fmt: skip
-        wait_for(
-            lambda: (
-                registry(cluster, TENANT, NAME, team_a)["status"]["observedGeneration"] == 2
-                and condition(cluster, TENANT, NAME, "Ready", team_a).get("status") == "True"
-            ),
-            60,
-            f"{team_a}/{NAME} reconciled at generation 2",
-        )
-        _untouched(cluster, team_b, before)
-
-        # ... and its deletion, leave team-b's alone.
-        _delete(cluster, TENANT, team_a)
-        _gone(cluster, team_a)
-        _untouched(cluster, team_b, before)
-    finally:
-        cluster.kubectl("delete", "clusterrolebinding,clusterrole", user, "--ignore-not-found")
 
 
 def test_a_cluster_registry_next_to_a_tenants_of_the_same_name(

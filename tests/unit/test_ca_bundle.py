@@ -6,7 +6,7 @@ kopf (which would retry every 10 s with no condition at all)."""
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -48,13 +48,14 @@ class CAKube(FakeKube):
 
 
 @pytest.fixture
-def kube(monkeypatch: pytest.MonkeyPatch) -> CAKube:
+def kube(monkeypatch: pytest.MonkeyPatch) -> Iterator[CAKube]:
     monkeypatch.setattr(reconcile, "verify", lambda *args, **kwargs: None)
     kube = CAKube()
     for namespace in ("ocireg-system", "team-a", "other"):
         kube.add_namespace(namespace, pull="yes")
         kube.put_secret(namespace, "creds", {"username": "robot", "password": "pw"})
-    return kube
+    yield kube
+    kube.close()
 
 
 def body(ca: dict[str, Any], namespace: str | None = None) -> dict[str, Any]:
@@ -71,7 +72,7 @@ def body(ca: dict[str, Any], namespace: str | None = None) -> dict[str, Any]:
 
 def run(kube: CAKube, ref: RegistryRef, obj: dict[str, Any], now: float = 0) -> Any:
     config = OperatorConfig(credentials_namespace="ocireg-system")
-    outcome = reconcile.reconcile(kube, ref, obj, config, schedule.Memory(), now)  # type: ignore[arg-type]
+    outcome = reconcile.reconcile(kube, ref, obj, config, schedule.Memory(), now, kube.sync)  # type: ignore[arg-type]
     if outcome.status is not None:
         obj["status"] = outcome.status
     return outcome
@@ -128,7 +129,7 @@ def test_a_ca_config_map_appearing_later_is_picked_up(kube: CAKube) -> None:
     kube.config_maps[("ocireg-system", "corp-ca")] = {"ca.crt": PEM}
     config = OperatorConfig(credentials_namespace="ocireg-system")
     retry_at = first.memory.retry_at
-    outcome = reconcile.reconcile(kube, CLUSTER, obj, config, first.memory, retry_at + 1)  # type: ignore[arg-type]
+    outcome = reconcile.reconcile(kube, CLUSTER, obj, config, first.memory, retry_at + 1, kube.sync)  # type: ignore[arg-type]
     obj["status"] = outcome.status
     assert conditions(obj)["Ready"]["status"] == "True"
 

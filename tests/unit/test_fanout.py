@@ -14,10 +14,11 @@ import pytest
 
 from ocireg.api.credential import Credential
 from ocireg.api.spec import RegistrySpec
-from ocireg.kube.cache import ClusterIndex
+from ocireg.backoff import Backoff
 from ocireg.pullsecrets import fanout as fanout_module
 from ocireg.pullsecrets import plan
 from ocireg.pullsecrets.fanout import Fanout, KeyedQueue, Registries
+from ocireg.pullsecrets.index import ClusterIndex
 
 from .test_reconcile import FakeKube, index_of
 
@@ -75,7 +76,7 @@ def test_urgent_keys_go_before_bulk_ones() -> None:
 def test_a_failed_job_reports_to_its_callers_and_is_retried(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(fanout_module, "RETRY_CAP", 0.05)
+    monkeypatch.setattr(fanout_module, "JOB_BACKOFF", Backoff(0.05, 0.05, 0.0))
     attempts: list[str] = []
 
     def run(key: str) -> None:

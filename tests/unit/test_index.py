@@ -13,8 +13,9 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from ocireg.kube import cache as index_module
-from ocireg.kube.cache import ClusterIndex, NamespaceState, Store, Watcher, namespace_state
+from ocireg.kube.cache import Store, Watcher
 from ocireg.pullsecrets import plan
+from ocireg.pullsecrets.index import ClusterIndex, NamespaceState, namespace_state
 
 REF = plan.RegistryRef("ClusterOCIRegistry", "corp")
 

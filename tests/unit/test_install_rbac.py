@@ -24,6 +24,9 @@ VERBS = {
     "delete": "delete",
     "get": "get",
 }
+# Calls every authenticated identity may make (the system:basic-user ClusterRole): asking the
+# API server what the operator itself may do.
+NEEDS_NO_RULE = {"create_self_subject_access_review"}
 # kubernetes-client resource part of a CoreV1Api method name -> RBAC resource
 RESOURCES = {
     "secret": "secrets",
@@ -57,6 +60,8 @@ def _api_calls() -> set[tuple[str, str, str]]:
     for path in _operator_sources():
         text = path.read_text()
         for method in re.findall(r"\.core\.(\w+)\(", text):
+            if method in NEEDS_NO_RULE:
+                continue
             prefix, _, rest = method.partition("_")
             rest = rest.removeprefix("namespaced_").removesuffix("_for_all_namespaces")
             new = f"{path.name}: CoreV1Api.{method} is new to this test: map it in VERBS / "

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 from ocireg.api.errors import ReconcileError
-from ocireg.kube.cache import ClusterIndex
-from ocireg.kube.client import UNKNOWN
+from ocireg.kube.client import Conflict
 from ocireg.pullsecrets import plan, reconcile, schedule
 from ocireg.pullsecrets.fanout import Fanout, Registries
+from ocireg.pullsecrets.index import ClusterIndex
 from ocireg.pullsecrets.plan import RegistryRef
 from ocireg.settings import OperatorConfig
 
@@ -33,8 +33,17 @@ class FakeKube:
         self.registries: dict[str, dict[str, Any]] = {}
         self.writes = 0
         self._uid = 0
-        self.sync: Any = None  # reconcile's sync (None: list targets from the API)
-        self.registries_: Registries | None = None
+        # The only writer of targets: namespace jobs fed by the watch-fed index.
+        self.registries_ = Registries()
+        self.fanout = Fanout(self, ClusterIndex(), self.registries_, workers=4)  # type: ignore[arg-type]
+
+    def sync(self, *args: Any) -> Any:
+        """reconcile's sync: the namespace jobs, once the watches have caught up."""
+        self.fanout.index = index_of(self)
+        return self.fanout.resync(*args)
+
+    def close(self) -> None:
+        self.fanout.queue.stop()
 
     # test set-up helpers
     def add_namespace(self, name: str, **labels: str) -> None:
@@ -44,7 +53,13 @@ class FakeKube:
     def put_secret(self, namespace: str, name: str, data: Mapping[str, str], **meta: Any) -> None:
         self._uid += 1
         self.secrets[(namespace, name)] = {
-            "metadata": {"name": name, "namespace": namespace, "uid": str(self._uid), **meta},
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "uid": str(self._uid),
+                "resourceVersion": str(self._uid),
+                **meta,
+            },
             "type": "Opaque",
             "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
         }
@@ -68,24 +83,28 @@ class FakeKube:
     def namespaces(self) -> list[tuple[str, dict[str, str], str]]:
         return [(n, labels, "Active") for n, labels in self.namespaces_.items()]
 
-    def apply_secret(
-        self, desired: plan.DesiredSecret, observed: Any = UNKNOWN, written: Any = None
-    ) -> str:
-        if desired.namespace not in self.namespaces_:
-            return "gone"
-        current = self.secrets.get((desired.namespace, desired.name))
-        decision = plan.secret_decision(desired, current)
-        if decision in ("create", "update"):
-            self.writes += 1
-            self._uid += 1
-            body = desired.body()
-            body["metadata"]["uid"] = str(self._uid)
-            body["metadata"]["resourceVersion"] = str(self._uid)
-            self.secrets[(desired.namespace, desired.name)] = body
-            if written is not None:
-                written(copy.deepcopy(body))
-            return decision + "d"
-        return decision
+    def read_secret_body(self, namespace: str, name: str) -> dict[str, Any] | None:
+        found = self.secrets.get((namespace, name))
+        return None if found is None else copy.deepcopy(found)
+
+    def write_secret(
+        self, body: dict[str, Any], resource_version: str | None = None
+    ) -> dict[str, Any] | None:
+        meta = body["metadata"]
+        if meta["namespace"] not in self.namespaces_:
+            return None  # as the API answers for a namespace that is gone
+        current = self.secrets.get((meta["namespace"], meta["name"]))
+        if (current is None) != (resource_version is None) or (
+            current is not None and current["metadata"].get("resourceVersion") != resource_version
+        ):
+            raise Conflict("exists already, or changed since")  # the API's 409
+        self.writes += 1
+        self._uid += 1
+        body = copy.deepcopy(body)
+        body["metadata"]["uid"] = str(self._uid)
+        body["metadata"]["resourceVersion"] = str(self._uid)
+        self.secrets[(meta["namespace"], meta["name"])] = body
+        return copy.deepcopy(body)
 
     def managed_secrets(self, ref: RegistryRef, namespace: str | None = None) -> list[dict]:
         # The API's answer to ref.selector() (equality terms only).
@@ -142,24 +161,11 @@ def index_of(kube: FakeKube) -> ClusterIndex:
     return index
 
 
-@pytest.fixture(params=["listing", "index"])
-def kube(request: pytest.FixtureRequest) -> Iterator[FakeKube]:
-    """Every reconcile test runs twice: targets listed from the API (as before the index,
-    and as the fallback), and written from the watch-fed index by namespace jobs."""
+@pytest.fixture
+def kube() -> Iterator[FakeKube]:
     kube = FakeKube()
-    if request.param == "index":
-        registries = Registries()
-        fanout = Fanout(kube, ClusterIndex(), registries, workers=4)  # type: ignore[arg-type]
-
-        def sync(*args: Any) -> Any:
-            fanout.index = index_of(kube)  # the watches have caught up
-            return fanout.resync(*args)
-
-        kube.sync = sync
-        kube.registries_ = registries
     yield from _setup(kube)
-    if request.param == "index":
-        fanout.queue.stop()
+    kube.close()
 
 
 def _setup(kube: FakeKube) -> Iterator[FakeKube]:
@@ -208,7 +214,7 @@ def run(kube: FakeKube, obj: dict, memory: schedule.Memory, now: float) -> recon
     outcome = reconcile.reconcile(kube, REF, obj, config, memory, now, sync=kube.sync)  # type: ignore[arg-type]
     if outcome.status is not None:
         obj["status"] = outcome.status
-    if outcome.placed is None and kube.registries_ is not None:  # namespace jobs keep them
+    if outcome.placed is None:  # the namespace jobs keep them
         outcome.placed = set(kube.registries_.get(REF).placed)
     return outcome
 
@@ -501,7 +507,7 @@ def test_adding_several_references_in_one_patch() -> None:
         "metadata": {"name": "default", "resourceVersion": "5"},
         "imagePullSecrets": [{"name": "theirs"}, {"name": "b"}],
     }
-    patch = reconcile.adding_all(["a", "b", "c"])(sa)
+    patch = plan.service_account_change(sa, ["a", "b", "c"], [])
     assert patch is not None
     # "b" was put there by someone else: left alone, not claimed.
     assert patch["imagePullSecrets"] == [
@@ -514,7 +520,7 @@ def test_adding_several_references_in_one_patch() -> None:
         "resourceVersion": "5",
         "annotations": {plan.ANNOTATION_SA_REFS: "a,c"},
     }
-    assert reconcile.adding_all(["b"])(sa) is None
+    assert plan.service_account_change(sa, ["b"], []) is None
 
 
 # -- ownership: registry objects of the same name, upgrades, re-created objects ---------------
@@ -545,10 +551,9 @@ def run_as(
 
 def delete_as(kube: FakeKube, ref: RegistryRef) -> None:
     """What handlers.on_delete does: stop serving it, then clean up from a list."""
-    if kube.registries_ is not None:
-        tracked = kube.registries_.forget(ref)
-        if tracked is not None:
-            tracked.publish(None, None)
+    tracked = kube.registries_.forget(ref)
+    if tracked is not None:
+        tracked.publish(None, None)
     reconcile.cleanup(kube, ref)  # type: ignore[arg-type]
 
 
@@ -654,8 +659,7 @@ def test_a_recreated_object_takes_over_its_predecessors_copies(
     obj = body()
     run(kube, obj, schedule.Memory(), now=0)
     reborn = RegistryRef(REF.kind, REF.name, None, "uid-2")  # deleted and applied again
-    if kube.registries_ is not None:
-        kube.registries_.forget(REF)
+    kube.registries_.forget(REF)
     fresh = body()
     run_as(kube, reborn, fresh, schedule.Memory(), now=0)
     assert conditions(fresh)["TargetsSynced"]["reason"] == "Synced"

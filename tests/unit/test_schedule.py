@@ -3,6 +3,8 @@ free of hot loops."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from ocireg.pullsecrets import schedule
@@ -63,15 +65,24 @@ def test_a_failure_keeps_what_was_verified_before() -> None:
 
 @pytest.mark.parametrize("failures", [1, 2, 3, 5, 8, 30, 1000])
 def test_backoff_grows_and_is_capped(failures: int) -> None:
-    delay = schedule.backoff(failures, jitter=0)
+    backoff = dataclasses.replace(schedule.RECONCILE_BACKOFF, jitter=0).delay
+    delay = backoff(failures)
     assert delay == min(schedule.BACKOFF_CAP, schedule.BACKOFF_BASE * 2 ** (failures - 1))
-    assert schedule.backoff(failures + 1, jitter=0) >= delay
+    assert backoff(failures + 1) >= delay
 
 
 def test_backoff_honours_retry_after_within_reason() -> None:
-    assert schedule.backoff(1, retry_after=120, jitter=0) == 120
-    assert schedule.backoff(1, retry_after=10**9, jitter=0) == schedule.BACKOFF_CAP * 4
-    assert schedule.backoff(6, retry_after=1, jitter=0) == schedule.BACKOFF_CAP
+    backoff = dataclasses.replace(schedule.RECONCILE_BACKOFF, jitter=0).delay
+    assert backoff(1, retry_after=120) == 120
+    assert backoff(1, retry_after=10**9) == schedule.BACKOFF_CAP * 4
+    assert backoff(6, retry_after=1) == schedule.BACKOFF_CAP
+
+
+def test_backoff_jitter_stays_within_its_fraction() -> None:
+    delays = {schedule.backoff(3) for _ in range(200)}
+    base = schedule.BACKOFF_BASE * 4
+    assert len(delays) > 1
+    assert all(base * 0.9 <= d <= base * 1.1 for d in delays)
 
 
 def test_fingerprint_is_stable_and_sensitive() -> None:

@@ -218,7 +218,8 @@ def test_pool_sizes_are_flags_with_documented_defaults() -> None:
 def test_no_handler_of_an_object_runs_on_kopfs_executor() -> None:
     """Every handler kopf calls for a registry object is async and waits on the pools; a sync
     one would run on kopf's executor, shared by every object."""
-    import ocireg.pullsecrets.handlers  # noqa: F401 - registers the handlers (and the chart handlers)
+    import ocireg.charts.handlers  # registers the chart handlers
+    import ocireg.pullsecrets.handlers  # noqa: F401 - registers the pull secret handlers
 
     registry = kopf.get_default_registry()
     handlers = [

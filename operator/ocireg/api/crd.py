@@ -13,12 +13,9 @@ from typing import Any
 
 import yaml
 
+from .names import CATEGORY, GROUP, VERSION
 from .spec import AUTH_METHODS, CLUSTER_ONLY, NAMESPACED_REQUIRED, RegistrySpec
 from .status import RegistryStatus
-
-GROUP = "ocireg.dev"
-VERSION = "v1alpha1"
-CATEGORY = "ocireg"
 
 _DROP = {"title"}
 

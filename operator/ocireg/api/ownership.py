@@ -1,7 +1,6 @@
 """What ocireg owns: the one definition of "ours" for every object it writes (pull Secrets,
 the chart index ConfigMap), used by every overwrite, every delete and every ServiceAccount
-edit, by the watch-fed index's selector, the namespace jobs, the list-based fallback and the
-admission webhook. Pure: no I/O.
+edit, by the watch-fed index's selector, the namespace jobs and the admission webhook. Pure: no I/O.
 
 An owner is one registry object, named exactly: kind, namespace (none for a
 ClusterOCIRegistry), name and uid. What is written on each object we own:
@@ -44,18 +43,21 @@ import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
-MANAGED_BY = "app.kubernetes.io/managed-by"
-MANAGER = "ocireg"
-LABEL_REGISTRY = "ocireg.dev/registry"
-LABEL_KIND = "ocireg.dev/registry-kind"
-LABEL_UID = "ocireg.dev/registry-uid"
-ANNOTATION_OWNER = "ocireg.dev/owner"
+from ocireg.api.names import (
+    ANNOTATION_OWNER,
+    LABEL_KIND,
+    LABEL_REGISTRY,
+    LABEL_UID,
+    MANAGED_BY,
+    MANAGER,
+    NAMESPACED_KIND,
+)
+
 # The labels a decision reads (the watch-fed index keeps only these).
 OWNER_LABELS = (MANAGED_BY, LABEL_REGISTRY, LABEL_KIND, LABEL_UID)
 # Everything ocireg writes (the Secret watch), and everything else (the credentials watch).
 MANAGED_SELECTOR = f"{MANAGED_BY}={MANAGER}"
 UNMANAGED_SELECTOR = f"{MANAGED_BY}!={MANAGER}"
-NAMESPACED_KIND = "OCIRegistry"
 # A recorded owner as shown in a message: Kind/namespace/name of DNS-style names only (the
 # annotation is only ocireg's where ocireg wrote it; anything else is not repeated).
 _SHOWN_OWNER = re.compile(r"(Cluster)?OCIRegistry(/[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?){1,2}")

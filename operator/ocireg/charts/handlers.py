@@ -28,6 +28,7 @@ from kubernetes.client.exceptions import ApiException
 from ocireg.api.credential import Credential
 from ocireg.api.durations import parse_duration
 from ocireg.api.errors import ReconcileError
+from ocireg.api.names import GROUP
 from ocireg.api.spec import RegistrySpec
 from ocireg.charts import publish
 from ocireg.charts.helm_index import build_index, read_index
@@ -41,7 +42,6 @@ from ocireg.workers import Pools
 
 log = logging.getLogger(__name__)
 
-GROUP: Final = "ocireg.dev"
 KINDS: Final = {"ociregistries": "OCIRegistry", "clusterociregistries": "ClusterOCIRegistry"}
 # The timer only decides; a registry is read once per spec.charts.interval (or on a change).
 CHECK_SECONDS: Final = 10

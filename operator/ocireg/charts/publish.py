@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from ocireg.api.charts import MAX_ERRORS_IN_STATUS, MAX_ITEMS_IN_STATUS, ChartsStatus
+from ocireg.api.names import ANNOTATION_DIGEST, API_VERSION, LABEL_CHARTS
 from ocireg.api.ownership import ANNOTATION_OWNER, LABEL_KIND, LABEL_UID, Claim, RegistryRef, claim
 from ocireg.charts.helm_index import MAX_ENTRY_BYTES, Index, IndexedVersion
 from ocireg.charts.state import RepoState, SyncResult, relative
@@ -16,8 +17,6 @@ from ocireg.charts.versions import latest, parse_version
 
 CONDITION: Final = "ChartsSynced"
 INDEX_KEY: Final = "index.yaml"
-ANNOTATION_DIGEST: Final = "ocireg.dev/index-digest"
-LABEL_CHARTS: Final = "ocireg.dev/charts"
 MAX_VERSION_EVENTS: Final = 10
 _MAX_NAME = 253
 
@@ -44,7 +43,7 @@ def desired_config_map(
         # garbage collection removes the index with its registry object.
         metadata["ownerReferences"] = [
             {
-                "apiVersion": "ocireg.dev/v1alpha1",
+                "apiVersion": API_VERSION,
                 "kind": ref.kind,
                 "name": ref.name,
                 "uid": ref.uid,

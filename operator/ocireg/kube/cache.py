@@ -1,6 +1,6 @@
-"""A watch-fed view of the cluster, small enough to keep: namespaces (labels, phase),
-ServiceAccounts (their imagePullSecrets names) and the Secrets ocireg manages (labels, type
-and a digest of the data), each as a short tuple rather than an API object.
+"""Watch-fed stores of Kubernetes objects, each object kept as the small value its owner's
+projection makes of it (pullsecrets.index keeps namespaces, ServiceAccounts and ocireg's
+Secrets as short tuples rather than API objects).
 
 One list, then a watch from the list's resourceVersion per kind, in a thread of its own
 (`Watcher`); the watch resumes where it stopped after each server timeout, re-lists after
@@ -15,16 +15,15 @@ view would delete or skip things wrongly.
 from __future__ import annotations
 
 import logging
-import random
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, Generic, NamedTuple, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from kubernetes.client.exceptions import ApiException
 
-from ocireg.pullsecrets.plan import account_state, secret_state
+from ocireg.backoff import Backoff
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -35,20 +34,6 @@ WATCH_TIMEOUT = 300
 # Everything is listed again this often even when every watch went well.
 RELIST_SECONDS = 1800.0
 BACKOFF_CAP = 30.0
-
-
-class NamespaceState(NamedTuple):
-    labels: Mapping[str, str]
-    phase: str
-
-
-def namespace_state(body: Mapping[str, Any]) -> NamespaceState:
-    meta = body.get("metadata") or {}
-    phase = (body.get("status") or {}).get("phase") or "Active"
-    if meta.get("deletionTimestamp"):
-        phase = "Terminating"
-    labels = {sys.intern(k): sys.intern(v) for k, v in (meta.get("labels") or {}).items()}
-    return NamespaceState(labels, sys.intern(phase))
 
 
 def _version(text: str | None) -> int | None:
@@ -143,26 +128,6 @@ class Store(Generic[T]):
             return sum(len(names) for names in self._items.values())
 
 
-class ClusterIndex:
-    """The three stores the fan-out decides from."""
-
-    def __init__(self) -> None:
-        self.namespaces: Store[NamespaceState] = Store("namespaces", namespace_state)
-        self.accounts = Store("serviceaccounts", account_state)
-        self.secrets = Store("secrets", secret_state)
-
-    @property
-    def synced(self) -> bool:
-        return all(s.synced.is_set() for s in (self.namespaces, self.accounts, self.secrets))
-
-    def wait_synced(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        for store in (self.namespaces, self.accounts, self.secrets):
-            if not store.synced.wait(max(0.0, deadline - time.monotonic())):
-                return False
-        return True
-
-
 class Source(Protocol):
     """Where a Watcher reads from (kube.WatchSource against the API)."""
 
@@ -176,8 +141,12 @@ class Source(Protocol):
         ...
 
 
+# A broken watch or list is retried after 1, 2, 4 ... seconds, at most 30.
+WATCH_BACKOFF = Backoff(base=1.0, cap=BACKOFF_CAP, jitter=0.2)
+
+
 def backoff(failures: int) -> float:
-    return min(BACKOFF_CAP, 0.5 * 2 ** min(failures, 10)) * random.uniform(0.8, 1.2)  # noqa: S311
+    return WATCH_BACKOFF.delay(failures)
 
 
 class Watcher:

@@ -15,24 +15,15 @@ from kubernetes.watch.watch import iter_resp_lines
 
 from ocireg import metrics
 from ocireg.api.errors import ReconcileError
-from ocireg.pullsecrets.plan import (
-    DesiredSecret,
-    RegistryRef,
-    SecretState,
-    secret_decision,
-    secret_state,
-)
+from ocireg.api.names import GROUP, PLURALS, VERSION
+from ocireg.api.ownership import RegistryRef
 
-GROUP, VERSION = "ocireg.dev", "v1alpha1"
 log = logging.getLogger(__name__)
+ACCESS_REVIEWS = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 
 
-class Unknown:
-    """Marks a Secret not looked at yet (None means looked at and absent)."""
-
-
-UNKNOWN = Unknown()
-PLURALS = {"OCIRegistry": "ociregistries", "ClusterOCIRegistry": "clusterociregistries"}
+class Conflict(Exception):
+    """The object changed since it was read (HTTP 409): read it again and decide again."""
 
 
 def load_config() -> None:
@@ -130,6 +121,10 @@ class CoreV1:
         if stream:
             return response.response
         return json.loads(_read_bounded(response.response, path, self.max_answer_bytes))
+
+    # authorization.k8s.io/v1: allowed to every authenticated identity (system:basic-user)
+    def create_self_subject_access_review(self, body: Any) -> dict[str, Any]:
+        return self._call("POST", ACCESS_REVIEWS, body)
 
     # Secrets
     def read_namespaced_secret(self, name: str, namespace: str) -> dict[str, Any]:
@@ -267,12 +262,6 @@ def list_all(lister: Callable[..., Any], page: int, **query: Any) -> list[dict[s
             return items
 
 
-def _state(observed: dict[str, Any] | SecretState | None) -> SecretState | None:
-    if observed is None or isinstance(observed, SecretState):
-        return observed
-    return secret_state(observed)
-
-
 class Kube:
     def __init__(self, api_client: kubernetes.client.ApiClient | None = None) -> None:
         self.api = api_client or kubernetes.client.ApiClient()
@@ -323,6 +312,20 @@ class Kube:
             raise
         return answer["status"]["token"]
 
+    def may(self, verb: str, resource: str, namespace: str | None = None) -> bool:
+        """Whether this identity may ``verb`` the core ``resource`` (cluster-wide unless
+        ``namespace``): a SelfSubjectAccessReview, which any authenticated identity may make."""
+        attributes = {"verb": verb, "resource": resource}
+        if namespace is not None:
+            attributes["namespace"] = namespace
+        review = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": attributes},
+        }
+        answer = self.core.create_self_subject_access_review(review)
+        return bool((answer.get("status") or {}).get("allowed"))
+
     def read_registry(self, kind: str, name: str, namespace: str | None) -> dict[str, Any] | None:
         try:
             if namespace:
@@ -345,56 +348,41 @@ class Kube:
             for ns in list_all(self.core.list_namespace, PAGES["namespaces"])
         ]
 
-    def apply_secret(
-        self,
-        desired: DesiredSecret,
-        observed: dict[str, Any] | SecretState | Unknown | None = UNKNOWN,
-        written: Written | None = None,
-    ) -> str:
-        """Write the Secret if needed: created | updated | unchanged | conflict | gone.
-
-        ``observed`` is the Secret as last listed or indexed (None: absent); without it, it
-        is read. ``written`` gets the body the API answered a write with."""
-        for _attempt in range(2):
-            if observed is UNKNOWN:
-                observed = self._read_secret_body(desired.namespace, desired.name)
-            state = _state(observed)  # type: ignore[arg-type]
-            decision = secret_decision(desired, state)
-            try:
-                if decision == "create":
-                    answer = self.core.create_namespaced_secret(desired.namespace, desired.body())
-                elif decision == "update":
-                    assert state is not None
-                    body = desired.body()
-                    body["metadata"]["resourceVersion"] = state.resource_version
-                    answer = self.core.replace_namespaced_secret(
-                        desired.name, desired.namespace, body
-                    )
-                else:
-                    return decision
-            except ApiException as error:
-                if error.status == 409:
-                    observed = UNKNOWN  # raced with another writer (or a stale list): re-read
-                    continue
-                # A terminating or vanished namespace is not an error of ours.
-                if error.status == 404 or (
-                    error.status == 403 and "terminat" in str(error.body).lower()
-                ):
-                    return "gone"
-                raise
-            metrics.SECRET_WRITES.inc()
-            if written is not None:
-                written(answer)
-            return decision + "d"
-        return "conflict"
-
-    def _read_secret_body(self, namespace: str, name: str) -> dict[str, Any] | None:
+    def read_secret_body(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Secret as the API has it now (None: absent)."""
         try:
             return self.core.read_namespaced_secret(name, namespace)
         except ApiException as error:
             if error.status == 404:
                 return None
             raise
+
+    def write_secret(
+        self, body: dict[str, Any], resource_version: str | None = None
+    ) -> dict[str, Any] | None:
+        """Create the Secret ``body`` describes or, given the ``resource_version`` it was
+        seen at, replace that version of it: the API's answer. None: its namespace is gone
+        or terminating. Raises Conflict when the Secret changed since (HTTP 409)."""
+        meta = body["metadata"]
+        try:
+            if resource_version is None:
+                answer = self.core.create_namespaced_secret(meta["namespace"], body)
+            else:
+                versioned = {**meta, "resourceVersion": resource_version}
+                answer = self.core.replace_namespaced_secret(
+                    meta["name"], meta["namespace"], {**body, "metadata": versioned}
+                )
+        except ApiException as error:
+            if error.status == 409:
+                raise Conflict(f"Secret {meta['namespace']}/{meta['name']} changed") from None
+            # A terminating or vanished namespace is not an error of ours.
+            if error.status == 404 or (
+                error.status == 403 and "terminat" in str(error.body).lower()
+            ):
+                return None
+            raise
+        metrics.SECRET_WRITES.inc()
+        return answer
 
     def managed_secrets(
         self, ref: RegistryRef, namespace: str | None = None

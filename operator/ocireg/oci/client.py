@@ -28,6 +28,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 
 from ocireg import egress
+from ocireg.api.names import DOCKER_HUB_API_HOST, DOCKER_HUB_HOSTS
 from ocireg.egress import UNRESTRICTED, EgressPolicy
 from ocireg.oci.auth import (
     CLIENT_ID,
@@ -49,8 +50,6 @@ from ocireg.oci.errors import Reason, RegistryError
 
 log = logging.getLogger(__name__)
 
-DOCKER_HUB_HOSTS: Final = frozenset({"docker.io", "index.docker.io"})
-DOCKER_HUB_API_HOST: Final = "registry-1.docker.io"
 MANIFEST_MEDIA_TYPES: Final = (
     "application/vnd.oci.image.manifest.v1+json",
     "application/vnd.oci.image.index.v1+json",

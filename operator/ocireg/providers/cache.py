@@ -33,7 +33,7 @@ from ocireg import metrics
 from ocireg.api.credential import Credential
 from ocireg.api.durations import renew_margin
 from ocireg.api.errors import ReconcileError
-from ocireg.pullsecrets.schedule import backoff
+from ocireg.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,8 @@ JITTER = 0.1
 # Longer than any refresh interval an object asks again within (reconciles tick every 10 s).
 IDLE_AFTER = dt.timedelta(hours=2)
 SWEEP_EVERY = dt.timedelta(minutes=1)
+# A failing mint is retried as its registry object would be (pullsecrets.schedule).
+MINT_BACKOFF = Backoff(base=10.0, cap=300.0)
 PER_TENANT = 32  # distinct identities one namespace keeps minted at once
 
 
@@ -180,7 +182,7 @@ class MintCache:
                     else provider_failed(provider, raised)
                 )
                 count = failure.count + 1 if failure else 1
-                delay = backoff(count, error.retry_after)
+                delay = MINT_BACKOFF.delay(count, error.retry_after)
                 self._failures[key] = Failure(error, count, now + dt.timedelta(seconds=delay))
                 self.errors[provider] += 1
                 metrics.MINT_ERRORS.labels(provider, error.reason).inc()

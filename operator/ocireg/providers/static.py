@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 from ocireg.api.credential import Credential
 from ocireg.api.errors import ReconcileError
+from ocireg.api.names import DOCKER_HUB_HOSTS
 from ocireg.api.spec import RegistrySpec, TokenType
-from ocireg.pullsecrets.plan import DOCKER_HUB_HOSTS
 
 if TYPE_CHECKING:
     from ocireg.providers import ResolveContext

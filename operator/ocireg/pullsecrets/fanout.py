@@ -29,17 +29,23 @@ from typing import Any, Generic, TypeVar
 
 from ocireg import metrics
 from ocireg.api.credential import Credential
+from ocireg.api.errors import ReconcileError
 from ocireg.api.spec import RegistrySpec
-from ocireg.kube.cache import ClusterIndex
-from ocireg.kube.client import Kube
+from ocireg.backoff import Backoff
+from ocireg.kube.client import Conflict, Kube
 from ocireg.oci import TLSOptions
 from ocireg.pullsecrets import plan, schedule
-from ocireg.pullsecrets.reconcile import NamespaceResult, conflict, report
+from ocireg.pullsecrets.index import ClusterIndex
+from ocireg.pullsecrets.report import NamespaceResult, conflict, report
 
 log = logging.getLogger(__name__)
 K = TypeVar("K", bound=Hashable)
 R = TypeVar("R")
-RETRY_CAP = 300.0
+# A failed namespace job is retried after 2, 4, 8 ... seconds, at most 5 minutes.
+JOB_BACKOFF = Backoff(base=2.0, cap=300.0, jitter=0.0)
+# How long a reconcile waits for the watches' first complete lists (the namespace jobs decide
+# from them only, so nothing is written before); then it fails and kopf retries it.
+SYNC_WAIT_SECONDS = 60.0
 
 
 @dataclass
@@ -163,6 +169,34 @@ class Registries:
         )
 
 
+def apply_secret(
+    kube: Kube,
+    desired: plan.DesiredSecret,
+    observed: plan.SecretState | None,
+    written: Callable[[dict[str, Any]], None],
+) -> str:
+    """Write one Secret if it needs it: created | updated | unchanged | conflict | gone (its
+    namespace is going away). ``observed`` is the Secret as indexed (None: absent); a write
+    that raced with another writer (409) reads it again and decides again, once. ``written``
+    gets the API's answer, so the index knows it before its watch event arrives."""
+    for _attempt in range(2):
+        decision = plan.secret_decision(desired, observed)
+        if decision not in ("create", "update"):
+            return decision
+        version = observed.resource_version if decision == "update" and observed else None
+        try:
+            answer = kube.write_secret(desired.body(), version)
+        except Conflict:
+            body = kube.read_secret_body(desired.namespace, desired.name)
+            observed = None if body is None else plan.secret_state(body)
+            continue
+        if answer is None:
+            return "gone"
+        written(answer)
+        return decision + "d"
+    return "conflict"
+
+
 class KeyedQueue(Generic[K, R]):
     """Jobs by key, run by ``workers`` threads: a key runs once at a time, a key submitted
     again before it starts is queued once (its callers share one result), and one submitted
@@ -250,7 +284,7 @@ class KeyedQueue(Generic[K, R]):
                 self._failures.pop(key, None)
             except Exception as error:
                 failures = self._failures[key] = self._failures.get(key, 0) + 1
-                retry = min(RETRY_CAP, 2.0**failures)
+                retry = JOB_BACKOFF.delay(failures)
                 log.warning("%s failed (%s); retrying in %.0fs", key, error, retry)
                 future.set_exception(error)
             with self._cond:
@@ -313,7 +347,7 @@ class Fanout:
             ):
                 desired = tracked.desired(ref, spec, credential, namespace, live)
                 outcomes = [
-                    self.kube.apply_secret(d, observed.get(d.name), self._written) for d in desired
+                    apply_secret(self.kube, d, observed.get(d.name), self._written) for d in desired
                 ]
                 if "conflict" in outcomes:
                     taken = [
@@ -386,6 +420,13 @@ class Fanout:
     ) -> tuple[dict[str, Any], list[tuple[str, str, str]], set[str] | None]:
         """A reconcile's sync of every target (reconcile.Sync): publish what the registry
         wants, queue jobs for the namespaces that differ, wait for them, report."""
+        if not self.index.wait_synced(SYNC_WAIT_SECONDS):
+            raise ReconcileError(
+                "WatchesNotSynced",
+                "the watches of namespaces, ServiceAccounts and ocireg's Secrets have not "
+                "completed their first list yet",
+                transient=True,
+            )
         tracked = self.registries.get(ref)
         tracked.publish(spec, credential)
         targets = spec.effective_targets

@@ -16,19 +16,19 @@ import kopf
 
 from ocireg import metrics
 from ocireg.api import ownership
-from ocireg.kube.cache import ClusterIndex, Store, Watcher
+from ocireg.api.names import FINALIZER, GROUP, KINDS
+from ocireg.kube.cache import Store, Watcher
 from ocireg.kube.client import Kube, load_config
 from ocireg.providers.cache import MintCache
 from ocireg.pullsecrets import plan
 from ocireg.pullsecrets.fanout import Fanout, Registries, Tracked
-from ocireg.pullsecrets.reconcile import Sync, cleanup, reconcile, sync_targets
+from ocireg.pullsecrets.index import ClusterIndex
+from ocireg.pullsecrets.reconcile import cleanup, reconcile
 from ocireg.settings import OperatorConfig
 from ocireg.workers import Pools
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-GROUP = "ocireg.dev"
-KINDS = {"ociregistries": "OCIRegistry", "clusterociregistries": "ClusterOCIRegistry"}
 # Every registry object ticks this often. A tick re-reads the referenced Secrets and does
 # real work only when they changed or something is due (see schedule.work_due), so a changed
 # password reaches every copy within about this time.
@@ -38,7 +38,7 @@ TICK_SECONDS = 10
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # Our own annotation and finalizer names, so nothing of ours looks like another operator's.
-    settings.persistence.finalizer = f"{GROUP}/cleanup"
+    settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
@@ -64,9 +64,10 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         metrics.serve(memo.config.metrics_port, memo.config.metrics_address)
 
 
-# How long a reconcile waits for the index's first complete list before it falls back to
-# listing targets from the API itself (an old ClusterRole without `watch` on Secrets).
-INDEX_WAIT_SECONDS = 60.0
+# What the watch-fed index lists and watches, cluster-wide (checked once at start).
+WATCHED = [
+    (verb, r) for r in ("namespaces", "serviceaccounts", "secrets") for verb in ("list", "watch")
+]
 
 
 @kopf.on.startup()
@@ -74,9 +75,18 @@ def watch_cluster(memo: kopf.Memo, **_: Any) -> None:
     """The watch-fed index of namespaces, ServiceAccounts and our Secrets, the namespace
     jobs fed by it, and the watch on the credentials namespace."""
     config: OperatorConfig = memo.config
+    missing = [
+        f"{verb} {resource}" for verb, resource in WATCHED if not memo.kube.may(verb, resource)
+    ]
+    if missing:
+        # Without them the index never completes and nothing would ever be written.
+        raise kopf.PermanentError(
+            f"ocireg may not {', '.join(missing)} cluster-wide: the pull secrets are written "
+            "from watches of namespaces, ServiceAccounts and ocireg's Secrets; grant the "
+            "ClusterRole in manifests/rbac/clusterrole.yaml (or the chart's)"
+        )
     memo.index = index = ClusterIndex()
     memo.fanout = fanout = Fanout(memo.kube, index, memo.registries, config.concurrency)
-    memo.index_deadline = time.monotonic() + INDEX_WAIT_SECONDS
     watching = Kube()  # its own connections: long watches never hold up writes
     ours = ownership.MANAGED_SELECTOR
 
@@ -133,24 +143,6 @@ def _ref(body: kopf.Body, plural: str) -> plan.RegistryRef:
     return plan.RegistryRef(KINDS[plural], meta["name"], meta.get("namespace"), meta.get("uid"))
 
 
-def _sync(memo: kopf.Memo) -> Sync:
-    """How a reconcile writes its targets: from the index once it is complete; before that
-    (or if it never completes) by listing them from the API, as without an index."""
-
-    def sync(
-        kube: Kube, ref: plan.RegistryRef, spec: Any, credential: Any, concurrency: int
-    ) -> Any:
-        index: ClusterIndex = memo.index
-        if index.wait_synced(max(0.0, memo.index_deadline - time.monotonic())):
-            return memo.fanout.resync(kube, ref, spec, credential, concurrency)
-        if not memo.get("index_warned"):
-            memo.index_warned = True
-            log.warning("the watch-fed index is not complete; listing targets from the API")
-        return sync_targets(kube, ref, spec, credential, concurrency)
-
-    return sync
-
-
 def _work(
     ref: plan.RegistryRef, tracked: Tracked, body: dict[str, Any], memo: kopf.Memo
 ) -> tuple[dict[str, Any] | None, list[tuple[str, str, str]]]:
@@ -167,8 +159,8 @@ def _work(
             memo.config,
             tracked.memory,
             time.monotonic(),
+            memo.fanout.resync,
             memo.mint_cache,
-            _sync(memo) if "index" in memo else None,
         )
         tracked.memory = outcome.memory
         if outcome.spec is not None or outcome.credential is not None:
@@ -279,6 +271,3 @@ for _plural in KINDS:
         ref = _ref(body, _plural)
         # On the object's own pool, after any run of it: it waits behind its own work only.
         await _on_pool(memo, ref, lambda: _delete(memo, ref))
-
-
-from ocireg.charts import handlers as chart_handlers  # noqa: E402, F401 - registers the chart sync handlers

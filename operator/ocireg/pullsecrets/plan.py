@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from ocireg.api.credential import Credential
+from ocireg.api.names import ANNOTATION_SA_REFS, API_VERSION, DOCKER_HUB_HOSTS, DOCKER_HUB_KEY
 from ocireg.api.ownership import (
     ANNOTATION_OWNER,
     LABEL_KIND,
@@ -39,9 +40,6 @@ __all__ = [
 ]
 
 # ServiceAccount annotation listing the imagePullSecrets we added, so we remove only ours.
-ANNOTATION_SA_REFS = "ocireg.dev/image-pull-secrets"
-DOCKER_HUB_HOSTS = {"docker.io", "index.docker.io", "registry-1.docker.io"}
-DOCKER_HUB_KEY = "https://index.docker.io/v1/"
 
 
 @dataclass(frozen=True)
@@ -127,7 +125,7 @@ def desired_secrets(
     if ref.namespaced and ref.uid and namespace == ref.namespace:
         owners = [
             {
-                "apiVersion": "ocireg.dev/v1alpha1",
+                "apiVersion": API_VERSION,
                 "kind": ref.kind,
                 "name": ref.name,
                 "uid": ref.uid,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,10 +19,10 @@ from ocireg import providers
 from ocireg.api.credential import Credential
 from ocireg.api.durations import parse_duration
 from ocireg.api.errors import ReconcileError
-from ocireg.api.spec import RegistrySpec, Targets
+from ocireg.api.spec import RegistrySpec
 from ocireg.api.status import RegistryStatus
 from ocireg.egress import UNRESTRICTED, EgressPolicy
-from ocireg.kube.client import UNKNOWN, Kube
+from ocireg.kube.client import Kube
 from ocireg.oci import RegistryClient, RegistryCredentials, RegistryError, TLSOptions
 from ocireg.oci.ca_bundle import read_ca_bundle
 from ocireg.providers.cache import MintCache, provider_failed
@@ -31,7 +30,6 @@ from ocireg.pullsecrets import plan, schedule
 from ocireg.settings import OperatorConfig
 
 log = logging.getLogger(__name__)
-MAX_FAILED_IN_STATUS = 20
 # Bases one object may extend through (each one GET per tick): without a cap a chain of N
 # objects costs N(N-1)/2 reads every tick.
 MAX_EXTENDS_DEPTH = 8
@@ -180,78 +178,6 @@ def keep_transition_times(new: list[dict], old: Iterable[dict]) -> list[dict]:
     return new
 
 
-@dataclass
-class NamespaceResult:
-    namespace: str
-    written: int = 0
-    service_accounts: int = 0
-    failure: dict[str, str] | None = None
-    removed: bool = False  # this registry's Secrets were removed from the namespace
-
-
-def conflict(namespace: str, owner: str | None = None) -> dict[str, str]:
-    """A namespace where a Secret of the same name is not this object's. ``owner``: the
-    registry object it belongs to, when ocireg wrote it for another one."""
-    if owner is not None:
-        message = (
-            f"a Secret of the same name belongs to {owner}; rename targets.secretName here or there"
-        )
-    else:
-        message = (
-            "a Secret of the same name exists that ocireg does not manage for this registry; "
-            "rename targets.secretName or delete that Secret"
-        )
-    return {"namespace": namespace, "reason": "SecretConflict", "message": message}
-
-
-def sync_namespace(
-    kube: Kube,
-    ref: plan.RegistryRef,
-    targets: Targets,
-    credential: Credential,
-    namespace: str,
-    observed: dict[str, dict[str, Any]] | None = None,
-    service_accounts: list[dict[str, Any]] | None = None,
-) -> NamespaceResult:
-    """Write this registry's Secrets into one namespace and reference the pull Secret from
-    the chosen ServiceAccounts. ``observed``/``service_accounts`` come from cluster-wide
-    lists when the caller has them (None: read them here)."""
-    result = NamespaceResult(namespace)
-    outcomes = []
-    owner = None
-    for desired in plan.desired_secrets(ref, targets, credential, namespace):
-        seen = UNKNOWN if observed is None else observed.get(desired.name)
-        outcomes.append(kube.apply_secret(desired, seen))
-        if outcomes[-1] == "conflict" and isinstance(seen, dict):
-            owner = owner or plan.secret_owner(seen)
-    if "conflict" in outcomes:
-        result.failure = conflict(namespace, owner)
-        return result
-    if "gone" in outcomes:
-        return result  # the namespace is going away
-    result.written = sum(o in ("created", "updated") for o in outcomes)
-    secret_name = plan.secret_names(targets, ref.name)[plan.Format.dockerconfigjson]
-    if service_accounts is None:
-        service_accounts = kube.service_accounts(namespace)
-    for sa in service_accounts:
-        name = sa["metadata"]["name"]
-        if not plan.service_account_selected(targets, name):
-            continue
-        result.service_accounts += 1
-        if plan.service_account_patch(sa, secret_name, want=True):
-            kube.update_service_account(namespace, sa, adding(secret_name))
-    return result
-
-
-def adding(secret_name: str) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
-    return adding_all([secret_name])
-
-
-def adding_all(names: list[str]) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
-    """One patch adding every name in ``names`` that is missing (and only those)."""
-    return lambda sa: plan.service_account_change(sa, names, [])
-
-
 def removing(names: set[str]) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
     """One patch removing every name in ``names`` that we added (and only those)."""
     return lambda sa: plan.service_account_change(sa, [], sorted(names))
@@ -263,91 +189,6 @@ Sync = Callable[
     [Kube, plan.RegistryRef, RegistrySpec, Credential, int],
     tuple[dict[str, Any], list[tuple[str, str, str]], set[str] | None],
 ]
-
-
-def sync_targets(
-    kube: Kube,
-    ref: plan.RegistryRef,
-    spec: RegistrySpec,
-    credential: Credential,
-    concurrency: int = 16,
-) -> tuple[dict[str, Any], list[tuple[str, str, str]], set[str]]:
-    """Bring every selected namespace up to date and remove copies from the others.
-    Unchanged Secrets cost no write: the cluster-wide lists are compared first."""
-    targets = spec.effective_targets
-    selected = [
-        name
-        for name, labels, phase in kube.namespaces()
-        if plan.namespace_selected(ref, targets, name, labels, phase)
-    ]
-    observed: dict[str, dict[str, dict[str, Any]]] = {}
-    # Every ocireg Secret of this name, other objects' included (two tenants may both have
-    # a `ghcr`): apply_secret reports those as conflicts, never overwrites them.
-    for secret in kube.managed_secrets(ref, ref.namespace if ref.namespaced else None):
-        meta = secret["metadata"]
-        observed.setdefault(meta["namespace"], {})[meta["name"]] = secret
-    accounts: dict[str, list[dict[str, Any]]] = {}
-    if plan.Format.dockerconfigjson in targets.formats and targets.service_accounts:
-        # A tenant's registry writes into its own namespace only: no cluster-wide list.
-        for sa in kube.service_accounts(ref.namespace if ref.namespaced else None):
-            accounts.setdefault(sa["metadata"]["namespace"], []).append(sa)
-
-    def one(namespace: str) -> NamespaceResult:
-        return sync_namespace(
-            kube,
-            ref,
-            targets,
-            credential,
-            namespace,
-            observed.get(namespace, {}),
-            accounts.get(namespace, []),
-        )
-
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        results = list(pool.map(one, selected))
-    removed = cleanup(kube, ref, keep=set(selected))
-    status, events = report(results, len(selected), removed)
-    return status, events, {r.namespace for r in results if not r.failure}
-
-
-def report(
-    results: list[NamespaceResult], selected: int, removed: int
-) -> tuple[dict[str, Any], list[tuple[str, str, str]]]:
-    """status.targets and the Events of one sync of every target."""
-    failed = [r.failure for r in results if r.failure]
-    written = sum(r.written for r in results)
-    events = []
-    if written:
-        events.append(
-            (
-                "Normal",
-                "SecretsWritten",
-                f"wrote {written} Secret(s) across {selected} selected namespace(s)",
-            )
-        )
-    if removed:
-        events.append(
-            (
-                "Normal",
-                "SecretsRemoved",
-                f"removed pull secrets from {removed} namespace(s) no longer selected",
-            )
-        )
-    for failure in failed:
-        events.append(
-            (
-                "Warning",
-                failure["reason"],
-                f"namespace {failure['namespace']}: {failure['message']}",
-            )
-        )
-    status = {
-        "namespaces": sum(1 for r in results if not r.failure),
-        "serviceAccounts": sum(r.service_accounts for r in results if not r.failure),
-        "failed": failed[:MAX_FAILED_IN_STATUS],
-        "failedCount": len(failed),
-    }
-    return status, events
 
 
 def cleanup(kube: Kube, ref: plan.RegistryRef, keep: set[str] | None = None) -> int:
@@ -531,12 +372,12 @@ def reconcile(
     config: OperatorConfig,
     memory: schedule.Memory,
     now: float,
+    sync: Sync,
     cache: MintCache | None = None,
-    sync: Sync | None = None,
 ) -> Outcome:
     """One tick for one registry object. Cheap when nothing changed: it reads the
     referenced Secrets, compares a fingerprint, and returns without writing anything.
-    ``sync`` writes the targets (default: sync_targets, which lists them from the API)."""
+    ``sync`` writes the targets (the namespace jobs' Fanout.resync)."""
     generation = body.get("metadata", {}).get("generation")
     old = body.get("status") or {}
     default_ns = (ref.namespace if ref.namespaced else config.credentials_namespace) or ""
@@ -588,7 +429,7 @@ def reconcile(
     targets_status, events, placed = (
         ({"namespaces": 0, "serviceAccounts": 0}, [], set())
         if credential.anonymous
-        else (sync or sync_targets)(kube, ref, spec, credential, config.concurrency)
+        else sync(kube, ref, spec, credential, config.concurrency)
     )
     if work is schedule.Work.verify:
         if credential.expires_at is not None and memory.fingerprint not in (None, current):

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
+
+from ocireg.backoff import Backoff
 
 # Failures retry after 10 s, 20 s, 40 s ... never later than this.
 BACKOFF_BASE = 10.0
@@ -45,14 +46,13 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def backoff(failures: int, retry_after: float | None = None, jitter: float = 0.1) -> float:
-    """Seconds to wait after the n-th consecutive failure (n >= 1), honouring a server's
-    Retry-After when it asks for longer."""
-    delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(0, failures - 1))
-    delay *= 1 + random.uniform(-jitter, jitter)  # noqa: S311 - jitter, not cryptography
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, BACKOFF_CAP * 4))
-    return delay
+# A failing registry object (and a failing mint: providers.cache) retries on this schedule.
+RECONCILE_BACKOFF = Backoff(BACKOFF_BASE, BACKOFF_CAP)
+
+
+def backoff(failures: int, retry_after: float | None = None) -> float:
+    """Seconds to wait after the n-th consecutive failure of a registry object."""
+    return RECONCILE_BACKOFF.delay(failures, retry_after)
 
 
 def work_due(
