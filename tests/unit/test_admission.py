@@ -336,12 +336,12 @@ def test_an_installed_configuration_with_our_own_certificate_is_fine() -> None:
 
 
 def test_the_admission_role_allows_exactly_the_configuration_calls() -> None:
-    """Every AdmissionregistrationV1Api call in admission.py is allowed by
+    """Every admissionregistration call of the product (kube.Kube.registration) is allowed by
     manifests/admission/clusterrole.yaml, for the one configuration, and nothing else is.
     (Its reads of namespaces and Secrets are core calls that tests/unit/test_install_rbac.py
     checks against the main ClusterRole.)"""
     root = Path(__file__).resolve().parents[2]
-    code = (root / "operator/ocireg/admission/server.py").read_text()
+    code = "".join(p.read_text() for p in (root / "operator/ocireg").rglob("*.py"))
     verbs = {"read": "get", "patch": "patch", "create": "create", "delete": "delete"}
     calls = {
         verbs[method.split("_")[0]]

@@ -34,6 +34,7 @@ RESOURCES = {
     "service_account_token": "serviceaccounts/token",
     "config_map": "configmaps",
     "namespace": "namespaces",
+    "secret_metadata": "secrets",
     "event": "events",
 }
 

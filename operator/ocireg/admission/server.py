@@ -48,16 +48,14 @@ from typing import Any, Final
 
 import aiohttp.web
 import kopf
-import kubernetes
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from kubernetes.client.exceptions import ApiException
 
 from ocireg.api import ownership
 from ocireg.api.spec import Format, Targets
-from ocireg.kube.client import load_config
+from ocireg.kube.client import ApiError, Kube, load_config
 from ocireg.pullsecrets import plan
 from ocireg.settings import AdmissionConfig
 
@@ -72,7 +70,6 @@ RETRY_SECONDS: Final = 5.0
 # Part of the webhook's timeoutSeconds kept for the answer to travel back: the handler gives
 # up (and allows unchanged) this much before the API server would.
 MARGIN_SECONDS: Final = 1.0
-PARTIAL_METADATA: Final = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 # The API server's AdmissionReview for one ServiceAccount creation is a few KiB. A larger body
 # is refused (413) before it is parsed; with failurePolicy Ignore the account is still created,
 # and the ServiceAccount watch adds the references a moment later.
@@ -393,91 +390,46 @@ def configuration_object(name: str, entry: Mapping[str, Any]) -> dict[str, Any]:
 # -- the Kubernetes API -----------------------------------------------------------------------
 
 
-def _json(response: Any) -> dict[str, Any]:
-    return json.loads(response.data)
-
-
 class AdmissionAPI:
     """The API calls of the webhook: two reads per decision, the configuration writes. A
-    client of its own, so admission requests never wait for the operator's other calls."""
+    client of its own (kube.Kube over a new ApiClient), so admission requests never wait for
+    the operator's other calls."""
 
     def __init__(self) -> None:
-        self.api = kubernetes.client.ApiClient()
-        self.core = kubernetes.client.CoreV1Api(self.api)
-        self.registration = kubernetes.client.AdmissionregistrationV1Api(self.api)
+        self.kube = Kube()
 
     def namespace(self, name: str, timeout: float) -> tuple[dict[str, str], str] | None:
-        """(labels, phase) of a namespace, or None if there is none by that name. A list
-        with a field selector: the operator's role may list namespaces, not get them."""
-        found = _json(
-            self.core.list_namespace(
-                field_selector=f"metadata.name={name}",
-                _request_timeout=timeout,
-                _preload_content=False,
-            )
-        )
-        for item in found.get("items") or []:
-            labels = dict((item.get("metadata") or {}).get("labels") or {})
-            return labels, (item.get("status") or {}).get("phase") or "Active"
-        return None
+        """(labels, phase) of a namespace, or None if there is none by that name."""
+        item = self.kube.namespace(name, timeout)
+        if item is None:
+            return None
+        labels = dict((item.get("metadata") or {}).get("labels") or {})
+        return labels, (item.get("status") or {}).get("phase") or "Active"
 
     def secret_metadata(self, namespace: str, name: str, timeout: float) -> dict | None:
         """A Secret's metadata only (its data never crosses the wire), or None if absent."""
-        try:
-            return _json(
-                self.core.read_namespaced_secret(
-                    name,
-                    namespace,
-                    _request_timeout=timeout,
-                    _preload_content=False,
-                    _headers={"Accept": PARTIAL_METADATA},
-                )
-            )
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
+        return self.kube.secret_metadata(namespace, name, timeout)
 
     def ensure_configuration(self, name: str, entry: Mapping[str, Any]) -> str:
         """Create the configuration or put our entry into it: created | updated | unchanged."""
-        try:
-            observed = _json(
-                self.registration.read_mutating_webhook_configuration(
-                    name, _request_timeout=10, _preload_content=False
-                )
-            )
-        except ApiException as error:
-            if error.status != 404:
-                raise
-            self.registration.create_mutating_webhook_configuration(
-                configuration_object(name, entry), _request_timeout=10
-            )
+        observed = self.kube.webhook_configuration(name, timeout=10)
+        if observed is None:
+            self.kube.create_webhook_configuration(configuration_object(name, entry), timeout=10)
             return "created"
         patch = configuration_patch(observed, entry)
         if patch is None:
             return "unchanged"
-        self.registration.patch_mutating_webhook_configuration(
-            name, patch, _request_timeout=10, _content_type="application/merge-patch+json"
-        )
+        self.kube.patch_webhook_configuration(name, patch, timeout=10)
         return "updated"
 
     def remove_entry(self, name: str, url: str) -> bool:
-        try:
-            observed = _json(
-                self.registration.read_mutating_webhook_configuration(
-                    name, _request_timeout=5, _preload_content=False
-                )
-            )
-        except ApiException as error:
-            if error.status == 404:
-                return False
-            raise
+        observed = self.kube.webhook_configuration(name, timeout=5)
+        if observed is None:
+            return False
         patch = removal_patch(observed, url)
         if patch is None:
             return False
-        self.registration.patch_mutating_webhook_configuration(
-            name, patch, _request_timeout=5, _content_type="application/merge-patch+json"
-        )
+        self.kube.patch_webhook_configuration(name, patch, timeout=5)
         return True
 
 
@@ -835,7 +787,7 @@ async def _keep(api: AdmissionAPI, name: str, entry: dict[str, Any]) -> None:
     while True:
         try:
             result = await loop.run_in_executor(_KEEPER_POOL, api.ensure_configuration, name, entry)
-        except ApiException as error:
+        except ApiError as error:
             hint = " (the operator may not write it: see docs/admission.md)"
             log.error(
                 "admission: MutatingWebhookConfiguration %s: HTTP %s%s",
@@ -950,7 +902,7 @@ async def mutate_service_account(
             timeout=budget,
         )
     except Exception as error:
-        reason = f"HTTP {error.status}" if isinstance(error, ApiException) else repr(error)
+        reason = f"HTTP {error.status}" if isinstance(error, ApiError) else repr(error)
         log.warning(
             "admission: ServiceAccount %s/%s admitted unchanged: %s", namespace, account, reason
         )

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 import kopf
-from kubernetes.client.exceptions import ApiException
 
 from ocireg.api.credential import Credential
 from ocireg.api.durations import parse_duration
@@ -35,7 +34,7 @@ from ocireg.charts.helm_index import build_index, read_index
 from ocireg.charts.state import RepoState
 from ocireg.charts.sync import SyncProblem, sync_charts
 from ocireg.egress import UNRESTRICTED, EgressPolicy
-from ocireg.kube.client import Kube
+from ocireg.kube.client import ApiError, Kube
 from ocireg.oci import RegistryClient, RegistryCredentials, TLSOptions
 from ocireg.pullsecrets import plan
 from ocireg.workers import Pools
@@ -239,7 +238,7 @@ def run_sync(
         state.condition = (False, problem.reason, problem.message, generation)
         state.status = publish.problem_status(old_status, _now())
         return Published([("Warning", problem.reason, problem.message)])
-    except (ApiException, ReconcileError, ValueError, OSError) as error:
+    except (ApiError, ReconcileError, ValueError, OSError) as error:
         log.warning("chart sync of %s failed: %s", ref.display, type(error).__name__)
         message = getattr(error, "message", None) or f"{type(error).__name__} while syncing charts"
         state.condition = (False, "SyncFailed", message, generation)
@@ -283,7 +282,7 @@ def _write_index(kube: Kube, desired: dict[str, Any]) -> str:
         return kube.apply_config_map(desired, publish.config_map_decision)
     except ReconcileError:
         return "error"
-    except ApiException as error:
+    except ApiError as error:
         return "forbidden" if error.status == 403 else "error"
 
 
@@ -307,7 +306,7 @@ def _delete_index(kube: Kube, namespace: str, ref: plan.RegistryRef) -> None:
         observed = kube.read_config_map_body(namespace, name)
         if observed is not None and publish.owns(ref, observed):
             kube.delete_config_map(namespace, name, observed["metadata"].get("uid"))
-    except ApiException as error:
+    except ApiError as error:
         log.warning("removing the chart index %s/%s failed: HTTP %s", namespace, name, error.status)
 
 

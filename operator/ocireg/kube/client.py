@@ -38,6 +38,10 @@ def load_config() -> None:
 Written = Callable[[dict[str, Any]], None]
 Query = str | int | bool | None
 MERGE_PATCH = "application/merge-patch+json"
+PARTIAL_METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+WEBHOOK_CONFIGURATIONS = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
+# The client's error type, named here so that no other room imports kubernetes.
+ApiError = ApiException
 # Most bytes read of one answer of the API (a list page, one object). Tenants control what
 # is listed (any Secret may carry the managed-by label, a ServiceAccount any annotations);
 # one object is at most ~1.5 MiB (etcd's request limit), so a page that is more than this is
@@ -76,12 +80,13 @@ def _read_bounded(response: Any, path: str, limit: int) -> bytearray:
     return data
 
 
-class CoreV1:
-    """The core/v1 calls ocireg makes, with JSON in and out, through the client's ApiClient
-    (its configuration, authentication, TLS and connection pool). The client's own
-    CoreV1Api builds a validator for each of its hundreds of methods when first used, which
-    costs about 19 MB of the operator's memory, and its model objects cost more per object
-    than the dicts the callers want anyway. Names and arguments follow CoreV1Api."""
+class JsonApi:
+    """API calls with JSON in and out, through the client's ApiClient (its configuration,
+    authentication, TLS and connection pool). The client's own generated API classes build a
+    validator for each of their hundreds of methods when first used (CoreV1Api alone costs
+    about 19 MB of the operator's memory), and their model objects cost more per object than
+    the dicts the callers want anyway. Method names and arguments follow the generated
+    classes'."""
 
     def __init__(
         self, api: kubernetes.client.ApiClient, max_answer_bytes: int = MAX_ANSWER_BYTES
@@ -97,13 +102,14 @@ class CoreV1:
         content_type: str = "application/json",
         timeout: Any = None,
         stream: bool = False,
+        accept: str = "application/json",
         **query: Query,
     ) -> Any:
         """The decoded JSON answer, or with ``stream`` the open response. Non-2xx answers
         raise ApiException, as the client's methods do."""
         names = {"_continue": "continue"}
         params = [(names.get(k) or _camel(k), v) for k, v in query.items() if v is not None]
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": accept}
         if body is not None:
             headers["Content-Type"] = content_type
         request = self.api.param_serialize(
@@ -122,6 +128,10 @@ class CoreV1:
             return response.response
         return json.loads(_read_bounded(response.response, path, self.max_answer_bytes))
 
+
+class CoreV1(JsonApi):
+    """The core/v1 calls ocireg makes (and one SelfSubjectAccessReview)."""
+
     # authorization.k8s.io/v1: allowed to every authenticated identity (system:basic-user)
     def create_self_subject_access_review(self, body: Any) -> dict[str, Any]:
         return self._call("POST", ACCESS_REVIEWS, body)
@@ -138,6 +148,13 @@ class CoreV1:
 
     def delete_namespaced_secret(self, name: str, namespace: str, body: Any = None) -> None:
         self._call("DELETE", _path(namespace, "secrets", name), body)
+
+    def read_namespaced_secret_metadata(
+        self, name: str, namespace: str, timeout: float
+    ) -> dict[str, Any]:
+        """Its metadata only: the data never crosses the wire."""
+        path = _path(namespace, "secrets", name)
+        return self._call("GET", path, timeout=timeout, accept=PARTIAL_METADATA)
 
     def list_namespaced_secret(self, namespace: str, **query: Any) -> Any:
         return self._call("GET", _path(namespace, "secrets"), **query)
@@ -181,6 +198,25 @@ class CoreV1:
 
     def delete_namespaced_config_map(self, name: str, namespace: str, body: Any = None) -> None:
         self._call("DELETE", _path(namespace, "configmaps", name), body)
+
+
+class AdmissionRegistrationV1(JsonApi):
+    """The admissionregistration.k8s.io/v1 calls (the webhook's own configuration), the same
+    way: JSON through the ApiClient, no generated API class."""
+
+    def read_mutating_webhook_configuration(self, name: str, timeout: float) -> dict[str, Any]:
+        return self._call("GET", f"{WEBHOOK_CONFIGURATIONS}/{name}", timeout=timeout)
+
+    def create_mutating_webhook_configuration(
+        self, body: dict[str, Any], timeout: float
+    ) -> dict[str, Any]:
+        return self._call("POST", WEBHOOK_CONFIGURATIONS, body, timeout=timeout)
+
+    def patch_mutating_webhook_configuration(
+        self, name: str, patch: dict[str, Any], timeout: float
+    ) -> dict[str, Any]:
+        path = f"{WEBHOOK_CONFIGURATIONS}/{name}"
+        return self._call("PATCH", path, patch, content_type=MERGE_PATCH, timeout=timeout)
 
 
 def _path(namespace: str, resource: str, name: str | None = None) -> str:
@@ -266,6 +302,7 @@ class Kube:
     def __init__(self, api_client: kubernetes.client.ApiClient | None = None) -> None:
         self.api = api_client or kubernetes.client.ApiClient()
         self.core = CoreV1(self.api)
+        self.registration = AdmissionRegistrationV1(self.api)
         self.custom = kubernetes.client.CustomObjectsApi(self.api)
 
     def read_secret(self, namespace: str, name: str) -> Mapping[str, bytes]:
@@ -311,6 +348,37 @@ class Kube:
                 ) from None
             raise
         return answer["status"]["token"]
+
+    def namespace(self, name: str, timeout: float) -> dict[str, Any] | None:
+        """One namespace, or None if there is none by that name. A list with a field
+        selector: the operator's role may list namespaces, not get them."""
+        found = self.core.list_namespace(field_selector=f"metadata.name={name}", timeout=timeout)
+        items = found.get("items") or []
+        return items[0] if items else None
+
+    def secret_metadata(self, namespace: str, name: str, timeout: float) -> dict[str, Any] | None:
+        """A Secret's metadata only, or None if absent."""
+        try:
+            return self.core.read_namespaced_secret_metadata(name, namespace, timeout)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def webhook_configuration(self, name: str, timeout: float) -> dict[str, Any] | None:
+        """A MutatingWebhookConfiguration, or None if absent."""
+        try:
+            return self.registration.read_mutating_webhook_configuration(name, timeout)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def create_webhook_configuration(self, body: dict[str, Any], timeout: float) -> None:
+        self.registration.create_mutating_webhook_configuration(body, timeout)
+
+    def patch_webhook_configuration(self, name: str, patch: dict[str, Any], timeout: float) -> None:
+        self.registration.patch_mutating_webhook_configuration(name, patch, timeout)
 
     def may(self, verb: str, resource: str, namespace: str | None = None) -> bool:
         """Whether this identity may ``verb`` the core ``resource`` (cluster-wide unless
