@@ -35,9 +35,13 @@ unit: venv
 e2e: venv tools
 	$(BIN)/pytest tests -m e2e
 
+## Style, types (mypy: strict on the product, looser on devenv) and the import contracts
+## between rooms (import-linter, [tool.importlinter] in pyproject.toml).
 lint: venv
 	$(BIN)/ruff check operator devenv tests bench
 	$(BIN)/ruff format --check operator devenv tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 ## Copy the generated CRDs, the ClusterRole and the admission policies into manifests/ and the Helm chart.
 manifests:

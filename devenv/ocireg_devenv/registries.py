@@ -308,8 +308,12 @@ class LocalRegistries:
         for kind in kinds:
             self.servers[kind] = self._start_registry(kind)
         for server in self.servers.values():
+
+            def pings(s: Any = server) -> bool:
+                return _pings(s, self.ca_file)
+
             wait_until(
-                lambda s=server: _pings(s, self.ca_file),
+                pings,
                 60,
                 f"registry {server.name}",
                 server.process,

@@ -354,13 +354,13 @@ class AzureStandIn(StandIn):
             now = int(time.time())
             access = jwt_like({"aud": "https://management.azure.com", "exp": now + 3600})
             remember(access, "Entra ID access token")
-            answer = {
+            token_answer: dict[str, object] = {
                 "access_token": access,
                 "token_type": "Bearer",
                 "expires_in": 3600,
                 "ext_expires_in": 3600,
             }
-            return Reply(200, json.dumps(answer).encode())
+            return Reply(200, json.dumps(token_answer).encode())
         if route == "/oauth2/exchange" and method == "POST":
             if (form.get("grant_type") or [""])[0] != "access_token" or not form.get(
                 "access_token"

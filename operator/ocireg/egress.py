@@ -388,7 +388,7 @@ def _pool_classes(policy: EgressPolicy, check_peer: bool) -> dict[str, type[HTTP
         """urllib3's connect, with the name looked up within the deadline first (lookup) and
         each address it gave tried in turn, as urllib3 would."""
         before_connect(conn)
-        host = conn._dns_host  # type: ignore[attr-defined]
+        host = conn._dns_host
         if current_deadline() is None or _is_literal(host):
             return opened(conn, plain_connect())
         try:
@@ -398,14 +398,14 @@ def _pool_classes(policy: EgressPolicy, check_peer: bool) -> dict[str, type[HTTP
         last: Exception | None = None
         try:
             for address in dict.fromkeys(str(info[4][0]) for info in infos):
-                conn._dns_host = address  # type: ignore[attr-defined]
+                conn._dns_host = address
                 before_connect(conn)
                 try:
                     return opened(conn, plain_connect(), host.rstrip("."))
                 except NewConnectionError as error:  # the next address, as urllib3 does
                     last = error
         finally:
-            conn._dns_host = host  # type: ignore[attr-defined]
+            conn._dns_host = host
         if last is not None:
             raise last
         raise NameResolutionError(conn.host, conn, socket.gaierror(f"{host}: no address"))
@@ -453,7 +453,7 @@ class EgressAdapter(HTTPAdapter):
 
     def build_connection_pool_key_attributes(
         self, request: requests.PreparedRequest, verify: Any, cert: Any = None
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
+    ) -> Any:  # requests' own (host, pool) TypedDicts
         if not isinstance(verify, ssl.SSLContext):
             return super().build_connection_pool_key_attributes(request, verify, cert)
         host, pool = super().build_connection_pool_key_attributes(request, True, cert)
@@ -462,10 +462,10 @@ class EgressAdapter(HTTPAdapter):
 
     def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
         if not isinstance(verify, ssl.SSLContext):
-            super().cert_verify(conn, url, verify, cert)
+            super().cert_verify(conn, url, verify, cert)  # type: ignore[no-untyped-call]
             return
         # No ca_certs: urllib3 would add that file (requests' default bundle) to the context.
-        super().cert_verify(conn, url, False, cert)
+        super().cert_verify(conn, url, False, cert)  # type: ignore[no-untyped-call]
         conn.cert_reqs = "CERT_REQUIRED"
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
@@ -478,7 +478,9 @@ class EgressAdapter(HTTPAdapter):
         manager.pool_classes_by_scheme = _pool_classes(self.policy, check_peer=False)
         return manager
 
-    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+    # requests' arguments are passed on as they came (verify may be an SSLContext here, which
+    # requests' stubs do not know of).
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
         proxies = kwargs.get("proxies") or {}
         if self.policy.restricted and select_proxy(request.url or "", proxies):
             try:

@@ -54,6 +54,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ocireg.api import ownership
+from ocireg.api.names import ANNOTATION_SA_REFS
 from ocireg.api.spec import Format, Targets
 from ocireg.kube.client import ApiError, Kube, load_config
 from ocireg.pullsecrets import plan
@@ -165,11 +166,11 @@ def account_fields(service_account: Mapping[str, Any], names: list[str]) -> dict
     if not added:
         return None
     annotations = (service_account.get("metadata") or {}).get("annotations") or {}
-    recorded = (annotations.get(plan.ANNOTATION_SA_REFS) or "").split(",")
+    recorded = (annotations.get(ANNOTATION_SA_REFS) or "").split(",")
     ours = sorted({*filter(None, recorded), *added})
     return {
         "imagePullSecrets": refs + [{"name": n} for n in added],
-        "metadata": {"annotations": {plan.ANNOTATION_SA_REFS: ",".join(ours)}},
+        "metadata": {"annotations": {ANNOTATION_SA_REFS: ",".join(ours)}},
     }
 
 
@@ -341,7 +342,7 @@ def _contains(actual: Any, desired: Any) -> bool:
             and len(actual) == len(desired)
             and all(_contains(a, d) for a, d in zip(actual, desired, strict=True))
         )
-    return actual == desired
+    return bool(actual == desired)
 
 
 def configuration_patch(
@@ -406,7 +407,7 @@ class AdmissionAPI:
         labels = dict((item.get("metadata") or {}).get("labels") or {})
         return labels, (item.get("status") or {}).get("phase") or "Active"
 
-    def secret_metadata(self, namespace: str, name: str, timeout: float) -> dict | None:
+    def secret_metadata(self, namespace: str, name: str, timeout: float) -> dict[str, Any] | None:
         """A Secret's metadata only (its data never crosses the wire), or None if absent."""
         return self.kube.secret_metadata(namespace, name, timeout)
 
@@ -453,7 +454,7 @@ def _peer(peername: Any) -> str:
 @dataclass
 class _Connection:
     peer: str
-    transport: asyncio.BaseTransport
+    transport: asyncio.Transport
     busy: int = 0  # requests of it being parsed or decided
 
 
@@ -491,7 +492,7 @@ class Gate:
                 self.turned_away,
             )
 
-    def admit(self, transport: asyncio.BaseTransport) -> bool:
+    def admit(self, transport: asyncio.Transport) -> bool:
         """Whether a connection just accepted may stay (False: close it, before any TLS)."""
         most_connections, per_peer, _, _ = self.limits
         self._purge()
@@ -561,10 +562,10 @@ class _Guard(asyncio.Protocol):
         self.factory, self.handshake_timeout = factory, handshake_timeout
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)  # a TCP server's
         if not self.gate.admit(transport):
             transport.abort()
             return
-        assert isinstance(transport, asyncio.Transport)
         transport.pause_reading()  # start_tls resumes it, with TLS in between
         task = asyncio.get_running_loop().create_task(self._upgrade(transport))
         self.gate.tasks.add(task)

@@ -13,8 +13,9 @@ from typing import Any
 
 import yaml
 
+from .common import CLUSTER_ONLY, NAMESPACED_REQUIRED
 from .names import CATEGORY, GROUP, VERSION
-from .spec import AUTH_METHODS, CLUSTER_ONLY, NAMESPACED_REQUIRED, RegistrySpec
+from .spec import AUTH_METHODS, RegistrySpec
 from .status import RegistryStatus
 
 _DROP = {"title"}
@@ -78,7 +79,7 @@ def _cluster_only_rules(node: Any, namespaced: bool, kind: str) -> Any:
 
 def status_schema() -> dict[str, Any]:
     raw = RegistryStatus.model_json_schema(by_alias=True, mode="serialization")
-    schema = _strip_defaults(_resolve(raw, raw.pop("$defs", {})))
+    schema: dict[str, Any] = _strip_defaults(_resolve(raw, raw.pop("$defs", {})))
     schema["description"] = "Observed state, written by the operator."
     return schema
 
@@ -95,9 +96,8 @@ def _strip_defaults(node: Any) -> Any:
 def spec_schema(namespaced: bool) -> dict[str, Any]:
     raw = RegistrySpec.model_json_schema(by_alias=True, mode="validation")
     defs = raw.pop("$defs", {})
-    schema = _resolve(raw, defs)
     kind = "OCIRegistry" if namespaced else "ClusterOCIRegistry"
-    schema = _cluster_only_rules(schema, namespaced, kind)
+    schema: dict[str, Any] = _cluster_only_rules(_resolve(raw, defs), namespaced, kind)
     schema["description"] = (
         "Desired state: where the registry is, how to authenticate, where to write pull secrets."
     )

@@ -9,8 +9,15 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from ocireg.api.charts import MAX_ERRORS_IN_STATUS, MAX_ITEMS_IN_STATUS, ChartsStatus
-from ocireg.api.names import ANNOTATION_DIGEST, API_VERSION, LABEL_CHARTS
-from ocireg.api.ownership import ANNOTATION_OWNER, LABEL_KIND, LABEL_UID, Claim, RegistryRef, claim
+from ocireg.api.names import (
+    ANNOTATION_DIGEST,
+    ANNOTATION_OWNER,
+    API_VERSION,
+    LABEL_CHARTS,
+    LABEL_KIND,
+    LABEL_UID,
+)
+from ocireg.api.ownership import Claim, RegistryRef, claim
 from ocireg.charts.helm_index import MAX_ENTRY_BYTES, Index, IndexedVersion
 from ocireg.charts.state import RepoState, SyncResult, relative
 from ocireg.charts.versions import latest, parse_version

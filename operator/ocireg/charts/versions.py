@@ -141,7 +141,8 @@ def _term(match: re.Match[str]) -> _Term:
     pre = match["pre"]
     # How many leading parts are given: 0 for `*`, 1 for `1` or `1.x`, 2 for `1.2`, 3 for `1.2.3`.
     given = next((i for i, w in enumerate(wild) if w), 3)
-    base = semver.Version(*numbers, prerelease=pre if given == 3 else None)
+    major, minor, patch = numbers
+    base = semver.Version(major, minor, patch, prerelease=pre if given == 3 else None)
     allows_pre = pre is not None and given == 3
     if given == 0:
         if op in ("<", "!="):
@@ -216,4 +217,5 @@ def latest(versions: Iterable[ChartVersion]) -> ChartVersion | None:
     """The newest stable version, or the newest pre-release when there is no stable one."""
     ordered = newest_first(versions)
     stable = [v for v in ordered if not v.prerelease]
-    return (stable or ordered or [None])[0]
+    chosen = stable or ordered
+    return chosen[0] if chosen else None

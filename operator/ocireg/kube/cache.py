@@ -206,9 +206,8 @@ class Watcher:
             log.exception("handling a change of %s %s/%s failed", self.store.kind, *key)
 
     def _gone(self) -> None:
-        """The resourceVersion to resume from is too old (410 Gone): None, to list again."""
+        """The resourceVersion to resume from is too old (410 Gone): the caller lists again."""
         log.info("re-listing %s after 410 Gone", self.store.kind)
-        return None
 
     def run(self) -> None:
         version: str | None = None
@@ -223,11 +222,12 @@ class Watcher:
                     kind, body = event.get("type"), event.get("object") or {}
                     if kind == "ERROR":
                         if body.get("code") == 410:
-                            version = self._gone()  # too old to resume from
+                            self._gone()  # too old to resume from
+                            version = None
                             break
                         raise ApiException(status=body.get("code"), reason=body.get("message"))
                     if kind != "BOOKMARK":
-                        key = self.store.apply(kind, body)
+                        key = self.store.apply(str(kind), body)
                         if key is not None:
                             self._notify(key)
                     version = (body.get("metadata") or {}).get("resourceVersion") or version
@@ -236,7 +236,8 @@ class Watcher:
                 failures = 0
             except ApiException as error:
                 if error.status == 410:
-                    version = self._gone()
+                    self._gone()
+                    version = None
                     continue
                 failures += 1
                 log.warning("watching %s: HTTP %s; retrying", self.store.kind, error.status)

@@ -6,7 +6,7 @@ import base64
 import json
 import logging
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 import kubernetes
@@ -105,8 +105,9 @@ class JsonApi:
         accept: str = "application/json",
         **query: Query,
     ) -> Any:
-        """The decoded JSON answer, or with ``stream`` the open response. Non-2xx answers
-        raise ApiException, as the client's methods do."""
+        """The decoded JSON answer (an object: typed so by the verbs that call this), or
+        with ``stream`` the open response. Non-2xx answers raise ApiException, as the
+        client's methods do."""
         names = {"_continue": "continue"}
         params = [(names.get(k) or _camel(k), v) for k, v in query.items() if v is not None]
         headers = {"Accept": accept}
@@ -128,23 +129,27 @@ class JsonApi:
             return response.response
         return json.loads(_read_bounded(response.response, path, self.max_answer_bytes))
 
+    def _object(self, method: str, path: str, body: Any = None, **options: Any) -> dict[str, Any]:
+        answer: dict[str, Any] = self._call(method, path, body, **options)
+        return answer
+
 
 class CoreV1(JsonApi):
     """The core/v1 calls ocireg makes (and one SelfSubjectAccessReview)."""
 
     # authorization.k8s.io/v1: allowed to every authenticated identity (system:basic-user)
     def create_self_subject_access_review(self, body: Any) -> dict[str, Any]:
-        return self._call("POST", ACCESS_REVIEWS, body)
+        return self._object("POST", ACCESS_REVIEWS, body)
 
     # Secrets
     def read_namespaced_secret(self, name: str, namespace: str) -> dict[str, Any]:
-        return self._call("GET", _path(namespace, "secrets", name))
+        return self._object("GET", _path(namespace, "secrets", name))
 
     def create_namespaced_secret(self, namespace: str, body: Any) -> dict[str, Any]:
-        return self._call("POST", _path(namespace, "secrets"), body)
+        return self._object("POST", _path(namespace, "secrets"), body)
 
     def replace_namespaced_secret(self, name: str, namespace: str, body: Any) -> dict[str, Any]:
-        return self._call("PUT", _path(namespace, "secrets", name), body)
+        return self._object("PUT", _path(namespace, "secrets", name), body)
 
     def delete_namespaced_secret(self, name: str, namespace: str, body: Any = None) -> None:
         self._call("DELETE", _path(namespace, "secrets", name), body)
@@ -154,7 +159,7 @@ class CoreV1(JsonApi):
     ) -> dict[str, Any]:
         """Its metadata only: the data never crosses the wire."""
         path = _path(namespace, "secrets", name)
-        return self._call("GET", path, timeout=timeout, accept=PARTIAL_METADATA)
+        return self._object("GET", path, timeout=timeout, accept=PARTIAL_METADATA)
 
     def list_namespaced_secret(self, namespace: str, **query: Any) -> Any:
         return self._call("GET", _path(namespace, "secrets"), **query)
@@ -164,17 +169,18 @@ class CoreV1(JsonApi):
 
     # ServiceAccounts
     def read_namespaced_service_account(self, name: str, namespace: str) -> dict[str, Any]:
-        return self._call("GET", _path(namespace, "serviceaccounts", name))
+        return self._object("GET", _path(namespace, "serviceaccounts", name))
 
     def patch_namespaced_service_account(
         self, name: str, namespace: str, body: Any
     ) -> dict[str, Any]:
-        return self._call("PATCH", _path(namespace, "serviceaccounts", name), body, MERGE_PATCH)
+        path = _path(namespace, "serviceaccounts", name)
+        return self._object("PATCH", path, body, content_type=MERGE_PATCH)
 
     def create_namespaced_service_account_token(
         self, name: str, namespace: str, body: Any
     ) -> dict[str, Any]:
-        return self._call("POST", _path(namespace, "serviceaccounts", name) + "/token", body)
+        return self._object("POST", _path(namespace, "serviceaccounts", name) + "/token", body)
 
     def list_namespaced_service_account(self, namespace: str, **query: Any) -> Any:
         return self._call("GET", _path(namespace, "serviceaccounts"), **query)
@@ -188,13 +194,13 @@ class CoreV1(JsonApi):
 
     # ConfigMaps
     def read_namespaced_config_map(self, name: str, namespace: str) -> dict[str, Any]:
-        return self._call("GET", _path(namespace, "configmaps", name))
+        return self._object("GET", _path(namespace, "configmaps", name))
 
     def create_namespaced_config_map(self, namespace: str, body: Any) -> dict[str, Any]:
-        return self._call("POST", _path(namespace, "configmaps"), body)
+        return self._object("POST", _path(namespace, "configmaps"), body)
 
     def replace_namespaced_config_map(self, name: str, namespace: str, body: Any) -> dict[str, Any]:
-        return self._call("PUT", _path(namespace, "configmaps", name), body)
+        return self._object("PUT", _path(namespace, "configmaps", name), body)
 
     def delete_namespaced_config_map(self, name: str, namespace: str, body: Any = None) -> None:
         self._call("DELETE", _path(namespace, "configmaps", name), body)
@@ -205,18 +211,18 @@ class AdmissionRegistrationV1(JsonApi):
     way: JSON through the ApiClient, no generated API class."""
 
     def read_mutating_webhook_configuration(self, name: str, timeout: float) -> dict[str, Any]:
-        return self._call("GET", f"{WEBHOOK_CONFIGURATIONS}/{name}", timeout=timeout)
+        return self._object("GET", f"{WEBHOOK_CONFIGURATIONS}/{name}", timeout=timeout)
 
     def create_mutating_webhook_configuration(
         self, body: dict[str, Any], timeout: float
     ) -> dict[str, Any]:
-        return self._call("POST", WEBHOOK_CONFIGURATIONS, body, timeout=timeout)
+        return self._object("POST", WEBHOOK_CONFIGURATIONS, body, timeout=timeout)
 
     def patch_mutating_webhook_configuration(
         self, name: str, patch: dict[str, Any], timeout: float
     ) -> dict[str, Any]:
         path = f"{WEBHOOK_CONFIGURATIONS}/{name}"
-        return self._call("PATCH", path, patch, content_type=MERGE_PATCH, timeout=timeout)
+        return self._object("PATCH", path, patch, content_type=MERGE_PATCH, timeout=timeout)
 
 
 def _path(namespace: str, resource: str, name: str | None = None) -> str:
@@ -251,7 +257,10 @@ class WatchSource:
         with half as many objects, down to one (kept for the next pages and lists)."""
         while True:
             try:
-                return self.lister(**self.selector, limit=self.limit, _continue=token, timeout=60)
+                answer: dict[str, Any] = self.lister(
+                    **self.selector, limit=self.limit, _continue=token, timeout=60
+                )
+                return answer
             except AnswerTooLarge:
                 if self.limit == 1:
                     raise
@@ -289,7 +298,8 @@ PAGES = {"secrets": 25, "serviceaccounts": 50, "namespaces": 500}
 
 def list_all(lister: Callable[..., Any], page: int, **query: Any) -> list[dict[str, Any]]:
     """Every item of a list call, in pages (the index's WatchSource, bounded per answer)."""
-    source, items, token = WatchSource(lister, page, **query), [], None
+    source, token = WatchSource(lister, page, **query), None
+    items: list[dict[str, Any]] = []
     while True:
         answer = source.page(token)
         items += answer.get("items") or []
@@ -347,7 +357,8 @@ class Kube:
                     f"the operator may not request tokens for {namespace}/{service_account}",
                 ) from None
             raise
-        return answer["status"]["token"]
+        token: str = answer["status"]["token"]
+        return token
 
     def namespace(self, name: str, timeout: float) -> dict[str, Any] | None:
         """One namespace, or None if there is none by that name. A list with a field
@@ -397,10 +408,12 @@ class Kube:
     def read_registry(self, kind: str, name: str, namespace: str | None) -> dict[str, Any] | None:
         try:
             if namespace:
-                return self.custom.get_namespaced_custom_object(
+                found = self.custom.get_namespaced_custom_object(
                     GROUP, VERSION, namespace, PLURALS[kind], name
                 )
-            return self.custom.get_cluster_custom_object(GROUP, VERSION, PLURALS[kind], name)
+            else:
+                found = self.custom.get_cluster_custom_object(GROUP, VERSION, PLURALS[kind], name)
+            return cast(dict[str, Any], found)
         except ApiException as error:
             if error.status == 404:
                 return None

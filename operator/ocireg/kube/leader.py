@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import kubernetes
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,8 @@ class LeaderElection:
             _request_timeout=self.timing.request_timeout,
             _preload_content=False,
         )
-        return json.loads(raw.data)
+        lease: dict[str, Any] = json.loads(raw.data)  # type: ignore[union-attr]
+        return lease
 
     def try_acquire_or_renew(self) -> bool:
         """One round: create, renew or take the Lease if the rule allows. False on any error

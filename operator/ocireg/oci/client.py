@@ -160,7 +160,7 @@ class _MemoryBudget:
             return self._used.get(("all", None), 0)
 
     def _parts(self, namespace: str | None) -> list[tuple[tuple[str, str | None], int]]:
-        parts = [(("all", None), self.total)]
+        parts: list[tuple[tuple[str, str | None], int]] = [(("all", None), self.total)]
         if namespace is not None:
             parts += [(("tenants", None), self.tenants), (("namespace", namespace), self.namespace)]
         return parts
@@ -585,7 +585,7 @@ class RegistryClient:
                 log.warning("tag list of %s: stopped after %d pages", repo, MAX_TAG_PAGES)
         return list(listing.items)
 
-    def get_manifest(self, repository: str, reference: str) -> tuple[dict, str]:
+    def get_manifest(self, repository: str, reference: str) -> tuple[dict[str, Any], str]:
         """(parsed manifest or index, its digest) for a tag or digest."""
         repo = self._repository(repository)
         ref = _reference(reference)
@@ -890,7 +890,7 @@ class RegistryClient:
                 data=data,
                 stream=True,
                 timeout=self._timeout,
-                verify=verify,
+                verify=verify,  # type: ignore[arg-type]  # an SSLContext: egress's adapter takes it
                 allow_redirects=False,
             )
         remaining = _parse_rate_limit(

@@ -11,9 +11,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ocireg.api.cloud import ServiceAccountRef
+from ocireg.api.common import SecretRef
 from ocireg.api.credential import Credential
 from ocireg.api.errors import ReconcileError
-from ocireg.api.spec import RegistrySpec, SecretRef
+from ocireg.api.spec import RegistrySpec
 from ocireg.oci import TLSOptions
 from ocireg.providers import destinations, static
 from ocireg.providers.cache import MintCache

@@ -77,13 +77,17 @@ def _credential(
                 "KeyMissing",
                 f"Secret {namespace}/{creds.secret_ref.name} has no key 'clientSecret'",
             )
-        credential = identity.ClientSecretCredential(
+        assert auth.tenant_id  # checked above
+        assert auth.client_id
+        credential: Any = identity.ClientSecretCredential(
             auth.tenant_id, auth.client_id, secret, disable_instance_discovery=True, **authority
         )
         # Safe: the client secret itself is in the key (the ids next to it are public).
         return credential, ("secret", auth.tenant_id, auth.client_id, secret), False
     if creds is not None and creds.service_account_ref is not None:
         sa = creds.service_account_ref
+        assert auth.tenant_id  # checked above
+        assert auth.client_id
         credential = identity.ClientAssertionCredential(
             auth.tenant_id,
             auth.client_id,
@@ -150,7 +154,12 @@ def _exchange(
         with egress.session(policy) as session, egress.deadline(EXCHANGE_DEADLINE) as deadline:
             try:
                 response = session.post(
-                    url, data=form, timeout=10, verify=verify, allow_redirects=False, stream=True
+                    url,
+                    data=form,
+                    timeout=10,
+                    verify=verify,  # type: ignore[arg-type]  # an SSLContext: egress's adapter takes it
+                    allow_redirects=False,
+                    stream=True,
                 )
                 with response:
                     body = egress.read_capped(response, MAX_ANSWER_BYTES)

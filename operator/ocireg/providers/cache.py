@@ -219,4 +219,5 @@ class MintCache:
             self._entries.pop(key, None)
             self._failures.pop(key, None)
             _, owner = self._used.pop(key, (None, None))
-            self._by_tenant.get(owner, {}).pop(key, None)
+            if owner is not None:
+                self._by_tenant.get(owner, OrderedDict()).pop(key, None)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from typing import Any
 
 import google.auth
 import google.auth.exceptions
@@ -27,7 +28,7 @@ GOOGLE_TOKEN_URIS = frozenset(
 )
 
 
-def _key_info(ctx: ResolveContext, spec: RegistrySpec) -> tuple[dict, bytes] | None:
+def _key_info(ctx: ResolveContext, spec: RegistrySpec) -> tuple[dict[str, Any], bytes] | None:
     """The service-account key (parsed, and its bytes as stored), or None for ambient."""
     auth = spec.auth.gcp if spec.auth else None
     assert auth is not None
@@ -63,11 +64,11 @@ def _expiry(expiry: dt.datetime | None) -> dt.datetime | None:
     return expiry if expiry.tzinfo else expiry.replace(tzinfo=dt.UTC)
 
 
-def mint(spec: RegistrySpec, info: dict | None) -> Credential:
+def mint(spec: RegistrySpec, info: dict[str, Any] | None) -> Credential:
     request = google.auth.transport.requests.Request()
     try:
         if info is not None:
-            credentials = service_account.Credentials.from_service_account_info(
+            credentials = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
                 info, scopes=list(SCOPES)
             )
         else:

@@ -6,7 +6,7 @@ import base64
 import binascii
 import json
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ocireg.api.credential import Credential
 from ocireg.api.errors import ReconcileError
@@ -38,7 +38,7 @@ def _host_of(key: str) -> str:
     return "docker.io" if host in DOCKER_HUB_HOSTS else host
 
 
-def docker_config_entry(config_text: str, server: str, where: str) -> dict:
+def docker_config_entry(config_text: str, server: str, where: str) -> dict[str, Any]:
     """The entry for ``server`` in a Docker config (config.json, .dockerconfigjson or the
     legacy .dockercfg map)."""
     try:
@@ -63,14 +63,14 @@ def docker_config_entry(config_text: str, server: str, where: str) -> dict:
     )
 
 
-def _text(entry: dict, key: str, where: str) -> str | None:
+def _text(entry: dict[str, Any], key: str, where: str) -> str | None:
     value = entry.get(key)
     if value is None or isinstance(value, str):
         return value or None
     raise ReconcileError("InvalidDockerConfig", f"Secret {where}: the {key} field is not a string")
 
 
-def _from_docker_entry(entry: dict, where: str) -> dict[str, str | None]:
+def _from_docker_entry(entry: dict[str, Any], where: str) -> dict[str, str | None]:
     username, password = _text(entry, "username", where), _text(entry, "password", where)
     auth = _text(entry, "auth", where)
     if auth and not password:
@@ -120,4 +120,12 @@ def resolve(spec: RegistrySpec, ctx: ResolveContext, endpoints: tuple[str, ...])
     if key not in data and ".dockercfg" in data:
         key = ".dockercfg"
     entry = docker_config_entry(_value(data, key, where), spec.server, where)
-    return Credential("dockerConfig", endpoints, **_from_docker_entry(entry, where))
+    found = _from_docker_entry(entry, where)
+    return Credential(
+        "dockerConfig",
+        endpoints,
+        found["username"],
+        found["password"],
+        identity_token=found["identity_token"],
+        registry_token=found["registry_token"],
+    )

@@ -30,7 +30,7 @@ from typing import Any, Generic, TypeVar
 from ocireg import metrics
 from ocireg.api.credential import Credential
 from ocireg.api.errors import ReconcileError
-from ocireg.api.spec import RegistrySpec
+from ocireg.api.spec import Format, RegistrySpec
 from ocireg.backoff import Backoff
 from ocireg.kube.client import Conflict, Kube
 from ocireg.oci import TLSOptions
@@ -362,7 +362,7 @@ class Fanout:
                     result.service_accounts = sum(
                         plan.service_account_selected(targets, n) for n in accounts
                     )
-                    pull = plan.secret_names(targets, ref.name)[plan.Format.dockerconfigjson]
+                    pull = plan.secret_names(targets, ref.name)[Format.dockerconfigjson]
                     wanted.append((pull, targets))
                 tracked.mark_placed(namespace, result.failure is None)
                 continue
@@ -375,10 +375,16 @@ class Fanout:
                 result.removed = True
             tracked.mark_placed(namespace, False)
         for account, (add, remove) in plan.account_changes(accounts, wanted, unwanted).items():
+
+            def change(
+                sa: dict[str, Any], add: list[str] = add, remove: list[str] = remove
+            ) -> dict[str, Any] | None:
+                return plan.service_account_change(sa, add, remove)
+
             self.kube.update_service_account(
                 namespace,
                 plan.account_body(namespace, account, accounts[account]),
-                lambda sa, add=add, remove=remove: plan.service_account_change(sa, add, remove),
+                change,
                 self._written_account,
             )
         for name, state in removals:
@@ -406,7 +412,7 @@ class Fanout:
         desired = self.registries.get(ref).desired(ref, spec, credential, namespace, live)
         if any(plan.secret_decision(d, observed.get(d.name)) != "unchanged" for d in desired):
             return False
-        pull = plan.secret_names(targets, ref.name)[plan.Format.dockerconfigjson]
+        pull = plan.secret_names(targets, ref.name)[Format.dockerconfigjson]
         accounts = self.index.accounts.in_namespace(namespace)
         return not plan.account_changes(accounts, [(pull, targets)], [])
 

@@ -12,14 +12,19 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from ocireg.api.credential import Credential
-from ocireg.api.names import ANNOTATION_SA_REFS, API_VERSION, DOCKER_HUB_HOSTS, DOCKER_HUB_KEY
-from ocireg.api.ownership import (
+from ocireg.api.names import (
     ANNOTATION_OWNER,
+    ANNOTATION_SA_REFS,
+    API_VERSION,
+    DOCKER_HUB_HOSTS,
+    DOCKER_HUB_KEY,
     LABEL_KIND,
     LABEL_REGISTRY,
     LABEL_UID,
     MANAGED_BY,
     MANAGER,
+)
+from ocireg.api.ownership import (
     OWNER_LABELS,
     Claim,
     RegistryRef,

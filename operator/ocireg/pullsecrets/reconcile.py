@@ -166,7 +166,9 @@ def _condition(
     }
 
 
-def keep_transition_times(new: list[dict], old: Iterable[dict]) -> list[dict]:
+def keep_transition_times(
+    new: list[dict[str, Any]], old: Iterable[dict[str, Any]]
+) -> list[dict[str, Any]]:
     """A condition whose status did not change keeps its lastTransitionTime."""
     previous = {c.get("type"): c for c in old}
     for condition in new:
@@ -417,7 +419,7 @@ def reconcile(
             return Outcome(memory, spec=spec)
         memory = schedule.after_failure(memory, current, now, error.retry_after)
         status = _failure_status(error, generation, old, memory.retry_at - now)
-        previous = next(
+        previous: dict[str, Any] = next(
             (c for c in old.get("conditions") or [] if c.get("type") == "CredentialsReady"), {}
         )
         events = []
