@@ -474,16 +474,6 @@ def test_auth_is_replaced_whole_by_an_override() -> None:
     assert merged["tls"] == {"insecure": True, "insecureSkipVerify": False}
 
 
-def test_condition_transition_time_kept_while_status_unchanged() -> None:
-    old = [{"type": "Ready", "status": "True", "lastTransitionTime": "2020-01-01T00:00:00Z"}]
-    new = [{"type": "Ready", "status": "True", "lastTransitionTime": "now"}]
-    assert reconcile.keep_transition_times(new, old)[0]["lastTransitionTime"] == (
-        "2020-01-01T00:00:00Z"
-    )
-    flipped = [{"type": "Ready", "status": "False", "lastTransitionTime": "now"}]
-    assert reconcile.keep_transition_times(flipped, old)[0]["lastTransitionTime"] == "now"
-
-
 def test_removing_several_references_in_one_patch() -> None:
     sa = {
         "metadata": {

@@ -53,8 +53,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ocireg.api import ownership
-from ocireg.api.names import ANNOTATION_SA_REFS
 from ocireg.api.spec import Format, Targets
 from ocireg.kube.client import ApiError, Kube, load_config
 from ocireg.pullsecrets import plan
@@ -144,33 +142,23 @@ def secret_is_ours(
     live: frozenset[str] = frozenset(),
 ) -> bool:
     """Whether a Secret may be referred to on this registry's behalf: absent (the registry
-    writes it in a moment) or this registry object's (ownership.claim: written for it, or
-    one it takes over). A Secret someone else owns under the same name, another object of
-    the same name's included, is a SecretConflict, and never becomes ours by reference."""
-    if observed is None:
-        return True
-    meta = observed.get("metadata") or {}
-    labels, annotations = meta.get("labels") or {}, meta.get("annotations") or {}
-    return ownership.claim(ref, namespace, labels, annotations, live).mine
+    writes it in a moment) or this registry object's (plan.secret_claim, as every writer
+    decides). A Secret someone else owns under the same name, another object of the same
+    name's included, is a SecretConflict, and never becomes ours by reference."""
+    return observed is None or plan.secret_claim(ref, namespace, observed, live).mine
 
 
 def account_fields(service_account: Mapping[str, Any], names: list[str]) -> dict[str, Any] | None:
-    """The ServiceAccount's imagePullSecrets and our bookkeeping annotation (the one the
-    watch and cleanup use) with the given references added, as the fields to set on the
-    object being created; None when there is nothing to add. Entries already present stay
-    as they are, in their order; none is duplicated; a name someone else already listed
-    stays theirs (it is not recorded as ours)."""
-    refs = [dict(r) for r in service_account.get("imagePullSecrets") or []]
-    present = {r.get("name") for r in refs}
-    added = [n for n in dict.fromkeys(names) if n not in present]
-    if not added:
+    """The ServiceAccount's imagePullSecrets and our bookkeeping annotation with the given
+    references added (plan.service_account_change: the rule the namespace jobs follow), as
+    the fields to set on the object being created; None when there is nothing to add."""
+    change = plan.service_account_change(service_account, names, [])
+    if change is None:
         return None
-    annotations = (service_account.get("metadata") or {}).get("annotations") or {}
-    recorded = (annotations.get(ANNOTATION_SA_REFS) or "").split(",")
-    ours = sorted({*filter(None, recorded), *added})
+    annotations = change["metadata"]["annotations"]
     return {
-        "imagePullSecrets": refs + [{"name": n} for n in added],
-        "metadata": {"annotations": {ANNOTATION_SA_REFS: ",".join(ours)}},
+        "imagePullSecrets": change["imagePullSecrets"],
+        "metadata": {"annotations": annotations},
     }
 
 

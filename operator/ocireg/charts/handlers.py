@@ -24,6 +24,7 @@ from typing import Any, Final, TypeVar
 
 import kopf
 
+from ocireg.api.conditions import same_condition
 from ocireg.api.credential import Credential
 from ocireg.api.durations import parse_duration
 from ocireg.api.errors import ReconcileError
@@ -327,7 +328,7 @@ def _status_patch(patch: kopf.Patch, status: dict[str, Any], state: ChartState) 
         "message": message,
         "observedGeneration": generation,
     }
-    if status.get("charts") == state.status and publish.same_condition(shown, wanted):
+    if status.get("charts") == state.status and same_condition(shown, wanted):
         return
     old = status.get("charts") or {}
     # A merge patch keeps keys it does not mention: clear the ones we no longer report.

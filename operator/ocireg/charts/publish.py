@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from ocireg.api.charts import MAX_ERRORS_IN_STATUS, MAX_ITEMS_IN_STATUS, ChartsStatus
+from ocireg.api.conditions import condition, remove_condition, set_conditions
+from ocireg.api.conditions import find_condition as conditions_find
 from ocireg.api.names import (
     ANNOTATION_DIGEST,
     ANNOTATION_OWNER,
@@ -296,33 +298,14 @@ def with_condition(
     generation: int | None,
     now: str,
 ) -> list[dict[str, Any]]:
-    """The conditions with ChartsSynced set (its transition time kept while its status
-    holds) and every other condition as it was: the core reconcile owns those."""
-    before = next((c for c in conditions if c.get("type") == CONDITION), None)
-    status = "True" if ok else "False"
-    condition = {
-        "type": CONDITION,
-        "status": status,
-        "reason": reason,
-        "message": message,
-        "observedGeneration": generation,
-        "lastTransitionTime": (
-            before.get("lastTransitionTime", now)
-            if before and before.get("status") == status
-            else now
-        ),
-    }
-    return [*without_condition(conditions), condition]
+    """The conditions with ChartsSynced set (api.conditions: its transition time kept while
+    its status holds) and every other condition as it was: the core reconcile owns those."""
+    return set_conditions(conditions, [condition(CONDITION, ok, reason, message, generation, now)])
 
 
 def without_condition(conditions: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [c for c in conditions if c.get("type") != CONDITION]
-
-
-def same_condition(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
-    keys = ("status", "reason", "message", "observedGeneration")
-    return a is not None and b is not None and all(a.get(k) == b.get(k) for k in keys)
+    return remove_condition(conditions, CONDITION)
 
 
 def find_condition(conditions: list[dict[str, Any]]) -> dict[str, Any] | None:
-    return next((c for c in conditions if c.get("type") == CONDITION), None)
+    return conditions_find(conditions, CONDITION)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
 from ocireg import providers
+from ocireg.api.conditions import condition, set_conditions
 from ocireg.api.credential import Credential
 from ocireg.api.durations import parse_duration
 from ocireg.api.errors import ReconcileError
@@ -156,28 +157,7 @@ def verify(
 def _condition(
     kind: str, ok: bool | None, reason: str, message: str, generation: int | None
 ) -> dict[str, Any]:
-    return {
-        "type": kind,
-        "status": "Unknown" if ok is None else ("True" if ok else "False"),
-        "reason": reason,
-        "message": message,
-        "observedGeneration": generation,
-        "lastTransitionTime": _now(),
-    }
-
-
-def keep_transition_times(
-    new: list[dict[str, Any]], old: Iterable[dict[str, Any]]
-) -> list[dict[str, Any]]:
-    """A condition whose status did not change keeps its lastTransitionTime."""
-    previous = {c.get("type"): c for c in old}
-    for condition in new:
-        before = previous.get(condition["type"])
-        if before and before.get("status") == condition["status"]:
-            condition["lastTransitionTime"] = before.get(
-                "lastTransitionTime", condition["lastTransitionTime"]
-            )
-    return new
+    return condition(kind, ok, reason, message, generation, _now())
 
 
 def removing(names: set[str]) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
@@ -246,15 +226,6 @@ def _wall(seconds_from_now: float) -> str:
 
 
 # The conditions this reconcile writes; others (ChartsSynced) belong to other handlers.
-_OWN_CONDITIONS = {"Ready", "CredentialsReady", "TargetsSynced", "Reconciling", "Stalled"}
-
-
-def _others(old: dict[str, Any]) -> list[dict[str, Any]]:
-    """Conditions written by other handlers, kept as they are: status.conditions is
-    written as a whole list, which would otherwise drop them."""
-    return [c for c in old.get("conditions") or [] if c.get("type") not in _OWN_CONDITIONS]
-
-
 def _failure_status(
     error: ReconcileError, generation: int | None, old: dict[str, Any], retry_in: float
 ) -> dict[str, Any]:
@@ -279,13 +250,10 @@ def _failure_status(
             generation,
         ),
     ]
-    previous = {c.get("type"): c for c in old.get("conditions") or []}
-    if "TargetsSynced" in previous:
-        conditions.insert(2, previous["TargetsSynced"])  # the last good Secrets stay
-    conditions.extend(_others(old))
+    # TargetsSynced is not set: it still says how the last good Secrets were written.
     status: dict[str, Any] = {
         "observedGeneration": generation,
-        "conditions": keep_transition_times(conditions, old.get("conditions") or []),
+        "conditions": set_conditions(old.get("conditions") or [], conditions),
     }
     for kept in ("credentials", "targets"):
         if kept in old:
@@ -335,7 +303,6 @@ def _success_status(
         _condition("Reconciling", False, "Reconciled", "up to date", generation),
         _condition("Stalled", False, "Progressing", "no problem", generation),
     ]
-    conditions.extend(_others(old))
     credentials = {
         "provider": credential.provider,
         "endpoints": list(credential.endpoints),
@@ -347,7 +314,7 @@ def _success_status(
     return RegistryStatus.model_validate(
         {
             "observedGeneration": generation,
-            "conditions": keep_transition_times(conditions, old.get("conditions") or []),
+            "conditions": set_conditions(old.get("conditions") or [], conditions),
             "credentials": credentials,
             "targets": targets_status,
         }
