@@ -10,18 +10,24 @@ does not go before one with a single job. Cluster objects (the platform team's) 
 objects have separate pools, so neither can starve the other.
 
 `ShareQueue` is the decision, pure and unit-tested; `FairPool` runs it on threads.
+`KeyedQueue` is the namespace jobs' queue (pullsecrets.fanout): one job per key at a time,
+urgent keys first, failed keys retried on a Backoff.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from typing import Any, Generic, TypeVar
 
 from ocireg.api.ownership import RegistryRef
+from ocireg.backoff import Backoff
 from ocireg.settings import PoolSizes
 
 log = logging.getLogger(__name__)
@@ -224,3 +230,111 @@ def group_of(ref: RegistryRef) -> Hashable:
 
 
 __all__ = ["FairPool", "PoolSizes", "Pools", "ShareQueue", "group_of"]
+
+
+K = TypeVar("K", bound=Hashable)
+R = TypeVar("R")
+
+
+class KeyedQueue(Generic[K, R]):
+    """Jobs by key, run by ``workers`` threads: a key runs once at a time, a key submitted
+    again before it starts is queued once (its callers share one result), and one submitted
+    while it runs runs again afterwards. Urgent keys go before bulk ones. A failed job is
+    retried on its own with backoff (and its callers get the exception)."""
+
+    def __init__(self, run: Callable[[K], R], workers: int, name: str, backoff: Backoff) -> None:
+        self._run = run
+        self._backoff = backoff
+        self._cond = threading.Condition()
+        self._urgent: deque[K] = deque()
+        self._bulk: deque[K] = deque()
+        self._waiting: dict[K, Future[R]] = {}
+        self._running: dict[K, int] = {}  # key -> ticket
+        self._again: set[K] = set()  # submitted while running
+        self._retries: list[tuple[float, int, K]] = []
+        self._failures: dict[K, int] = {}
+        self._tickets = itertools.count()
+        self._stopped = False
+        self._threads = [
+            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
+            for i in range(max(1, workers))
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, key: K, urgent: bool = False) -> Future[R]:
+        with self._cond:
+            future = self._waiting.get(key)
+            if future is None:
+                future = self._waiting[key] = Future()
+                (self._urgent if urgent else self._bulk).append(key)
+            elif urgent:
+                self._urgent.append(key)  # the bulk entry is skipped when it comes up
+            if key in self._running:
+                self._again.add(key)
+            self._cond.notify()
+            return future
+
+    def barrier(self) -> None:
+        """Wait until every job running now has finished."""
+        with self._cond:
+            tickets = set(self._running.values())
+            self._cond.wait_for(lambda: not tickets & set(self._running.values()))
+
+    def idle(self) -> bool:
+        with self._cond:
+            return not (self._waiting or self._running)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+
+    def _next(self) -> tuple[K, Future[R]] | None:
+        with self._cond:
+            while not self._stopped:
+                now = time.monotonic()
+                while self._retries and self._retries[0][0] <= now:
+                    _, _, key = heapq.heappop(self._retries)
+                    if key not in self._waiting:
+                        self._waiting[key] = Future()
+                        self._bulk.append(key)
+                for queue in (self._urgent, self._bulk):
+                    for _ in range(len(queue)):
+                        key = queue.popleft()
+                        if key not in self._waiting:
+                            continue  # taken through its other entry
+                        if key in self._running:
+                            self._again.add(key)  # comes back when the running one ends
+                            continue
+                        self._running[key] = next(self._tickets)
+                        return key, self._waiting.pop(key)
+                wait = self._retries[0][0] - now if self._retries else None
+                self._cond.wait(wait)
+            return None
+
+    def _work(self) -> None:
+        while (item := self._next()) is not None:
+            key, future = item
+            retry = None
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(self._run(key))
+                self._failures.pop(key, None)
+            except Exception as error:
+                failures = self._failures[key] = self._failures.get(key, 0) + 1
+                retry = self._backoff.delay(failures)
+                log.warning("%s failed (%s); retrying in %.0fs", key, error, retry)
+                future.set_exception(error)
+            with self._cond:
+                del self._running[key]
+                if key in self._again:
+                    self._again.discard(key)
+                    if key in self._waiting:
+                        self._urgent.appendleft(key)
+                if retry is not None:
+                    heapq.heappush(
+                        self._retries, (time.monotonic() + retry, next(self._tickets), key)
+                    )
+                self._cond.notify_all()

@@ -15,10 +15,11 @@ import pytest
 from ocireg.api.credential import Credential
 from ocireg.api.spec import RegistrySpec
 from ocireg.backoff import Backoff
-from ocireg.pullsecrets import fanout as fanout_module
 from ocireg.pullsecrets import plan
-from ocireg.pullsecrets.fanout import Fanout, KeyedQueue, Registries
+from ocireg.pullsecrets.fanout import JOB_BACKOFF as BACKOFF
+from ocireg.pullsecrets.fanout import Fanout, Registries
 from ocireg.pullsecrets.index import ClusterIndex
+from ocireg.workers import KeyedQueue
 
 from .test_reconcile import FakeKube, index_of
 
@@ -37,7 +38,7 @@ def test_a_key_runs_once_at_a_time_and_a_waiting_key_is_queued_once() -> None:
         release.wait(5)
         return f"done {key}"
 
-    q: KeyedQueue[str, str] = KeyedQueue(run, workers=4, name="t")
+    q: KeyedQueue[str, str] = KeyedQueue(run, 4, "t", BACKOFF)
     first = q.submit("a")
     started.wait(5)
     second, third = q.submit("a"), q.submit("a")  # while "a" runs: one more run, shared
@@ -60,7 +61,7 @@ def test_urgent_keys_go_before_bulk_ones() -> None:
             gate.wait(5)
         order.append(key)
 
-    q: KeyedQueue[str, None] = KeyedQueue(run, workers=1, name="t")
+    q: KeyedQueue[str, None] = KeyedQueue(run, 1, "t", BACKOFF)
     q.submit("busy")
     time.sleep(0.05)
     futures = [q.submit(f"bulk-{i}") for i in range(3)]
@@ -76,7 +77,6 @@ def test_urgent_keys_go_before_bulk_ones() -> None:
 def test_a_failed_job_reports_to_its_callers_and_is_retried(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(fanout_module, "JOB_BACKOFF", Backoff(0.05, 0.05, 0.0))
     attempts: list[str] = []
 
     def run(key: str) -> None:
@@ -84,7 +84,7 @@ def test_a_failed_job_reports_to_its_callers_and_is_retried(
         if len(attempts) == 1:
             raise ConnectionError("API server away")
 
-    q: KeyedQueue[str, None] = KeyedQueue(run, workers=2, name="t")
+    q: KeyedQueue[str, None] = KeyedQueue(run, 2, "t", Backoff(0.05, 0.05, 0.0))
     with pytest.raises(ConnectionError):
         q.submit("a").result(5)
     deadline = time.monotonic() + 5
@@ -101,7 +101,7 @@ def test_barrier_waits_for_the_jobs_running_now() -> None:
         release.wait(5)
         finished.append(key)
 
-    q: KeyedQueue[str, None] = KeyedQueue(run, workers=2, name="t")
+    q: KeyedQueue[str, None] = KeyedQueue(run, 2, "t", BACKOFF)
     q.submit("a")
     time.sleep(0.05)
     threading.Timer(0.2, release.set).start()

@@ -16,16 +16,12 @@ event: namespace events never wait behind a whole-registry resync.
 from __future__ import annotations
 
 import dataclasses
-import heapq
-import itertools
 import logging
 import threading
-import time
-from collections import deque
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from ocireg import metrics
 from ocireg.api.credential import Credential
@@ -37,6 +33,7 @@ from ocireg.oci import TLSOptions
 from ocireg.pullsecrets import plan, schedule
 from ocireg.pullsecrets.index import ClusterIndex
 from ocireg.pullsecrets.report import NamespaceResult, conflict, report
+from ocireg.workers import KeyedQueue
 
 log = logging.getLogger(__name__)
 K = TypeVar("K", bound=Hashable)
@@ -197,109 +194,6 @@ def apply_secret(
     return "conflict"
 
 
-class KeyedQueue(Generic[K, R]):
-    """Jobs by key, run by ``workers`` threads: a key runs once at a time, a key submitted
-    again before it starts is queued once (its callers share one result), and one submitted
-    while it runs runs again afterwards. Urgent keys go before bulk ones. A failed job is
-    retried on its own with backoff (and its callers get the exception)."""
-
-    def __init__(self, run: Callable[[K], R], workers: int, name: str) -> None:
-        self._run = run
-        self._cond = threading.Condition()
-        self._urgent: deque[K] = deque()
-        self._bulk: deque[K] = deque()
-        self._waiting: dict[K, Future[R]] = {}
-        self._running: dict[K, int] = {}  # key -> ticket
-        self._again: set[K] = set()  # submitted while running
-        self._retries: list[tuple[float, int, K]] = []
-        self._failures: dict[K, int] = {}
-        self._tickets = itertools.count()
-        self._stopped = False
-        self._threads = [
-            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
-            for i in range(max(1, workers))
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def submit(self, key: K, urgent: bool = False) -> Future[R]:
-        with self._cond:
-            future = self._waiting.get(key)
-            if future is None:
-                future = self._waiting[key] = Future()
-                (self._urgent if urgent else self._bulk).append(key)
-            elif urgent:
-                self._urgent.append(key)  # the bulk entry is skipped when it comes up
-            if key in self._running:
-                self._again.add(key)
-            self._cond.notify()
-            return future
-
-    def barrier(self) -> None:
-        """Wait until every job running now has finished."""
-        with self._cond:
-            tickets = set(self._running.values())
-            self._cond.wait_for(lambda: not tickets & set(self._running.values()))
-
-    def idle(self) -> bool:
-        with self._cond:
-            return not (self._waiting or self._running)
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stopped = True
-            self._cond.notify_all()
-
-    def _next(self) -> tuple[K, Future[R]] | None:
-        with self._cond:
-            while not self._stopped:
-                now = time.monotonic()
-                while self._retries and self._retries[0][0] <= now:
-                    _, _, key = heapq.heappop(self._retries)
-                    if key not in self._waiting:
-                        self._waiting[key] = Future()
-                        self._bulk.append(key)
-                for queue in (self._urgent, self._bulk):
-                    for _ in range(len(queue)):
-                        key = queue.popleft()
-                        if key not in self._waiting:
-                            continue  # taken through its other entry
-                        if key in self._running:
-                            self._again.add(key)  # comes back when the running one ends
-                            continue
-                        self._running[key] = next(self._tickets)
-                        return key, self._waiting.pop(key)
-                wait = self._retries[0][0] - now if self._retries else None
-                self._cond.wait(wait)
-            return None
-
-    def _work(self) -> None:
-        while (item := self._next()) is not None:
-            key, future = item
-            retry = None
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(self._run(key))
-                self._failures.pop(key, None)
-            except Exception as error:
-                failures = self._failures[key] = self._failures.get(key, 0) + 1
-                retry = JOB_BACKOFF.delay(failures)
-                log.warning("%s failed (%s); retrying in %.0fs", key, error, retry)
-                future.set_exception(error)
-            with self._cond:
-                del self._running[key]
-                if key in self._again:
-                    self._again.discard(key)
-                    if key in self._waiting:
-                        self._urgent.appendleft(key)
-                if retry is not None:
-                    heapq.heappush(
-                        self._retries, (time.monotonic() + retry, next(self._tickets), key)
-                    )
-                self._cond.notify_all()
-
-
 Results = dict[plan.RegistryRef, NamespaceResult]
 
 
@@ -312,7 +206,9 @@ class Fanout:
         self.kube = kube
         self.index = index
         self.registries = registries
-        self.queue: KeyedQueue[str, Results] = KeyedQueue(self.namespace, workers, "ocireg-fanout")
+        self.queue: KeyedQueue[str, Results] = KeyedQueue(
+            self.namespace, workers, "ocireg-fanout", JOB_BACKOFF
+        )
 
     # -- events ----------------------------------------------------------------------------
 
