@@ -21,7 +21,7 @@ from ocireg.api.cloud import WebhookAuth, WebhookFormat
 from ocireg.api.credential import Credential
 from ocireg.api.durations import format_duration, parse_duration, renew_margin
 from ocireg.api.errors import ReconcileError
-from ocireg.api.spec import RegistrySpec
+from ocireg.api.spec import AUTH_METHODS, RegistrySpec
 from ocireg.egress import embedded_ipv4
 from ocireg.oci import parse_link_next, parse_www_authenticate, parse_www_authenticate_all
 from ocireg.providers import ResolveContext
@@ -141,17 +141,7 @@ def test_spec_model_schema_shaped_input_validates_or_is_refused_and_round_trips(
     # And the derived views never raise.
     spec.effective_targets, spec.effective_refresh, spec.effective_tls  # noqa: B018
     if spec.auth is not None:
-        assert spec.auth.method in {
-            "none",
-            "anonymous",
-            "basic",
-            "token",
-            "dockerConfig",
-            "ecr",
-            "gcp",
-            "acr",
-            "webhook",
-        }
+        assert spec.auth.method in {"none", *AUTH_METHODS}
 
 
 def test_spec_strategy_reaches_valid_specs() -> None:
@@ -273,9 +263,7 @@ def test_docker_config_resolve_reconcile_error_only_and_strings(text: str) -> No
 
 def _check_docker_config_resolve(raw: bytes) -> None:
     try:
-        credential = static_resolve(
-            _DOCKER_CONFIG_SPEC, _static_ctx({".dockerconfigjson": raw}), ("reg.example",)
-        )
+        credential = static_resolve(_DOCKER_CONFIG_SPEC, _static_ctx({".dockerconfigjson": raw}))
     except ReconcileError:
         return
     assert isinstance(credential, Credential)
@@ -309,7 +297,6 @@ def test_docker_config_resolve_raw_bytes(raw: bytes) -> None:
         static_resolve,
         _DOCKER_CONFIG_SPEC,
         _static_ctx({".dockerconfigjson": raw}),
-        ("r",),
         allowed=ReconcileError,
     )
 

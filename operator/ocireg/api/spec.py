@@ -87,16 +87,9 @@ class DockerConfigAuth(ApiModel):
     ] = ".dockerconfigjson"
 
 
-AUTH_METHODS = ("anonymous", "basic", "token", "dockerConfig", "ecr", "gcp", "acr", "webhook")
-
-
-class Auth(ApiModel):
-    model_config = rules(
-        (
-            "[" + ", ".join(f"has(self.{m})" for m in AUTH_METHODS) + "].filter(x, x).size() == 1",
-            "set exactly one auth method: " + ", ".join(AUTH_METHODS),
-        )
-    )
+class AuthMethods(ApiModel):
+    # One field per auth method, in the order the CRD lists them: adding a method is adding
+    # a field here (and its backend to ocireg.providers' table). Auth adds the one-of rule.
 
     anonymous: Annotated[Anonymous | None, Field(description=Anonymous.__doc__)] = None
     basic: Annotated[BasicAuth | None, Field(description=BasicAuth.__doc__)] = None
@@ -109,11 +102,26 @@ class Auth(ApiModel):
     acr: Annotated[AcrAuth | None, Field(description=AcrAuth.__doc__)] = None
     webhook: Annotated[WebhookAuth | None, Field(description=WebhookAuth.__doc__)] = None
 
+
+# Each method's name on the wire (the field's camelCase alias) -> its Python attribute.
+_METHOD_FIELDS = {field.alias or name: name for name, field in AuthMethods.model_fields.items()}
+# The auth methods, in declared order: the one list, derived from the fields above.
+AUTH_METHODS = tuple(_METHOD_FIELDS)
+
+
+class Auth(AuthMethods):
+    model_config = rules(
+        (
+            "[" + ", ".join(f"has(self.{m})" for m in AUTH_METHODS) + "].filter(x, x).size() == 1",
+            "set exactly one auth method: " + ", ".join(AUTH_METHODS),
+        )
+    )
+
     @property
     def method(self) -> str:
-        for name in AUTH_METHODS:
-            if getattr(self, _snake(name)) is not None:
-                return name
+        for method, attribute in _METHOD_FIELDS.items():
+            if getattr(self, attribute) is not None:
+                return method
         return "none"
 
 
@@ -351,7 +359,3 @@ class RegistrySpec(ApiModel):
     @property
     def effective_tls(self) -> TLS:
         return self.tls or TLS()
-
-
-def _snake(name: str) -> str:
-    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name)

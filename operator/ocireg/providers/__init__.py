@@ -1,4 +1,17 @@
-"""One module per auth method; each turns a spec plus Secrets into a Credential."""
+"""Credential backends: each turns a spec plus Secrets into a Credential.
+
+One ``Provider`` interface, one registration table (``BACKENDS``), one module per backend
+(``static`` serves the four methods whose credentials sit in Secrets as they are). resolve()
+dispatches through the table only, and imports a backend's module on first use, so boto3,
+azure-identity and google-auth load only in an operator that has an object using them.
+
+To add a backend: add its field to ``ocireg.api.spec.AuthMethods`` (the field's camelCase
+name is the method's name, and the CRD's one-of rule follows), write ``providers/<name>.py``
+with a module-level ``resolve(spec, ctx) -> Credential`` (a minting one goes through
+``ctx.mint_key`` and ``ctx.minted``), and add one row to ``BACKENDS`` (a new module also goes
+into ``_MODULES`` at the bottom, where mypy checks it against ``Provider``). Importing this
+package fails while the table and the spec's methods differ.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +22,15 @@ import importlib
 import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ocireg.api.cloud import ServiceAccountRef
 from ocireg.api.common import SecretRef
 from ocireg.api.credential import Credential
 from ocireg.api.errors import ReconcileError
-from ocireg.api.spec import RegistrySpec
+from ocireg.api.spec import AUTH_METHODS, RegistrySpec
 from ocireg.oci import TLSOptions
-from ocireg.providers import destinations, static
+from ocireg.providers import destinations
 from ocireg.providers.cache import MintCache
 from ocireg.settings import OperatorConfig
 
@@ -126,12 +140,57 @@ def check_ambient_destination(cloud: str, servers: Iterable[str], ctx: ResolveCo
         raise ReconcileError("AmbientDestinationNotAllowed", refusal, stalls=True)
 
 
-def endpoints(spec: RegistrySpec) -> tuple[str, ...]:
-    assert spec.server is not None
-    return (spec.server,)
+@runtime_checkable
+class Provider(Protocol):
+    """What every backend module offers: the credential for ``spec`` (``spec.server`` and
+    ``spec.auth`` are set), or a ReconcileError saying why not."""
+
+    def resolve(self, spec: RegistrySpec, ctx: ResolveContext) -> Credential: ...
 
 
-CLOUD_METHODS = frozenset({"ecr", "gcp", "acr", "webhook"})
+@dataclass(frozen=True)
+class Backend:
+    """One row of the registration table."""
+
+    module: str  # under ocireg.providers; imported on first use
+    # Makes short-lived credentials (through ctx.minted, renewed before they expire) rather
+    # than reading them as they are from Secrets.
+    mints: bool = False
+    # May use the operator's own cloud identity (ctx.check_ambient_allowed), whose
+    # credentials only that cloud's registries may receive (destinations.py).
+    ambient: bool = False
+
+
+# The registration table: every auth method of the spec, and the backend that resolves it.
+BACKENDS: Mapping[str, Backend] = {
+    "anonymous": Backend("static"),
+    "basic": Backend("static"),
+    "token": Backend("static"),
+    "dockerConfig": Backend("static"),
+    "ecr": Backend("ecr", mints=True, ambient=True),
+    "gcp": Backend("gcp", mints=True, ambient=True),
+    "acr": Backend("acr", mints=True, ambient=True),
+    "webhook": Backend("webhook", mints=True),
+}
+if set(BACKENDS) != set(AUTH_METHODS):
+    raise ImportError(
+        "ocireg.providers.BACKENDS and the spec's auth methods differ: "
+        f"no backend for {sorted(set(AUTH_METHODS) - set(BACKENDS))}, "
+        f"no such method for {sorted(set(BACKENDS) - set(AUTH_METHODS))}"
+    )
+
+
+def provider(method: str) -> Provider:
+    """The backend for ``method``, its module imported now if it was not yet: each SDK is
+    imported only when an object uses it (boto3, azure-identity and google-auth together
+    would add tens of MB to every operator that never needs them)."""
+    backend = BACKENDS.get(method)
+    if backend is None:
+        raise ReconcileError("UnsupportedAuth", f"auth method {method} is not supported")
+    module = importlib.import_module(f"{__name__}.{backend.module}")
+    if not isinstance(module, Provider):
+        raise TypeError(f"{module.__name__} has no resolve(spec, ctx)")
+    return module
 
 
 def resolve(spec: RegistrySpec, ctx: ResolveContext) -> Credential:
@@ -139,23 +198,25 @@ def resolve(spec: RegistrySpec, ctx: ResolveContext) -> Credential:
         raise ReconcileError(
             "InvalidSpec", "server and auth must be set (directly or through extends)"
         )
-    method = spec.auth.method
-    if method in static.METHODS:
-        return static.resolve(spec, ctx, endpoints(spec))
-    if method not in CLOUD_METHODS:
-        raise ReconcileError("UnsupportedAuth", f"auth method {method} is not supported")
-    # Each SDK is imported only when an object uses it: boto3, azure-identity and google-auth
-    # together would add tens of MB to every operator that never needs them.
-    module = importlib.import_module(f"{__name__}.{method}")
-    resolver: Callable[[RegistrySpec, ResolveContext], Credential] = module.resolve
-    return resolver(spec, ctx)
+    return provider(spec.auth.method).resolve(spec, ctx)
+
+
+if TYPE_CHECKING:
+    # mypy checks that each backend module fits Provider (signature included).
+    from ocireg.providers import acr, ecr, gcp, static, webhook
+
+    _MODULES: tuple[Provider, ...] = (acr, ecr, gcp, static, webhook)
 
 
 __all__ = [
+    "BACKENDS",
+    "Backend",
+    "Provider",
     "ResolveContext",
     "SecretReader",
     "TokenRequester",
     "check_ambient_destination",
     "digest",
+    "provider",
     "resolve",
 ]

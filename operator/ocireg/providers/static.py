@@ -16,8 +16,6 @@ from ocireg.api.spec import RegistrySpec, TokenType
 if TYPE_CHECKING:
     from ocireg.providers import ResolveContext
 
-METHODS = ("anonymous", "basic", "token", "dockerConfig")
-
 
 def _value(data: Mapping[str, bytes], key: str, where: str) -> str:
     if key not in data:
@@ -94,10 +92,11 @@ def _from_docker_entry(entry: dict[str, Any], where: str) -> dict[str, str | Non
     return out
 
 
-def resolve(spec: RegistrySpec, ctx: ResolveContext, endpoints: tuple[str, ...]) -> Credential:
+def resolve(spec: RegistrySpec, ctx: ResolveContext) -> Credential:
     auth = spec.auth
     assert auth is not None
     assert spec.server is not None
+    endpoints = (spec.server,)
     if auth.anonymous is not None:
         return Credential("anonymous", endpoints)
     if auth.basic is not None:
