@@ -20,8 +20,7 @@ from ocireg.charts import publish
 from ocireg.charts.helm_index import build_index
 from ocireg.charts.sync import MANIFESTS_PER_KEPT, sync_charts
 from ocireg.egress import EgressPolicy
-from ocireg.oci import RegistryClient, RegistryError, TLSOptions
-from ocireg.oci import client as registry_client
+from ocireg.oci import RegistryClient, RegistryError, TLSOptions, listings
 from ocireg.pullsecrets import plan
 
 from .test_charts_sync import FakeRegistry, charts, digest
@@ -300,7 +299,7 @@ def tag_registry(fake: FakeRegistry, count: int) -> None:
 
 @pytest.fixture
 def budget() -> Iterator[Any]:
-    memory = registry_client._LISTING_BUDGET
+    memory = listings._LISTING_BUDGET
     assert memory.used == 0
     yield memory
     assert memory.used == 0  # every listing (and every test hold) gave its share back
@@ -316,7 +315,7 @@ def test_one_namespace_cannot_hold_the_listing_memory_of_others(
     """The review's probe: one tenant's sync held 126 of the 128 MiB while its registry
     dripped, and a cluster object's 20,000-tag listing failed 3/3 meanwhile."""
     tag_registry(fake, 200)
-    held = registry_client.NAMESPACE_LISTING_MEMORY
+    held = listings.NAMESPACE_LISTING_MEMORY
     assert budget.take(held, "team-a")  # all team-a may hold
     try:
         with pytest.raises(RegistryError) as raised:
@@ -328,14 +327,14 @@ def test_one_namespace_cannot_hold_the_listing_memory_of_others(
         assert len(listing(fake, "team-b").list_tags("team/app")) == 200
         assert len(listing(fake, None).list_tags("team/app")) == 200
         # Two namespaces holding all the tenants' part still leave the cluster objects theirs.
-        assert budget.take(registry_client.TENANT_LISTING_MEMORY - held, "team-b")
+        assert budget.take(listings.TENANT_LISTING_MEMORY - held, "team-b")
         try:
             assert len(listing(fake, None).list_tags("team/app")) == 200
             with pytest.raises(RegistryError) as raised:
                 listing(fake, "team-c").list_tags("team/app")
             assert raised.value.transient
         finally:
-            budget.give(registry_client.TENANT_LISTING_MEMORY - held, "team-b")
+            budget.give(listings.TENANT_LISTING_MEMORY - held, "team-b")
     finally:
         budget.give(held, "team-a")
 
@@ -344,7 +343,7 @@ def test_a_listing_that_finds_its_part_full_waits_for_room_within_its_deadline(
     fake: FakeRegistry, budget: Any
 ) -> None:
     tag_registry(fake, 200)
-    held = registry_client.NAMESPACE_LISTING_MEMORY
+    held = listings.NAMESPACE_LISTING_MEMORY
     assert budget.take(held, "team-a")
     threading.Timer(0.5, budget.give, (held, "team-a")).start()
     started = time.monotonic()

@@ -19,7 +19,7 @@ import requests
 from ocireg import egress
 from ocireg.api.errors import ReconcileError
 from ocireg.api.spec import RegistrySpec
-from ocireg.oci import RegistryClient, RegistryError, TLSOptions
+from ocireg.oci import RegistryClient, RegistryError, TLSOptions, listings
 from ocireg.oci import client as registry_client
 from ocireg.providers import ResolveContext, acr, webhook
 from ocireg.settings import OperatorConfig
@@ -466,7 +466,7 @@ def test_tags_are_capped_in_total_over_all_pages(servers: Callable[..., Server])
         "AnswerTooLarge",
         lambda: RegistryClient(registry.address, tls=PLAIN).list_tags("team/app"),
     )
-    assert f"holds more than {registry_client.MAX_TAGS} tags" in error.message
+    assert f"holds more than {listings.MAX_TAGS} tags" in error.message
     assert len(registry.requests) == 4  # stopped at the page that went over, not after 5
     # Under the cap, every tag of every page is read.
     small = servers(_tags_route(pages[:3]))
@@ -479,7 +479,7 @@ def test_one_page_with_too_many_tags_is_refused_before_it_is_parsed(
     parsed: list[int] = []
     real_loads = json.loads
     monkeypatch.setattr(
-        registry_client.json, "loads", lambda b, *a, **k: parsed.append(len(b)) or real_loads(b)
+        listings.json, "loads", lambda b, *a, **k: parsed.append(len(b)) or real_loads(b)
     )
     registry = servers(_tags_route([[str(i) for i in range(150_000)]]))
     error = _raises(
@@ -501,16 +501,16 @@ def test_a_tag_page_and_all_pages_are_capped_in_bytes(servers: Callable[..., Ser
     error = _raises(
         "AnswerTooLarge", lambda: RegistryClient(many.address, tls=PLAIN).list_tags("team/app")
     )
-    assert f"over {registry_client.MAX_LISTING_BYTES} bytes in all" in error.message
+    assert f"over {listings.MAX_LISTING_BYTES} bytes in all" in error.message
     assert len(many.requests) == 3  # 7 + 7 MiB read, the third page goes over 16 MiB
-    assert registry_client._LISTING_BUDGET.used == 0  # every listing gave its share back
+    assert listings._LISTING_BUDGET.used == 0  # every listing gave its share back
 
 
 def test_listings_share_one_memory_budget_for_the_whole_process(
     servers: Callable[..., Server],
 ) -> None:
     registry = servers(_tags_route([[f"v{i}" for i in range(1000)]]))
-    budget = registry_client._LISTING_BUDGET
+    budget = listings._LISTING_BUDGET
     # A listing waits for room within its deadline (1 s here), then stops.
     client = RegistryClient(registry.address, tls=PLAIN, deadline=1.0)
     # Other listings hold all but a little of it.
@@ -529,7 +529,7 @@ def test_listings_share_one_memory_budget_for_the_whole_process(
 
 
 def test_the_catalog_is_capped_in_repositories(servers: Callable[..., Server]) -> None:
-    names = [f"team/chart-{i}" for i in range(registry_client.MAX_REPOSITORIES + 1)]
+    names = [f"team/chart-{i}" for i in range(listings.MAX_REPOSITORIES + 1)]
 
     def route(handler: BaseHTTPRequestHandler) -> None:
         _json(handler, {"repositories": names})

@@ -654,7 +654,7 @@ def test_token_is_cached_between_verify_calls(fake: FakeRegistry) -> None:
 def test_token_cache_honours_expires_in_with_a_renewal_margin(fake: FakeRegistry) -> None:
     now = [1000.0]
     client = fake.client()
-    client._clock = lambda: now[0]
+    client._auth.clock = lambda: now[0]
     client.verify()
     now[0] += 289  # 300 s lifetime, renewed 10 s early
     client.verify()
@@ -668,7 +668,7 @@ def test_token_without_expires_in_lasts_60_seconds(fake: FakeRegistry) -> None:
     fake.token_lifetime = None
     now = [0.0]
     client = fake.client()
-    client._clock = lambda: now[0]
+    client._auth.clock = lambda: now[0]
     client.verify()
     now[0] = 49
     client.verify()
@@ -1083,7 +1083,7 @@ def test_a_ca_bundle_trusts_only_its_own_certificates(tls_fake: FakeRegistry) ->
     other = CertificateAuthority("another CA").cert_pem.decode()
     with tls_fake.client(tls=TLSOptions(ca_bundle=other)) as client:
         raises("TLSError", client.ping)
-        assert client._verify.cert_store_stats()["x509_ca"] == 1
+        assert client._transport.verify.cert_store_stats()["x509_ca"] == 1
 
 
 def test_an_oversized_or_broken_ca_bundle_is_a_tls_error_before_any_request(

@@ -23,7 +23,7 @@ from ocireg.oci.auth import (
     choose_challenge,
     parse_token_response,
 )
-from ocireg.oci.client import _parse_rate_limit
+from ocireg.oci.headers import parse_rate_limit
 
 # ------------------------------------------------------------------------ WWW-Authenticate
 
@@ -255,10 +255,10 @@ def test_parse_retry_after() -> None:
 
 
 def test_parse_rate_limit() -> None:
-    assert _parse_rate_limit("76;w=21600") == 76
-    assert _parse_rate_limit(" 5 ") == 5
-    assert _parse_rate_limit("lots") is None
-    assert _parse_rate_limit(None) is None
+    assert parse_rate_limit("76;w=21600") == 76
+    assert parse_rate_limit(" 5 ") == 5
+    assert parse_rate_limit("lots") is None
+    assert parse_rate_limit(None) is None
 
 
 # ----------------------------------------------------------------------- tokens, secrets

@@ -1,18 +1,28 @@
-"""Registry authentication pieces that need no network: credentials, WWW-Authenticate
-challenges (RFC 7235), bearer tokens from a token server (distribution's token
-authentication spec) and the redaction of secrets from text meant for humans."""
+"""Authentication with a registry: credentials, WWW-Authenticate challenges (RFC 7235),
+bearer tokens from its token server (distribution's token authentication spec, cached per
+scope), the redaction of secrets from text meant for humans, and :class:`Authenticator`,
+which sends a request with the credentials the registry asks for (answering a 401 once)."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import math
-import string
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, urlsplit
+
+import requests
+
+from ocireg.oci.answers import token_error
+from ocireg.oci.errors import RegistryError, invalid
+from ocireg.oci.headers import WHITESPACE, read_token, read_value, skip_ws
+from ocireg.oci.transport import Transport
+from ocireg.oci.urls import host_port, origin
 
 # The distribution spec: a token without expires_in is good for 60 seconds.
 DEFAULT_TOKEN_LIFETIME: Final = 60.0
@@ -20,9 +30,8 @@ DEFAULT_TOKEN_LIFETIME: Final = 60.0
 TOKEN_RENEW_MARGIN: Final = 10.0
 # OAuth2 client id sent with refresh-token grants; token servers log it, some require one.
 CLIENT_ID: Final = "ocireg"
+MAX_TOKEN_BYTES: Final = 1024 * 1024
 
-_TCHAR: Final = frozenset(string.ascii_letters + string.digits + "!#$%&'*+-.^_`|~")
-_WHITESPACE: Final = " \t\r\n"
 _MAX_REDACTED: Final = 512
 
 
@@ -87,49 +96,6 @@ class Challenge:
 NO_AUTH: Final = Challenge("none")
 
 
-def skip_ws(text: str, i: int) -> int:
-    while i < len(text) and text[i] in _WHITESPACE:
-        i += 1
-    return i
-
-
-def read_token(text: str, i: int) -> tuple[str, int]:
-    j = i
-    while j < len(text) and text[j] in _TCHAR:
-        j += 1
-    return text[i:j], j
-
-
-def read_quoted(text: str, i: int, what: str) -> tuple[str, int]:
-    """Read a quoted-string starting at the opening quote; backslash escapes any character."""
-    out: list[str] = []
-    j = i + 1
-    while j < len(text):
-        c = text[j]
-        if c == "\\":
-            if j + 1 >= len(text):
-                raise ValueError(f"{what}: dangling backslash at the end of a quoted string")
-            out.append(text[j + 1])
-            j += 2
-            continue
-        if c == '"':
-            return "".join(out), j + 1
-        out.append(c)
-        j += 1
-    raise ValueError(f"{what}: quoted string starting at position {i} is not terminated")
-
-
-def read_value(text: str, i: int, what: str, stops: str) -> tuple[str, int]:
-    i = skip_ws(text, i)
-    if i < len(text) and text[i] == '"':
-        return read_quoted(text, i, what)
-    # Unquoted values should be tokens, but servers send realms like https://x/token unquoted.
-    j = i
-    while j < len(text) and text[j] not in stops:
-        j += 1
-    return text[i:j], j
-
-
 def parse_www_authenticate_all(header: str) -> list[tuple[str, dict[str, str]]]:
     """Every challenge in a WWW-Authenticate value, in order.
 
@@ -140,7 +106,7 @@ def parse_www_authenticate_all(header: str) -> list[tuple[str, dict[str, str]]]:
     what = "WWW-Authenticate"
     if not isinstance(header, str):
         raise ValueError(f"{what}: expected a string, got {type(header).__name__}")
-    if not header.strip(_WHITESPACE):
+    if not header.strip(WHITESPACE):
         raise ValueError(f"{what}: the header is empty")
     challenges: list[tuple[str, dict[str, str]]] = []
     current: dict[str, str] | None = None
@@ -161,7 +127,7 @@ def parse_www_authenticate_all(header: str) -> list[tuple[str, dict[str, str]]]:
         if k < n and header[k] == "=":
             if current is None:
                 raise ValueError(f"{what}: parameter {name!r} comes before any auth scheme")
-            value, i = read_value(header, k + 1, what, _WHITESPACE + ',"')
+            value, i = read_value(header, k + 1, what, WHITESPACE + ',"')
             current.setdefault(name.lower(), value)
             after_comma = False
             continue
@@ -172,7 +138,7 @@ def parse_www_authenticate_all(header: str) -> list[tuple[str, dict[str, str]]]:
         challenges.append((name.lower(), current))
         after_comma = False
         i = j
-        if i < n and header[i] not in _WHITESPACE + ",":
+        if i < n and header[i] not in WHITESPACE + ",":
             raise ValueError(f"{what}: unexpected character {header[i]!r} at position {i}")
     if not challenges:
         raise ValueError(f"{what}: no auth scheme found")
@@ -307,3 +273,135 @@ def _forms(secret: str) -> set[str]:
         return set()
     forms = {secret, quote_plus(secret), quote(secret, safe=""), json.dumps(secret)[1:-1]}
     return {form for form in forms if form}
+
+
+def www_authenticate(resp: requests.Response) -> list[str]:
+    # Several WWW-Authenticate headers are joined by requests; the raw list keeps them apart.
+    raw = getattr(getattr(resp, "raw", None), "headers", None)
+    getlist = getattr(raw, "getlist", None)
+    if callable(getlist):
+        values = [v for v in getlist("WWW-Authenticate") if isinstance(v, str)]
+        if values:
+            return values
+    value = resp.headers.get("WWW-Authenticate")
+    return [value] if value else []
+
+
+class Authenticator:
+    """The credentials of one registry's requests: the challenge it last sent (learnt by a
+    ping or a 401), tokens from its token server (cached per scope) and one retry with fresh
+    credentials when the registry answers 401. For the registry's own origin only: the
+    caller sends requests elsewhere (redirect targets) without it."""
+
+    def __init__(
+        self, credentials: RegistryCredentials, transport: Transport, redact: Redactor
+    ) -> None:
+        self.credentials = credentials
+        self.challenge: Challenge | None = None  # unknown until a ping or a 401
+        self.clock: Callable[[], float] = time.monotonic
+        self._transport = transport
+        self._redact = redact  # learns every token fetched
+        self._tokens = TokenCache()
+
+    def send(
+        self,
+        method: str,
+        url: str,
+        scope: str | None,
+        headers: Mapping[str, str],
+    ) -> requests.Response:
+        auth, cached = self._authorization(scope)
+        resp = self._transport.request(method, url, headers={**headers, **auth})
+        if resp.status_code != 401:
+            return resp
+        if cached is not None:
+            # The registry no longer takes the cached token (revoked, or expired early).
+            self._tokens.drop(*cached)
+        challenge = choose_challenge(www_authenticate(resp))
+        changed = False
+        if challenge is not None:
+            previous, self.challenge = self.challenge, challenge
+            changed = previous is not None and previous != challenge
+        challenge = self.challenge
+        if cached is None and not (
+            (not auth or changed) and challenge is not None and self._can_answer(challenge)
+        ):
+            return resp
+        resp.close()
+        auth, _ = self._authorization(scope, refresh=True)
+        return self._transport.request(method, url, headers={**headers, **auth})
+
+    def _can_answer(self, challenge: Challenge) -> bool:
+        creds = self.credentials
+        if creds.registry_token:
+            return False  # always sent already; nothing else to try
+        if challenge.scheme == "basic":
+            return creds.has_basic
+        # Bearer: token servers hand out anonymous tokens too (public repositories).
+        return challenge.scheme == "bearer"
+
+    def _authorization(
+        self, scope: str | None, refresh: bool = False
+    ) -> tuple[dict[str, str], tuple[TokenKey, str] | None]:
+        """(headers, (cache key, token) when the token came from the cache)."""
+        creds = self.credentials
+        if creds.registry_token:
+            return {"Authorization": f"Bearer {creds.registry_token}"}, None
+        challenge = self.challenge
+        if challenge is None or challenge.scheme == "none":
+            return {}, None
+        if challenge.scheme == "basic":
+            if creds.has_basic:
+                return {"Authorization": creds.basic_authorization()}, None
+            return {}, None
+        key: TokenKey = (challenge.realm or "", challenge.service or "", scope or "")
+        if not refresh:
+            token = self._tokens.get(key, self.clock())
+            if token is not None:
+                return {"Authorization": f"Bearer {token}"}, (key, token)
+        token, lifetime = self._fetch_token(challenge, scope)
+        self._tokens.put(key, token, lifetime, self.clock())
+        return {"Authorization": f"Bearer {token}"}, None
+
+    def _fetch_token(self, challenge: Challenge, scope: str | None) -> tuple[str, float]:
+        creds = self.credentials
+        transport = self._transport
+        realm = challenge.realm or ""
+        realm_parts = urlsplit(realm) if realm.isprintable() and origin(realm) else None
+        if realm_parts is None:
+            raise invalid(f"registry {transport.host} sent a token realm that is not a URL")
+        server = host_port(realm)
+        if realm_parts.scheme == "http" and not creds.anonymous and not transport.tls.insecure:
+            raise RegistryError(
+                "InvalidResponse",
+                f"registry {transport.host} points to a token server over plain HTTP "
+                f"({server}); refusing to send credentials unencrypted (set tls.insecure if "
+                "intended)",
+            )
+        params = {"service": challenge.service, "scope": scope}
+        form = {k: v for k, v in params.items() if v}
+        if creds.identity_token:
+            data = {
+                "grant_type": "refresh_token",
+                "client_id": CLIENT_ID,
+                "refresh_token": creds.identity_token,
+                **form,
+            }
+            resp = transport.request("POST", realm, data=data, role="the token server")
+        else:
+            headers = {"Authorization": creds.basic_authorization()} if creds.has_basic else {}
+            resp = transport.request(
+                "GET", realm, params=form, headers=headers, role="the token server"
+            )
+        with contextlib.closing(resp):
+            if resp.status_code != 200:
+                raise token_error(transport, resp, server, scope, creds.anonymous)
+            body = transport.read_json(
+                resp, MAX_TOKEN_BYTES, f"the answer of token server {server}"
+            )
+        try:
+            token, lifetime = parse_token_response(body)
+        except ValueError as exc:
+            raise invalid(f"token server {server} gave no usable token: {exc}") from None
+        self._redact.add(token)
+        return token, lifetime

@@ -1,5 +1,7 @@
 """The one exception the registry client raises, with a machine-readable reason that status
-conditions can use as-is."""
+conditions can use as-is. Which answer becomes which error is decided where the answer is
+read: :mod:`ocireg.oci.answers` (HTTP statuses), :mod:`ocireg.oci.transport` (connections,
+TLS, deadlines, size caps)."""
 
 from __future__ import annotations
 
@@ -89,3 +91,8 @@ def _rebuild(
     return RegistryError(
         reason, message, status_code=status_code, retry_after=retry_after, transient=transient
     )
+
+
+def invalid(message: str, status_code: int | None = None) -> RegistryError:
+    """The registry answered something that is not what the OCI distribution API sends."""
+    return RegistryError("InvalidResponse", message, status_code=status_code)
