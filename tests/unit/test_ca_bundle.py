@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from ocireg.api.errors import ReconcileError
+from ocireg.api.reasons import Reason
 from ocireg.pullsecrets import reconcile, schedule
 from ocireg.pullsecrets.plan import RegistryRef
 from ocireg.settings import OperatorConfig
@@ -163,13 +164,20 @@ def test_a_tenant_ca_bundle_in_its_own_namespace_is_read(kube: CAKube) -> None:
     assert outcome.tls.ca_bundle == PEM
 
 
-def test_the_stall_rule_said_where_the_error_is_raised_wins() -> None:
-    stalls = ReconcileError("Whatever", "m", stalls=True)
-    retries = ReconcileError("SecretNotFound", "m", stalls=False)
-    status = reconcile._failure_status(stalls, 1, {}, 10)
-    assert {c["type"]: c["status"] for c in status["conditions"]}["Stalled"] == "True"
-    status = reconcile._failure_status(retries, 1, {}, 10)
-    assert {c["type"]: c["status"] for c in status["conditions"]}["Stalled"] == "False"
+def test_the_reason_says_whether_an_error_stalls_and_transient_never_does() -> None:
+    """The stall rule is the reason's (api.reasons), chosen where the error is raised: a
+    missing CA ConfigMap stalls exactly as a missing Secret does."""
+
+    def stalled(error: ReconcileError) -> str:
+        status = reconcile._failure_status(error, 1, {}, 10)
+        return {c["type"]: c["status"] for c in status["conditions"]}["Stalled"]
+
+    assert stalled(ReconcileError(Reason.CONFIG_MAP_NOT_FOUND, "m")) == "True"
+    assert stalled(ReconcileError(Reason.SECRET_NOT_FOUND, "m")) == "True"
+    assert stalled(ReconcileError(Reason.SECRET_NOT_FOUND, "m", transient=True)) == "False"
+    assert stalled(ReconcileError(Reason.UNREACHABLE, "m")) == "False"
+    with pytest.raises(ValueError, match="Whatever"):
+        ReconcileError("Whatever", "m")  # type: ignore[arg-type]  # undeclared: refused
 
 
 @pytest.mark.parametrize("kind", ["secret", "configMap"])

@@ -17,6 +17,7 @@ from ocireg import metrics
 from ocireg.api.errors import ReconcileError
 from ocireg.api.names import GROUP, PLURALS, VERSION
 from ocireg.api.ownership import RegistryRef
+from ocireg.api.reasons import Reason
 
 log = logging.getLogger(__name__)
 ACCESS_REVIEWS = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
@@ -55,7 +56,7 @@ class AnswerTooLarge(ReconcileError):
 
     def __init__(self, path: str, limit: int) -> None:
         super().__init__(
-            "APIAnswerTooLarge",
+            Reason.API_ANSWER_TOO_LARGE,
             f"the API's answer to GET {path} was more than {limit / (1024 * 1024):g} MiB; not read",
             transient=True,
         )
@@ -321,14 +322,14 @@ class Kube:
         except ApiException as error:
             if error.status == 404:
                 raise ReconcileError(
-                    "SecretNotFound", f"Secret {namespace}/{name} does not exist"
+                    Reason.SECRET_NOT_FOUND, f"Secret {namespace}/{name} does not exist"
                 ) from None
             if error.status == 403:
                 raise ReconcileError(
-                    "Forbidden", f"the operator may not read Secret {namespace}/{name}"
+                    Reason.FORBIDDEN, f"the operator may not read Secret {namespace}/{name}"
                 ) from None
             raise ReconcileError(
-                "APIError",
+                Reason.API_ERROR,
                 f"reading Secret {namespace}/{name}: HTTP {error.status}",
                 transient=True,
             ) from None
@@ -348,12 +349,12 @@ class Kube:
         except ApiException as error:
             if error.status == 404:
                 raise ReconcileError(
-                    "ServiceAccountNotFound",
+                    Reason.SERVICE_ACCOUNT_NOT_FOUND,
                     f"ServiceAccount {namespace}/{service_account} does not exist",
                 ) from None
             if error.status == 403:
                 raise ReconcileError(
-                    "Forbidden",
+                    Reason.FORBIDDEN,
                     f"the operator may not request tokens for {namespace}/{service_account}",
                 ) from None
             raise
@@ -554,10 +555,10 @@ class Kube:
             # As for Secrets: a condition, not an exception kopf would retry without one.
             if error.status == 403:
                 raise ReconcileError(
-                    "Forbidden", f"the operator may not read ConfigMap {namespace}/{name}"
+                    Reason.FORBIDDEN, f"the operator may not read ConfigMap {namespace}/{name}"
                 ) from None
             raise ReconcileError(
-                "APIError",
+                Reason.API_ERROR,
                 f"reading ConfigMap {namespace}/{name}: HTTP {error.status}",
                 transient=True,
             ) from None
@@ -600,7 +601,7 @@ class Kube:
                 ):
                     return "gone"
                 raise ReconcileError(
-                    "APIError",
+                    Reason.API_ERROR,
                     f"writing ConfigMap {namespace}/{name}: HTTP {error.status}",
                     transient=True,
                 ) from None
@@ -649,7 +650,7 @@ class Kube:
                     raise
                 current = None  # changed since we looked: look again
         raise ReconcileError(
-            "Conflict",
+            Reason.CONFLICT,
             f"ServiceAccount {namespace}/{name} kept changing while being updated",
             transient=True,
         )

@@ -6,9 +6,10 @@ RegistryError; listings: paged listings in bounded memory; headers and urls: par
 ca_bundle: reading a CA bundle from the cluster.
 """
 
+from ocireg.api.reasons import Reason
 from ocireg.oci.auth import RegistryCredentials, parse_www_authenticate, parse_www_authenticate_all
 from ocireg.oci.client import RegistryClient, VerifyResult
-from ocireg.oci.errors import Reason, RegistryError
+from ocireg.oci.errors import RegistryError
 from ocireg.oci.headers import parse_link_next, parse_retry_after
 from ocireg.oci.transport import TLSOptions
 

@@ -10,7 +10,8 @@ from typing import Final
 
 import requests
 
-from ocireg.oci.errors import Reason, RegistryError
+from ocireg.api.reasons import Reason
+from ocireg.oci.errors import RegistryError
 from ocireg.oci.headers import parse_retry_after
 from ocireg.oci.transport import Transport
 from ocireg.oci.urls import url_path
@@ -34,7 +35,7 @@ BASE: Final = Target("base")
 
 def requires_credentials(host: str, detail: str = "") -> RegistryError:
     return RegistryError(
-        "AuthenticationFailed",
+        Reason.AUTHENTICATION_FAILED,
         f"registry {host} requires credentials: it refuses anonymous access"
         f"{detail}; configure credentials for it",
         status_code=401,
@@ -85,22 +86,22 @@ def status_error(
     host, repo = transport.host, target.repository
     reason: Reason
     if status == 429:
-        reason = "RateLimited"
+        reason = Reason.RATE_LIMITED
         message = f"registry {host} is rate limiting requests (HTTP 429){wait}{said}"
     elif status >= 500:
-        reason = "RegistryError"
+        reason = Reason.REGISTRY_ERROR
         what = "is unavailable (HTTP 503)" if status == 503 else f"failed (HTTP {status})"
         message = f"registry {host} {what} on {method} {url_path(url)}{wait}{said}"
     elif status == 401 and target.kind == "base":
         if anonymous:
             return requires_credentials(host, said)
-        reason = "AuthenticationFailed"
+        reason = Reason.AUTHENTICATION_FAILED
         message = (
             f"registry {host} rejected the credentials (HTTP 401){said}; check the "
             "username and password or token in the referenced Secret"
         )
     elif status in (401, 403) and repo is not None:
-        reason = "PermissionDenied"
+        reason = Reason.PERMISSION_DENIED
         if anonymous:
             message = (
                 f"anonymous {target.action} access to repository {repo} on {host} is denied "
@@ -113,25 +114,25 @@ def status_error(
                 f"{host} (HTTP {status}){said}"
             )
     elif status in (401, 403):
-        reason = "PermissionDenied"
+        reason = Reason.PERMISSION_DENIED
         message = f"registry {host} refused access (HTTP {status}){said}"
     elif status == 404 and target.kind == "base":
-        reason = "RegistryError"
+        reason = Reason.REGISTRY_ERROR
         message = (
             f"{host} does not serve the OCI distribution API at /v2/ (HTTP 404); "
             "check the registry address"
         )
     elif status == 404 and (target.kind in ("repository", "upload") or "NAME_UNKNOWN" in codes):
-        reason = "RepositoryNotFound"
+        reason = Reason.REPOSITORY_NOT_FOUND
         message = (
             f"repository {repo} does not exist on {host} or is not visible to these "
             f"credentials{said}"
         )
     elif status == 404:
-        reason = "RegistryError"
+        reason = Reason.REGISTRY_ERROR
         message = f"{target.kind} {target.reference} not found in repository {repo} on {host}"
     else:
-        reason = "RegistryError"
+        reason = Reason.REGISTRY_ERROR
         message = f"registry {host} answered HTTP {status} to {method} {url_path(url)}{said}"
     return RegistryError(reason, message, status_code=status, retry_after=retry_after)
 
@@ -152,7 +153,7 @@ def token_error(
         retry_after = parse_retry_after(resp.headers.get("Retry-After"))
         wait = f"; retry after {retry_after:.0f} s" if retry_after is not None else ""
         return RegistryError(
-            "RateLimited" if status == 429 else "RegistryError",
+            Reason.RATE_LIMITED if status == 429 else Reason.REGISTRY_ERROR,
             f"token server {server} of registry {host} answered HTTP {status}{wait}{said}",
             status_code=status,
             retry_after=retry_after,
@@ -161,20 +162,20 @@ def token_error(
         if anonymous:
             return requires_credentials(host, f" (token server {server}: HTTP {status})")
         return RegistryError(
-            "AuthenticationFailed",
+            Reason.AUTHENTICATION_FAILED,
             f"token server {server} of registry {host} rejected the credentials "
             f"(HTTP {status}){said}; check the username and password or token",
             status_code=status,
         )
     if status == 403:
         return RegistryError(
-            "PermissionDenied",
+            Reason.PERMISSION_DENIED,
             f"token server {server} of registry {host} refused access"
             f"{f' to {scope}' if scope else ''} (HTTP 403){said}",
             status_code=status,
         )
     return RegistryError(
-        "RegistryError",
+        Reason.REGISTRY_ERROR,
         f"token server {server} of registry {host} answered HTTP {status}{said}",
         status_code=status,
     )

@@ -18,6 +18,7 @@ from urllib.parse import quote, quote_plus, urlsplit
 
 import requests
 
+from ocireg.api.reasons import Reason
 from ocireg.oci.answers import token_error
 from ocireg.oci.errors import RegistryError, invalid
 from ocireg.oci.headers import WHITESPACE, read_token, read_value, skip_ws
@@ -373,7 +374,7 @@ class Authenticator:
         server = host_port(realm)
         if realm_parts.scheme == "http" and not creds.anonymous and not transport.tls.insecure:
             raise RegistryError(
-                "InvalidResponse",
+                Reason.INVALID_RESPONSE,
                 f"registry {transport.host} points to a token server over plain HTTP "
                 f"({server}); refusing to send credentials unencrypted (set tls.insecure if "
                 "intended)",

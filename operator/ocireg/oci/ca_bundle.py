@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from ocireg.api.errors import ReconcileError
+from ocireg.api.reasons import Reason
 from ocireg.api.spec import CABundleRef
 
 ReadData = Callable[[str, str], Mapping[str, bytes] | None]
@@ -22,10 +23,9 @@ def ca_bundle_namespace(ref: CABundleRef, default_namespace: str, namespaced: bo
     chosen = ref.namespace or default_namespace
     if namespaced and chosen != default_namespace:
         raise ReconcileError(
-            "CrossNamespaceReference",
+            Reason.CROSS_NAMESPACE_REFERENCE,
             "an OCIRegistry may only use a tls.caBundleRef in its own namespace; remove "
             "tls.caBundleRef.namespace",
-            stalls=True,
         )
     return chosen
 
@@ -47,26 +47,24 @@ def read_ca_bundle(
         where = f"ConfigMap {namespace}/{ref.config_map}"
         data = read_config_map(namespace, ref.config_map or "")
         if data is None:
-            raise ReconcileError("ConfigMapNotFound", f"{where} does not exist", stalls=True)
+            raise ReconcileError(Reason.CONFIG_MAP_NOT_FOUND, f"{where} does not exist")
     if data is None:  # pragma: no cover - read_secret raises instead
-        raise ReconcileError("SecretNotFound", f"{where} does not exist", stalls=True)
+        raise ReconcileError(Reason.SECRET_NOT_FOUND, f"{where} does not exist")
     if ref.key not in data:
-        raise ReconcileError("KeyMissing", f"{where} has no key {ref.key!r}", stalls=True)
+        raise ReconcileError(Reason.KEY_MISSING, f"{where} has no key {ref.key!r}")
     if len(data[ref.key]) > MAX_CA_BUNDLE_BYTES:
         raise ReconcileError(
-            "InvalidCABundle",
+            Reason.INVALID_CA_BUNDLE,
             f"{where} key {ref.key!r} is {len(data[ref.key]) // 1024} KiB, over the "
             f"{MAX_CA_BUNDLE_BYTES // 1024} KiB a CA bundle may hold; keep only the CAs the "
             "registry needs",
-            stalls=True,
         )
     try:
         return data[ref.key].decode("utf-8")
     except UnicodeDecodeError:
         # The bytes are not quoted back: a Secret may hold anything.
         raise ReconcileError(
-            "InvalidCABundle",
+            Reason.INVALID_CA_BUNDLE,
             f"{where} key {ref.key!r} is not text: a CA bundle is PEM certificates "
             "(-----BEGIN CERTIFICATE-----), not DER or other binary data",
-            stalls=True,
         ) from None

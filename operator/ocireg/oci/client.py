@@ -21,6 +21,7 @@ import requests
 
 from ocireg import egress
 from ocireg.api.names import DOCKER_HUB_API_HOST, DOCKER_HUB_HOSTS
+from ocireg.api.reasons import Reason
 from ocireg.egress import UNRESTRICTED, EgressPolicy
 from ocireg.oci.answers import BASE, Target, requires_credentials, status_error
 from ocireg.oci.auth import (
@@ -121,7 +122,7 @@ class RegistryClient:
         token = credentials.registry_token
         if token and not header_safe(token):
             self._transport.problem = RegistryError(
-                "AuthenticationFailed",
+                Reason.AUTHENTICATION_FAILED,
                 "the registry token holds characters that cannot be sent in an HTTP header "
                 "(non-ASCII or control characters); check the Secret's value",
             )
@@ -174,7 +175,7 @@ class RegistryClient:
                 challenge = choose_challenge(www_authenticate(resp))
                 if challenge is None:
                     raise RegistryError(
-                        "InvalidResponse",
+                        Reason.INVALID_RESPONSE,
                         f"registry {self.host} answered 401 without a usable WWW-Authenticate "
                         "challenge (expected Basic, or Bearer with a realm); it does not "
                         "look like an OCI registry",
@@ -199,7 +200,7 @@ class RegistryClient:
                 raise requires_credentials(self.host)
             if not self._credentials.registry_token:
                 raise RegistryError(
-                    "AuthenticationFailed",
+                    Reason.AUTHENTICATION_FAILED,
                     f"registry {self.host} asks for a username and password (HTTP Basic); "
                     "an identity token can only be used with a Bearer token service",
                     status_code=401,

@@ -5,24 +5,27 @@ TLS, deadlines, size caps)."""
 
 from __future__ import annotations
 
-from typing import Final, Literal, get_args
+from typing import Final
 
-Reason = Literal[
-    "Unreachable",
-    "TLSError",
-    "AuthenticationFailed",
-    "PermissionDenied",
-    "RepositoryNotFound",
-    "RateLimited",
-    "RegistryError",
-    "InvalidResponse",
-    # A request for a tenant's object would have gone to a refused address (egress policy).
-    "EgressNotAllowed",
-    # An answer (or a listing over all its pages) over the operator's size caps.
-    "AnswerTooLarge",
-]
+from ocireg.api.reasons import Reason
 
-REASONS: Final[frozenset[str]] = frozenset(get_args(Reason))
+# The reasons the registry client gives (a subset of api.reasons.Reason).
+REASONS: Final[frozenset[Reason]] = frozenset(
+    {
+        Reason.UNREACHABLE,
+        Reason.TLS_ERROR,
+        Reason.AUTHENTICATION_FAILED,
+        Reason.PERMISSION_DENIED,
+        Reason.REPOSITORY_NOT_FOUND,
+        Reason.RATE_LIMITED,
+        Reason.REGISTRY_ERROR,
+        Reason.INVALID_RESPONSE,
+        # A request for a tenant's object would have gone to a refused address (egress).
+        Reason.EGRESS_NOT_ALLOWED,
+        # An answer (or a listing over all its pages) over the operator's size caps.
+        Reason.ANSWER_TOO_LARGE,
+    }
+)
 
 
 def _default_transient(reason: str, status_code: int | None) -> bool:
@@ -39,7 +42,7 @@ class RegistryError(Exception):
     tokens or URLs with query strings; ``transient`` says whether retrying later may help.
     """
 
-    reason: str
+    reason: Reason
     message: str
     transient: bool
     retry_after: float | None
@@ -57,7 +60,7 @@ class RegistryError(Exception):
         if reason not in REASONS:
             raise ValueError(f"unknown RegistryError reason {reason!r}")
         super().__init__(message)
-        self.reason = reason
+        self.reason = Reason(reason)
         self.message = message
         self.status_code = status_code
         self.retry_after = retry_after
@@ -95,4 +98,4 @@ def _rebuild(
 
 def invalid(message: str, status_code: int | None = None) -> RegistryError:
     """The registry answered something that is not what the OCI distribution API sends."""
-    return RegistryError("InvalidResponse", message, status_code=status_code)
+    return RegistryError(Reason.INVALID_RESPONSE, message, status_code=status_code)

@@ -13,6 +13,7 @@ from typing import Any, Final
 import requests
 
 from ocireg import egress
+from ocireg.api.reasons import Reason
 from ocireg.oci.errors import RegistryError, invalid
 from ocireg.oci.transport import Transport
 
@@ -148,7 +149,7 @@ class Listing:
 
     def too_many(self, host: str) -> RegistryError:
         return RegistryError(
-            "AnswerTooLarge",
+            Reason.ANSWER_TOO_LARGE,
             f"{self.what} from {host} holds more than {self.limit} {self.noun}, "
             "more than the operator reads (the limit keeps its memory bounded)",
         )
@@ -159,12 +160,12 @@ class Listing:
         part = f"{mib} MiB that {whose} listings may hold at once"
         if never:
             return RegistryError(
-                "AnswerTooLarge",
+                Reason.ANSWER_TOO_LARGE,
                 f"{self.what} from {host} needs more memory than the {part} (a bound "
                 "on the operator's memory); prune tags or list fewer repositories",
             )
         return RegistryError(
-            "AnswerTooLarge",
+            Reason.ANSWER_TOO_LARGE,
             f"{self.what} from {host} was not read to the end: other listings held the "
             f"listing memory until its deadline ({LISTING_MEMORY // 2**20} MiB in all, tenant "
             f"objects' {TENANT_LISTING_MEMORY // 2**20} MiB, one namespace's "
@@ -188,7 +189,7 @@ def read_page(transport: Transport, resp: requests.Response, listing: Listing) -
     except egress.AnswerTooLarge:
         whole = limit < MAX_LISTING_PAGE_BYTES
         raise RegistryError(
-            "AnswerTooLarge",
+            Reason.ANSWER_TOO_LARGE,
             f"{listing.what} from {host} is over "
             + (f"{MAX_LISTING_BYTES} bytes in all" if whole else f"{limit} bytes in a page")
             + ", more than the operator reads (the limit keeps its memory bounded)",

@@ -21,6 +21,7 @@ from typing import Any, Final
 import requests
 
 from ocireg import egress
+from ocireg.api.reasons import Reason
 from ocireg.egress import EgressPolicy
 from ocireg.oci.ca_bundle import MAX_CA_BUNDLE_BYTES
 from ocireg.oci.errors import RegistryError, invalid
@@ -96,14 +97,14 @@ class Transport:
             return
         if _PEM_CERT not in tls.ca_bundle:
             self.problem = RegistryError(
-                "TLSError",
+                Reason.TLS_ERROR,
                 "the CA bundle for the registry holds no PEM certificate "
                 f"(no '{_PEM_CERT}' line); check the object tls.caBundleRef points to",
             )
             return
         if len(tls.ca_bundle) > MAX_CA_BUNDLE_BYTES:  # read_ca_bundle refuses it first
             self.problem = RegistryError(
-                "TLSError",
+                Reason.TLS_ERROR,
                 f"the CA bundle for the registry is larger than {MAX_CA_BUNDLE_BYTES // 1024} "
                 "KiB; reference only the CAs the registry needs",
             )
@@ -114,7 +115,7 @@ class Transport:
             self.verify = egress.trust_context(tls.ca_bundle)
         except ssl.SSLError as error:
             self.problem = RegistryError(
-                "TLSError",
+                Reason.TLS_ERROR,
                 "the CA bundle for the registry holds no usable PEM certificate "
                 f"({error.reason or type(error).__name__}); check the object tls.caBundleRef "
                 "points to",
@@ -152,7 +153,7 @@ class Transport:
             raise RuntimeError("this RegistryClient is closed")
         if self.problem is not None:
             problem = self.problem
-            raise RegistryError(problem.reason, problem.message)  # type: ignore[arg-type]
+            raise RegistryError(problem.reason, problem.message)
         verify: bool | ssl.SSLContext = self.verify if trusted else not self.tls.skip_verify
         with self._lock:
             self._request_count += 1
@@ -184,7 +185,7 @@ class Transport:
         except egress.EgressRefused as refused:
             owner = "" if role == "registry" else f" of registry {self.host}"
             raise RegistryError(
-                "EgressNotAllowed", refused.describe(role, owner), transient=False
+                Reason.EGRESS_NOT_ALLOWED, refused.describe(role, owner), transient=False
             ) from None
         except egress.DeadlineExceeded as exc:
             raise self.too_slow(url, exc.seconds) from None
@@ -200,7 +201,8 @@ class Transport:
         except egress.AnswerTooLarge as exc:
             size = f"{exc.size} bytes, " if exc.size is not None else ""
             raise RegistryError(
-                "AnswerTooLarge", f"{what} from {self.host} is {size}over the {limit}-byte limit"
+                Reason.ANSWER_TOO_LARGE,
+                f"{what} from {self.host} is {size}over the {limit}-byte limit",
             ) from None
 
     def read_json(self, resp: requests.Response, limit: int, what: str) -> Any:
@@ -230,7 +232,7 @@ class Transport:
 
     def too_slow(self, url: str, seconds: float) -> RegistryError:
         return RegistryError(
-            "Unreachable",
+            Reason.UNREACHABLE,
             f"{host_port(url)} sent no complete answer within {seconds:g} s (the total "
             "deadline of a request to a registry); it may be overloaded, or dripping its answer",
         )
@@ -250,7 +252,7 @@ class Transport:
             if name in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE"):
                 detail += "; the server may speak plain HTTP (tls.insecure)"
         return RegistryError(
-            "TLSError",
+            Reason.TLS_ERROR,
             f"TLS connection to {target} failed: {self.redact(detail)}; {_TLS_HINT}",
         )
 
@@ -278,7 +280,7 @@ class Transport:
         else:
             why = "the connection failed or was cut"
         return RegistryError(
-            "Unreachable",
+            Reason.UNREACHABLE,
             f"cannot reach {target}: {why}; check the address and that the operator can "
             "reach it over the network",
         )

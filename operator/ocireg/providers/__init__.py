@@ -28,6 +28,7 @@ from ocireg.api.cloud import ServiceAccountRef
 from ocireg.api.common import SecretRef
 from ocireg.api.credential import Credential
 from ocireg.api.errors import ReconcileError
+from ocireg.api.reasons import Reason
 from ocireg.api.spec import AUTH_METHODS, RegistrySpec
 from ocireg.oci import TLSOptions
 from ocireg.providers import destinations
@@ -41,7 +42,7 @@ TokenRequester = Callable[[str, str, str], str]
 
 
 def _no_tokens(namespace: str, name: str, audience: str) -> str:
-    raise ReconcileError("Unsupported", "ServiceAccount tokens are not available here")
+    raise ReconcileError(Reason.UNSUPPORTED, "ServiceAccount tokens are not available here")
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ class ResolveContext:
     def check_ambient_allowed(self, method: str) -> None:
         if self.namespaced and not self.config.allow_tenant_ambient_identity:
             raise ReconcileError(
-                "AmbientIdentityNotAllowed",
+                Reason.AMBIENT_IDENTITY_NOT_ALLOWED,
                 f"an OCIRegistry must name its own {method} credentials (auth.{method}."
                 "credentials): only a ClusterOCIRegistry may use the operator's own identity",
             )
@@ -105,7 +106,7 @@ class ResolveContext:
         chosen = namespace or self.default_namespace
         if self.namespaced and chosen != self.default_namespace:
             raise ReconcileError(
-                "CrossNamespaceReference",
+                Reason.CROSS_NAMESPACE_REFERENCE,
                 "an OCIRegistry may only use Secrets and ServiceAccounts in its own namespace",
             )
         return chosen
@@ -137,7 +138,7 @@ def check_ambient_destination(cloud: str, servers: Iterable[str], ctx: ResolveCo
         namespaced=ctx.namespaced,
     )
     if refusal is not None:
-        raise ReconcileError("AmbientDestinationNotAllowed", refusal, stalls=True)
+        raise ReconcileError(Reason.AMBIENT_DESTINATION_NOT_ALLOWED, refusal)
 
 
 @runtime_checkable
@@ -186,7 +187,7 @@ def provider(method: str) -> Provider:
     would add tens of MB to every operator that never needs them)."""
     backend = BACKENDS.get(method)
     if backend is None:
-        raise ReconcileError("UnsupportedAuth", f"auth method {method} is not supported")
+        raise ReconcileError(Reason.UNSUPPORTED_AUTH, f"auth method {method} is not supported")
     module = importlib.import_module(f"{__name__}.{backend.module}")
     if not isinstance(module, Provider):
         raise TypeError(f"{module.__name__} has no resolve(spec, ctx)")
@@ -196,7 +197,7 @@ def provider(method: str) -> Provider:
 def resolve(spec: RegistrySpec, ctx: ResolveContext) -> Credential:
     if spec.auth is None or spec.server is None:
         raise ReconcileError(
-            "InvalidSpec", "server and auth must be set (directly or through extends)"
+            Reason.INVALID_SPEC, "server and auth must be set (directly or through extends)"
         )
     return provider(spec.auth.method).resolve(spec, ctx)
 

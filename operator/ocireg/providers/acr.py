@@ -22,6 +22,7 @@ from ocireg import egress
 from ocireg.api.cloud import AcrAuth
 from ocireg.api.credential import Credential
 from ocireg.api.errors import ReconcileError
+from ocireg.api.reasons import Reason
 from ocireg.api.spec import RegistrySpec
 from ocireg.oci import TLSOptions, parse_retry_after
 from ocireg.providers import ResolveContext, check_ambient_destination
@@ -67,14 +68,14 @@ def _credential(
     named = creds is not None and (creds.secret_ref or creds.service_account_ref)
     if named and not (auth.tenant_id and auth.client_id):
         raise ReconcileError(
-            "InvalidSpec", "auth.acr needs tenantId and clientId with these credentials"
+            Reason.INVALID_SPEC, "auth.acr needs tenantId and clientId with these credentials"
         )
     if creds is not None and creds.secret_ref is not None:
         namespace, data = ctx.secret(creds.secret_ref)
         secret = data.get("clientSecret", b"").decode(errors="replace").strip()
         if not secret:
             raise ReconcileError(
-                "KeyMissing",
+                Reason.KEY_MISSING,
                 f"Secret {namespace}/{creds.secret_ref.name} has no key 'clientSecret'",
             )
         assert auth.tenant_id  # checked above
@@ -130,7 +131,7 @@ def _verify_option(tls: TLSOptions) -> Iterator[bool | ssl.SSLContext]:
         context = egress.trust_context(tls.ca_bundle)
     except ssl.SSLError:
         raise ReconcileError(
-            "TLSError",
+            Reason.TLS_ERROR,
             "the CA bundle for the registry holds no usable PEM certificate; check the object "
             "tls.caBundleRef points to",
         ) from None
@@ -169,38 +170,38 @@ def _exchange(
                 raise
     except egress.EgressRefused as refused:
         raise ReconcileError(
-            "EgressNotAllowed", refused.describe("the ACR token exchange host")
+            Reason.EGRESS_NOT_ALLOWED, refused.describe("the ACR token exchange host")
         ) from None
     except egress.DeadlineExceeded:
         raise ReconcileError(
-            "ProviderUnreachable",
+            Reason.PROVIDER_UNREACHABLE,
             f"the ACR token exchange at {registry} sent no complete answer within "
             f"{EXCHANGE_DEADLINE:g} s",
             transient=True,
         ) from None
     except egress.AnswerTooLarge:
         raise ReconcileError(
-            "AnswerTooLarge",
+            Reason.ANSWER_TOO_LARGE,
             f"the ACR token exchange at {registry} answered with more than {MAX_ANSWER_BYTES} "
             "bytes; a refresh token is a few KiB",
         ) from None
     except requests.exceptions.RequestException as error:
         raise ReconcileError(
-            "ProviderUnreachable",
+            Reason.PROVIDER_UNREACHABLE,
             f"the ACR token exchange at {registry} did not answer ({_cause(error)})",
             transient=True,
         ) from None
     if response.status_code == 429 or response.status_code >= 500:
         retry = response.headers.get("Retry-After")
         raise ReconcileError(
-            "ProviderError",
+            Reason.PROVIDER_ERROR,
             f"the ACR token exchange at {registry} answered HTTP {response.status_code}",
             transient=True,
             retry_after=parse_retry_after(retry),
         )
     if response.status_code != 200:
         raise ReconcileError(
-            "AccessDenied",
+            Reason.ACCESS_DENIED,
             f"the ACR token exchange at {registry} refused the Entra token "
             f"(HTTP {response.status_code}); check the identity's role on the registry",
         )
@@ -210,7 +211,8 @@ def _exchange(
         token = None
     if not isinstance(token, str) or not token:
         raise ReconcileError(
-            "InvalidProviderAnswer", f"the ACR token exchange at {registry} sent no refresh_token"
+            Reason.INVALID_PROVIDER_ANSWER,
+            f"the ACR token exchange at {registry} sent no refresh_token",
         )
     return token
 
@@ -223,13 +225,13 @@ def mint(spec: RegistrySpec, ctx: ResolveContext, credential: TokenCredential) -
         access = credential.get_token(SCOPE)
     except ClientAuthenticationError as error:
         raise ReconcileError(
-            "AccessDenied",
+            Reason.ACCESS_DENIED,
             f"Entra ID refused to issue a token ({type(error).__name__}); check tenantId, "
             "clientId and the secret or federated credential",
         ) from None
     except AzureError as error:
         raise ReconcileError(
-            "ProviderUnreachable",
+            Reason.PROVIDER_UNREACHABLE,
             f"Entra ID did not answer ({type(error).__name__})",
             transient=True,
         ) from None

@@ -33,6 +33,7 @@ from ocireg import metrics
 from ocireg.api.credential import Credential
 from ocireg.api.durations import renew_margin
 from ocireg.api.errors import ReconcileError
+from ocireg.api.reasons import Reason
 from ocireg.backoff import Backoff
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ def provider_failed(provider: str, error: BaseException) -> ReconcileError:
     frames = "".join(traceback.format_tb(error.__traceback__))
     log.warning("the %s provider raised %s:\n%s", provider, type(error).__name__, frames)
     return ReconcileError(
-        "ProviderError",
+        Reason.PROVIDER_ERROR,
         f"the {provider} provider failed unexpectedly ({type(error).__name__}); retried with "
         "backoff, see the operator's log",
         transient=True,

@@ -18,6 +18,7 @@ import botocore.exceptions
 from ocireg.api.cloud import EcrAuth, ServiceAccountRef
 from ocireg.api.credential import Credential
 from ocireg.api.errors import ReconcileError
+from ocireg.api.reasons import Reason
 from ocireg.api.spec import RegistrySpec
 from ocireg.providers import ResolveContext, check_ambient_destination
 
@@ -44,7 +45,7 @@ _PERMANENT = {
 def _key(data: Mapping[str, bytes], key: str, where: str, required: bool = True) -> str | None:
     value = data.get(key, b"").decode(errors="replace").strip()
     if not value and required:
-        raise ReconcileError("KeyMissing", f"Secret {where} has no key {key!r}")
+        raise ReconcileError(Reason.KEY_MISSING, f"Secret {where} has no key {key!r}")
     return value or None
 
 
@@ -54,7 +55,7 @@ def _aws_error(error: Exception, action: str) -> ReconcileError:
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         retry_after = 30.0 if code in ("ThrottlingException", "Throttling") else None
         transient = code not in _PERMANENT and (status >= 500 or status in (0, 429) or retry_after)
-        reason = "AccessDenied" if code in _PERMANENT else "ProviderError"
+        reason = Reason.ACCESS_DENIED if code in _PERMANENT else Reason.PROVIDER_ERROR
         return ReconcileError(
             reason,
             f"AWS {action} failed: {code} (HTTP {status})",
@@ -63,11 +64,13 @@ def _aws_error(error: Exception, action: str) -> ReconcileError:
         )
     if isinstance(error, botocore.exceptions.NoCredentialsError):
         return ReconcileError(
-            "NoCredentials", f"AWS {action}: the operator has no AWS identity of its own"
+            Reason.NO_CREDENTIALS, f"AWS {action}: the operator has no AWS identity of its own"
         )
     if isinstance(error, botocore.exceptions.BotoCoreError):
         return ReconcileError(
-            "ProviderUnreachable", f"AWS {action} failed: {type(error).__name__}", transient=True
+            Reason.PROVIDER_UNREACHABLE,
+            f"AWS {action} failed: {type(error).__name__}",
+            transient=True,
         )
     raise error
 
@@ -175,10 +178,12 @@ def _decode(token: str) -> tuple[str, str]:
         user, _, password = base64.b64decode(token).decode().partition(":")
     except (binascii.Error, UnicodeDecodeError):
         raise ReconcileError(
-            "InvalidProviderAnswer", "ECR returned an authorization token that is not base64"
+            Reason.INVALID_PROVIDER_ANSWER, "ECR returned an authorization token that is not base64"
         ) from None
     if not password:
-        raise ReconcileError("InvalidProviderAnswer", "ECR returned an empty authorization token")
+        raise ReconcileError(
+            Reason.INVALID_PROVIDER_ANSWER, "ECR returned an empty authorization token"
+        )
     return user, password
 
 
@@ -187,7 +192,7 @@ def _regions(spec: RegistrySpec, auth: EcrAuth) -> list[str]:
     regions = ["us-east-1"] if spec.server == PUBLIC_HOST else auth.regions
     if len(regions) > 1 and "{region}" not in spec.server:
         raise ReconcileError(
-            "InvalidSpec",
+            Reason.INVALID_SPEC,
             f"{len(regions)} regions are listed but server has no {{region}} to expand",
         )
     return regions

@@ -16,6 +16,7 @@ from google.oauth2 import service_account
 
 from ocireg.api.credential import Credential
 from ocireg.api.errors import ReconcileError
+from ocireg.api.reasons import Reason
 from ocireg.api.spec import RegistrySpec
 from ocireg.providers import ResolveContext, check_ambient_destination
 
@@ -39,19 +40,24 @@ def _key_info(ctx: ResolveContext, spec: RegistrySpec) -> tuple[dict[str, Any], 
     namespace, data = ctx.secret(ref)
     where = f"{namespace}/{ref.name}"
     if auth.credentials.key not in data:
-        raise ReconcileError("KeyMissing", f"Secret {where} has no key {auth.credentials.key!r}")
+        raise ReconcileError(
+            Reason.KEY_MISSING, f"Secret {where} has no key {auth.credentials.key!r}"
+        )
     try:
         info = json.loads(data[auth.credentials.key])
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ReconcileError("InvalidSecret", f"Secret {where}: the key is not JSON") from None
+        raise ReconcileError(
+            Reason.INVALID_SECRET, f"Secret {where}: the key is not JSON"
+        ) from None
     if not isinstance(info, dict) or info.get("type") != "service_account":
         raise ReconcileError(
-            "InvalidSecret", f"Secret {where}: not a service-account key (type service_account)"
+            Reason.INVALID_SECRET,
+            f"Secret {where}: not a service-account key (type service_account)",
         )
     allowed = GOOGLE_TOKEN_URIS | set(ctx.config.gcp_token_uris)
     if info.get("token_uri") not in allowed:
         raise ReconcileError(
-            "InvalidSecret",
+            Reason.INVALID_SECRET,
             f"Secret {where}: the key's token_uri is not a Google token endpoint",
         )
     return info, data[auth.credentials.key]
@@ -76,24 +82,24 @@ def mint(spec: RegistrySpec, info: dict[str, Any] | None) -> Credential:
         credentials.refresh(request)
     except (ValueError, KeyError) as error:
         raise ReconcileError(
-            "InvalidSecret", f"the service-account key is unusable: {type(error).__name__}"
+            Reason.INVALID_SECRET, f"the service-account key is unusable: {type(error).__name__}"
         ) from None
     except google.auth.exceptions.DefaultCredentialsError:
         raise ReconcileError(
-            "NoCredentials", "the operator has no Google identity of its own (ADC not found)"
+            Reason.NO_CREDENTIALS, "the operator has no Google identity of its own (ADC not found)"
         ) from None
     except google.auth.exceptions.RefreshError as error:
         # The message carries the token endpoint's error code (e.g. invalid_grant), no secret.
         detail = str(error.args[0]) if error.args else "refused"
         transient = bool(getattr(error, "retryable", False))
         raise ReconcileError(
-            "ProviderError" if transient else "AccessDenied",
+            Reason.PROVIDER_ERROR if transient else Reason.ACCESS_DENIED,
             f"Google refused to issue a token: {detail[:200]}",
             transient=transient,
         ) from None
     except google.auth.exceptions.TransportError:
         raise ReconcileError(
-            "ProviderUnreachable", "cannot reach Google's token endpoint", transient=True
+            Reason.PROVIDER_UNREACHABLE, "cannot reach Google's token endpoint", transient=True
         ) from None
     assert spec.server is not None
     return Credential(

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ocireg.api.credential import Credential
 from ocireg.api.errors import ReconcileError
 from ocireg.api.names import DOCKER_HUB_HOSTS
+from ocireg.api.reasons import Reason
 from ocireg.api.spec import RegistrySpec, TokenType
 
 if TYPE_CHECKING:
@@ -19,15 +20,15 @@ if TYPE_CHECKING:
 
 def _value(data: Mapping[str, bytes], key: str, where: str) -> str:
     if key not in data:
-        raise ReconcileError("KeyMissing", f"Secret {where} has no key {key!r}")
+        raise ReconcileError(Reason.KEY_MISSING, f"Secret {where} has no key {key!r}")
     try:
         value = data[key].decode().strip()
     except UnicodeDecodeError:
         raise ReconcileError(
-            "InvalidSecret", f"key {key!r} of Secret {where} is not UTF-8"
+            Reason.INVALID_SECRET, f"key {key!r} of Secret {where} is not UTF-8"
         ) from None
     if not value:
-        raise ReconcileError("KeyMissing", f"key {key!r} of Secret {where} is empty")
+        raise ReconcileError(Reason.KEY_MISSING, f"key {key!r} of Secret {where} is empty")
     return value
 
 
@@ -43,21 +44,23 @@ def docker_config_entry(config_text: str, server: str, where: str) -> dict[str, 
         config = json.loads(config_text)
     except json.JSONDecodeError as error:
         raise ReconcileError(
-            "InvalidDockerConfig",
+            Reason.INVALID_DOCKER_CONFIG,
             f"Secret {where} is not valid JSON ({error.msg} at line {error.lineno})",
         ) from None
     if not isinstance(config, dict):
-        raise ReconcileError("InvalidDockerConfig", f"Secret {where} is not a JSON object")
+        raise ReconcileError(Reason.INVALID_DOCKER_CONFIG, f"Secret {where} is not a JSON object")
     auths = config.get("auths", config)
     if not isinstance(auths, dict):
-        raise ReconcileError("InvalidDockerConfig", f"Secret {where}: auths is not an object")
+        raise ReconcileError(
+            Reason.INVALID_DOCKER_CONFIG, f"Secret {where}: auths is not an object"
+        )
     wanted = _host_of(server)
     for key, entry in auths.items():
         if isinstance(entry, dict) and _host_of(str(key)) == wanted:
             return entry
     hosts = ", ".join(sorted(_host_of(str(k)) for k in auths)) or "none"
     raise ReconcileError(
-        "KeyMissing", f"Secret {where} has no entry for {server} (it has: {hosts})"
+        Reason.KEY_MISSING, f"Secret {where} has no entry for {server} (it has: {hosts})"
     )
 
 
@@ -65,7 +68,9 @@ def _text(entry: dict[str, Any], key: str, where: str) -> str | None:
     value = entry.get(key)
     if value is None or isinstance(value, str):
         return value or None
-    raise ReconcileError("InvalidDockerConfig", f"Secret {where}: the {key} field is not a string")
+    raise ReconcileError(
+        Reason.INVALID_DOCKER_CONFIG, f"Secret {where}: the {key} field is not a string"
+    )
 
 
 def _from_docker_entry(entry: dict[str, Any], where: str) -> dict[str, str | None]:
@@ -76,7 +81,8 @@ def _from_docker_entry(entry: dict[str, Any], where: str) -> dict[str, str | Non
             username, _, password = base64.b64decode(auth).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError, TypeError, ValueError):
             raise ReconcileError(
-                "InvalidDockerConfig", f"Secret {where}: the auth field is not base64 user:password"
+                Reason.INVALID_DOCKER_CONFIG,
+                f"Secret {where}: the auth field is not base64 user:password",
             ) from None
     out = {
         "username": username or None,
@@ -86,7 +92,7 @@ def _from_docker_entry(entry: dict[str, Any], where: str) -> dict[str, str | Non
     }
     if not (out["password"] or out["identity_token"] or out["registry_token"]):
         raise ReconcileError(
-            "InvalidDockerConfig",
+            Reason.INVALID_DOCKER_CONFIG,
             f"Secret {where}: the entry has no password, auth, identitytoken or registrytoken",
         )
     return out

@@ -25,6 +25,7 @@ from ocireg import egress
 from ocireg.api.cloud import WebhookAuth, WebhookFormat
 from ocireg.api.credential import Credential
 from ocireg.api.errors import ReconcileError
+from ocireg.api.reasons import Reason
 from ocireg.api.spec import RegistrySpec
 from ocireg.oci import parse_retry_after
 from ocireg.oci.auth import header_safe
@@ -40,7 +41,7 @@ address_refused = egress.address_refused
 
 def _refusal(host: str, address: object) -> ReconcileError:
     return ReconcileError(
-        "WebhookAddressNotAllowed",
+        Reason.WEBHOOK_ADDRESS_NOT_ALLOWED,
         egress.EgressRefused(host, str(address)).describe("the webhook host"),
     )
 
@@ -49,7 +50,7 @@ def check_destination(url: str, allowed_cidrs: Iterable[str], resolve: Any = Non
     """Every address the webhook's host resolves to must be one a tenant may reach."""
     host = urlsplit(url).hostname
     if not host:
-        raise ReconcileError("InvalidSpec", "the webhook url has no host")
+        raise ReconcileError(Reason.INVALID_SPEC, "the webhook url has no host")
     policy = egress.EgressPolicy.for_object(True, allowed_cidrs)
     try:
         policy.check_host(host, resolve)
@@ -57,7 +58,7 @@ def check_destination(url: str, allowed_cidrs: Iterable[str], resolve: Any = Non
         raise _refusal(host, refused.address) from None
     except OSError:
         raise ReconcileError(
-            "WebhookUnreachable", f"cannot resolve the webhook host {host}", transient=True
+            Reason.WEBHOOK_UNREACHABLE, f"cannot resolve the webhook host {host}", transient=True
         ) from None
 
 
@@ -71,23 +72,25 @@ def _field(answer: Any, path: str) -> Any:
 
 def _expiry(value: Any, what: str, now: dt.datetime) -> dt.datetime:
     if isinstance(value, bool):
-        raise ReconcileError("InvalidProviderAnswer", f"the webhook's {what} is not a time")
+        raise ReconcileError(Reason.INVALID_PROVIDER_ANSWER, f"the webhook's {what} is not a time")
     if isinstance(value, int | float):
         try:
             return dt.datetime.fromtimestamp(value, dt.UTC)
         except (OverflowError, OSError, ValueError):
             raise ReconcileError(
-                "InvalidProviderAnswer", f"the webhook's {what} is not a usable Unix time"
+                Reason.INVALID_PROVIDER_ANSWER, f"the webhook's {what} is not a usable Unix time"
             ) from None
     if isinstance(value, str):
         try:
             moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             raise ReconcileError(
-                "InvalidProviderAnswer", f"the webhook's {what} is not an RFC 3339 time"
+                Reason.INVALID_PROVIDER_ANSWER, f"the webhook's {what} is not an RFC 3339 time"
             ) from None
         return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
-    raise ReconcileError("InvalidProviderAnswer", f"the webhook's {what} is missing or not a time")
+    raise ReconcileError(
+        Reason.INVALID_PROVIDER_ANSWER, f"the webhook's {what} is missing or not a time"
+    )
 
 
 def parse_answer(
@@ -100,28 +103,32 @@ def parse_answer(
             text = base64.b64decode(body.strip(), validate=True).decode()
         except (binascii.Error, UnicodeDecodeError):
             raise ReconcileError(
-                "InvalidProviderAnswer", "the webhook's answer is not base64 username:token"
+                Reason.INVALID_PROVIDER_ANSWER, "the webhook's answer is not base64 username:token"
             ) from None
         username, sep, password = text.partition(":")
         if not sep or not password:
             raise ReconcileError(
-                "InvalidProviderAnswer", "the webhook's answer decodes to no username:token pair"
+                Reason.INVALID_PROVIDER_ANSWER,
+                "the webhook's answer decodes to no username:token pair",
             )
         return username or (auth.username or ""), password, None
     try:
         answer = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ReconcileError("InvalidProviderAnswer", "the webhook's answer is not JSON") from None
+        raise ReconcileError(
+            Reason.INVALID_PROVIDER_ANSWER, "the webhook's answer is not JSON"
+        ) from None
     password = _field(answer, auth.password_field)
     if not isinstance(password, str) or not password:
         raise ReconcileError(
-            "InvalidProviderAnswer",
+            Reason.INVALID_PROVIDER_ANSWER,
             f"the webhook's JSON has no string field {auth.password_field!r}",
         )
     username = _field(answer, auth.username_field)
     if username is not None and not isinstance(username, str):
         raise ReconcileError(
-            "InvalidProviderAnswer", f"the webhook's field {auth.username_field!r} is not a string"
+            Reason.INVALID_PROVIDER_ANSWER,
+            f"the webhook's field {auth.username_field!r} is not a string",
         )
     expires = None
     if auth.expires_at_field and _field(answer, auth.expires_at_field) is not None:
@@ -130,13 +137,14 @@ def parse_answer(
         seconds = _field(answer, auth.expires_in_field)
         if not isinstance(seconds, int | float) or isinstance(seconds, bool):
             raise ReconcileError(
-                "InvalidProviderAnswer", f"the webhook's {auth.expires_in_field!r} is not a number"
+                Reason.INVALID_PROVIDER_ANSWER,
+                f"the webhook's {auth.expires_in_field!r} is not a number",
             )
         try:
             expires = now + dt.timedelta(seconds=seconds)
         except (OverflowError, ValueError):
             raise ReconcileError(
-                "InvalidProviderAnswer",
+                Reason.INVALID_PROVIDER_ANSWER,
                 f"the webhook's {auth.expires_in_field!r} is not a usable number of seconds",
             ) from None
     return username or auth.username or "", password, expires
@@ -151,7 +159,7 @@ def _headers(ctx: ResolveContext, auth: WebhookAuth) -> dict[str, str]:
     for key, value in data.items():
         if not key or not set(key) <= _SAFE_HEADER:
             raise ReconcileError(
-                "InvalidSecret", f"{where}: key {key!r} is not a usable HTTP header name"
+                Reason.INVALID_SECRET, f"{where}: key {key!r} is not a usable HTTP header name"
             )
         # Printable ASCII only (header_safe): anything else http.client cannot encode
         # (UnicodeEncodeError deep in the request) or mangles. Never quoted back: the value
@@ -159,7 +167,7 @@ def _headers(ctx: ResolveContext, auth: WebhookAuth) -> dict[str, str]:
         text = value.decode("utf-8", errors="replace").strip()
         if not header_safe(text):
             raise ReconcileError(
-                "InvalidSecret",
+                Reason.INVALID_SECRET,
                 f"{where}: the value of {key!r} is not a usable HTTP header value "
                 "(printable ASCII only: no control characters, line breaks or non-ASCII)",
             )
@@ -174,7 +182,7 @@ def mint(spec: RegistrySpec, ctx: ResolveContext, headers: dict[str, str]) -> Cr
     host = urlsplit(auth.url).hostname
     budget = float(auth.timeout_seconds)
     too_slow = ReconcileError(
-        "WebhookUnreachable",
+        Reason.WEBHOOK_UNREACHABLE,
         f"the webhook {host} sent no complete answer within {budget:g} s "
         "(auth.webhook.timeoutSeconds)",
         transient=True,
@@ -209,13 +217,15 @@ def mint(spec: RegistrySpec, ctx: ResolveContext, headers: dict[str, str]) -> Cr
         raise too_slow from None
     except egress.AnswerTooLarge:
         raise ReconcileError(
-            "AnswerTooLarge", f"the webhook's answer is larger than {MAX_ANSWER_BYTES} bytes"
+            Reason.ANSWER_TOO_LARGE, f"the webhook's answer is larger than {MAX_ANSWER_BYTES} bytes"
         ) from None
     except requests.exceptions.SSLError:
-        raise ReconcileError("WebhookTLSError", f"TLS to the webhook {host} failed") from None
+        raise ReconcileError(
+            Reason.WEBHOOK_TLS_ERROR, f"TLS to the webhook {host} failed"
+        ) from None
     except requests.exceptions.RequestException as error:
         raise ReconcileError(
-            "WebhookUnreachable",
+            Reason.WEBHOOK_UNREACHABLE,
             f"the webhook {host} did not answer ({type(error).__name__})",
             transient=True,
         ) from None
@@ -223,13 +233,13 @@ def mint(spec: RegistrySpec, ctx: ResolveContext, headers: dict[str, str]) -> Cr
     if status == 429 or status >= 500:
         retry = response.headers.get("Retry-After")
         raise ReconcileError(
-            "WebhookError",
+            Reason.WEBHOOK_ERROR,
             f"the webhook {host} answered HTTP {status}",
             transient=True,
             retry_after=parse_retry_after(retry),
         )
     if not 200 <= status < 300:
-        raise ReconcileError("WebhookError", f"the webhook {host} answered HTTP {status}")
+        raise ReconcileError(Reason.WEBHOOK_ERROR, f"the webhook {host} answered HTTP {status}")
     username, password, expires = parse_answer(body, auth, dt.datetime.now(dt.UTC))
     return Credential(
         "webhook", (spec.server or "",), username=username, password=password, expires_at=expires

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from ocireg import metrics
 from ocireg.api.credential import Credential
 from ocireg.api.errors import ReconcileError
+from ocireg.api.reasons import Reason
 from ocireg.api.spec import Format, RegistrySpec
 from ocireg.backoff import Backoff
 from ocireg.kube.client import Conflict, Kube
@@ -324,7 +325,7 @@ class Fanout:
         wants, queue jobs for the namespaces that differ, wait for them, report."""
         if not self.index.wait_synced(SYNC_WAIT_SECONDS):
             raise ReconcileError(
-                "WatchesNotSynced",
+                Reason.WATCHES_NOT_SYNCED,
                 "the watches of namespaces, ServiceAccounts and ocireg's Secrets have not "
                 "completed their first list yet",
                 transient=True,

@@ -20,6 +20,7 @@ from ocireg.api.conditions import condition, set_conditions
 from ocireg.api.credential import Credential
 from ocireg.api.durations import parse_duration
 from ocireg.api.errors import ReconcileError
+from ocireg.api.reasons import Reason
 from ocireg.api.spec import RegistrySpec
 from ocireg.api.status import RegistryStatus
 from ocireg.egress import UNRESTRICTED, EgressPolicy
@@ -34,32 +35,6 @@ log = logging.getLogger(__name__)
 # Bases one object may extend through (each one GET per tick): without a cap a chain of N
 # objects costs N(N-1)/2 reads every tick.
 MAX_EXTENDS_DEPTH = 8
-# Reasons that retrying cannot fix: the user has to change something.
-_STALLED = {
-    "SecretNotFound",
-    "KeyMissing",
-    "InvalidSecret",
-    "InvalidDockerConfig",
-    "AuthenticationFailed",
-    "PermissionDenied",
-    "RepositoryNotFound",
-    "BaseNotFound",
-    "ExtendsLoop",
-    "ExtendsTooDeep",
-    "InvalidSpec",
-    "CrossNamespaceReference",
-    "UnsupportedAuth",
-    "Forbidden",
-    "TLSError",
-    "WebhookTLSError",
-    "AccessDenied",
-    "AmbientIdentityNotAllowed",
-    "AmbientDestinationNotAllowed",
-    "WebhookAddressNotAllowed",
-    "EgressNotAllowed",
-    "NoCredentials",
-    "ServiceAccountNotFound",
-}
 
 
 def _now() -> str:
@@ -87,11 +62,11 @@ def effective_spec(kube: Kube, ref: plan.RegistryRef, spec: dict[str, Any]) -> R
         base_name = current["extends"]
         if base_name in chain:
             raise ReconcileError(
-                "ExtendsLoop", "extends forms a loop: " + " -> ".join([*chain, base_name])
+                Reason.EXTENDS_LOOP, "extends forms a loop: " + " -> ".join([*chain, base_name])
             )
         if len(chain) > MAX_EXTENDS_DEPTH:
             raise ReconcileError(
-                "ExtendsTooDeep",
+                Reason.EXTENDS_TOO_DEEP,
                 f"extends goes through more than {MAX_EXTENDS_DEPTH} bases ("
                 + " -> ".join([*chain, base_name])
                 + "); point this object at a base nearer the root",
@@ -99,14 +74,14 @@ def effective_spec(kube: Kube, ref: plan.RegistryRef, spec: dict[str, Any]) -> R
         base = kube.read_registry(ref.kind, base_name, ref.namespace)
         if base is None:
             raise ReconcileError(
-                "BaseNotFound", f"{ref.kind} {base_name!r} named in extends does not exist"
+                Reason.BASE_NOT_FOUND, f"{ref.kind} {base_name!r} named in extends does not exist"
             )
         chain.append(base_name)
         current = merge_specs(base.get("spec") or {}, current)
     try:
         return RegistrySpec.model_validate(current)
     except ValidationError as error:
-        raise ReconcileError("InvalidSpec", str(error).splitlines()[0]) from None
+        raise ReconcileError(Reason.INVALID_SPEC, str(error).splitlines()[0]) from None
 
 
 def _tls(kube: Kube, spec: RegistrySpec, default_namespace: str, namespaced: bool) -> TLSOptions:
@@ -229,8 +204,7 @@ def _wall(seconds_from_now: float) -> str:
 def _failure_status(
     error: ReconcileError, generation: int | None, old: dict[str, Any], retry_in: float
 ) -> dict[str, Any]:
-    stalls = error.stalls if error.stalls is not None else error.reason in _STALLED
-    stalled = stalls and not error.transient
+    stalled = error.stalls
     retry = f"retrying in {int(retry_in)}s"
     conditions = [
         _condition("Ready", False, error.reason, error.message, generation),
@@ -389,7 +363,7 @@ def reconcile(
         previous: dict[str, Any] = next(
             (c for c in old.get("conditions") or [] if c.get("type") == "CredentialsReady"), {}
         )
-        events = []
+        events: list[tuple[str, str, str]] = []
         if (previous.get("reason"), previous.get("message")) != (error.reason, error.message):
             events.append(("Warning", error.reason, error.message))
         return Outcome(memory, status, events, spec=spec)
