@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from ocireg import __version__
-from ocireg.settings import SYSTEM_NAMESPACES, AdmissionConfig, LogFormat, OperatorConfig, PoolSizes
+from ocireg.settings import AdmissionConfig, LogFormat, OperatorConfig, PoolSizes
 
 # Libraries whose debug logs can carry credentials.
 QUIET_LOGGERS = (
@@ -75,6 +75,11 @@ POOL_FLAGS = (
 )
 
 
+# Every default is the settings' own (settings.py), never written here again.
+DEFAULTS = OperatorConfig()
+ADMISSION = AdmissionConfig()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ocireg", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -94,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--credentials-namespace",
-        default=os.environ.get("OCIREG_CREDENTIALS_NAMESPACE", "ocireg-system"),
+        default=os.environ.get("OCIREG_CREDENTIALS_NAMESPACE", DEFAULTS.credentials_namespace),
         help="namespace ClusterOCIRegistry credential Secrets are read from",
     )
     run.add_argument(
@@ -106,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--log-format",
         choices=[f.value for f in LogFormat],
-        default=os.environ.get("OCIREG_LOG_FORMAT", LogFormat.plain.value),
+        default=os.environ.get("OCIREG_LOG_FORMAT", DEFAULTS.log_format.value),
     )
     run.add_argument("-v", "--verbose", action="store_true")
     run.add_argument("--debug", action="store_true")
@@ -128,15 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ha.add_argument(
         "--leader-election-id",
-        default=os.environ.get("OCIREG_LEADER_ELECTION_ID", "ocireg-leader"),
+        default=os.environ.get("OCIREG_LEADER_ELECTION_ID", DEFAULTS.leader_election_id),
         metavar="NAME",
-        help="name of the Lease (default: ocireg-leader)",
+        help=f"name of the Lease (default: {DEFAULTS.leader_election_id})",
     )
 
     run.add_argument(
         "--concurrency",
         type=int,
-        default=int(os.environ.get("OCIREG_CONCURRENCY") or 16),
+        default=int(os.environ.get("OCIREG_CONCURRENCY") or DEFAULTS.concurrency),
         help="namespaces written into at once, all registry objects together "
         "(env OCIREG_CONCURRENCY)",
     )
@@ -156,14 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--resync",
         type=float,
-        default=float(os.environ.get("OCIREG_RESYNC_SECONDS") or 300),
+        default=float(os.environ.get("OCIREG_RESYNC_SECONDS") or DEFAULTS.resync_seconds),
         metavar="SECONDS",
         help="re-list targets this often to repair drift (env OCIREG_RESYNC_SECONDS)",
     )
     run.add_argument(
         "--watch-timeout",
         type=int,
-        default=int(os.environ.get("OCIREG_WATCH_TIMEOUT_SECONDS") or 300),
+        default=int(os.environ.get("OCIREG_WATCH_TIMEOUT_SECONDS") or DEFAULTS.watch_timeout),
         metavar="SECONDS",
         help="the API server ends each watch request after this and ocireg resumes it; lower "
         "it behind proxies that cut quiet connections sooner (env OCIREG_WATCH_TIMEOUT_SECONDS)",
@@ -171,12 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--metrics-port",
         type=int,
-        default=int(os.environ.get("OCIREG_METRICS_PORT") or 0),
+        default=int(os.environ.get("OCIREG_METRICS_PORT") or DEFAULTS.metrics_port),
         help="serve Prometheus metrics on this port (env OCIREG_METRICS_PORT); off by default",
     )
     run.add_argument(
         "--metrics-address",
-        default=os.environ.get("OCIREG_METRICS_ADDRESS") or "127.0.0.1",
+        default=os.environ.get("OCIREG_METRICS_ADDRESS") or DEFAULTS.metrics_address,
         help="address the metrics endpoint listens on (env OCIREG_METRICS_ADDRESS; default "
         "loopback; the chart sets the pod's IP, where Prometheus scrapes)",
     )
@@ -260,11 +265,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     hook.add_argument(
         "--admission-address",
-        default="",
+        default=ADMISSION.address,
         metavar="ADDRESS",
         help="address the webhook listens on (default: all, IPv4 and IPv6)",
     )
-    hook.add_argument("--admission-port", type=int, default=9443, help="default: 9443")
+    hook.add_argument(
+        "--admission-port",
+        type=int,
+        default=ADMISSION.port,
+        help=f"default: {ADMISSION.port}",
+    )
     hook.add_argument(
         "--admission-host",
         metavar="HOST",
@@ -285,17 +295,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     hook.add_argument(
         "--admission-configuration",
-        default="ocireg",
+        default=ADMISSION.configuration,
         metavar="NAME",
-        help="MutatingWebhookConfiguration ocireg keeps pointing at itself (default: ocireg); "
+        help="MutatingWebhookConfiguration ocireg keeps pointing at itself (default: "
+        f"{ADMISSION.configuration}); "
         "'' if you install it yourself (then give the certificate files)",
     )
     hook.add_argument(
         "--admission-timeout",
         type=int,
-        default=3,
+        default=ADMISSION.timeout_seconds,
         metavar="SECONDS",
-        help="the webhook's timeoutSeconds, 1-30 (default: 3); failurePolicy is always Ignore",
+        help=f"the webhook's timeoutSeconds, 1-30 (default: {ADMISSION.timeout_seconds}); "
+        "failurePolicy is always Ignore",
     )
     hook.add_argument(
         "--admission-exclude-namespace",
@@ -303,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="NAMESPACE",
         help="never called for ServiceAccounts in this namespace (repeatable; '' for none; "
-        f"default: {', '.join(SYSTEM_NAMESPACES)})",
+        f"default: {', '.join(ADMISSION.exclude_namespaces)})",
     )
 
     sub.add_parser("version", help="print the version")
@@ -379,7 +391,7 @@ def admission_from_args(args: argparse.Namespace) -> AdmissionConfig:
         ca_file=args.admission_ca_file or None,
         configuration=args.admission_configuration or None,
         timeout_seconds=args.admission_timeout,
-        exclude_namespaces=SYSTEM_NAMESPACES
+        exclude_namespaces=ADMISSION.exclude_namespaces
         if args.admission_exclude_namespaces is None
         else tuple(dict.fromkeys(n for n in args.admission_exclude_namespaces if n)),
     )

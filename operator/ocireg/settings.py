@@ -1,8 +1,9 @@
-"""Operator settings: what `ocireg run` was started with. Read once, passed down."""
+"""Operator settings: what `ocireg run` was started with. Read once, passed down. The
+defaults live here only: the command line (cli.py) and its environment variables start from
+them."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -62,9 +63,7 @@ class OperatorConfig:
     # Namespaces whose OCIRegistry objects we serve; empty means the whole cluster.
     namespaces: tuple[str, ...] = ()
     # Where ClusterOCIRegistry objects read their credential Secrets from.
-    credentials_namespace: str = field(
-        default_factory=lambda: os.environ.get("OCIREG_CREDENTIALS_NAMESPACE", "ocireg-system")
-    )
+    credentials_namespace: str = "ocireg-system"
     liveness_endpoint: str | None = None
     log_format: LogFormat = LogFormat.plain
     verbose: bool = False

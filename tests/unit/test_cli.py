@@ -90,3 +90,20 @@ def test_renew_margin() -> None:
     with pytest.raises(ValueError, match="between 1% and 99%"):
         renew_margin("0%", twelve_hours)
     assert format_duration(parse_duration("1h30m")) == "1h30m"
+
+
+def test_the_command_lines_defaults_are_the_settings_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ocireg run` with no flags and no OCIREG_* variables is OperatorConfig() exactly: the
+    defaults are written once, in settings.py."""
+    import os
+
+    from ocireg.cli import build_parser as parser
+    from ocireg.settings import OperatorConfig
+
+    for name in [n for n in os.environ if n.startswith("OCIREG_")]:
+        monkeypatch.delenv(name)
+    parsed = config_from_args(parser().parse_args(["run"]))
+    # The one field derived at parse time: the Lease lives beside the credentials.
+    assert parsed.leader_election_namespace == parsed.credentials_namespace
+    expected = OperatorConfig(leader_election_namespace=parsed.credentials_namespace)
+    assert parsed == expected
