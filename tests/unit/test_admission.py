@@ -404,7 +404,7 @@ class _API:
 def _admit(api: _API, account: dict) -> kopf.Patch:
     memo = kopf.Memo(
         config=OperatorConfig(admission=AdmissionConfig(enabled=True)),
-        registries=_Registries((SHARED, BY_LABEL, set())),
+        runtime=SimpleNamespace(registries=_Registries((SHARED, BY_LABEL, set()))),
         admission_api=api,
     )
     body = kopf.Body(account)

@@ -234,18 +234,19 @@ def test_no_handler_of_an_object_runs_on_kopfs_executor() -> None:
 def test_kopfs_executor_size_is_set_and_the_pools_made_at_start(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from ocireg.pullsecrets import handlers
+    from ocireg.pullsecrets import handlers, runtime
 
-    monkeypatch.setattr(handlers, "load_config", lambda: None)
-    monkeypatch.setattr(handlers, "Kube", lambda: object())
+    monkeypatch.setattr(runtime, "load_config", lambda: None)
+    monkeypatch.setattr(runtime, "Kube", lambda: object())
     settings = kopf.OperatorSettings()
     sizes = PoolSizes(tenant_reconciles=7, namespace_share=3, kopf=3)
     memo = kopf.Memo(config=OperatorConfig(pools=sizes))
     handlers.configure(settings=settings, memo=memo)
     try:
         assert settings.execution.max_workers == 3
-        assert memo.pools.tenant_reconciles.workers == 7
-        assert memo.pools.tenant_reconciles.share == 3
-        assert memo.pools.tenant_charts.share == 3
+        pools = runtime.runtime(memo).pools
+        assert pools.tenant_reconciles.workers == 7
+        assert pools.tenant_reconciles.share == 3
+        assert pools.tenant_charts.share == 3
     finally:
-        memo.pools.stop()
+        runtime.runtime(memo).pools.stop()

@@ -1,1 +1,1 @@
-"""The validating admission webhook for Secrets and ServiceAccounts."""
+"""The mutating admission webhook that adds pull secret references to ServiceAccounts."""

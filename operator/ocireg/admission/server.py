@@ -15,7 +15,7 @@ The rules, all meant to keep the cluster working whatever happens to the operato
   unchanged" and is logged by name; only names are ever logged;
 - the decision is `wanted` / `account_fields` below (pure), the same selection the
   watch uses (namespace_selected, service_account_selected), from the registries this
-  process has verified (``memo.registries``), plus the namespace's labels read from the API
+  process has verified (the Runtime's registries), plus the namespace's labels read from the API
   (a namespace created a moment ago has not reached the namespace watch yet);
 - the account's own entries are kept, none is duplicated, and ours are recorded in the same
   annotation the watch uses, so cleanup removes exactly those.
@@ -56,6 +56,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from ocireg.api.spec import Format, Targets
 from ocireg.kube.client import ApiError, Kube, load_config
 from ocireg.pullsecrets import plan
+from ocireg.pullsecrets.fanout import Registries
 from ocireg.settings import AdmissionConfig
 
 log = logging.getLogger(__name__)
@@ -813,9 +814,8 @@ async def _remove(api: AdmissionAPI, name: str, url: str) -> None:
 # -- the handler ------------------------------------------------------------------------------
 
 
-def candidates(memo: Mapping[str, Any], namespace: str) -> list[Candidate]:
+def candidates(registries: Registries | None, namespace: str) -> list[Candidate]:
     """The registries this process has verified credentials for."""
-    registries = memo.get("registries")
     if registries is None:
         return []
     out = []
@@ -877,7 +877,8 @@ async def mutate_service_account(
     try:
         if not namespace:
             return
-        found = candidates(memo, namespace)
+        running = memo.get("runtime")
+        found = candidates(running.registries if running is not None else None, namespace)
         if not found:
             return
         config: AdmissionConfig = memo.config.admission

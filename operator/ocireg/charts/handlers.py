@@ -5,7 +5,7 @@ ChartsSynced condition, and posts Events for new versions.
 The registry walk runs on the chart pools (workers.py: one for tenant objects, one for cluster
 objects, a tenant namespace holding at most its share), so a slow registry never holds the
 reconcile workers, nor every chart worker. The object's spec, credential and TLS options
-come from what the reconcile verified (``memo.registries``): no Secret is read here.
+come from what the reconcile verified (the Runtime's registries): no Secret is read here.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from ocireg.egress import UNRESTRICTED, EgressPolicy
 from ocireg.kube.client import ApiError, Kube
 from ocireg.oci import RegistryClient, RegistryCredentials, TLSOptions
 from ocireg.pullsecrets import plan
-from ocireg.workers import Pools
+from ocireg.pullsecrets.runtime import runtime
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +106,7 @@ def _page_size() -> int | None:
 
 async def _on_pool(memo: kopf.Memo, ref: plan.RegistryRef, run: Callable[[], T]) -> T:
     """Run blocking chart work on the object's chart pool, one job per object at a time."""
-    pools: Pools = memo.pools
-    return await asyncio.wrap_future(pools.charts(ref, run))
+    return await asyncio.wrap_future(runtime(memo).pools.charts(ref, run))
 
 
 def _ref(body: kopf.Body, plural: str) -> plan.RegistryRef:
@@ -130,7 +129,9 @@ def _server(spec: RegistrySpec, credential: Credential) -> str | None:
 
 
 def _index_namespace(ref: plan.RegistryRef, memo: kopf.Memo) -> str:
-    return ref.namespace if ref.namespaced and ref.namespace else memo.config.credentials_namespace
+    if ref.namespaced and ref.namespace:
+        return ref.namespace
+    return runtime(memo).config.credentials_namespace
 
 
 # --------------------------------------------------------------------------- the work
@@ -339,10 +340,10 @@ def _status_patch(patch: kopf.Patch, status: dict[str, Any], state: ChartState) 
 
 
 async def charts_tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, plural: str) -> None:
-    if "registries" not in memo:
+    if "runtime" not in memo:
         return
-    ref = _ref(body, plural)
-    tracked = memo.registries.get(ref)
+    ref, running = _ref(body, plural), runtime(memo)
+    tracked = running.registries.get(ref)
     # Read without tracked.lock: a reconcile may hold it for seconds, and these fields are
     # replaced whole, never changed in place.
     spec, credential, tls = tracked.spec, tracked.credential, tracked.tls
@@ -358,7 +359,9 @@ async def charts_tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, plura
             or status.get("charts")
             or publish.find_condition(conditions)
         ):
-            await _on_pool(memo, ref, functools.partial(_delete_index, memo.kube, namespace, ref))
+            await _on_pool(
+                memo, ref, functools.partial(_delete_index, running.kube, namespace, ref)
+            )
             patch.status["charts"] = None
             patch.status["conditions"] = publish.without_condition(conditions)
         return
@@ -374,7 +377,7 @@ async def charts_tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, plura
             ref,
             functools.partial(
                 run_sync,
-                memo.kube,
+                running.kube,
                 ref,
                 spec,
                 credential,
@@ -383,7 +386,7 @@ async def charts_tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, plura
                 state,
                 generation,
                 status.get("charts"),
-                EgressPolicy.for_object(ref.namespaced, memo.config.egress_allowed_cidrs),
+                EgressPolicy.for_object(ref.namespaced, running.config.egress_allowed_cidrs),
             ),
         )
         for kind, reason, message in published.events:
@@ -406,9 +409,9 @@ for _plural in KINDS:
         # Owner references let garbage collection remove the index too; this is quicker.
         ref = _ref(body, _plural)
         _states(memo).forget(ref)
-        if "kube" in memo:
-            namespace = _index_namespace(ref, memo)
-            await _on_pool(memo, ref, functools.partial(_delete_index, memo.kube, namespace, ref))
+        if "runtime" in memo:
+            namespace, kube = _index_namespace(ref, memo), runtime(memo).kube
+            await _on_pool(memo, ref, functools.partial(_delete_index, kube, namespace, ref))
 
 
 __all__ = ["ChartState", "ChartStates", "charts_tick", "run_sync"]

@@ -1,4 +1,4 @@
-"""The only module that talks to the Kubernetes API: idempotent writers and readers."""
+"""The Kubernetes API calls of the operator, JSON in and out: idempotent writers and readers."""
 
 from __future__ import annotations
 

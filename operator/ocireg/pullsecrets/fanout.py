@@ -1,4 +1,4 @@
-"""Writing into namespaces, from the watch-fed index (index.py).
+"""Writing into namespaces, from the watch-fed index (pullsecrets/index.py).
 
 All writes into a namespace go through one job per namespace (`Fanout.namespace`): it
 brings that namespace right for every registry this process serves, deciding from the

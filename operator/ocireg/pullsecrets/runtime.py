@@ -1,0 +1,224 @@
+"""What the pull-secret handlers run on, as one typed object made at start and kept in kopf's
+memo under one key (`memo.runtime`): the settings, the Kubernetes client, the worker pools,
+the registry objects being served, the mint cache, and once watching, the watch-fed index and
+the namespace jobs it feeds. Its methods are the blocking work the handlers hand to the
+pools; the kopf handlers themselves (pullsecrets.handlers) only translate kopf's calls.
+
+The chart handlers and the admission webhook read the same object (`runtime(memo)`)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from ocireg import metrics
+from ocireg.api import ownership
+from ocireg.api.ownership import RegistryRef
+from ocireg.kube.cache import Store, Watcher
+from ocireg.kube.client import Kube, load_config
+from ocireg.providers.cache import MintCache
+from ocireg.pullsecrets.fanout import Fanout, Registries, Tracked
+from ocireg.pullsecrets.index import ClusterIndex
+from ocireg.pullsecrets.reconcile import cleanup, reconcile
+from ocireg.settings import OperatorConfig
+from ocireg.workers import Pools
+
+log = logging.getLogger(__name__)
+
+# What the watch-fed index lists and watches, cluster-wide (checked once at start).
+WATCHED = [
+    (verb, r) for r in ("namespaces", "serviceaccounts", "secrets") for verb in ("list", "watch")
+]
+# A status and the Events to post: what one reconcile hands back to its handler.
+Events = list[tuple[str, str, str]]
+
+
+class MissingRights(Exception):
+    """The operator's identity may not list or watch what the index needs."""
+
+
+@dataclass
+class Runtime:
+    config: OperatorConfig
+    kube: Kube
+    pools: Pools
+    registries: Registries
+    mint_cache: MintCache  # one mint per cloud identity, shared by all objects
+    index: ClusterIndex | None = None  # once watching (watch)
+    fanout: Fanout | None = None
+    watchers: list[Watcher] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, config: OperatorConfig) -> Runtime:
+        load_config()
+        runtime = cls(config, Kube(), Pools(config.pools), Registries(), MintCache())
+        metrics.watch_registries(runtime.registries.samples)
+        if config.metrics_port:
+            metrics.serve(config.metrics_port, config.metrics_address)
+        return runtime
+
+    # -- watching ------------------------------------------------------------------------------
+
+    def watch(self) -> None:
+        """The watch-fed index of namespaces, ServiceAccounts and our Secrets, the namespace
+        jobs fed by it, and the watch on the credentials namespace. Raises MissingRights
+        when the identity may not list and watch them: without that the index never
+        completes and nothing would ever be written."""
+        config = self.config
+        missing = [f"{verb} {r}" for verb, r in WATCHED if not self.kube.may(verb, r)]
+        if missing:
+            raise MissingRights(
+                f"ocireg may not {', '.join(missing)} cluster-wide: the pull secrets are "
+                "written from watches of namespaces, ServiceAccounts and ocireg's Secrets; "
+                "grant the ClusterRole in manifests/rbac/clusterrole.yaml (or the chart's)"
+            )
+        self.index = index = ClusterIndex()
+        self.fanout = fanout = Fanout(self.kube, index, self.registries, config.concurrency)
+        watching = Kube()  # its own connections: long watches never hold up writes
+
+        def namespace_changed(_: str, name: str) -> None:
+            fanout.changed(name)
+
+        def in_namespace_changed(namespace: str, _: str) -> None:
+            fanout.changed(namespace)
+
+        def credentials_changed(namespace: str, _: str) -> None:
+            for ref in self.registries.refs():
+                if not ref.namespaced or ref.namespace == namespace:
+                    self.poke(ref)
+
+        # Of the credentials namespace's Secrets only the resourceVersions, not our own.
+        credentials = Store("credentials", lambda body: body["metadata"]["resourceVersion"])
+
+        def watcher(source: Any, store: Store[Any], changed: Any) -> Watcher:
+            return Watcher(source, store, changed, timeout=config.watch_timeout)
+
+        ours, theirs = ownership.MANAGED_SELECTOR, ownership.UNMANAGED_SELECTOR
+        self.watchers = [
+            watcher(watching.watch_source("namespaces"), index.namespaces, namespace_changed),
+            watcher(watching.watch_source("serviceaccounts"), index.accounts, in_namespace_changed),
+            watcher(
+                watching.watch_source("secrets", label_selector=ours),
+                index.secrets,
+                in_namespace_changed,
+            ),
+            watcher(
+                watching.watch_source(
+                    "secrets", namespace=config.credentials_namespace, label_selector=theirs
+                ),
+                credentials,
+                credentials_changed,
+            ),
+        ]
+        for started in self.watchers:
+            started.start()
+
+    def stop(self) -> None:
+        for watcher in self.watchers:
+            watcher.stop.set()
+        if self.fanout is not None:
+            self.fanout.queue.stop()
+        self.pools.stop()
+
+    # -- the work the handlers hand to the pools -------------------------------------------
+
+    def work(
+        self, ref: RegistryRef, tracked: Tracked, body: dict[str, Any]
+    ) -> tuple[dict[str, Any] | None, Events]:
+        """One reconcile of one object: the status fields to merge (None: unchanged) and
+        the Events to post."""
+        if self.fanout is None:
+            raise RuntimeError("reconciling before the watches started")
+        started = time.monotonic()
+        with tracked.lock:
+            if tracked.deleted:
+                return None, []
+            outcome = reconcile(
+                self.kube,
+                ref,
+                body,
+                self.config,
+                tracked.memory,
+                time.monotonic(),
+                self.fanout.resync,
+                self.mint_cache,
+            )
+            tracked.memory = outcome.memory
+            if outcome.spec is not None or outcome.credential is not None:
+                tracked.publish(
+                    outcome.spec or tracked.spec, outcome.credential or tracked.credential
+                )
+            if outcome.placed is not None:
+                with tracked.mutex:
+                    tracked.placed = outcome.placed
+            if outcome.tls is not None:
+                tracked.tls = outcome.tls
+        if outcome.status is not None:  # the tick did work
+            result = "success" if outcome.credential is not None else "failure"
+            metrics.RECONCILES.labels(ref.kind, result).inc()
+            metrics.RECONCILE_SECONDS.labels(ref.kind).observe(time.monotonic() - started)
+        current = dict(body.get("status") or {})
+        # Only the fields this loop owns are compared (and merge-patched): status.charts
+        # belongs to the chart sync, and an unchanged status must cost no write.
+        if outcome.status is not None and any(
+            current.get(key) != value for key, value in outcome.status.items()
+        ):
+            return outcome.status, outcome.events
+        return None, outcome.events
+
+    def poke(self, ref: RegistryRef) -> None:
+        """Queue a triggered run of `ref` on its pool; pokes that arrive before it starts
+        share it. Its errors are logged; the next tick retries."""
+        future = self.pools.reconcile(ref, lambda: self._poked(ref), coalesce=True)
+
+        def failed(done: Future[None]) -> None:
+            error = None if done.cancelled() else done.exception()
+            if error is not None:
+                log.warning(
+                    "triggered reconcile of %s failed: %s", ref.display, type(error).__name__
+                )
+
+        future.add_done_callback(failed)
+
+    def _poked(self, ref: RegistryRef) -> None:
+        """A Secret in the credentials namespace changed: reconcile now rather than at the
+        next tick, writing the status (which kopf would write after a tick) ourselves."""
+        tracked = self.registries.find(ref)
+        if tracked is None or tracked.body is None:
+            return  # kopf has not handed it over yet; its first handler runs soon anyway
+        body = tracked.body
+        status, events = self.work(ref, tracked, body)
+        if status is not None:
+            self.kube.patch_registry_status(ref, status)
+            body["status"] = {**(body.get("status") or {}), **status}
+        context: Any = tracked.context  # kopf.event takes its Body; ours is a dict
+        for kind, reason, message in events:
+            if context is not None:
+                context.copy().run(kopf.event, body, type=kind, reason=reason, message=message)
+
+    def delete(self, ref: RegistryRef) -> None:
+        tracked = self.registries.forget(ref) or Tracked()
+        with tracked.lock:
+            # Nothing may re-add a Secret or reference while (or after) we remove them:
+            # no job starts writing for it from now on, and the ones writing finish first.
+            tracked.deleted = True
+            tracked.publish(None, None)
+            with tracked.mutex:
+                tracked.placed.clear()
+            if self.fanout is not None:
+                self.fanout.queue.barrier()
+            cleanup(self.kube, ref)
+
+
+def runtime(memo: Mapping[str, Any]) -> Runtime:
+    """The handlers' Runtime, made by pullsecrets.handlers.configure at start."""
+    found = memo.get("runtime")
+    if not isinstance(found, Runtime):
+        raise RuntimeError("the operator's runtime is not made yet")
+    return found
