@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import json
 import threading
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -56,7 +55,7 @@ class FakeLeases:
         self._check()
         if self.lease is None:
             raise ApiException(status=404, reason="Not Found")
-        return SimpleNamespace(data=json.dumps(self.lease).encode())
+        return json.loads(json.dumps(self.lease))  # a copy, as a new answer would be
 
     def create_namespaced_lease(self, namespace: str, body: dict[str, Any], **_: Any) -> None:
         self._check()
@@ -164,7 +163,7 @@ def test_release_leaves_a_lease_someone_else_holds(leases, clock) -> None:
 def test_a_stale_write_loses_the_race(leases, clock) -> None:
     a, b = _candidate(leases, clock, "a"), _candidate(leases, clock, "b")
     assert a.try_acquire_or_renew()
-    body = json.loads(leases.read_namespaced_lease("ocireg-leader", "ops").data)
+    body = leases.read_namespaced_lease("ocireg-leader", "ops")
     assert a.try_acquire_or_renew()  # the lease moves on
     clock.now += 100
     assert not b._write(body, _record("a"))  # b's view is one version old: 409

@@ -6,7 +6,7 @@ import base64
 import json
 import logging
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, cast
+from typing import Any
 from urllib.parse import quote
 
 import kubernetes
@@ -207,6 +207,55 @@ class CoreV1(JsonApi):
         self._call("DELETE", _path(namespace, "configmaps", name), body)
 
 
+class CustomObjectsV1(JsonApi):
+    """Our own objects (OCIRegistry, ClusterOCIRegistry): read one, merge-patch its status."""
+
+    def get_namespaced_custom_object(
+        self, group: str, version: str, namespace: str, plural: str, name: str
+    ) -> dict[str, Any]:
+        path = f"/apis/{group}/{version}/namespaces/{namespace}/{plural}/{name}"
+        return self._object("GET", path)
+
+    def get_cluster_custom_object(
+        self, group: str, version: str, plural: str, name: str
+    ) -> dict[str, Any]:
+        return self._object("GET", f"/apis/{group}/{version}/{plural}/{name}")
+
+    def patch_namespaced_custom_object_status(
+        self, group: str, version: str, namespace: str, plural: str, name: str, body: Any
+    ) -> dict[str, Any]:
+        path = f"/apis/{group}/{version}/namespaces/{namespace}/{plural}/{name}/status"
+        return self._object("PATCH", path, body, content_type=MERGE_PATCH)
+
+    def patch_cluster_custom_object_status(
+        self, group: str, version: str, plural: str, name: str, body: Any
+    ) -> dict[str, Any]:
+        path = f"/apis/{group}/{version}/{plural}/{name}/status"
+        return self._object("PATCH", path, body, content_type=MERGE_PATCH)
+
+
+class CoordinationV1(JsonApi):
+    """The leader election's Lease (kube.leader)."""
+
+    def read_namespaced_lease(self, name: str, namespace: str, timeout: float) -> dict[str, Any]:
+        return self._object("GET", _leases(namespace, name), timeout=timeout)
+
+    def create_namespaced_lease(
+        self, namespace: str, body: dict[str, Any], timeout: float
+    ) -> dict[str, Any]:
+        return self._object("POST", _leases(namespace), body, timeout=timeout)
+
+    def replace_namespaced_lease(
+        self, name: str, namespace: str, body: dict[str, Any], timeout: float
+    ) -> dict[str, Any]:
+        return self._object("PUT", _leases(namespace, name), body, timeout=timeout)
+
+
+def _leases(namespace: str, name: str | None = None) -> str:
+    path = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+    return f"{path}/{name}" if name else path
+
+
 class AdmissionRegistrationV1(JsonApi):
     """The admissionregistration.k8s.io/v1 calls (the webhook's own configuration), the same
     way: JSON through the ApiClient, no generated API class."""
@@ -314,7 +363,7 @@ class Kube:
         self.api = api_client or kubernetes.client.ApiClient()
         self.core = CoreV1(self.api)
         self.registration = AdmissionRegistrationV1(self.api)
-        self.custom = kubernetes.client.CustomObjectsApi(self.api)
+        self.custom = CustomObjectsV1(self.api)
 
     def read_secret(self, namespace: str, name: str) -> Mapping[str, bytes]:
         try:
@@ -409,12 +458,10 @@ class Kube:
     def read_registry(self, kind: str, name: str, namespace: str | None) -> dict[str, Any] | None:
         try:
             if namespace:
-                found = self.custom.get_namespaced_custom_object(
+                return self.custom.get_namespaced_custom_object(
                     GROUP, VERSION, namespace, PLURALS[kind], name
                 )
-            else:
-                found = self.custom.get_cluster_custom_object(GROUP, VERSION, PLURALS[kind], name)
-            return cast(dict[str, Any], found)
+            return self.custom.get_cluster_custom_object(GROUP, VERSION, PLURALS[kind], name)
         except ApiException as error:
             if error.status == 404:
                 return None
@@ -519,11 +566,11 @@ class Kube:
         try:
             if ref.namespace:
                 self.custom.patch_namespaced_custom_object_status(
-                    GROUP, VERSION, ref.namespace, plural, ref.name, body, _content_type=MERGE_PATCH
+                    GROUP, VERSION, ref.namespace, plural, ref.name, body
                 )
             else:
                 self.custom.patch_cluster_custom_object_status(
-                    GROUP, VERSION, plural, ref.name, body, _content_type=MERGE_PATCH
+                    GROUP, VERSION, plural, ref.name, body
                 )
         except ApiException as error:
             if error.status != 404:

@@ -13,7 +13,6 @@ over is a pure function, `may_take`.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
 import socket
@@ -28,6 +27,8 @@ from urllib.parse import urlsplit
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
+
+from ocireg.kube.client import CoordinationV1
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class LeaderElection:
         self.namespace, self.name = namespace, name
         self.me = me or identity()
         self.timing = timing
-        self._api = api or kubernetes.client.CoordinationV1Api()
+        self._api = api or CoordinationV1(kubernetes.client.ApiClient())
         self._clock = clock
         self._seen: tuple[str, str] | None = None  # (holder, renewTime) last observed
         self._seen_at = 0.0
@@ -107,16 +108,10 @@ class LeaderElection:
 
     def _call(self, method: str, *args: Any) -> Any:
         call = getattr(self._api, method)
-        return call(*args, _request_timeout=self.timing.request_timeout)
+        return call(*args, timeout=self.timing.request_timeout)
 
     def _read(self) -> dict[str, Any]:
-        raw = self._api.read_namespaced_lease(
-            self.name,
-            self.namespace,
-            _request_timeout=self.timing.request_timeout,
-            _preload_content=False,
-        )
-        lease: dict[str, Any] = json.loads(raw.data)  # type: ignore[union-attr]
+        lease: dict[str, Any] = self._call("read_namespaced_lease", self.name, self.namespace)
         return lease
 
     def try_acquire_or_renew(self) -> bool:
