@@ -345,7 +345,7 @@ def test_the_admission_role_allows_exactly_the_configuration_calls() -> None:
     verbs = {"read": "get", "patch": "patch", "create": "create", "delete": "delete"}
     calls = {
         verbs[method.split("_")[0]]
-        for method in re.findall(r"\.registration\.(\w+)\(", code)
+        for method in re.findall(r"\bself\.registration\.(\w+)\b", code)
         if method.endswith("mutating_webhook_configuration")
     }
     # create only happens when the configuration is missing and the role allows it (a

@@ -149,7 +149,7 @@ def test_one_answer_past_the_cap_is_refused_unread_with_a_clear_error(fat: _Serv
     assert raised.value.reason == "APIAnswerTooLarge"
     assert "the API's answer to GET /api/v1/secrets was more than 0.5 MiB" in str(raised.value)
     assert fat.limits == [2, 1]
-    # A list of every page, as the fallback and cleanup paths read it, is bounded the same way.
+    # A list of every page, as the cleanup reads it, is bounded the same way.
     with _Server(20, 100_000) as small:
         items = kube.list_all(small.core().list_secret_for_all_namespaces, kube.PAGES["secrets"])
         assert len(items) == 20

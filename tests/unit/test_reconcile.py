@@ -80,9 +80,6 @@ class FakeKube:
     def read_registry(self, kind: str, name: str, namespace: str | None) -> dict | None:
         return self.registries.get(name)
 
-    def namespaces(self) -> list[tuple[str, dict[str, str], str]]:
-        return [(n, labels, "Active") for n, labels in self.namespaces_.items()]
-
     def read_secret_body(self, namespace: str, name: str) -> dict[str, Any] | None:
         found = self.secrets.get((namespace, name))
         return None if found is None else copy.deepcopy(found)
@@ -575,8 +572,8 @@ def test_deleting_a_tenants_registry_leaves_another_tenants_of_the_same_name(
 def test_resyncs_of_two_tenants_registries_of_the_same_name_leave_each_other_alone(
     kube: FakeKube, verified: Calls
 ) -> None:
-    # The list-based path ("listing", the fallback while the index is not complete) used to
-    # remove the other tenant's copy on every resync: same name, same kind, same labels.
+    # A list-based write path (since removed) once removed the other tenant's copy on every
+    # resync: same name, same kind, same labels. The namespace jobs must not either.
     obj_a, obj_b = two_tenants(kube)
     writes = kube.writes
     theirs = copy.deepcopy(kube.secrets[("team-b", "ghcr")])

@@ -358,6 +358,16 @@ def list_all(lister: Callable[..., Any], page: int, **query: Any) -> list[dict[s
             return items
 
 
+def _unless_absent(read: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any] | None:
+    """What ``read`` answers, or None when the object does not exist (HTTP 404)."""
+    try:
+        return read(*args)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+
+
 class Kube:
     def __init__(self, api_client: kubernetes.client.ApiClient | None = None) -> None:
         self.api = api_client or kubernetes.client.ApiClient()
@@ -419,21 +429,11 @@ class Kube:
 
     def secret_metadata(self, namespace: str, name: str, timeout: float) -> dict[str, Any] | None:
         """A Secret's metadata only, or None if absent."""
-        try:
-            return self.core.read_namespaced_secret_metadata(name, namespace, timeout)
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
+        return _unless_absent(self.core.read_namespaced_secret_metadata, name, namespace, timeout)
 
     def webhook_configuration(self, name: str, timeout: float) -> dict[str, Any] | None:
         """A MutatingWebhookConfiguration, or None if absent."""
-        try:
-            return self.registration.read_mutating_webhook_configuration(name, timeout)
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
+        return _unless_absent(self.registration.read_mutating_webhook_configuration, name, timeout)
 
     def create_webhook_configuration(self, body: dict[str, Any], timeout: float) -> None:
         self.registration.create_mutating_webhook_configuration(body, timeout)
@@ -456,35 +456,22 @@ class Kube:
         return bool((answer.get("status") or {}).get("allowed"))
 
     def read_registry(self, kind: str, name: str, namespace: str | None) -> dict[str, Any] | None:
-        try:
-            if namespace:
-                return self.custom.get_namespaced_custom_object(
-                    GROUP, VERSION, namespace, PLURALS[kind], name
-                )
-            return self.custom.get_cluster_custom_object(GROUP, VERSION, PLURALS[kind], name)
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-
-    def namespaces(self) -> list[tuple[str, dict[str, str], str]]:
-        return [
-            (
-                ns["metadata"]["name"],
-                ns["metadata"].get("labels") or {},
-                (ns.get("status") or {}).get("phase") or "Active",
+        if namespace:
+            return _unless_absent(
+                self.custom.get_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                PLURALS[kind],
+                name,
             )
-            for ns in list_all(self.core.list_namespace, PAGES["namespaces"])
-        ]
+        return _unless_absent(
+            self.custom.get_cluster_custom_object, GROUP, VERSION, PLURALS[kind], name
+        )
 
     def read_secret_body(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The Secret as the API has it now (None: absent)."""
-        try:
-            return self.core.read_namespaced_secret(name, namespace)
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
+        return _unless_absent(self.core.read_namespaced_secret, name, namespace)
 
     def write_secret(
         self, body: dict[str, Any], resource_version: str | None = None
@@ -612,12 +599,7 @@ class Kube:
         return {k: v.encode() for k, v in (config_map.get("data") or {}).items()}
 
     def read_config_map_body(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return self.core.read_namespaced_config_map(name, namespace)
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
+        return _unless_absent(self.core.read_namespaced_config_map, name, namespace)
 
     def apply_config_map(
         self,

@@ -34,6 +34,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         prefix=GROUP, key="last-handled-configuration"
     )
     config: OperatorConfig = memo.get("config") or OperatorConfig()
+    memo.config = config  # the admission webhook reads its part from here
     # The API server ends each watch request after this; kopf resumes from the last seen
     # resourceVersion (or re-lists on 410 Gone). Under typical load-balancer idle timeouts.
     settings.watching.server_timeout = config.watch_timeout
