@@ -18,10 +18,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from ocireg import metrics
 from ocireg.api.credential import Credential
@@ -37,8 +37,6 @@ from ocireg.pullsecrets.report import NamespaceResult, conflict, report
 from ocireg.workers import KeyedQueue
 
 log = logging.getLogger(__name__)
-K = TypeVar("K", bound=Hashable)
-R = TypeVar("R")
 # A failed namespace job is retried after 2, 4, 8 ... seconds, at most 5 minutes.
 JOB_BACKOFF = Backoff(base=2.0, cap=300.0, jitter=0.0)
 # How long a reconcile waits for the watches' first complete lists (the namespace jobs decide
