@@ -11,7 +11,9 @@ objects have separate pools, so neither can starve the other.
 
 `ShareQueue` is the decision, pure and unit-tested; `FairPool` runs it on threads.
 `KeyedQueue` is the namespace jobs' queue (pullsecrets.fanout): one job per key at a time,
-urgent keys first, failed keys retried on a Backoff.
+urgent keys first, failed keys retried on a Backoff. `Alarms` wakes each registry object at
+the one time it is next due (renewal, re-verification, resync, retry): one thread and a heap
+for every object, where a timer per object would poll.
 """
 
 from __future__ import annotations
@@ -229,7 +231,73 @@ def group_of(ref: RegistryRef) -> Hashable:
     return ("cluster", ref.name)
 
 
-__all__ = ["FairPool", "PoolSizes", "Pools", "ShareQueue", "group_of"]
+class Alarms(Generic[T]):
+    """One alarm per key: ``set(key, delay)`` replaces the key's earlier alarm, and
+    ``fire(key)`` is called on the alarm thread when it is due (it should only queue work).
+    A heap holds every alarm ever set; replaced ones are skipped when they come up."""
+
+    def __init__(self, fire: Callable[[T], None], name: str = "ocireg-alarms") -> None:
+        self._fire = fire
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, T]] = []
+        self._due: dict[T, int] = {}  # key -> the ticket of its live alarm
+        self._tickets = itertools.count()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def set(self, key: T, delay: float) -> None:
+        with self._cond:
+            ticket = next(self._tickets)
+            self._due[key] = ticket
+            heapq.heappush(self._heap, (time.monotonic() + max(0.0, delay), ticket, key))
+            if len(self._heap) > 2 * len(self._due) + 64:  # drop the replaced ones
+                self._heap = [e for e in self._heap if self._due.get(e[2]) == e[1]]
+                heapq.heapify(self._heap)
+            self._cond.notify()
+
+    def cancel(self, key: T) -> None:
+        with self._cond:
+            self._due.pop(key, None)
+
+    def due_in(self, key: T) -> float | None:
+        """Seconds until the key's alarm (None: none set); for tests and metrics."""
+        with self._cond:
+            ticket = self._due.get(key)
+            found = [due for due, t, _ in self._heap if t == ticket] if ticket is not None else []
+        return found[0] - time.monotonic() if found else None
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._due)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+
+    def _next(self) -> T | None:
+        with self._cond:
+            while not self._stopped:
+                now = time.monotonic()
+                while self._heap and self._heap[0][0] <= now:
+                    _, ticket, key = heapq.heappop(self._heap)
+                    if self._due.get(key) == ticket:
+                        del self._due[key]
+                        return key
+                wait = self._heap[0][0] - now if self._heap else None
+                self._cond.wait(wait)
+            return None
+
+    def _run(self) -> None:
+        while (key := self._next()) is not None:
+            try:
+                self._fire(key)
+            except Exception:  # one failing alarm must not stop the others
+                log.exception("an alarm for %s failed", key)
+
+
+__all__ = ["Alarms", "FairPool", "PoolSizes", "Pools", "ShareQueue", "group_of"]
 
 
 K = TypeVar("K", bound=Hashable)

@@ -523,6 +523,7 @@ def test_operator_as_the_chart_service_account_runs_the_core_scenarios(
         (True, ("patch", "clusterociregistries.ocireg.dev", "--subresource=status")),
         (True, ("watch", "ociregistries.ocireg.dev", "--all-namespaces")),
         (True, ("get", "configmaps", "-n", "any-team")),
+        (True, ("watch", "configmaps", "--all-namespaces")),  # metadata only: CA bundles
         # What it must not be able to do.
         (False, ("patch", "secrets", "-n", "any-team")),
         (False, ("create", "serviceaccounts", "-n", "any-team")),

@@ -56,7 +56,13 @@ def test_the_index_lists_a_tenants_fat_labelled_secrets_within_a_bounded_peak(
             },
         )
     del blob
-    ours = kube.Kube(api).watch_source("secrets", namespace, MANAGED_SELECTOR)
+    # The index's Secret source, in one namespace (the index watches all of them).
+    ours = kube.WatchSource(
+        kube.Kube(api).core.list_namespaced_secret,
+        kube.PAGES["secrets"],
+        namespace=namespace,
+        label_selector=MANAGED_SELECTOR,
+    )
     with caplog.at_level(logging.WARNING, logger="ocireg.kube.client"):
         listed, peak = _list_peak(ours)
     # As before this change: one page of 500, read whole (no cap to speak of).

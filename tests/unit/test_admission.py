@@ -370,7 +370,7 @@ class _Registries:
     def __init__(self, *entries: tuple[RegistryRef, Targets, set[str]]) -> None:
         self.entries = entries
 
-    def ready(self) -> list[tuple[RegistryRef, SimpleNamespace]]:
+    def ready(self, namespace: str | None = None) -> list[tuple[RegistryRef, SimpleNamespace]]:
         return [
             (ref, SimpleNamespace(spec=SimpleNamespace(effective_targets=t), placed=placed))
             for ref, t, placed in self.entries

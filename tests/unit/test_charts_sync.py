@@ -442,3 +442,15 @@ def test_known_state_spares_every_known_manifest(fake: FakeRegistry) -> None:
         again = sync_charts(client, None, spec, first.repos, now=lambda: 1e12)
     assert fake.total() == 1
     assert again.repos["charts/app"].versions == first.repos["charts/app"].versions
+
+
+def test_only_objects_that_may_list_charts_get_the_chart_timer() -> None:
+    from ocireg.charts.handlers import may_have_charts
+
+    assert not may_have_charts(spec={"server": "r.example"}, status={})
+    assert may_have_charts(spec={"charts": {"repositories": ["a"]}}, status={})
+    assert may_have_charts(spec={"extends": "base"}, status={})  # the base may list them
+    # charts removed from the spec: the timer runs until the index and condition are gone.
+    assert may_have_charts(spec={}, status={"charts": {"repositories": 1}})
+    shown = {"conditions": [{"type": "ChartsSynced", "status": "True"}]}
+    assert may_have_charts(spec={}, status=shown)

@@ -261,3 +261,23 @@ def test_a_tenant_registry_writes_its_own_namespace_only(cluster: Cluster) -> No
     assert owner["uid"] == "uid-mine"
     cluster.fanout.changed("team-b").result(5)  # another namespace's job leaves it alone
     assert ("team-b", "mine") not in cluster.kube.secrets
+
+
+def test_a_namespace_job_looks_only_at_the_objects_that_can_select_it() -> None:
+    # 1,000 tenants' objects: a namespace job of team-7 sees the cluster objects and team-7's.
+    registries = Registries()
+    cluster = plan.RegistryRef("ClusterOCIRegistry", "corp", None, "c")
+    tenants = [plan.RegistryRef("OCIRegistry", "r", f"team-{i}", f"t{i}") for i in range(1000)]
+    spec = RegistrySpec.model_validate(
+        {"server": "registry.example.com", "auth": {"basic": {"secretRef": {"name": "creds"}}}}
+    )
+    for ref in (cluster, *tenants):
+        registries.get(ref).publish(spec, BASIC)
+    assert [ref for ref, _ in registries.ready("team-7")] == [cluster, tenants[7]]
+    assert [ref for ref, _ in registries.ready("elsewhere")] == [cluster]
+    assert len(registries.ready()) == 1001
+    live = registries.live()
+    assert registries.live() is live  # made once, not per namespace job
+    registries.forget(tenants[7])
+    assert [ref for ref, _ in registries.ready("team-7")] == [cluster]
+    assert "t7" not in registries.live()

@@ -208,3 +208,29 @@ def test_a_failing_listener_does_not_stop_the_watch() -> None:
     source.idle.get(timeout=10)
     watcher.stop.set()
     assert seen == ["a", "b"]
+
+
+# -- who read what ---------------------------------------------------------------------------
+
+
+def test_dependents_find_the_objects_that_read_a_secret_and_follow_their_reads() -> None:
+    from ocireg.pullsecrets.index import Dependents
+
+    a = plan.RegistryRef("OCIRegistry", "a", "team-a", "u1")
+    b = plan.RegistryRef("OCIRegistry", "b", "team-b", "u2")
+    deps = Dependents()
+    deps.record(a, [("Secret", "team-a", "creds"), ("ConfigMap", "team-a", "ca")])
+    deps.add(b, ("Secret", "team-b", "creds"))  # as it is read, before its run ends
+    assert deps.of("Secret", "team-a", "creds") == [a]
+    assert deps.of("Secret", "team-b", "creds") == [b]
+    assert deps.of("Secret", "team-c", "creds") == []  # same name, another tenant: nobody
+    # A new spec reads another Secret: the old one no longer runs it.
+    deps.record(a, [("Secret", "team-a", "robot")])
+    assert deps.of("Secret", "team-a", "creds") == []
+    assert deps.of("ConfigMap", "team-a", "ca") == []
+    assert deps.of("Secret", "team-a", "robot") == [a]
+    deps.forget(a)
+    deps.forget(b)
+    assert deps.of("Secret", "team-a", "robot") == deps.of("Secret", "team-b", "creds") == []
+    assert not deps._readers  # nothing left behind
+    assert not deps._reads

@@ -72,8 +72,10 @@ def _api_calls() -> set[tuple[str, str, str]]:
             assert prefix in VERBS, new
             assert rest in RESOURCES, new
             calls.add(("", RESOURCES[rest], VERBS[prefix]))
-        # The index lists and watches through these (kube.WatchSource).
-        for method in re.findall(r"WatchSource\(\s*self\.core\.(list_\w+)", text):
+        # The watches list and watch through these (kube.WatchSource, and the tables of
+        # listers handed to it: `"kind": self.core.list_...`).
+        watched = r"WatchSource\(\s*self\.core\.(list_\w+)|\"\w+\": self\.core\.(list_\w+)"
+        for method in (a or b for a, b in re.findall(watched, text)):
             rest = method.removeprefix("list_").removeprefix("namespaced_")
             rest = rest.removesuffix("_for_all_namespaces")
             calls.update(("", RESOURCES[rest], verb) for verb in ("list", "watch"))
@@ -109,6 +111,7 @@ def test_the_code_calls_what_the_test_expects() -> None:
     assert ("ocireg.dev", "ociregistries", "get") in calls
     assert ("", "namespaces", "watch") in calls
     assert ("", "secrets", "watch") in calls
+    assert ("", "configmaps", "watch") in calls
     assert ("", "events", "create") in _kopf_needs()
 
 
@@ -138,7 +141,7 @@ def test_no_wildcards_and_nothing_that_grants_more_rights() -> None:
         ("", "namespaces", "patch"),
         ("", "namespaces", "delete"),
         ("", "pods", "create"),
-        ("", "configmaps", "list"),
+        ("", "configmaps", "patch"),
         ("ocireg.dev", "ociregistries", "create"),
         ("ocireg.dev", "clusterociregistries", "delete"),
         ("ocireg.dev", "ociregistries", "update"),

@@ -159,9 +159,13 @@ def test_one_answer_past_the_cap_is_refused_unread_with_a_clear_error(fat: _Serv
 def test_the_watch_sources_still_list_and_watch() -> None:
     # Every source the index starts has both halves of index.Source.
     api = kubernetes.client.ApiClient(kubernetes.client.Configuration())
-    for kind, namespace in (("secrets", None), ("secrets", "x"), ("serviceaccounts", None),
-                            ("namespaces", None)):  # fmt: skip
-        source = kube.Kube(api).watch_source(kind, namespace)
+    for kind in ("secrets", "serviceaccounts", "namespaces"):
+        source = kube.Kube(api).watch_source(kind)
         assert callable(source.page), kind
         assert callable(source.watch), kind
         assert source.limit == kube.PAGES[kind]
+    for kind in ("secrets", "configmaps"):
+        source = kube.Kube(api).metadata_source(kind, "a!=b")
+        assert source.limit == kube.METADATA_PAGE
+        assert source.list_accept == {"accept": kube.PARTIAL_METADATA_LIST}
+        assert source.watch_accept == {"accept": kube.PARTIAL_METADATA}

@@ -652,3 +652,51 @@ def test_a_recreated_object_takes_over_its_predecessors_copies(
     assert conditions(fresh)["TargetsSynced"]["reason"] == "Synced"
     for namespace in ("team-a", "team-b"):
         assert kube.secrets[(namespace, "corp")]["metadata"]["labels"][plan.LABEL_UID] == "uid-2"
+
+
+def test_a_run_says_what_it_read_and_when_it_is_next_due(kube: FakeKube, verified: Calls) -> None:
+    # What it read is what a watch event must run it again for: the credentials Secret and
+    # the base it extends; and with nothing else due, it wakes at its resync.
+    kube.registries["base"] = {"spec": {"server": "registry.example.com"}}
+    obj = body(extends="base", refresh={"interval": "24h"})
+    seen: list[tuple[str, str, str]] = []
+    config = OperatorConfig(credentials_namespace="ocireg-system")
+    outcome = reconcile.reconcile(
+        kube,  # type: ignore[arg-type]
+        REF,
+        obj,
+        config,
+        schedule.Memory(),
+        0,
+        sync=kube.sync,  # type: ignore[arg-type]
+        on_read=seen.append,
+    )
+    assert outcome.status is not None
+    assert conditions({"status": outcome.status})["Ready"]["status"] == "True"
+    assert outcome.reads == {
+        ("ClusterOCIRegistry", "", "base"),
+        ("Secret", "ocireg-system", "creds"),
+    }
+    assert set(seen) == outcome.reads
+    assert outcome.wake_in == config.resync_seconds
+    # Re-verification comes first when it is sooner than the resync.
+    obj = body(refresh={"interval": "2m"})
+    outcome = run(kube, obj, schedule.Memory(), now=0)
+    assert outcome.wake_in == 120
+
+
+def test_a_missing_input_is_still_a_read_and_the_failure_wakes_at_its_retry(
+    kube: FakeKube, verified: Calls
+) -> None:
+    # The user creates the Secret or ConfigMap later: its watch event must find this object.
+    obj = body(
+        auth={"basic": {"secretRef": {"name": "not-yet"}}},
+        tls={"caBundleRef": {"configMap": "corp-ca", "key": "ca.crt"}},
+    )
+    outcome = run(kube, obj, schedule.Memory(), now=0)
+    assert ("ConfigMap", "ocireg-system", "corp-ca") in outcome.reads
+    obj = body(auth={"basic": {"secretRef": {"name": "not-yet"}}})
+    outcome = run(kube, obj, schedule.Memory(), now=0)
+    assert ("Secret", "ocireg-system", "not-yet") in outcome.reads
+    assert outcome.memory.failures == 1
+    assert outcome.wake_in == pytest.approx(outcome.memory.retry_at)

@@ -92,3 +92,23 @@ def test_fingerprint_is_stable_and_sensitive() -> None:
     assert a == b != c
     assert len(a) == 64
     assert set(a) <= set("0123456789abcdef")
+
+
+def test_next_wake_is_the_earliest_due_time() -> None:
+    memory = schedule.after_success(Memory(), "a", now=100)
+    # Resync (300 s) before re-verification (an hour); a renewal sooner than both wins.
+    assert schedule.next_wake(memory, 100, HOUR, resync=300) == 300
+    assert schedule.next_wake(memory, 250, HOUR, resync=300) == 150
+    assert schedule.next_wake(memory, 100, 120, resync=300) == 120
+    assert schedule.next_wake(memory, 100, HOUR, resync=300, renew_in=42) == 42
+    # Overdue (or a renewal already past): soon, but never a spin.
+    assert schedule.next_wake(memory, 10_000, HOUR, resync=300) == schedule.MIN_WAKE_SECONDS
+    assert schedule.next_wake(memory, 100, HOUR, renew_in=-5) == schedule.MIN_WAKE_SECONDS
+    # Never run: at once (the minimum); a spec that could not be read has no verify time.
+    assert schedule.next_wake(Memory(), 0, None) == schedule.MIN_WAKE_SECONDS
+
+
+def test_next_wake_of_a_failing_object_is_its_retry() -> None:
+    memory = schedule.after_failure(schedule.after_success(Memory(), "a", 0), "b", now=50)
+    assert memory.retry_at > 50
+    assert schedule.next_wake(memory, 50, HOUR, renew_in=1) == memory.retry_at - 50

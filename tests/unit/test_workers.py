@@ -227,7 +227,7 @@ def test_no_handler_of_an_object_runs_on_kopfs_executor() -> None:
         for kind in (registry._changing, registry._spawning, registry._watching)
         for handler in kind.get_all_handlers()
     ]
-    assert {h.id.split("/")[0] for h in handlers} >= {"on_change", "on_delete", "tick", "charts"}
+    assert {h.id.split("/")[0] for h in handlers} >= {"on_change", "on_delete", "charts"}
     assert [h.id for h in handlers if not inspect.iscoroutinefunction(h.fn)] == []
 
 
@@ -250,3 +250,34 @@ def test_kopfs_executor_size_is_set_and_the_pools_made_at_start(
         assert pools.tenant_charts.share == 3
     finally:
         runtime.runtime(memo).pools.stop()
+
+
+def test_alarms_fire_once_at_their_latest_time_and_cancel() -> None:
+    from ocireg.workers import Alarms
+
+    fired: list[str] = []
+    done = threading.Event()
+
+    def fire(key: str) -> None:
+        fired.append(key)
+        if key == "last":
+            done.set()
+
+    alarms: Alarms[str] = Alarms(fire)
+    try:
+        alarms.set("a", 0.3)
+        alarms.set("a", 0.05)  # replaced: fires once, at the new time
+        alarms.set("b", 0.1)
+        alarms.cancel("b")
+        alarms.set("last", 0.4)
+        assert done.wait(5)
+        time.sleep(0.1)
+        assert fired == ["a", "last"]
+        assert len(alarms) == 0
+        # Replaced alarms do not pile up in the heap.
+        for i in range(1000):
+            alarms.set("busy", 60 + i)
+        assert len(alarms._heap) < 200
+        assert alarms.due_in("busy") == pytest.approx(60 + 999, abs=1)
+    finally:
+        alarms.stop()

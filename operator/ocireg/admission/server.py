@@ -819,7 +819,7 @@ def candidates(registries: Registries | None, namespace: str) -> list[Candidate]
     if registries is None:
         return []
     out = []
-    for ref, tracked in registries.ready():
+    for ref, tracked in registries.ready(namespace):
         spec = tracked.spec
         if spec is not None:
             targets = spec.effective_targets

@@ -394,9 +394,20 @@ async def charts_tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, plura
     _status_patch(patch, status, state)
 
 
+def may_have_charts(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
+    """Whether an object needs the chart timer: it lists charts (itself or through a base
+    it extends), or shows a chart index still to remove. The thousands of objects that only
+    write pull secrets get no timer at all (kopf starts and stops it as this changes)."""
+    if spec.get("charts") or spec.get("extends") or status.get("charts"):
+        return True
+    return publish.find_condition(list(status.get("conditions") or [])) is not None
+
+
 for _plural in KINDS:
 
-    @kopf.timer(GROUP, _plural, interval=CHECK_SECONDS, initial_delay=2, id="charts")
+    @kopf.timer(
+        GROUP, _plural, interval=CHECK_SECONDS, initial_delay=2, id="charts", when=may_have_charts
+    )
     async def charts_timer(
         body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, _plural: str = _plural, **_: Any
     ) -> None:

@@ -40,6 +40,7 @@ Written = Callable[[dict[str, Any]], None]
 Query = str | int | bool | None
 MERGE_PATCH = "application/merge-patch+json"
 PARTIAL_METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+PARTIAL_METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 WEBHOOK_CONFIGURATIONS = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
 # The client's error type, named here so that no other room imports kubernetes.
 ApiError = ApiException
@@ -194,6 +195,9 @@ class CoreV1(JsonApi):
         return self._call("GET", "/api/v1/namespaces", **query)
 
     # ConfigMaps
+    def list_config_map_for_all_namespaces(self, **query: Any) -> Any:
+        return self._call("GET", "/api/v1/configmaps", **query)
+
     def read_namespaced_config_map(self, name: str, namespace: str) -> dict[str, Any]:
         return self._object("GET", _path(namespace, "configmaps", name))
 
@@ -297,10 +301,20 @@ class WatchSource:
 
     PAGE = 500
 
-    def __init__(self, lister: Callable[..., Any], page: int = PAGE, **selector: str) -> None:
+    def __init__(
+        self,
+        lister: Callable[..., Any],
+        page: int = PAGE,
+        metadata_only: bool = False,
+        **selector: str,
+    ) -> None:
         self.lister = lister
         self.selector = selector
         self.limit = page
+        # Metadata only (PartialObjectMetadata, as client-go's metadata informers ask):
+        # a Secret's data never crosses the wire for what only needs to know it changed.
+        self.list_accept = {"accept": PARTIAL_METADATA_LIST} if metadata_only else {}
+        self.watch_accept = {"accept": PARTIAL_METADATA} if metadata_only else {}
 
     def page(self, token: str | None) -> dict[str, Any]:
         """One page, the next after ``token``. A page past MAX_ANSWER_BYTES is asked for again
@@ -308,7 +322,11 @@ class WatchSource:
         while True:
             try:
                 answer: dict[str, Any] = self.lister(
-                    **self.selector, limit=self.limit, _continue=token, timeout=60
+                    **self.selector,
+                    **self.list_accept,
+                    limit=self.limit,
+                    _continue=token,
+                    timeout=60,
                 )
                 return answer
             except AnswerTooLarge:
@@ -324,6 +342,7 @@ class WatchSource:
     def watch(self, resource_version: str, timeout: int) -> Iterator[dict[str, Any]]:
         response = self.lister(
             **self.selector,
+            **self.watch_accept,
             watch=True,
             resource_version=resource_version,
             allow_watch_bookmarks=True,
@@ -344,6 +363,8 @@ class WatchSource:
 # data, annotations) and label for our watches: fewer per page (a page past MAX_ANSWER_BYTES
 # is asked for again with half as many, so this is the most per page, not the bound).
 PAGES = {"secrets": 25, "serviceaccounts": 50, "namespaces": 500}
+# Metadata-only pages (no data; annotations still count, and the halving still applies).
+METADATA_PAGE = 250
 
 
 def list_all(lister: Callable[..., Any], page: int, **query: Any) -> list[dict[str, Any]]:
@@ -526,25 +547,29 @@ class Kube:
             if error.status not in (404, 409):  # gone already, or not the one we listed
                 raise
 
-    def watch_source(
-        self, kind: str, namespace: str | None = None, label_selector: str | None = None
-    ) -> WatchSource:
-        """What the index watches: namespaces, ServiceAccounts, and Secrets (ours, by label,
-        or all of one namespace)."""
-        selector = {"label_selector": label_selector} if label_selector else {}
-        if kind == "namespaces":
-            return WatchSource(self.core.list_namespace, PAGES[kind], **selector)
-        if kind == "serviceaccounts":
-            return WatchSource(
-                self.core.list_service_account_for_all_namespaces, PAGES[kind], **selector
-            )
-        if kind == "secrets" and namespace:
-            return WatchSource(
-                self.core.list_namespaced_secret, PAGES[kind], namespace=namespace, **selector
-            )
-        if kind == "secrets":
-            return WatchSource(self.core.list_secret_for_all_namespaces, PAGES[kind], **selector)
-        raise ValueError(f"no watch source for {kind}")
+    def watch_source(self, kind: str, label_selector: str | None = None) -> WatchSource:
+        """What the index watches: namespaces, ServiceAccounts, and Secrets (ours, by label)."""
+        listers = {
+            "namespaces": self.core.list_namespace,
+            "serviceaccounts": self.core.list_service_account_for_all_namespaces,
+            "secrets": self.core.list_secret_for_all_namespaces,
+        }
+        if kind not in listers:
+            raise ValueError(f"no watch source for {kind}")
+        if label_selector:
+            return WatchSource(listers[kind], PAGES[kind], label_selector=label_selector)
+        return WatchSource(listers[kind], PAGES[kind])
+
+    def metadata_source(self, kind: str, label_selector: str) -> WatchSource:
+        """The metadata of every Secret or ConfigMap matching ``label_selector``, in every
+        namespace: what registry objects read (their changes run the readers again)."""
+        listers = {
+            "secrets": self.core.list_secret_for_all_namespaces,
+            "configmaps": self.core.list_config_map_for_all_namespaces,
+        }
+        return WatchSource(
+            listers[kind], METADATA_PAGE, metadata_only=True, label_selector=label_selector
+        )
 
     def patch_registry_status(self, ref: RegistryRef, status: dict[str, Any]) -> None:
         """Merge ``status`` into the object's status (for work done outside a kopf handler,

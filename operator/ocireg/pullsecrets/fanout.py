@@ -114,10 +114,19 @@ class Registries:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._tracked: dict[plan.RegistryRef, Tracked] = {}
+        # Tenant objects by namespace ("" holds the cluster ones, which may select any): a
+        # namespace job looks at the objects that can select its namespace, not at all.
+        self._by_namespace: dict[str, dict[plan.RegistryRef, Tracked]] = {}
+        self._live: frozenset[str] | None = None  # uids, made again after a change
 
     def get(self, ref: plan.RegistryRef) -> Tracked:
         with self._lock:
-            return self._tracked.setdefault(ref, Tracked())
+            tracked = self._tracked.get(ref)
+            if tracked is None:
+                tracked = self._tracked[ref] = Tracked()
+                self._by_namespace.setdefault(self._group(ref), {})[ref] = tracked
+                self._live = None
+            return tracked
 
     def find(self, ref: plan.RegistryRef) -> Tracked | None:
         with self._lock:
@@ -125,7 +134,18 @@ class Registries:
 
     def forget(self, ref: plan.RegistryRef) -> Tracked | None:
         with self._lock:
-            return self._tracked.pop(ref, None)
+            tracked = self._tracked.pop(ref, None)
+            if tracked is not None:
+                group = self._by_namespace.get(self._group(ref), {})
+                group.pop(ref, None)
+                if not group:
+                    self._by_namespace.pop(self._group(ref), None)
+                self._live = None
+            return tracked
+
+    @staticmethod
+    def _group(ref: plan.RegistryRef) -> str:
+        return (ref.namespace or "") if ref.namespaced else ""
 
     def refs(self) -> list[plan.RegistryRef]:
         with self._lock:
@@ -134,7 +154,9 @@ class Registries:
     def live(self) -> frozenset[str]:
         """The uids of the registry objects known to exist (being served or reconciled)."""
         with self._lock:
-            return frozenset(ref.uid for ref in self._tracked if ref.uid)
+            if self._live is None:
+                self._live = frozenset(ref.uid for ref in self._tracked if ref.uid)
+            return self._live
 
     def samples(self) -> list[metrics.RegistrySample]:
         """Per-object figures for the metrics endpoint."""
@@ -155,10 +177,17 @@ class Registries:
             )
         return out
 
-    def ready(self) -> list[tuple[plan.RegistryRef, Tracked]]:
-        """Registries with verified credentials and a pull secret to place, in one order."""
+    def ready(self, namespace: str | None = None) -> list[tuple[plan.RegistryRef, Tracked]]:
+        """Registries with verified credentials and a pull secret to place, in one order:
+        all of them, or those that can select ``namespace`` (the cluster objects and the
+        namespace's own)."""
         with self._lock:
-            items = list(self._tracked.items())
+            if namespace is None:
+                items = list(self._tracked.items())
+            else:
+                items = list(self._by_namespace.get("", {}).items())
+                if namespace:
+                    items += self._by_namespace.get(namespace, {}).items()
         return sorted(
             ((ref, t) for ref, t in items if t.serving() is not None),
             key=lambda item: (item[0].kind, item[0].namespace or "", item[0].name),
@@ -230,7 +259,7 @@ class Fanout:
         unwanted: list[str] = []
         removals: list[tuple[str, plan.SecretState]] = []
         live = self.registries.live()
-        for ref, tracked in self.registries.ready():
+        for ref, tracked in self.registries.ready(namespace):
             served = tracked.serving()
             if served is None or (ref.namespaced and ref.namespace != namespace):
                 continue

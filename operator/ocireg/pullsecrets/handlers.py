@@ -19,10 +19,9 @@ from ocireg.pullsecrets.runtime import MissingRights, Runtime, runtime
 from ocireg.settings import OperatorConfig
 
 T = TypeVar("T")
-# Every registry object ticks this often. A tick re-reads the referenced Secrets and does
-# real work only when they changed or something is due (see schedule.work_due), so a changed
-# password reaches every copy within about this time.
-TICK_SECONDS = 10
+# A handler that raised (the API server away) is retried this soon, not kopf's default of a
+# minute; problems a user must fix never raise (they are conditions).
+RETRY_SECONDS = 10
 
 
 @kopf.on.startup()
@@ -72,7 +71,7 @@ async def _on_pool(memo: kopf.Memo, ref: RegistryRef, run: Callable[[], T]) -> T
     return await asyncio.wrap_future(runtime(memo).pools.reconcile(ref, run))
 
 
-async def _tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, plural: str) -> None:
+async def _run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, plural: str) -> None:
     ref, running = _ref(body, plural), runtime(memo)
     tracked = running.registries.get(ref)
     seen = tracked.body = copy.deepcopy(dict(body))
@@ -80,31 +79,28 @@ async def _tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, plural: str
     status, events = await _on_pool(memo, ref, lambda: running.work(ref, tracked, seen))
     if status is not None:
         patch["status"] = status
+        # Later runs outside kopf (watch events, alarms) compare against what is written.
+        seen["status"] = {**(seen.get("status") or {}), **status}
     for kind, reason, message in events:
         kopf.event(body, type=kind, reason=reason, message=message)
+    # Objects that extend this one read it: their effective spec may have changed.
+    running.changed(ref.kind, ref.namespace or "", ref.name)
 
 
 for _plural in KINDS:
-    # backoff: an exception (the API server away) is retried at the next tick, not kopf's
-    # default of a minute later; problems a user must fix never raise (they are conditions).
-    @kopf.on.resume(GROUP, _plural, backoff=TICK_SECONDS)
-    @kopf.on.create(GROUP, _plural, backoff=TICK_SECONDS)
-    @kopf.on.update(GROUP, _plural, field="spec", backoff=TICK_SECONDS)
+    # No timer: after these, an object runs when what it read changes and when it is next
+    # due (Runtime: the metadata watches and Alarms).
+    @kopf.on.resume(GROUP, _plural, backoff=RETRY_SECONDS)
+    @kopf.on.create(GROUP, _plural, backoff=RETRY_SECONDS)
+    @kopf.on.update(GROUP, _plural, field="spec", backoff=RETRY_SECONDS)
     async def on_change(
         body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, _plural: str = _plural, **_: Any
     ) -> None:
-        await _tick(body, patch, memo, _plural)
-
-    @kopf.timer(
-        GROUP, _plural, interval=TICK_SECONDS, initial_delay=TICK_SECONDS, backoff=TICK_SECONDS
-    )
-    async def tick(
-        body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, _plural: str = _plural, **_: Any
-    ) -> None:
-        await _tick(body, patch, memo, _plural)
+        await _run(body, patch, memo, _plural)
 
     @kopf.on.delete(GROUP, _plural)
     async def on_delete(body: kopf.Body, memo: kopf.Memo, _plural: str = _plural, **_: Any) -> None:
-        ref = _ref(body, _plural)
+        ref, running = _ref(body, _plural), runtime(memo)
         # On the object's own pool, after any run of it: it waits behind its own work only.
-        await _on_pool(memo, ref, lambda: runtime(memo).delete(ref))
+        await _on_pool(memo, ref, lambda: running.delete(ref))
+        running.changed(ref.kind, ref.namespace or "", ref.name)  # its extenders say so

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +29,7 @@ from ocireg.oci import RegistryClient, RegistryCredentials, RegistryError, TLSOp
 from ocireg.oci.ca_bundle import read_ca_bundle
 from ocireg.providers.cache import MintCache, provider_failed
 from ocireg.pullsecrets import plan, schedule
+from ocireg.pullsecrets.index import Dependency
 from ocireg.settings import OperatorConfig
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,37 @@ def merge_specs(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
     return merged
 
 
-def effective_spec(kube: Kube, ref: plan.RegistryRef, spec: dict[str, Any]) -> RegistrySpec:
+class Reads:
+    """The reconcile's Kubernetes reads, recorded: what a run read is what it depends on,
+    so a watch event on any of them runs it again (Runtime.changed). Recording the reads
+    rather than parsing each provider's references keeps one mechanism for all of them,
+    including a Secret that does not exist yet."""
+
+    def __init__(self, kube: Kube, on_read: Callable[[Dependency], None] | None = None) -> None:
+        self.kube = kube
+        self.keys: set[Dependency] = set()
+        self.on_read = on_read
+
+    def _note(self, key: Dependency) -> None:
+        # Before the read: a change that lands after it then runs the object again.
+        self.keys.add(key)
+        if self.on_read is not None:
+            self.on_read(key)
+
+    def read_secret(self, namespace: str, name: str) -> Mapping[str, bytes]:
+        self._note(("Secret", namespace, name))
+        return self.kube.read_secret(namespace, name)
+
+    def read_config_map(self, namespace: str, name: str) -> Mapping[str, bytes] | None:
+        self._note(("ConfigMap", namespace, name))
+        return self.kube.read_config_map(namespace, name)
+
+    def read_registry(self, kind: str, name: str, namespace: str | None) -> dict[str, Any] | None:
+        self._note((kind, namespace or "", name))
+        return self.kube.read_registry(kind, name, namespace)
+
+
+def effective_spec(kube: Kube | Reads, ref: plan.RegistryRef, spec: dict[str, Any]) -> RegistrySpec:
     chain = [ref.name]
     current = spec
     while current.get("extends"):
@@ -84,7 +115,9 @@ def effective_spec(kube: Kube, ref: plan.RegistryRef, spec: dict[str, Any]) -> R
         raise ReconcileError(Reason.INVALID_SPEC, str(error).splitlines()[0]) from None
 
 
-def _tls(kube: Kube, spec: RegistrySpec, default_namespace: str, namespaced: bool) -> TLSOptions:
+def _tls(
+    kube: Kube | Reads, spec: RegistrySpec, default_namespace: str, namespaced: bool
+) -> TLSOptions:
     tls = spec.effective_tls
     bundle = None
     if tls.ca_bundle_ref is not None:
@@ -185,6 +218,8 @@ class Outcome:
     credential: Credential | None = None
     placed: set[str] | None = None  # namespaces holding our Secrets, when just synced
     tls: TLSOptions | None = None
+    reads: frozenset[Dependency] = frozenset()  # what it read: a change runs it again
+    wake_in: float = schedule.MIN_WAKE_SECONDS  # seconds until it is due by time alone
 
 
 def _iso(moment: dt.datetime) -> str:
@@ -317,21 +352,52 @@ def reconcile(
     now: float,
     sync: Sync,
     cache: MintCache | None = None,
+    on_read: Callable[[Dependency], None] | None = None,
 ) -> Outcome:
-    """One tick for one registry object. Cheap when nothing changed: it reads the
+    """One run of one registry object. Cheap when nothing changed: it reads the
     referenced Secrets, compares a fingerprint, and returns without writing anything.
-    ``sync`` writes the targets (the namespace jobs' Fanout.resync)."""
+    ``sync`` writes the targets (the namespace jobs' Fanout.resync). The outcome says what
+    the run read (each also handed to ``on_read`` as it is read) and when the object is
+    next due by time."""
+    cache = cache if cache is not None else MintCache()
+    reads = Reads(kube, on_read)
+    outcome = _reconcile(kube, reads, ref, body, config, memory, now, sync, cache)
+    outcome.reads = frozenset(reads.keys)
+    interval = renew_in = None
+    if outcome.spec is not None:
+        refresh = outcome.spec.effective_refresh
+        interval = parse_duration(refresh.interval).total_seconds()
+        if outcome.credential is not None:
+            renewal = cache.next_renewal(outcome.credential, refresh.renew_before)
+            if renewal is not None:
+                renew_in = (renewal - dt.datetime.now(dt.UTC)).total_seconds()
+    outcome.wake_in = schedule.next_wake(
+        outcome.memory, now, interval, config.resync_seconds, renew_in
+    )
+    return outcome
+
+
+def _reconcile(
+    kube: Kube,
+    reads: Reads,
+    ref: plan.RegistryRef,
+    body: dict[str, Any],
+    config: OperatorConfig,
+    memory: schedule.Memory,
+    now: float,
+    sync: Sync,
+    cache: MintCache,
+) -> Outcome:
     generation = body.get("metadata", {}).get("generation")
     old = body.get("status") or {}
     default_ns = (ref.namespace if ref.namespaced else config.credentials_namespace) or ""
-    cache = cache if cache is not None else MintCache()
     spec: RegistrySpec | None = None
     current = schedule.fingerprint("spec", body.get("spec"), generation)
     try:
-        spec = effective_spec(kube, ref, body.get("spec") or {})
-        tls = _tls(kube, spec, default_ns, ref.namespaced)
+        spec = effective_spec(reads, ref, body.get("spec") or {})
+        tls = _tls(reads, spec, default_ns, ref.namespaced)
         ctx = providers.ResolveContext(
-            kube.read_secret,
+            reads.read_secret,
             default_ns,
             ref.namespaced,
             kube.request_token,
@@ -386,6 +452,10 @@ def reconcile(
         refreshed_at = (old.get("credentials") or {}).get("refreshedAt") or _now()
     renewal = cache.next_renewal(credential, spec.effective_refresh.renew_before)
     next_at = _wall(interval) if renewal is None else _iso(min(renewal, _in(interval)))
+    if work is schedule.Work.targets:
+        # Nothing was verified or minted: the next refresh is still the one shown (a new
+        # time each resync would cost a status write per object per resync).
+        next_at = (old.get("credentials") or {}).get("nextRefreshAt") or next_at
     status = _success_status(
         spec, credential, generation, old, targets_status, refreshed_at, next_at
     )

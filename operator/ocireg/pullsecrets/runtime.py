@@ -4,6 +4,11 @@ the registry objects being served, the mint cache, and once watching, the watch-
 the namespace jobs it feeds. Its methods are the blocking work the handlers hand to the
 pools; the kopf handlers themselves (pullsecrets.handlers) only translate kopf's calls.
 
+A registry object runs when kopf hands it over (created, spec changed, resumed), when
+something its last run read changes (the metadata watches of Secrets and ConfigMaps, and
+its `extends` bases: `Dependents`), and at the one time it is next due (`Alarms`): nothing
+polls.
+
 The chart handlers and the admission webhook read the same object (`runtime(memo)`)."""
 
 from __future__ import annotations
@@ -23,18 +28,22 @@ from ocireg.api.ownership import RegistryRef
 from ocireg.kube.cache import Store, Watcher
 from ocireg.kube.client import Kube, load_config
 from ocireg.providers.cache import MintCache
-from ocireg.pullsecrets.fanout import Fanout, Registries, Tracked
-from ocireg.pullsecrets.index import ClusterIndex
+from ocireg.pullsecrets.fanout import SYNC_WAIT_SECONDS, Fanout, Registries, Tracked
+from ocireg.pullsecrets.index import ClusterIndex, Dependents
 from ocireg.pullsecrets.reconcile import cleanup, reconcile
 from ocireg.settings import OperatorConfig
-from ocireg.workers import Pools
+from ocireg.workers import Alarms, Pools
 
 log = logging.getLogger(__name__)
 
-# What the watch-fed index lists and watches, cluster-wide (checked once at start).
+# What the watches list and watch, cluster-wide (checked once at start).
 WATCHED = [
-    (verb, r) for r in ("namespaces", "serviceaccounts", "secrets") for verb in ("list", "watch")
+    (verb, r)
+    for r in ("namespaces", "serviceaccounts", "secrets", "configmaps")
+    for verb in ("list", "watch")
 ]
+# A triggered run that raised (the API server away) is tried again after this.
+RETRY_SECONDS = 10
 # A status and the Events to post: what one reconcile hands back to its handler.
 Events = list[tuple[str, str, str]]
 
@@ -53,11 +62,14 @@ class Runtime:
     index: ClusterIndex | None = None  # once watching (watch)
     fanout: Fanout | None = None
     watchers: list[Watcher] = field(default_factory=list)
+    dependents: Dependents = field(default_factory=Dependents)
+    alarms: Alarms[RegistryRef] | None = None  # each object's next due time (create)
 
     @classmethod
     def create(cls, config: OperatorConfig) -> Runtime:
         load_config()
         runtime = cls(config, Kube(), Pools(config.pools), Registries(), MintCache())
+        runtime.alarms = Alarms(runtime.poke)
         metrics.watch_registries(runtime.registries.samples)
         if config.metrics_port:
             metrics.serve(config.metrics_port, config.metrics_address)
@@ -88,13 +100,22 @@ class Runtime:
         def in_namespace_changed(namespace: str, _: str) -> None:
             fanout.changed(namespace)
 
-        def credentials_changed(namespace: str, _: str) -> None:
-            for ref in self.registries.refs():
-                if not ref.namespaced or ref.namespace == namespace:
-                    self.poke(ref)
+        def managed_secret_changed(namespace: str, name: str) -> None:
+            fanout.changed(namespace)
+            self.changed("Secret", namespace, name)  # one of ours another object reads
 
-        # Of the credentials namespace's Secrets only the resourceVersions, not our own.
-        credentials = Store("credentials", lambda body: body["metadata"]["resourceVersion"])
+        def read_changed(kind: str) -> Any:
+            def changed(namespace: str, name: str) -> None:
+                self.changed(kind, namespace, name)
+
+            return changed
+
+        def version(body: Any) -> str:
+            return str(body["metadata"].get("resourceVersion") or "")
+
+        # Of the Secrets and ConfigMaps not ours, in every namespace, only the metadata and
+        # of that only the resourceVersion: what registry objects read, never its data.
+        secrets, config_maps = Store("read-secrets", version), Store("read-configmaps", version)
 
         def watcher(source: Any, store: Store[Any], changed: Any) -> Watcher:
             return Watcher(source, store, changed, timeout=config.watch_timeout)
@@ -106,20 +127,32 @@ class Runtime:
             watcher(
                 watching.watch_source("secrets", label_selector=ours),
                 index.secrets,
-                in_namespace_changed,
+                managed_secret_changed,
             ),
+            watcher(watching.metadata_source("secrets", theirs), secrets, read_changed("Secret")),
             watcher(
-                watching.watch_source(
-                    "secrets", namespace=config.credentials_namespace, label_selector=theirs
-                ),
-                credentials,
-                credentials_changed,
+                watching.metadata_source("configmaps", theirs),
+                config_maps,
+                read_changed("ConfigMap"),
             ),
         ]
         for started in self.watchers:
             started.start()
+        # kopf hands objects over once the startup handlers are done: a read Secret that
+        # changes between an object's first run and these lists would otherwise go unseen.
+        for store in (secrets, config_maps):
+            if not store.synced.wait(SYNC_WAIT_SECONDS):
+                log.warning("the %s watch has not listed after %ds", store.kind, SYNC_WAIT_SECONDS)
+
+    def changed(self, kind: str, namespace: str, name: str) -> None:
+        """Something registry objects may have read changed (a Secret, a ConfigMap, or a
+        registry object named in `extends`): run the ones whose last run read it."""
+        for ref in self.dependents.of(kind, namespace, name):
+            self.poke(ref)
 
     def stop(self) -> None:
+        if self.alarms is not None:
+            self.alarms.stop()
         for watcher in self.watchers:
             watcher.stop.set()
         if self.fanout is not None:
@@ -148,8 +181,12 @@ class Runtime:
                 time.monotonic(),
                 self.fanout.resync,
                 self.mint_cache,
+                lambda key: self.dependents.add(ref, key),
             )
             tracked.memory = outcome.memory
+            self.dependents.record(ref, outcome.reads)
+            if self.alarms is not None:
+                self.alarms.set(ref, outcome.wake_in)
             if outcome.spec is not None or outcome.credential is not None:
                 tracked.publish(
                     outcome.spec or tracked.spec, outcome.credential or tracked.credential
@@ -173,22 +210,28 @@ class Runtime:
         return None, outcome.events
 
     def poke(self, ref: RegistryRef) -> None:
-        """Queue a triggered run of `ref` on its pool; pokes that arrive before it starts
-        share it. Its errors are logged; the next tick retries."""
+        """Queue a triggered run of `ref` on its pool (a watch event, its alarm); pokes
+        that arrive before it starts share it. Its errors are logged and it is tried again
+        after RETRY_SECONDS."""
         future = self.pools.reconcile(ref, lambda: self._poked(ref), coalesce=True)
 
         def failed(done: Future[None]) -> None:
             error = None if done.cancelled() else done.exception()
             if error is not None:
                 log.warning(
-                    "triggered reconcile of %s failed: %s", ref.display, type(error).__name__
+                    "triggered reconcile of %s failed: %s; retrying in %ds",
+                    ref.display,
+                    type(error).__name__,
+                    RETRY_SECONDS,
                 )
+                if self.alarms is not None and self.registries.find(ref) is not None:
+                    self.alarms.set(ref, RETRY_SECONDS)
 
         future.add_done_callback(failed)
 
     def _poked(self, ref: RegistryRef) -> None:
-        """A Secret in the credentials namespace changed: reconcile now rather than at the
-        next tick, writing the status (which kopf would write after a tick) ourselves."""
+        """Run now, outside a kopf handler: write the status (which kopf would write after
+        a handler) ourselves."""
         tracked = self.registries.find(ref)
         if tracked is None or tracked.body is None:
             return  # kopf has not handed it over yet; its first handler runs soon anyway
@@ -208,6 +251,9 @@ class Runtime:
             # Nothing may re-add a Secret or reference while (or after) we remove them:
             # no job starts writing for it from now on, and the ones writing finish first.
             tracked.deleted = True
+            self.dependents.forget(ref)  # under the lock: no run records them again
+            if self.alarms is not None:
+                self.alarms.cancel(ref)
             tracked.publish(None, None)
             with tracked.mutex:
                 tracked.placed.clear()

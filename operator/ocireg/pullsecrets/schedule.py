@@ -1,7 +1,9 @@
 """Pure timing decisions: when a registry object is due for work, and how long to back off.
 
-The operator ticks every registry object every few seconds; these functions decide whether a
-tick does anything, so steady state costs a couple of Secret reads and no writes."""
+A registry object runs when something it read changes (a watch event) and otherwise only at
+the one time `next_wake` says it is due: its credential's renewal, its re-verification, the
+targets' resync or its retry. `work_due` decides what a run does, so a run that finds
+nothing changed costs the reads of its Secrets and no writes."""
 
 from __future__ import annotations
 
@@ -75,6 +77,32 @@ def work_due(
     if memory.synced_at is None or now - memory.synced_at >= resync:
         return Work.targets
     return Work.none
+
+
+# Never wake an object sooner than this after a run (a credential already past renewal, a
+# clock step): one run a second at most, not a spin.
+MIN_WAKE_SECONDS = 1.0
+
+
+def next_wake(
+    memory: Memory,
+    now: float,
+    verify_interval: float | None,
+    resync: float = TARGET_RESYNC,
+    renew_in: float | None = None,
+) -> float:
+    """Seconds from ``now`` until the object is next due by time alone: its retry while it
+    fails, else the earliest of re-verification, resync and its credential's renewal
+    (``renew_in``, seconds). ``verify_interval`` None: the spec could not be read."""
+    if memory.failures:
+        return max(MIN_WAKE_SECONDS, memory.retry_at - now)
+    due = [resync - (now - memory.synced_at) if memory.synced_at is not None else 0.0]
+    if verify_interval is not None:
+        verified = memory.verified_at
+        due.append(verify_interval - (now - verified) if verified is not None else 0.0)
+    if renew_in is not None:
+        due.append(renew_in)
+    return max(MIN_WAKE_SECONDS, min(due))
 
 
 def after_success(memory: Memory, current: str, now: float) -> Memory:
