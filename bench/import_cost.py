@@ -281,6 +281,7 @@ def start(repeat: int, tree: Path, mode: str, args: list[str]) -> dict[str, Any]
         "python": median([r["python"] for r in runs]),
         "modules": runs[0]["modules"],
         "loaded": runs[0]["loaded"],
+        "code": runs[0]["code"],
     }
 
 

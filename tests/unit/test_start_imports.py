@@ -1,0 +1,36 @@
+"""What `ocireg run` imports before kopf starts: only what the running operator uses.
+
+Each case runs bench/import_cost.py's start path in a fresh interpreter (imports are process
+state): the real ``ocireg.cli.main(["run", ...])`` with kopf.run replaced by the client login
+it does first (docs/performance.md, "What the imports cost").
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("import_cost", ROOT / "bench" / "import_cost.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _start(*args: str, mode: str = "pod") -> dict[str, Any]:
+    bench = _bench()
+    result: dict[str, Any] = bench.start(1, ROOT / "operator", mode, list(args))
+    assert result["code"] == 0
+    return result
+
+
+def test_the_webhook_server_is_imported_only_for_the_webhook() -> None:
+    assert "ocireg.admission.server" not in _start()["loaded"]
+    assert "ocireg.admission.server" in _start("--admission-webhook")["loaded"]
