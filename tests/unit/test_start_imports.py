@@ -34,3 +34,15 @@ def _start(*args: str, mode: str = "pod") -> dict[str, Any]:
 def test_the_webhook_server_is_imported_only_for_the_webhook() -> None:
     assert "ocireg.admission.server" not in _start()["loaded"]
     assert "ocireg.admission.server" in _start("--admission-webhook")["loaded"]
+
+
+def test_in_a_pod_none_of_the_clients_kubeconfig_or_stream_code_is_imported() -> None:
+    # kube/lazy.py: the client's package __init__ files never run on this path.
+    assert _start()["loaded"] == []
+
+
+def test_with_a_kubeconfig_only_the_kubeconfig_code_is_added() -> None:
+    loaded = set(_start(mode="kubeconfig")["loaded"])
+    assert "kubernetes.config.kube_config" in loaded
+    assert not loaded & {"websocket", "kubernetes.dynamic", "kubernetes.stream"}
+    assert "ocireg.admission.server" not in loaded
