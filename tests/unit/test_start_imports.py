@@ -46,3 +46,8 @@ def test_with_a_kubeconfig_only_the_kubeconfig_code_is_added() -> None:
     assert "kubernetes.config.kube_config" in loaded
     assert not loaded & {"websocket", "kubernetes.dynamic", "kubernetes.stream"}
     assert "ocireg.admission.server" not in loaded
+
+
+def test_cryptography_is_imported_only_to_make_the_webhooks_own_certificate() -> None:
+    given = ("--admission-cert-file", "/tls/tls.crt", "--admission-key-file", "/tls/tls.key")
+    assert "cryptography" not in _start("--admission-webhook", *given)["loaded"]
