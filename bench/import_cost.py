@@ -15,7 +15,9 @@ nothing this script imports counts, and each is the median of --repeat runs:
           login kopf.run does first, through the client as kopf does it: "in a pod" reads the
           service account (``load_incluster_config``, which outside a pod stops at once at the
           missing environment, having imported what it needs), "with a kubeconfig" goes on to
-          ``load_kube_config`` as the benchmark and the test environment do (a missing file here).
+          ``load_kube_config`` as the benchmark and the test environment do (a missing file here);
+          with --admission-webhook and no certificate files, the webhook's own certificate is
+          made too, as its server does when it starts.
 
 --tree runs the start path against another copy of the operator package, e.g. an older
 commit's (``git archive <commit> operator | tar -x -C /tmp/before``, then
@@ -173,6 +175,8 @@ WATCHED = (
     "ocireg.api.crd",
 )
 
+CERT_FILES = ["--admission-cert-file", "/tls/tls.crt", "--admission-key-file", "/tls/tls.key"]
+
 CHILD_START = (
     RSS
     + """
@@ -197,6 +201,10 @@ def login(**_):
             kopf.login_via_client(logger=logging.getLogger("bench"), settings=settings)
         except kopf.LoginError:
             pass  # a missing kubeconfig here, after the imports
+    if "--admission-webhook" in cli_args and "--admission-cert-file" not in cli_args:
+        # What the webhook's server does first when it starts: make its own certificate.
+        from ocireg.admission.server import self_signed_certificate
+        self_signed_certificate(["127.0.0.1"])
 
 class StopKopfRun(importlib.abc.MetaPathFinder):
     # When kopf is imported, its run() becomes login() above.
@@ -317,12 +325,19 @@ def main() -> int:
     print("\n| start path (`ocireg run` up to kopf's login) | tree | RSS | modules | loaded |")
     print("| --- | --- | --- | --- | --- |")
     for tree in trees:
-        for mode, extra in (("pod", []), ("kubeconfig", []), ("pod", ["--admission-webhook"])):
+        for mode, extra in (
+            ("pod", []),
+            ("kubeconfig", []),
+            ("pod", ["--admission-webhook"]),
+            ("pod", ["--admission-webhook", *CERT_FILES]),
+        ):
             row = start(args.repeat, tree, mode, extra)
             results["start"].append(row)
             what = {"pod": "in a pod", "kubeconfig": "with a kubeconfig"}[mode]
             if extra:
-                what += ", " + " ".join(extra)
+                what += ", --admission-webhook, " + (
+                    "certificate files given" if CERT_FILES[0] in extra else "self-signed"
+                )
             loaded = ", ".join(row["loaded"]) or "none of them"
             print(f"| {what} | {tree} | {row['rss']} MB | {row['modules']} | {loaded} |")
 
