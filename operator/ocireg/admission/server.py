@@ -48,10 +48,6 @@ from typing import Any, Final
 
 import aiohttp.web
 import kopf
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ocireg.api.spec import Format, Targets
 from ocireg.kube.client import ApiError, Kube, load_config
@@ -171,6 +167,13 @@ def self_signed_certificate(
 ) -> tuple[bytes, bytes]:
     """A self-signed serving certificate (ECDSA P-256) for these names and addresses, and its
     key, both PEM. The certificate is also the CA the API server is told to trust."""
+    # Imported here: with --admission-cert-file the webhook never needs cryptography (about
+    # 10 MB of the process, docs/performance.md).
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
     now = now or dt.datetime.now(dt.UTC)
     names: list[x509.GeneralName] = []
     for host in dict.fromkeys(hostnames):
