@@ -234,3 +234,18 @@ def test_dependents_find_the_objects_that_read_a_secret_and_follow_their_reads()
     assert deps.of("Secret", "team-a", "robot") == deps.of("Secret", "team-b", "creds") == []
     assert not deps._readers  # nothing left behind
     assert not deps._reads
+
+
+def test_a_scan_gives_what_items_gives_and_survives_changes_while_it_runs() -> None:
+    store = ClusterIndex().secrets
+    bodies = [
+        {"metadata": {"name": "pull", "namespace": f"team-{i}", "resourceVersion": "1"}}
+        for i in range(5)
+    ]
+    store.replace(bodies)
+    assert sorted(store.scan()) == sorted(store.items())
+    seen = []
+    for namespace, _, _ in store.scan():
+        seen.append(namespace)
+        store.apply("DELETED", bodies[4])  # a watch event meanwhile: no error
+    assert len(seen) in (4, 5) and "team-4" not in seen[:-1]

@@ -123,6 +123,17 @@ class Store(Generic[T]):
                 for name, item in names.items()
             ]
 
+    def scan(self) -> Iterator[tuple[str, str, T]]:
+        """Like items(), a namespace at a time: holds one namespace's copy, not the whole
+        store's (a resync of 100,000 Secrets would otherwise copy them all, per registry)."""
+        with self._lock:
+            namespaces = list(self._items)
+        for namespace in namespaces:
+            with self._lock:
+                names = list(self._items.get(namespace, {}).items())
+            for name, item in names:
+                yield namespace, name, item[0]
+
     def __len__(self) -> int:
         with self._lock:
             return sum(len(names) for names in self._items.values())

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -361,16 +361,17 @@ class Fanout:
         tracked.publish(spec, credential)
         targets = spec.effective_targets
         selected: list[str] = []
+        secrets: Iterable[tuple[str, str, plan.SecretState]]
         if ref.namespaced:  # its own namespace only: no need to look through the others
             own = ref.namespace or ""
-            secrets = [(own, s) for s in self.index.secrets.in_namespace(own).values()]
+            secrets = [(own, n, s) for n, s in self.index.secrets.in_namespace(own).items()]
             found = self.index.namespaces.get("", own)
             namespaces = [("", own, found)] if found is not None else []
         else:
-            secrets = [(n, s) for n, _, s in self.index.secrets.items()]
+            secrets = self.index.secrets.scan()
             namespaces = self.index.namespaces.items()
         live = self.registries.live()
-        holding = {n for n, s in secrets if plan.secret_owned_by(ref, n, s, live)}
+        holding = {n for n, _, s in secrets if plan.secret_owned_by(ref, n, s, live)}
         results: dict[str, NamespaceResult] = {}
         futures: dict[str, Future[Results]] = {}
         for _, name, found in namespaces:
