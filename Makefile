@@ -36,7 +36,7 @@ e2e: venv tools
 	$(BIN)/pytest tests -m e2e
 
 ## The scale benchmark's three shapes (bench/run_all.sh; ARGS=--admission for the webhook on).
-## About two hours on 2 cores; one shape: make bench SHAPES=1k.
+## About two hours or more on 2 cores; one shape: make bench SHAPES=1k.
 bench: venv tools
 	SHAPES="$(or $(SHAPES),1k 10k tenants)" PYTHON=$(BIN)/python bash bench/run_all.sh $(ARGS)
 
