@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test unit e2e lint tools venv clean manifests
+.PHONY: demo test unit e2e lint tools venv clean manifests bench
 
 $(STAMP): pyproject.toml devenv/pyproject.toml requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
@@ -34,6 +34,11 @@ unit: venv
 
 e2e: venv tools
 	$(BIN)/pytest tests -m e2e
+
+## The scale benchmark's three shapes (bench/run_all.sh; ARGS=--admission for the webhook on).
+## About two hours or more on 2 cores; one shape: make bench SHAPES=1k.
+bench: venv tools
+	SHAPES="$(or $(SHAPES),1k 10k tenants)" PYTHON=$(BIN)/python bash bench/run_all.sh $(ARGS)
 
 ## Style, types (mypy: strict on the product, looser on devenv) and the import contracts
 ## between rooms (import-linter, [tool.importlinter] in pyproject.toml).

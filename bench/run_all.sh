@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Every shape of bench/scale_bench.py, one after the other, each writing its JSON:
+#
+#   bash bench/run_all.sh                 # all three shapes
+#   bash bench/run_all.sh --admission     # the same with the admission webhook on (-admission.json)
+#   SHAPES="1k tenants" bash bench/run_all.sh
+#
+# Shapes and how long each took or should take on a 2-core machine (bench/README.md):
+#   1k       1,000 namespaces x 10 ClusterOCIRegistry      bench/scale.json          ~10 min
+#   10k     10,000 namespaces x 10 ClusterOCIRegistry      bench/scale-10k.json      ~40 min
+#   tenants  5,000 namespaces, an OCIRegistry in each,     bench/scale-tenants.json  1 h or more
+#            + 5 ClusterOCIRegistry
+# Any other arguments go to every run. Runs one at a time: each starts its own control plane.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python=${PYTHON:-.venv/bin/python}
+shapes=${SHAPES:-1k 10k tenants}
+suffix=""
+for arg in "$@"; do
+    [[ $arg == --admission ]] && suffix="-admission"
+done
+
+for shape in $shapes; do
+    case $shape in
+        1k) flags=(--namespaces 1000 --registries 10) json=bench/scale$suffix.json ;;
+        # P5 rewrites all 10,000 copies per sample: 10 samples instead of 20.
+        10k) flags=(--namespaces 10000 --registries 10 --credential-samples 10)
+             json=bench/scale-10k$suffix.json ;;
+        tenants) flags=(--tenants --namespaces 5000 --registries 5)
+                 json=bench/scale-tenants$suffix.json ;;
+        *) echo "unknown shape: $shape (1k, 10k or tenants)" >&2; exit 2 ;;
+    esac
+    echo "== $shape: $python bench/scale_bench.py ${flags[*]} $* --json $json"
+    started=$SECONDS
+    "$python" bench/scale_bench.py "${flags[@]}" "$@" --json "$json"
+    echo "== $shape took $(( (SECONDS - started) / 60 )) min"
+done
