@@ -76,7 +76,7 @@ def test_the_index_lists_a_tenants_fat_labelled_secrets_within_a_bounded_peak(
     print(f"index list of {COUNT} x {SIZE / MIB} MiB: {peak / MIB:.1f} MiB peak "
           f"(pages of {ours.limit}); as before: {peak_before / MIB:.1f} MiB")  # fmt: skip
     assert listed == listed_before == COUNT
-    # 25 such Secrets are more than the 8 MiB cap: asked for again with 12, then 6 (6 MiB).
+    # 400 (and 25) such Secrets are more than the 8 MiB cap: halved down to 6 (6 MiB).
     assert ours.limit == 6
     assert "too large; asking for 6 at a time" in caplog.text
     assert peak < 24 * MIB, peak / MIB

@@ -131,10 +131,11 @@ def test_the_index_lists_64_fat_secrets_within_a_bounded_peak(
         count, peak = _peak_of(list_them)
     print(f"peak {peak / MIB:.1f} MiB for {SECRETS} Secrets of 1 MiB, pages {fat.limits}")
     assert count == SECRETS
-    # Pages of 25 Secrets of 1.33 MiB (base64) are more than the 8 MiB answer cap: asked for
-    # again with half as many until a page fits (3: 4.2 MiB), said in the log, and kept.
-    assert fat.limits[:4] == [25, 12, 6, 3], fat.limits
-    assert set(fat.limits[4:]) == {3}, fat.limits
+    # Pages of 400 (of 25, ...) Secrets of 1.33 MiB (base64) are more than the 8 MiB answer
+    # cap: asked for again with half as many until a page fits (3: 4.2 MiB), said in the log,
+    # and kept.
+    assert fat.limits[:8] == [400, 200, 100, 50, 25, 12, 6, 3], fat.limits
+    assert set(fat.limits[8:]) == {3}, fat.limits
     assert source.limit == 3
     assert "too large; asking for 3 at a time" in caplog.text
     # One page of 500 (the old PAGE) read all 64 at once: ~200 MiB.
@@ -153,7 +154,7 @@ def test_one_answer_past_the_cap_is_refused_unread_with_a_clear_error(fat: _Serv
     with _Server(20, 100_000) as small:
         items = kube.list_all(small.core().list_secret_for_all_namespaces, kube.PAGES["secrets"])
         assert len(items) == 20
-        assert small.limits == [25]
+        assert small.limits == [kube.PAGES["secrets"]]
 
 
 def test_the_watch_sources_still_list_and_watch() -> None:
