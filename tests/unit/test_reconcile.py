@@ -700,3 +700,57 @@ def test_a_missing_input_is_still_a_read_and_the_failure_wakes_at_its_retry(
     assert ("Secret", "ocireg-system", "not-yet") in outcome.reads
     assert outcome.memory.failures == 1
     assert outcome.wake_in == pytest.approx(outcome.memory.retry_at)
+
+
+class CountingKube(FakeKube):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def read_secret(self, namespace: str, name: str) -> Mapping[str, bytes]:
+        self.reads += 1
+        return super().read_secret(namespace, name)
+
+
+def test_a_resync_with_nothing_changed_reads_nothing_and_keeps_what_it_depends_on(
+    verified: Calls,
+) -> None:
+    kube = CountingKube()
+    next(_setup(kube))
+    try:
+        obj = body()
+        first = run(kube, obj, schedule.Memory(), now=0)
+        assert first.spec and first.credential and first.tls
+        known = (first.spec, first.credential, first.tls)
+        config = OperatorConfig(credentials_namespace="ocireg-system")
+        reads, calls = kube.reads, len(verified)
+        resync = reconcile.reconcile(
+            kube,  # type: ignore[arg-type]
+            REF,
+            obj,
+            config,
+            first.memory,
+            config.resync_seconds + 1,
+            sync=kube.sync,  # type: ignore[arg-type]
+            known=known,
+        )
+        assert kube.reads == reads  # no API read
+        assert len(verified) == calls  # no registry call
+        assert resync.reads is None  # what it depends on is left as it was
+        assert resync.memory.synced_at == config.resync_seconds + 1
+        # Re-verification due: it reads (and verifies) again, whatever it was handed.
+        due = reconcile.reconcile(
+            kube,  # type: ignore[arg-type]
+            REF,
+            obj,
+            config,
+            resync.memory,
+            3600 + 1,
+            sync=kube.sync,  # type: ignore[arg-type]
+            known=known,
+        )
+        assert kube.reads == reads + 1
+        assert len(verified) == calls + 1
+        assert due.reads == {("Secret", "ocireg-system", "creds")}
+    finally:
+        kube.close()

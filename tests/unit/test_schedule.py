@@ -112,3 +112,13 @@ def test_next_wake_of_a_failing_object_is_its_retry() -> None:
     memory = schedule.after_failure(schedule.after_success(Memory(), "a", 0), "b", now=50)
     assert memory.retry_at > 50
     assert schedule.next_wake(memory, 50, HOUR, renew_in=1) == memory.retry_at - 50
+
+
+def test_a_resync_reads_nothing_unless_verification_or_renewal_is_due() -> None:
+    memory = schedule.after_success(Memory(), "a", now=100)
+    assert not schedule.inputs_due(memory, 100 + schedule.TARGET_RESYNC, HOUR, False)
+    assert schedule.inputs_due(memory, 100 + HOUR, HOUR, False)  # re-verification
+    assert schedule.inputs_due(memory, 200, HOUR, True)  # a minted credential to renew
+    assert schedule.inputs_due(Memory(), 0, HOUR, False)  # never succeeded
+    failing = schedule.after_failure(memory, "b", now=150)
+    assert schedule.inputs_due(failing, 160, HOUR, False)

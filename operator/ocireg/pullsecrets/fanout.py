@@ -59,6 +59,8 @@ class Tracked:
     body: dict[str, Any] | None = None  # as kopf last handed it over, for triggered runs
     context: Any = None  # kopf's contextvars, to post Events from a triggered run
     deleted: bool = False
+    # Something it read changed since its last run (or kopf handed it over): read again.
+    changed: bool = True
     mutex: threading.Lock = field(default_factory=threading.Lock)  # spec+credential, placed
     templates: tuple[Any, Any, list[plan.DesiredSecret]] | None = None  # see desired()
 

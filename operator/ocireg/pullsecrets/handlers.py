@@ -76,6 +76,7 @@ async def _run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, plural: str)
     tracked = running.registries.get(ref)
     seen = tracked.body = copy.deepcopy(dict(body))
     tracked.context = contextvars.copy_context()  # kopf's, for Events from triggered runs
+    tracked.changed = True  # created, spec changed or resumed: read everything again
     status, events = await _on_pool(memo, ref, lambda: running.work(ref, tracked, seen))
     if status is not None:
         patch["status"] = status

@@ -206,6 +206,10 @@ def _remove(kube: Kube, namespace: str, found: list[dict[str, Any]]) -> None:
         kube.delete_secret(namespace, secret["metadata"]["name"], secret["metadata"]["uid"])
 
 
+# The last run's spec, credential and TLS options, for a run whose inputs did not change.
+Known = tuple[RegistrySpec, Credential, TLSOptions]
+
+
 @dataclass
 class Outcome:
     """What one tick decided: the status to write (None: leave it), Events to post, and
@@ -218,7 +222,8 @@ class Outcome:
     credential: Credential | None = None
     placed: set[str] | None = None  # namespaces holding our Secrets, when just synced
     tls: TLSOptions | None = None
-    reads: frozenset[Dependency] = frozenset()  # what it read: a change runs it again
+    # What it read (a change runs it again); None: it read nothing, what it depends on stays.
+    reads: frozenset[Dependency] | None = frozenset()
     wake_in: float = schedule.MIN_WAKE_SECONDS  # seconds until it is due by time alone
 
 
@@ -353,16 +358,26 @@ def reconcile(
     sync: Sync,
     cache: MintCache | None = None,
     on_read: Callable[[Dependency], None] | None = None,
+    known: Known | None = None,
 ) -> Outcome:
     """One run of one registry object. Cheap when nothing changed: it reads the
     referenced Secrets, compares a fingerprint, and returns without writing anything.
     ``sync`` writes the targets (the namespace jobs' Fanout.resync). The outcome says what
     the run read (each also handed to ``on_read`` as it is read) and when the object is
-    next due by time."""
+    next due by time. ``known``: the last run's spec, credential and TLS options, when
+    nothing it read has changed since (the caller follows the watches); used unless the
+    inputs are due to be read anyway (schedule.inputs_due)."""
     cache = cache if cache is not None else MintCache()
     reads = Reads(kube, on_read)
-    outcome = _reconcile(kube, reads, ref, body, config, memory, now, sync, cache)
-    outcome.reads = frozenset(reads.keys)
+    if known is not None:
+        refresh = known[0].effective_refresh
+        renewal = cache.next_renewal(known[1], refresh.renew_before)
+        renewal_due = renewal is not None and renewal <= dt.datetime.now(dt.UTC)
+        verify_every = parse_duration(refresh.interval).total_seconds()
+        if schedule.inputs_due(memory, now, verify_every, renewal_due):
+            known = None
+    outcome = _reconcile(kube, reads, ref, body, config, memory, now, sync, cache, known)
+    outcome.reads = frozenset(reads.keys) if known is None else None
     interval = renew_in = None
     if outcome.spec is not None:
         refresh = outcome.spec.effective_refresh
@@ -387,6 +402,7 @@ def _reconcile(
     now: float,
     sync: Sync,
     cache: MintCache,
+    known: Known | None,
 ) -> Outcome:
     generation = body.get("metadata", {}).get("generation")
     old = body.get("status") or {}
@@ -394,20 +410,23 @@ def _reconcile(
     spec: RegistrySpec | None = None
     current = schedule.fingerprint("spec", body.get("spec"), generation)
     try:
-        spec = effective_spec(reads, ref, body.get("spec") or {})
-        tls = _tls(reads, spec, default_ns, ref.namespaced)
-        ctx = providers.ResolveContext(
-            reads.read_secret,
-            default_ns,
-            ref.namespaced,
-            kube.request_token,
-            config,
-            cache,
-            spec.effective_refresh.renew_before,
-            parse_duration(spec.effective_refresh.interval),
-            tls,
-        )
-        credential = resolve_credential(spec, ctx)
+        if known is not None:
+            spec, credential, tls = known
+        else:
+            spec = effective_spec(reads, ref, body.get("spec") or {})
+            tls = _tls(reads, spec, default_ns, ref.namespaced)
+            ctx = providers.ResolveContext(
+                reads.read_secret,
+                default_ns,
+                ref.namespaced,
+                kube.request_token,
+                config,
+                cache,
+                spec.effective_refresh.renew_before,
+                parse_duration(spec.effective_refresh.interval),
+                tls,
+            )
+            credential = resolve_credential(spec, ctx)
         current = schedule.fingerprint(
             spec.to_api(), credential.fingerprint_parts(), tls.ca_bundle, generation
         )

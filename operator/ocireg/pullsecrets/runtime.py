@@ -148,6 +148,9 @@ class Runtime:
         """Something registry objects may have read changed (a Secret, a ConfigMap, or a
         registry object named in `extends`): run the ones whose last run read it."""
         for ref in self.dependents.of(kind, namespace, name):
+            tracked = self.registries.find(ref)
+            if tracked is not None:
+                tracked.changed = True
             self.poke(ref)
 
     def stop(self) -> None:
@@ -172,6 +175,12 @@ class Runtime:
         with tracked.lock:
             if tracked.deleted:
                 return None, []
+            # Nothing it read changed since its last run (a watch event would have marked it,
+            # and one arriving from now on runs it again): the resync needs no reads.
+            known = None
+            if not tracked.changed and tracked.spec and tracked.credential and tracked.tls:
+                known = (tracked.spec, tracked.credential, tracked.tls)
+            tracked.changed = False
             outcome = reconcile(
                 self.kube,
                 ref,
@@ -182,9 +191,11 @@ class Runtime:
                 self.fanout.resync,
                 self.mint_cache,
                 lambda key: self.dependents.add(ref, key),
+                known,
             )
             tracked.memory = outcome.memory
-            self.dependents.record(ref, outcome.reads)
+            if outcome.reads is not None:
+                self.dependents.record(ref, outcome.reads)
             if self.alarms is not None:
                 self.alarms.set(ref, outcome.wake_in)
             if outcome.spec is not None or outcome.credential is not None:

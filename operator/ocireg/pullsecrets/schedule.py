@@ -105,6 +105,16 @@ def next_wake(
     return max(MIN_WAKE_SECONDS, min(due))
 
 
+def inputs_due(memory: Memory, now: float, verify_interval: float, renewal_due: bool) -> bool:
+    """Whether a run must read its inputs although no watch event said they changed: it has
+    not succeeded yet (or is failing), its re-verification or its credential's renewal is
+    due. Otherwise (a resync) the last run's spec and credential still hold: the watches
+    report every change of what it read, so a resync costs no API request."""
+    if memory.failures or memory.verified_at is None or memory.fingerprint is None:
+        return True
+    return renewal_due or now - memory.verified_at >= verify_interval
+
+
 def after_success(memory: Memory, current: str, now: float) -> Memory:
     return Memory(fingerprint=current, verified_at=now, synced_at=now)
 
