@@ -720,7 +720,9 @@ def test_a_resync_with_nothing_changed_reads_nothing_and_keeps_what_it_depends_o
     try:
         obj = body()
         first = run(kube, obj, schedule.Memory(), now=0)
-        assert first.spec and first.credential and first.tls
+        assert first.spec is not None
+        assert first.credential is not None
+        assert first.tls is not None
         known = (first.spec, first.credential, first.tls)
         config = OperatorConfig(credentials_namespace="ocireg-system")
         reads, calls = kube.reads, len(verified)
