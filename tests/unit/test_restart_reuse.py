@@ -46,6 +46,7 @@ T0 = dt.datetime(2026, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
 SERVER = "registry.example.com"
 REF = RegistryRef("ClusterOCIRegistry", "corp", None, "uid-1")
 TARGETS = Targets(formats=list(Format))
+READY = {"type": "CredentialsReady", "status": "True", "observedGeneration": 1}
 
 
 def fingerprint_for(generation: int = 1, spec: object = "spec") -> recall.Fingerprint:
@@ -116,9 +117,11 @@ def decide(
     fingerprint: recall.Fingerprint | None = None,
     sealer: Sealer | None = None,
 ) -> recall.Recalled:
+    status = None if record is None else {"credentials": record, "conditions": [READY]}
     return recalled(
         ref,
-        record,
+        status,
+        1,
         fmt,
         found,
         minted_from,
@@ -284,6 +287,29 @@ def test_what_this_object_would_not_mint_now_is_not_reused() -> None:
     assert decide(record, None).credential is None
     assert decide(None, found).credential is None
     assert decide({k: v for k, v in record.items() if k != "issuedAt"}, found).credential is None
+
+
+def test_a_credential_whose_last_verification_failed_is_not_reused() -> None:
+    """A restart stays the way to get a fresh mint after the registry refused one."""
+    credential = minted()
+    record, found = record_of(credential, Sealer(KEY)), copy_of(credential)
+    for ready in (
+        {**READY, "status": "False", "reason": "AuthenticationFailed"},
+        {**READY, "observedGeneration": 0},
+        None,
+    ):
+        status = {"credentials": record, "conditions": [ready] if ready else []}
+        got = recalled(
+            REF,
+            status,
+            1,
+            Format.dockerconfigjson,
+            found,
+            "inputs-1",
+            fingerprint_for(),
+            Sealer(KEY),
+        )
+        assert got.credential is None, ready
 
 
 def test_a_copy_replayed_from_before_a_renewal_is_not_reused() -> None:
@@ -531,7 +557,8 @@ class Process:
         targets = spec.effective_targets
         vouch = recall.recaller(
             REF,
-            record,
+            None if record is None else {"credentials": record, "conditions": [READY]},
+            1,
             targets.formats,
             plan.secret_names(targets, REF.name),
             (lambda ref, name: (copies or {}).get(name)) if copies is not None else None,
@@ -862,6 +889,25 @@ def test_a_forged_record_is_not_taken(
     assert outcome.status is not None
     for field, value in forgery.items():
         assert outcome.status["credentials"][field] != value
+    after.kube.close()
+
+
+def test_after_a_failed_verification_a_restart_mints_again(
+    cluster: Cluster, hook: Hook, registry: Registry
+) -> None:
+    obj = registry_object(HOOK_AUTH)
+    converge(cluster, obj)
+    registry.accepted.discard("hook-token-1")  # revoked at the registry
+    cluster.memory = replace(cluster.memory, verified_at=-1e9)  # its verification is due
+    outcome = cluster.run(obj, 20.0)
+    assert outcome.status is not None
+    obj["status"] = outcome.status
+    ready = {c["type"]: c for c in obj["status"]["conditions"]}["CredentialsReady"]
+    assert ready["reason"] == "AuthenticationFailed"
+    after = cluster.restart()
+    converge(after, obj)
+    assert hook.calls == 2
+    assert set(passwords(after).values()) == {"hook-token-2"}
     after.kube.close()
 
 

@@ -107,7 +107,9 @@ def issue_note(credential: Credential, issued: dt.datetime) -> str:
     return credential.note
 
 
-# What a cache key is minted from, as recorded in a status seal: a keyed digest of the key.
+# Asked with the keyed digest of a mint key (what Credential.minted_from records): the
+# credential minted from it that the caller's copies hold, when its status seal vouches for
+# it (providers/recall.py), or None.
 Recall = Callable[[str], Credential | None]
 
 

@@ -15,7 +15,9 @@ credential stays in the Secrets, the inputs appear only inside a keyed digest.
 After a restart, for one object (`recalled`, pure; the cache calls it through
 ResolveContext.recall before it would mint):
 
-- the status must hold a record: provider, endpoints, issuedAt, refreshedAt, a seal;
+- the status must say the credentials were verified (CredentialsReady True for this
+  generation: one whose last verification failed is minted again, as a restart always did),
+  and hold a record: provider, endpoints, issuedAt, refreshedAt, a seal;
 - one copy is read (the one most copies agree with, pullsecrets.runtime picks it from the
   index); it must be ours, exactly: ownership.claim says OURS for this uid (never a copy of
   a predecessor or another object, never one outside an OCIRegistry's namespace);
@@ -184,9 +186,19 @@ def read_back(
     )
 
 
+def _verified(status: Mapping[str, Any], generation: int | None) -> bool:
+    """Whether the status says its credentials were verified, for this generation."""
+    ready: Mapping[str, Any] = next(
+        (c for c in status.get("conditions") or [] if c.get("type") == "CredentialsReady"),
+        {},
+    )
+    return ready.get("status") == "True" and ready.get("observedGeneration") == generation
+
+
 def recalled(
     ref: RegistryRef,
-    record: Mapping[str, Any] | None,
+    status: Mapping[str, Any] | None,
+    generation: int | None,
     fmt: Format,
     copy: tuple[str, Mapping[str, Any]] | None,
     minted_from: str,
@@ -194,9 +206,13 @@ def recalled(
     sealer: Sealer,
 ) -> Recalled:
     """Whether the copy holds the credential this object (ref, with its uid) minted from
-    ``minted_from`` and recorded in ``record`` (its status.credentials as it was), for the
-    spec ``fingerprint`` is made for. See the module text."""
-    record = record or {}
+    ``minted_from`` and recorded in ``status`` (as it was; its credentials verified for this
+    ``generation``: a credential whose last verification failed is minted again, as a
+    restart always did), for the spec ``fingerprint`` is made for. See the module text."""
+    status = status or {}
+    record: Mapping[str, Any] = status.get("credentials") or {}
+    if not _verified(status, generation):
+        return Recalled(None, "the status does not say its credentials were verified")
     seal, issued_text = record.get("seal"), record.get("issuedAt")
     provider, endpoints = record.get("provider"), record.get("endpoints")
     issued = parse_time(issued_text)
@@ -241,7 +257,8 @@ def preferred_format(formats: Iterable[Format]) -> Format | None:
 
 def recaller(
     ref: RegistryRef,
-    record: Mapping[str, Any] | None,
+    status: Mapping[str, Any] | None,
+    generation: int | None,
     formats: Iterable[Format],
     names: Mapping[Format, str],
     copies: CopyReader | None,
@@ -252,12 +269,14 @@ def recaller(
     format that carries the most), read only if the cache has nothing and the status holds a
     seal. None: nothing to recall (the cache mints)."""
     fmt = preferred_format(formats)
-    if copies is None or fmt is None or not (record or {}).get("seal"):
+    if copies is None or fmt is None or not ((status or {}).get("credentials") or {}).get("seal"):
         return None
     name = names[fmt]
 
     def recall(minted_from: str) -> Credential | None:
-        found = recalled(ref, record, fmt, copies(ref, name), minted_from, fingerprint, sealer)
+        found = recalled(
+            ref, status, generation, fmt, copies(ref, name), minted_from, fingerprint, sealer
+        )
         if found.credential is None:
             log.info("%s: minting again: %s", ref.display, found.why)
         else:
@@ -301,13 +320,7 @@ def verified_age(
     record = old_status.get("credentials") or {}
     refreshed_text = record.get("refreshedAt")
     refreshed = parse_time(refreshed_text)
-    if not ref.uid or refreshed is None:
-        return None
-    ready: Mapping[str, Any] = next(
-        (c for c in old_status.get("conditions") or [] if c.get("type") == "CredentialsReady"),
-        {},
-    )
-    if ready.get("status") != "True" or ready.get("observedGeneration") != generation:
+    if not ref.uid or refreshed is None or not _verified(old_status, generation):
         return None
     issued = iso(credential.issued_at) if credential.issued_at is not None else None
     if record.get("issuedAt") != issued:

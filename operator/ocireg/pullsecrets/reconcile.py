@@ -349,7 +349,8 @@ def reconcile(
             tls,
             recall=recall.recaller(  # restart reuse (providers/recall.py)
                 ref,
-                old.get("credentials"),
+                old,
+                generation,
                 spec.effective_targets.formats,
                 plan.secret_names(spec.effective_targets, ref.name),
                 copies,
