@@ -29,8 +29,10 @@ import yaml
 
 from ocireg.admission.server import WEBHOOK_NAME, webhook_entry
 from ocireg.api.credential import Credential
+from ocireg.api.names import SEAL_KEY_SECRET
 from ocireg.api.spec import Format, Targets
 from ocireg.charts import publish
+from ocireg.providers import seal
 from ocireg.pullsecrets import plan
 from ocireg.settings import SYSTEM_NAMESPACES
 from ocireg_devenv.controlplane import ControlPlane
@@ -482,6 +484,31 @@ def test_the_operator_writes_only_its_own_secrets_and_config_maps(
         attempt = as_operator("create", "-f", "-", body=body)
         assert attempt.returncode != 0, f"{what}: created"
         assert message in attempt.stderr, (what, attempt.stderr)
+
+    # Its own key (providers/seal.py), exactly as seal.key_secret makes it: created; never
+    # updated or deleted (it carries no registry labels); nothing shaped otherwise under that
+    # name (another key, a label, not immutable) is allowed either.
+    key = seal.key_secret(namespace)
+    for what, change in {
+        "a second data key": lambda b: b["data"].update(url="eA=="),
+        "another label": lambda b: b["metadata"]["labels"].update(
+            {"argocd.argoproj.io/secret-type": "repository"}
+        ),
+        "not immutable": lambda b: b.update(immutable=False),
+        "another name": lambda b: b["metadata"].update(name="ocireg-seal-key-2"),
+    }.items():
+        shaped = copy.deepcopy(key)
+        change(shaped)
+        attempt = as_operator("create", "-f", "-", body=shaped)
+        assert attempt.returncode != 0, f"a seal key with {what}: created"
+    made = as_operator("create", "-f", "-", body=key)
+    assert made.returncode == 0, made.stderr
+    live = cluster.get_json("secret", SEAL_KEY_SECRET, "-n", namespace)
+    live["metadata"]["annotations"] = {"x": "y"}
+    assert as_operator("replace", "-f", "-", body=live).returncode != 0
+    refused = as_operator("delete", "secret", SEAL_KEY_SECRET, "-n", namespace)
+    assert refused.returncode != 0
+    assert "may change or delete only" in refused.stderr, refused.stderr
 
     # Its own, exactly as the code writes them (plan.desired_secrets in every format,
     # publish.desired_config_map): created, updated, deleted.

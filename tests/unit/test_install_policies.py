@@ -18,9 +18,10 @@ import yaml
 
 from ocireg.admission import server as admission
 from ocireg.api.credential import Credential
+from ocireg.api.names import SEAL_KEY_FIELD, SEAL_KEY_SECRET
 from ocireg.api.spec import Format, Targets
 from ocireg.charts import publish
-from ocireg.providers import acr, ecr
+from ocireg.providers import acr, ecr, seal
 from ocireg.pullsecrets import plan
 from ocireg.settings import SYSTEM_NAMESPACES, AdmissionConfig
 
@@ -207,6 +208,32 @@ def test_the_own_objects_policy_allows_every_object_the_operator_writes() -> Non
         assert {k for k in meta["labels"] if k != publish.LABEL_CHARTS} == set(plan.OWNER_LABELS)
     # A long registry name is hashed but keeps the suffix the policy requires.
     assert publish.config_map_name("x" * 300).endswith(variables["chartsSuffix"])
+
+
+def test_the_own_objects_policy_allows_the_seal_key_exactly_as_the_operator_makes_it() -> None:
+    """One more Secret than the pull secrets: the operator's key (providers/seal.py), as
+    seal.key_secret makes it: the policy's name, type, one data key, labels, no annotations,
+    immutable; created only (no registry labels: never updated or deleted)."""
+    policy = _load(OWN_OBJECTS_POLICY)
+    variables = _variables(policy)
+    body = seal.key_secret("ocireg-system")
+    meta = body["metadata"]
+    assert meta["name"] == variables["sealKeyName"] == SEAL_KEY_SECRET
+    assert list(body["data"]) == [variables["sealKeyField"]] == [SEAL_KEY_FIELD]
+    assert meta["labels"] == variables["sealKeyLabels"]
+    assert body["type"] == "Opaque"
+    assert body["immutable"] is True
+    assert "annotations" not in meta
+    assert plan.MANAGED_BY not in meta["labels"]  # not ours to update or delete, not indexed
+    rule = variables["isSealKey"]
+    for term in (
+        "request.operation == 'CREATE'",
+        "object.immutable",
+        "object.data.size() == 1",
+        "variables.newLabels == variables.sealKeyLabels",
+        "!has(object.metadata.annotations)",
+    ):
+        assert term in rule, term
 
 
 def test_the_operator_changes_what_the_service_account_policy_allows() -> None:

@@ -238,6 +238,7 @@ def test_kopfs_executor_size_is_set_and_the_pools_made_at_start(
 
     monkeypatch.setattr(runtime, "load_config", lambda: None)
     monkeypatch.setattr(runtime, "Kube", lambda: object())
+    monkeypatch.setattr(runtime.seal, "load_key", lambda *args: None)  # no API to keep it in
     settings = kopf.OperatorSettings()
     sizes = PoolSizes(tenant_reconciles=7, namespace_share=3, kopf=3)
     memo = kopf.Memo(config=OperatorConfig(pools=sizes))

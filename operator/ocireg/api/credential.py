@@ -20,6 +20,10 @@ class Credential:
     passwords: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     issued_at: datetime | None = None
     note: str = ""  # something a user should know, e.g. "expired when issued"
+    # Set by the mint cache on what it mints: a keyed digest of the mint key (every input
+    # the mint consumed, bound to the trust domain), for the status seal (providers/seal.py).
+    # Never the inputs themselves.
+    minted_from: str | None = field(default=None, repr=False)
 
     def password_for(self, endpoint: str) -> str | None:
         return dict(self.passwords).get(endpoint, self.password)
@@ -30,7 +34,8 @@ class Credential:
 
     def fingerprint_parts(self) -> tuple[object, ...]:
         """Everything that goes into the written Secrets, for change detection (hashed
-        before it is kept)."""
+        before it is kept). The per-endpoint passwords as the Secrets have them (one per
+        endpoint), so that a credential read back from a copy has the same parts."""
         return (
             self.provider,
             self.endpoints,
@@ -39,7 +44,7 @@ class Credential:
             self.identity_token,
             self.registry_token,
             self.expires_at,
-            self.passwords,
+            tuple((endpoint, self.password_for(endpoint)) for endpoint in self.endpoints),
         )
 
     def secret_values(self) -> tuple[str, ...]:

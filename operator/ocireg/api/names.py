@@ -31,6 +31,10 @@ ANNOTATION_SA_REFS: Final = f"{GROUP}/image-pull-secrets"
 LABEL_CHARTS: Final = f"{GROUP}/charts"
 ANNOTATION_DIGEST: Final = f"{GROUP}/index-digest"
 
+# The operator's own key (providers/seal.py): a Secret in its credentials namespace.
+SEAL_KEY_SECRET: Final = "ocireg-seal-key"  # noqa: S105 - a Secret's name
+SEAL_KEY_FIELD: Final = "key"
+
 # kopf's bookkeeping on our objects.
 FINALIZER: Final = f"{GROUP}/cleanup"
 

@@ -44,6 +44,22 @@ class CredentialsStatus(ApiModel):
     next_refresh_at: Annotated[
         str | None, Field(description="When they will next be renewed or re-verified.")
     ] = None
+    issued_at: Annotated[
+        str | None,
+        Field(description="When the current credentials were minted (providers that mint)."),
+    ] = None
+    seal: Annotated[
+        str | None,
+        Field(
+            description="A keyed digest (HMAC-SHA256 under the operator's key, Secret "
+            "ocireg-seal-key) binding these credentials to this object (uid), its spec and the "
+            "inputs they were minted from, and to issuedAt and refreshedAt: a restarted "
+            "operator reuses the credentials the copies hold, without minting, writing or "
+            "verifying them again, only when it matches. Not the credentials, nor a digest "
+            "anyone without the key can check a guess against.",
+            max_length=64,
+        ),
+    ] = None
 
 
 class FailedNamespace(ApiModel):

@@ -8,7 +8,8 @@ azure-identity and google-auth load only in an operator that has an object using
 To add a backend: add its field to ``ocireg.api.spec.AuthMethods`` (the field's camelCase
 name is the method's name, and the CRD's one-of rule follows), write ``providers/<name>.py``
 with a module-level ``resolve(spec, ctx) -> Credential`` (a minting one goes through
-``ctx.mint_key`` and ``ctx.minted``), and add one row to ``BACKENDS`` (a new module also goes
+``ctx.mint_key`` and ``ctx.minted``, which after a restart also reuses what the object's
+copies hold: providers/recall.py), and add one row to ``BACKENDS`` (a new module also goes
 into ``_MODULES`` at the bottom, where mypy checks it against ``Provider``). Importing this
 package fails while the table and the spec's methods differ.
 """
@@ -16,10 +17,7 @@ package fails while the table and the spec's methods differ.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import hmac
 import importlib
-import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -32,7 +30,7 @@ from ocireg.api.reasons import Reason
 from ocireg.api.spec import AUTH_METHODS, RegistrySpec
 from ocireg.oci import TLSOptions
 from ocireg.providers import destinations
-from ocireg.providers.cache import MintCache
+from ocireg.providers.cache import MintCache, Recall
 from ocireg.settings import OperatorConfig
 
 # (namespace, name) -> the Secret's decoded data; raises ReconcileError SecretNotFound.
@@ -59,6 +57,9 @@ class ResolveContext:
     refresh_interval: dt.timedelta = dt.timedelta(hours=1)
     # How to reach the registry itself, for providers that call it (ACR's token exchange).
     registry_tls: TLSOptions = field(default_factory=TLSOptions)
+    # After a restart: the credential this object's copies hold for a mint key, when its
+    # status seal vouches for it (providers/recall.py); None: always mint.
+    recall: Recall | None = None
 
     def secret(self, ref: SecretRef) -> tuple[str, Mapping[str, bytes]]:
         namespace = self._namespace(ref.namespace)
@@ -80,8 +81,10 @@ class ResolveContext:
     def mint_key(self, provider: str, *inputs: object) -> tuple[str, str]:
         """The mint cache key for a credential made from ``inputs``: every input the mint
         consumes (whole secrets, headers, TLS, endpoints), bound to the trust domain. Only a
-        caller holding the same secret, in the same trust domain, gets the same key."""
-        return (provider, digest(self.trust_domain(), *inputs))
+        caller holding the same secret, in the same trust domain, gets the same key. Keyed
+        with the operator's key (providers/seal.py): the same across restarts, and never a
+        digest of a secret that anyone without the key could check guesses against."""
+        return (provider, self.cache.sealer.digest(self.trust_domain(), *inputs))
 
     def minted(
         self,
@@ -90,9 +93,12 @@ class ResolveContext:
         max_age: dt.timedelta | None = None,
     ) -> Credential:
         """The shared cache's credential for ``key`` (from mint_key), counted against this
-        tenant's share of the cache."""
+        tenant's share of the cache; after a restart, the one the copies hold while it is
+        valid (``recall``)."""
         tenant = self.default_namespace if self.namespaced else None
-        return self.cache.get(key, self.renew_before, mint, max_age, tenant=tenant)
+        return self.cache.get(
+            key, self.renew_before, mint, max_age, tenant=tenant, recall=self.recall
+        )
 
     def check_ambient_allowed(self, method: str) -> None:
         if self.namespaced and not self.config.allow_tenant_ambient_identity:
@@ -110,18 +116,6 @@ class ResolveContext:
                 "an OCIRegistry may only use Secrets and ServiceAccounts in its own namespace",
             )
         return chosen
-
-
-# Keys digests of secret material: a digest that ever reached a log or a heap dump could not
-# be checked offline against guessed passwords without this per-process key.
-_DIGEST_KEY = secrets.token_bytes(32)
-
-
-def digest(*parts: object) -> str:
-    """A keyed digest of identity inputs, for cache keys (never the inputs themselves).
-    repr() of str/bytes/None/numbers/dicts/tuples quotes and escapes every value, so
-    different inputs cannot produce the same text."""
-    return hmac.new(_DIGEST_KEY, repr(parts).encode(), hashlib.sha256).hexdigest()
 
 
 def check_ambient_destination(cloud: str, servers: Iterable[str], ctx: ResolveContext) -> None:
@@ -217,7 +211,6 @@ __all__ = [
     "SecretReader",
     "TokenRequester",
     "check_ambient_destination",
-    "digest",
     "provider",
     "resolve",
 ]

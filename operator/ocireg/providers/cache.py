@@ -13,16 +13,22 @@ Secret, one new key per write): so entries no object asked for in IDLE_AFTER are
 a tenant's namespace holds at most PER_TENANT keys, its least recently used evicted first.
 Only the tenant's own entries ever make room; cluster objects' are bounded by idleness only.
 
-Renewal happens no later than (1 - renewBefore) of the lifetime, a little earlier at random
-(jitter, so many objects do not renew at the same instant). A credential that arrives already
-expired, or with a tiny lifetime, is renewed no sooner than MIN_RENEW_AFTER after it was
-minted: no hot loop, whatever the provider says."""
+Renewal happens no later than (1 - renewBefore) of the lifetime, a little earlier (jitter,
+drawn from the mint under the operator's key so many objects do not renew at the same
+instant, and a reused credential is renewed when it would have been). A credential that
+arrives already expired, or with a tiny lifetime, is renewed no sooner than MIN_RENEW_AFTER
+after it was minted: no hot loop, whatever the provider says.
+
+After a restart the cache is empty; before minting a key it asks the caller's ``recall``
+(providers/recall.py) for the credential this object's copies hold, which it hands over only
+when the object's status seal proves it is what this object minted from these very inputs.
+Such a credential is kept exactly as a minted one would be (same issue time and jitter), and
+only while it is not due: one mechanism, whatever the provider."""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import random
 import threading
 import traceback
 from collections import Counter, OrderedDict
@@ -35,6 +41,7 @@ from ocireg.api.durations import renew_margin
 from ocireg.api.errors import ReconcileError
 from ocireg.api.reasons import Reason
 from ocireg.backoff import Backoff
+from ocireg.providers.seal import Sealer
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +74,13 @@ class Entry:
     issued_at: dt.datetime
     jitter: float  # fraction of the renewal window given up, drawn once per mint
 
+    def due(self, renew_before: str, max_age: dt.timedelta | None) -> dt.datetime | None:
+        """When this credential is to be renewed (None: never)."""
+        due = renew_at(self.issued_at, self.credential.expires_at, renew_before, self.jitter)
+        if max_age is not None and due is None:
+            due = self.issued_at + max_age
+        return due
+
 
 def renew_at(
     issued_at: dt.datetime, expires_at: dt.datetime | None, renew_before: str, jitter: float
@@ -79,6 +93,24 @@ def renew_at(
         return issued_at + EXPIRED_RENEW_AFTER
     window = lifetime - renew_margin(renew_before, lifetime)
     return issued_at + max(MIN_RENEW_AFTER, window * (1 - jitter))
+
+
+def issue_note(credential: Credential, issued: dt.datetime) -> str:
+    """What a user should know about a credential issued at ``issued`` (status message)."""
+    expires = credential.expires_at
+    if expires is not None and expires <= issued:
+        return (
+            f"the provider issued a credential already expired (expiresAt "
+            f"{expires.isoformat()}); renewing every "
+            f"{int(EXPIRED_RENEW_AFTER.total_seconds())}s; check the clocks"
+        )
+    return credential.note
+
+
+# Asked with the keyed digest of a mint key (what Credential.minted_from records): the
+# credential minted from it that the caller's copies hold, when its status seal vouches for
+# it (providers/recall.py), or None.
+Recall = Callable[[str], Credential | None]
 
 
 def provider_failed(provider: str, error: BaseException) -> ReconcileError:
@@ -96,8 +128,12 @@ def provider_failed(provider: str, error: BaseException) -> ReconcileError:
 
 
 class MintCache:
-    def __init__(self, clock: Callable[[], dt.datetime] = _utcnow) -> None:
+    def __init__(
+        self, clock: Callable[[], dt.datetime] = _utcnow, sealer: Sealer | None = None
+    ) -> None:
         self._clock = clock
+        # The operator's keyed digests (mint keys, seals); one of this process by default.
+        self.sealer = sealer if sealer is not None else Sealer()
         self._lock = threading.Lock()
         self._entries: dict[Hashable, Entry] = {}
         self._key_locks: dict[Hashable, threading.Lock] = {}
@@ -108,6 +144,7 @@ class MintCache:
         self._by_tenant: dict[Hashable, OrderedDict[Hashable, None]] = {}
         self._swept = clock()
         self.mints: Counter[str] = Counter()
+        self.reused: Counter[str] = Counter()  # taken over from the copies after a restart
         self.errors: Counter[str] = Counter()
 
     def _touch(self, key: Hashable, tenant: Hashable | None, now: dt.datetime) -> None:
@@ -148,23 +185,26 @@ class MintCache:
         mint: Callable[[], Credential],
         max_age: dt.timedelta | None = None,
         tenant: Hashable | None = None,
+        recall: Recall | None = None,
     ) -> Credential:
         """The cached credential for ``key`` unless it is due for renewal; otherwise mint one
         (once, even when several registry objects ask at the same time). ``max_age`` bounds
         how long a credential without an expiry is kept; expiring ones follow their expiry.
-        ``tenant``: whose share of the cache the key counts against (None: a cluster object)."""
+        ``tenant``: whose share of the cache the key counts against (None: a cluster object).
+        ``recall``: asked, when the cache has nothing for ``key`` (a restart), for the
+        credential minted from it that the caller's copies hold (providers/recall.py); it
+        is kept instead of minting while it is not due."""
         with self._lock:
             self._touch(key, tenant, self._clock())
             key_lock = self._key_locks.setdefault(key, threading.Lock())
+        minted_from = self.sealer.digest("mint-key", key)
         with key_lock:
             entry = self._entries.get(key)
             now = self._clock()
+            if entry is None and recall is not None and key not in self._failures:
+                entry = self._recalled(key, minted_from, recall, renew_before, max_age, now)
             if entry is not None:
-                due = renew_at(
-                    entry.issued_at, entry.credential.expires_at, renew_before, entry.jitter
-                )
-                if max_age is not None and due is None:
-                    due = entry.issued_at + max_age
+                due = entry.due(renew_before, max_age)
                 if due is None or now < due:
                     return entry.credential
             failure = self._failures.get(key)
@@ -191,20 +231,53 @@ class MintCache:
                     raise
                 raise error from None
             self._failures.pop(key, None)
-            issued = now
-            expires = credential.expires_at
-            note = credential.note
-            if expires is not None and expires <= issued:
-                note = (
-                    f"the provider issued a credential already expired (expiresAt "
-                    f"{expires.isoformat()}); renewing every "
-                    f"{int(EXPIRED_RENEW_AFTER.total_seconds())}s; check the clocks"
-                )
-            credential = replace(credential, issued_at=issued, note=note)
-            self._entries[key] = Entry(credential, issued, random.uniform(0, JITTER))  # noqa: S311
+            # Whole seconds: the issue time is recorded in status (issuedAt) as it is here.
+            issued = now.replace(microsecond=0)
+            credential = replace(
+                credential,
+                issued_at=issued,
+                note=issue_note(credential, issued),
+                minted_from=minted_from,
+            )
+            jitter = self.sealer.jitter(minted_from, issued, JITTER)
+            self._entries[key] = Entry(credential, issued, jitter)
             self.mints[credential.provider] += 1
             metrics.MINTS.labels(credential.provider).inc()
             return credential
+
+    def _recalled(
+        self,
+        key: Hashable,
+        minted_from: str,
+        recall: Recall,
+        renew_before: str,
+        max_age: dt.timedelta | None,
+        now: dt.datetime,
+    ) -> Entry | None:
+        """The entry for a credential ``recall`` vouches for, if it is not due yet (kept, as
+        if minted at its issue time); None otherwise (then it is minted)."""
+        try:
+            found = recall(minted_from)
+        except Exception as error:  # a failed read of a copy: mint, as without recall
+            log.warning("reading back a minted credential failed: %s", type(error).__name__)
+            return None
+        if found is None or found.issued_at is None:
+            return None
+        issued = found.issued_at
+        credential = replace(found, note=issue_note(found, issued), minted_from=minted_from)
+        entry = Entry(credential, issued, self.sealer.jitter(minted_from, issued, JITTER))
+        due = entry.due(renew_before, max_age)
+        if due is not None and now >= due:
+            log.info(
+                "not reusing the %s credentials issued at %s: due for renewal since %s",
+                found.provider,
+                issued.isoformat(),
+                due.isoformat(),
+            )
+            return None
+        self._entries[key] = entry
+        self.reused[credential.provider] += 1
+        return entry
 
     def next_renewal(self, credential: Credential, renew_before: str) -> dt.datetime | None:
         """When ``credential`` (as returned by get) is due, for status.nextRefreshAt."""

@@ -73,7 +73,7 @@ def _text(entry: dict[str, Any], key: str, where: str) -> str | None:
     )
 
 
-def _from_docker_entry(entry: dict[str, Any], where: str) -> dict[str, str | None]:
+def from_docker_entry(entry: dict[str, Any], where: str) -> dict[str, str | None]:
     username, password = _text(entry, "username", where), _text(entry, "password", where)
     auth = _text(entry, "auth", where)
     if auth and not password:
@@ -125,7 +125,7 @@ def resolve(spec: RegistrySpec, ctx: ResolveContext) -> Credential:
     if key not in data and ".dockercfg" in data:
         key = ".dockercfg"
     entry = docker_config_entry(_value(data, key, where), spec.server, where)
-    found = _from_docker_entry(entry, where)
+    found = from_docker_entry(entry, where)
     return Credential(
         "dockerConfig",
         endpoints,

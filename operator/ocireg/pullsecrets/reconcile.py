@@ -27,6 +27,7 @@ from ocireg.egress import UNRESTRICTED, EgressPolicy
 from ocireg.kube.client import Kube
 from ocireg.oci import RegistryClient, RegistryCredentials, RegistryError, TLSOptions
 from ocireg.oci.ca_bundle import read_ca_bundle
+from ocireg.providers import recall
 from ocireg.providers.cache import MintCache, provider_failed
 from ocireg.pullsecrets import plan, schedule
 from ocireg.pullsecrets.index import Dependency
@@ -231,13 +232,10 @@ def _iso(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def _in(seconds: float) -> dt.datetime:
-    return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds)
-
-
-def _wall(seconds_from_now: float) -> str:
-    moment = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds_from_now)
-    return moment.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+def _since(refreshed_at: str, seconds: float) -> dt.datetime:
+    """``seconds`` after ``refreshed_at`` (a status time), or after now if it is none."""
+    moment = recall.parse_time(refreshed_at) or dt.datetime.now(dt.UTC)
+    return moment + dt.timedelta(seconds=seconds)
 
 
 # The conditions this reconcile writes; others (ChartsSynced) belong to other handlers.
@@ -283,6 +281,7 @@ def _success_status(
     targets_status: dict[str, Any],
     refreshed_at: str,
     next_refresh_at: str,
+    record: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     failed = targets_status.get("failed") or []
     if credential.anonymous:
@@ -325,6 +324,7 @@ def _success_status(
     }
     if credential.expires_at is not None:
         credentials["expiresAt"] = credential.expires_at.isoformat().replace("+00:00", "Z")
+    credentials.update(record or {})  # issuedAt and the seal (providers/recall.py)
     return RegistryStatus.model_validate(
         {
             "observedGeneration": generation,
@@ -359,6 +359,7 @@ def reconcile(
     cache: MintCache | None = None,
     on_read: Callable[[Dependency], None] | None = None,
     known: Known | None = None,
+    copies: recall.CopyReader | None = None,
 ) -> Outcome:
     """One run of one registry object. Cheap when nothing changed: it reads the
     referenced Secrets, compares a fingerprint, and returns without writing anything.
@@ -376,7 +377,7 @@ def reconcile(
         verify_every = parse_duration(refresh.interval).total_seconds()
         if schedule.inputs_due(memory, now, verify_every, renewal_due):
             known = None
-    outcome = _reconcile(kube, reads, ref, body, config, memory, now, sync, cache, known)
+    outcome = _reconcile(kube, reads, ref, body, config, memory, now, sync, cache, known, copies)
     outcome.reads = frozenset(reads.keys) if known is None else None
     interval = renew_in = None
     if outcome.spec is not None:
@@ -403,6 +404,7 @@ def _reconcile(
     sync: Sync,
     cache: MintCache,
     known: Known | None,
+    copies: recall.CopyReader | None,
 ) -> Outcome:
     generation = body.get("metadata", {}).get("generation")
     old = body.get("status") or {}
@@ -415,6 +417,13 @@ def _reconcile(
         else:
             spec = effective_spec(reads, ref, body.get("spec") or {})
             tls = _tls(reads, spec, default_ns, ref.namespaced)
+
+        def fingerprint(credential: Credential, spec: RegistrySpec = spec) -> str:
+            return schedule.fingerprint(
+                spec.to_api(), credential.fingerprint_parts(), tls.ca_bundle, generation
+            )
+
+        if known is None:
             ctx = providers.ResolveContext(
                 reads.read_secret,
                 default_ns,
@@ -425,11 +434,26 @@ def _reconcile(
                 spec.effective_refresh.renew_before,
                 parse_duration(spec.effective_refresh.interval),
                 tls,
+                recall=recall.recaller(  # restart reuse (providers/recall.py)
+                    ref,
+                    old,
+                    generation,
+                    spec.effective_targets.formats,
+                    plan.secret_names(spec.effective_targets, ref.name),
+                    copies,
+                    fingerprint,
+                    cache.sealer,
+                ),
             )
             credential = resolve_credential(spec, ctx)
-        current = schedule.fingerprint(
-            spec.to_api(), credential.fingerprint_parts(), tls.ca_bundle, generation
-        )
+        current = fingerprint(credential)
+        if memory == schedule.Memory():  # restart reuse: resume what the status proves
+            now_wall = dt.datetime.now(dt.UTC)
+            age = recall.verified_age(
+                ref, old, generation, current, credential, cache.sealer, now_wall
+            )
+            if age is not None:
+                memory = schedule.Memory(fingerprint=current, verified_at=now - age)
         interval = parse_duration(spec.effective_refresh.interval).total_seconds()
         work = schedule.work_due(memory, current, now, interval, config.resync_seconds)
         if work is schedule.Work.none:
@@ -470,13 +494,13 @@ def _reconcile(
         memory = schedule.after_targets(memory, now)
         refreshed_at = (old.get("credentials") or {}).get("refreshedAt") or _now()
     renewal = cache.next_renewal(credential, spec.effective_refresh.renew_before)
-    next_at = _wall(interval) if renewal is None else _iso(min(renewal, _in(interval)))
-    if work is schedule.Work.targets:
-        # Nothing was verified or minted: the next refresh is still the one shown (a new
-        # time each resync would cost a status write per object per resync).
-        next_at = (old.get("credentials") or {}).get("nextRefreshAt") or next_at
+    # Verified again `interval` after refreshedAt: the same status on runs that do not
+    # verify (a new time each resync would cost a status write per object per resync).
+    verify_at = _since(refreshed_at, interval)
+    next_at = _iso(verify_at if renewal is None else min(renewal, verify_at))
+    record = recall.status_record(cache.sealer, ref.uid, current, credential, refreshed_at)
     status = _success_status(
-        spec, credential, generation, old, targets_status, refreshed_at, next_at
+        spec, credential, generation, old, targets_status, refreshed_at, next_at, record
     )
     if work is schedule.Work.verify and not old.get("conditions"):
         host = verified_host(spec, credential)

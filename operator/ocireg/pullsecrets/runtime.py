@@ -27,6 +27,7 @@ from ocireg.api import ownership
 from ocireg.api.ownership import RegistryRef
 from ocireg.kube.cache import Store, Watcher
 from ocireg.kube.client import Kube, load_config
+from ocireg.providers import recall, seal
 from ocireg.providers.cache import MintCache
 from ocireg.pullsecrets.fanout import SYNC_WAIT_SECONDS, Fanout, Registries, Tracked
 from ocireg.pullsecrets.index import ClusterIndex, Dependents
@@ -68,7 +69,10 @@ class Runtime:
     @classmethod
     def create(cls, config: OperatorConfig) -> Runtime:
         load_config()
-        runtime = cls(config, Kube(), Pools(config.pools), Registries(), MintCache())
+        kube = Kube()
+        # Restart reuse: the operator's key (providers/seal.py), the same in every replica.
+        cache = MintCache(sealer=seal.Sealer(seal.load_key(config.credentials_namespace, kube)))
+        runtime = cls(config, kube, Pools(config.pools), Registries(), cache)
         runtime.alarms = Alarms(runtime.poke)
         metrics.watch_registries(runtime.registries.samples)
         if config.metrics_port:
@@ -192,6 +196,7 @@ class Runtime:
                 self.mint_cache,
                 lambda key: self.dependents.add(ref, key),
                 known,
+                copies=self.copy_of,  # restart reuse (providers/recall.py)
             )
             tracked.memory = outcome.memory
             if outcome.reads is not None:
@@ -219,6 +224,22 @@ class Runtime:
         ):
             return outcome.status, outcome.events
         return None, outcome.events
+
+    def copy_of(self, ref: RegistryRef, name: str) -> tuple[str, dict[str, Any]] | None:
+        """Restart reuse (providers/recall.py): one copy of ``ref``'s Secret ``name`` as the
+        API has it, from a namespace whose copy most of its copies agree with (the index)."""
+        index = self.index
+        if index is None or not index.wait_synced(SYNC_WAIT_SECONDS):
+            return None
+        if ref.namespaced:  # it writes into its own namespace only
+            own = ref.namespace or ""
+            held = [(own, name, s) for s in [index.secrets.get(own, name)] if s is not None]
+        else:
+            held = [(n, k, s) for n, k, s in index.secrets.scan() if k == name]
+        found = [(n, dict(s.labels), dict(s.annotations), s.digest) for n, _, s in held]
+        namespace = recall.choose_copy(ref, found)
+        body = None if namespace is None else self.kube.read_secret_body(namespace, name)
+        return None if namespace is None or body is None else (namespace, body)
 
     def poke(self, ref: RegistryRef) -> None:
         """Queue a triggered run of `ref` on its pool (a watch event, its alarm); pokes
