@@ -18,6 +18,7 @@ import base64
 import datetime as dt
 import json
 import secrets
+import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +31,7 @@ from ocireg_devenv.clients import Clients, docker_config, write_docker_config
 from ocireg_devenv.controlplane import ControlPlane
 from ocireg_devenv.hygiene import remember
 from ocireg_devenv.registries import LocalRegistries
-from ocireg_devenv.standins import WebhookStandIn
+from ocireg_devenv.standins import AwsStandIn, AzureStandIn, GoogleStandIn, WebhookStandIn
 
 from .helpers import (
     ALLOW_LOCAL_REGISTRIES,
@@ -43,6 +44,7 @@ from .helpers import (
     wait_for,
     wait_for_reason,
 )
+from .test_cloud_credentials import MOTO_PASSWORD, _service_account_key, cluster_registry
 
 CLUSTER = "ClusterOCIRegistry"
 TENANT = "OCIRegistry"
@@ -98,9 +100,15 @@ def resumed(operator: Any, objects: int) -> bool:
     return sum(line.startswith("Resuming is processed") for line in lines) >= objects
 
 
-def stop_and_restart(run_operator: Any, operator: Any, args: tuple[str, ...], objects: int):
+def stop_and_restart(
+    run_operator: Any,
+    operator: Any,
+    args: tuple[str, ...],
+    objects: int,
+    env: dict[str, str] | None = None,
+) -> Any:
     assert operator.stop() == 0
-    restarted = run_operator(*args, name="restarted")
+    restarted = run_operator(*args, env=env, name="restarted")
     wait_for(lambda: resumed(restarted, objects), 60, f"{objects} object(s) resumed")
     time.sleep(QUIET_SECONDS)
     return restarted
@@ -361,3 +369,99 @@ def test_a_tenants_forged_copy_or_record_is_never_reused(
         )
         platform_hook.stop()
         tenant_hook.stop()
+
+
+def test_cloud_tokens_are_reused_after_a_restart(
+    cluster: ControlPlane,
+    crds: None,
+    registries: LocalRegistries,
+    run_operator,
+    namespace: str,
+    extra_namespaces: list[str],
+    tmp_path: Path,
+) -> None:
+    """ECR (static keys: moto's tokens "expired in 2015", so reusable for the 5 minutes such
+    a token is kept), GCP (a service-account key) and ACR (a client secret and the exchange),
+    against their stand-ins: after a restart none of them is asked again, no copy is
+    rewritten and no status changes."""
+    basic, token = registries.basic, registries.token
+    assert registries.token_server is not None
+    target = extra_namespaces[0]
+    registries.set_user("basic", "AWS", MOTO_PASSWORD)
+    aws = AwsStandIn().start()
+    google = GoogleStandIn(lambda user, password: registries.set_user("basic", user, password))
+    google.start()
+    azure = AzureStandIn(registries.ca, tmp_path / "azure", registries.token_server.add_user)
+    azure.client_secrets["11111111-2222-3333-4444-555555555555"] = "app-s3cret"
+    azure.start()
+    bundle = tmp_path / "roots.pem"  # MSAL must trust the stand-in: system roots + test CA
+    system = Path(ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt")
+    bundle.write_text(system.read_text() + registries.ca_file.read_text())
+    names = ["ecr-r", "gar-r", "acr-r"]
+    try:
+        apply(
+            cluster,
+            ca_config_map(namespace, registries.ca_file),
+            secret_object("aws-keys", namespace, accessKeyId="AKIDRESTART", secretAccessKey="k"),
+            secret_object(
+                "gcp-key", namespace, **{"key.json": _service_account_key(google.token_uri)}
+            ),
+            secret_object("acr-app", namespace, clientSecret="app-s3cret"),
+        )
+        args = (
+            "--credentials-namespace", namespace, "--aws-endpoint-url", aws.url,
+            "--gcp-token-uri", google.token_uri,
+            "--azure-authority-host", azure.authority_host,
+            "--acr-exchange-url", azure.exchange_url,
+        )  # fmt: skip
+        env = {
+            "AWS_EC2_METADATA_DISABLED": "true", "AWS_DEFAULT_REGION": "eu-west-1",
+            "REQUESTS_CA_BUNDLE": str(bundle), "SSL_CERT_FILE": str(bundle),
+        }  # fmt: skip
+        operator = run_operator(*args, env=env)
+        acr = {
+            "acr": {
+                "tenantId": "ocireg-test-tenant",
+                "clientId": "11111111-2222-3333-4444-555555555555",
+                "credentials": {"secretRef": {"name": "acr-app"}},
+            }
+        }
+        ecr = {
+            "ecr": {"regions": ["eu-west-1"], "credentials": {"secretRef": {"name": "aws-keys"}}}
+        }
+        gcp = {"gcp": {"credentials": {"secretRef": {"name": "gcp-key"}}}}
+        apply(
+            cluster,
+            cluster_registry("ecr-r", basic.host, ecr, target),
+            cluster_registry("gar-r", basic.host, gcp, target),
+            cluster_registry("acr-r", token.host, acr, target),
+        )
+        for name in names:
+            wait_for_reason(cluster, CLUSTER, name, "Ready")
+        time.sleep(12)
+
+        def minted() -> tuple[int, int, int, int]:
+            return (
+                aws.calls["GetAuthorizationToken"],
+                google.calls["POST /token"],
+                azure.calls["token"],
+                azure.calls["exchange"],
+            )
+
+        assert minted() == (1, 1, 1, 1)
+        copies = [(target, n) for n in names]
+        before = versions(cluster, copies)
+        statuses = {n: registry(cluster, CLUSTER, n)["status"] for n in names}
+
+        stop_and_restart(run_operator, operator, args, 3, env)
+
+        assert minted() == (1, 1, 1, 1), "a cloud token was minted again after the restart"
+        assert versions(cluster, copies) == before
+        for name in names:
+            assert registry(cluster, CLUSTER, name)["status"] == statuses[name], name
+    finally:
+        for name in names:
+            cluster.kubectl("delete", "clusterociregistry", name, "--wait=false", check=False)
+        aws.stop()
+        google.stop()
+        azure.stop()
