@@ -426,9 +426,11 @@ def test_non_global_addresses_are_always_refused(
     if any(not a.is_global or a.is_multicast for a in checked):
         assert refused
     elif isinstance(address, ipaddress.IPv6Address) and (
-        address.teredo or address in ipaddress.ip_network("64:ff9b:1::/48")
+        address.teredo
+        or address in ipaddress.ip_network("64:ff9b:1::/48")
+        or address.is_site_local  # fec0::/10: is_global says True, but it is private
     ):
-        assert refused  # tunnels and local-use NAT64 are refused whatever they carry
+        assert refused  # tunnels, local-use NAT64 and site-local are refused
     else:
         assert not refused
 

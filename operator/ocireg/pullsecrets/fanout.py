@@ -57,7 +57,6 @@ class Tracked:
     placed: set[str] = field(default_factory=set)  # namespaces holding our Secrets
     tls: TLSOptions | None = None  # how to connect, for other work on the same registry
     body: dict[str, Any] | None = None  # as kopf last handed it over, for triggered runs
-    context: Any = None  # kopf's contextvars, to post Events from a triggered run
     deleted: bool = False
     # Something it read changed since its last run (or kopf handed it over): read again.
     changed: bool = True

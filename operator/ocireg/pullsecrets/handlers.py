@@ -75,7 +75,11 @@ async def _run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, plural: str)
     ref, running = _ref(body, plural), runtime(memo)
     tracked = running.registries.get(ref)
     seen = tracked.body = copy.deepcopy(dict(body))
-    tracked.context = contextvars.copy_context()  # kopf's, for Events from triggered runs
+    if running.events_context is None:
+        # kopf's context (its settings and Event queue, set for resource handlers only), for
+        # Events posted by runs outside a handler. Kept once for all objects: a copy per
+        # object kept its last cause alive (bodies, diff, patch: tens of KB each).
+        running.events_context = contextvars.copy_context()
     tracked.changed = True  # created, spec changed or resumed: read everything again
     status, events = await _on_pool(memo, ref, lambda: running.work(ref, tracked, seen))
     if status is not None:

@@ -13,6 +13,7 @@ The chart handlers and the admission webhook read the same object (`runtime(memo
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
 from collections.abc import Mapping
@@ -65,6 +66,7 @@ class Runtime:
     watchers: list[Watcher] = field(default_factory=list)
     dependents: Dependents = field(default_factory=Dependents)
     alarms: Alarms[RegistryRef] | None = None  # each object's next due time (create)
+    events_context: contextvars.Context | None = None  # kopf's, for Events (handlers.configure)
 
     @classmethod
     def create(cls, config: OperatorConfig) -> Runtime:
@@ -272,10 +274,11 @@ class Runtime:
         if status is not None:
             self.kube.patch_registry_status(ref, status)
             body["status"] = {**(body.get("status") or {}), **status}
-        context: Any = tracked.context  # kopf.event takes its Body; ours is a dict
+        context = self.events_context
+        event: Any = kopf.event  # it takes a kopf Body; ours is the dict it was made from
         for kind, reason, message in events:
             if context is not None:
-                context.copy().run(kopf.event, body, type=kind, reason=reason, message=message)
+                context.copy().run(event, body, type=kind, reason=reason, message=message)
 
     def delete(self, ref: RegistryRef) -> None:
         tracked = self.registries.forget(ref) or Tracked()
