@@ -125,3 +125,20 @@ def events_for(cluster: ControlPlane, name: str) -> list[dict]:
 # egress policy refuses by default. Only that one address is allowed: the rest of 127.0.0.0/8
 # stays refused, where the hostile tests put the "internal service" (127.0.0.2).
 ALLOW_LOCAL_REGISTRIES = ("--egress-allowed-cidr", "127.0.0.1/32")
+
+
+def api_requests(
+    cluster: ControlPlane, verb: str, resources: tuple[str, ...], scope: str | None = None
+) -> int:
+    """Requests the API server has answered so far with this verb for these resources (and
+    scope: "resource" for single objects), from its own metrics (apiserver_request_total)."""
+    metrics = cluster.kubectl("get", "--raw", "/metrics").stdout
+    total = 0
+    for line in metrics.splitlines():
+        if not line.startswith("apiserver_request_total{") or f'verb="{verb}"' not in line:
+            continue
+        if scope is not None and f'scope="{scope}"' not in line:
+            continue
+        if any(f'resource="{resource}"' in line for resource in resources):
+            total += int(float(line.rsplit(" ", 1)[1]))
+    return total

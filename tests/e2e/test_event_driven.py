@@ -7,7 +7,6 @@ minute for 500 objects), so the idle part of this test fails on that code (8 rea
 
 from __future__ import annotations
 
-import re
 import secrets
 import time
 
@@ -16,6 +15,7 @@ from ocireg_devenv.registries import LocalRegistries
 
 from .helpers import (
     ALLOW_LOCAL_REGISTRIES,
+    api_requests,
     apply,
     ca_config_map,
     condition,
@@ -34,18 +34,8 @@ IDLE_SECONDS = 25.0
 
 
 def reads_of(cluster: ControlPlane) -> int:
-    """GETs of single Secrets and ConfigMaps the API server has served so far (its metrics)."""
-    text = cluster.kubectl("get", "--raw", "/metrics").stdout
-    total = 0
-    for line in text.splitlines():
-        if (
-            line.startswith("apiserver_request_total{")
-            and 'verb="GET"' in line
-            and 'scope="resource"' in line
-            and re.search(r'resource="(secrets|configmaps)"', line)
-        ):
-            total += int(float(line.rsplit(" ", 1)[1]))
-    return total
+    """GETs of single Secrets and ConfigMaps the API server has served so far."""
+    return api_requests(cluster, "GET", ("secrets", "configmaps"), scope="resource")
 
 
 def test_a_tenant_object_runs_on_changes_to_what_it_read_and_is_quiet_otherwise(

@@ -17,6 +17,7 @@ from ocireg_devenv.registries import LocalRegistries, RegistryServer
 
 from .helpers import (
     ALLOW_LOCAL_REGISTRIES,
+    api_requests,
     apply,
     ca_config_map,
     condition,
@@ -366,16 +367,7 @@ WATCH_TIMEOUT = 2  # seconds: every watch request of the operator ends this ofte
 
 def _watch_requests(cluster: ControlPlane, resource: str) -> int:
     """WATCH requests the API server has answered for `resource`, from its own metrics."""
-    metrics = cluster.kubectl("get", "--raw", "/metrics").stdout
-    total = 0
-    for line in metrics.splitlines():
-        if (
-            line.startswith("apiserver_request_total{")
-            and 'verb="WATCH"' in line
-            and f'resource="{resource}"' in line
-        ):
-            total += int(float(line.rsplit(" ", 1)[1]))
-    return total
+    return api_requests(cluster, "WATCH", (resource,))
 
 
 def test_watch_streams_expiring_every_few_seconds(

@@ -371,26 +371,31 @@ def reconcile(
     cache = cache if cache is not None else MintCache()
     reads = Reads(kube, on_read)
     if known is not None:
-        refresh = known[0].effective_refresh
-        renewal = cache.next_renewal(known[1], refresh.renew_before)
-        renewal_due = renewal is not None and renewal <= dt.datetime.now(dt.UTC)
-        verify_every = parse_duration(refresh.interval).total_seconds()
+        verify_every, renew_in = _due_in(known[0], known[1], cache)
+        renewal_due = renew_in is not None and renew_in <= 0
         if schedule.inputs_due(memory, now, verify_every, renewal_due):
             known = None
     outcome = _reconcile(kube, reads, ref, body, config, memory, now, sync, cache, known, copies)
     outcome.reads = frozenset(reads.keys) if known is None else None
-    interval = renew_in = None
+    interval, renew_in = None, None
     if outcome.spec is not None:
-        refresh = outcome.spec.effective_refresh
-        interval = parse_duration(refresh.interval).total_seconds()
-        if outcome.credential is not None:
-            renewal = cache.next_renewal(outcome.credential, refresh.renew_before)
-            if renewal is not None:
-                renew_in = (renewal - dt.datetime.now(dt.UTC)).total_seconds()
+        interval, renew_in = _due_in(outcome.spec, outcome.credential, cache)
     outcome.wake_in = schedule.next_wake(
         outcome.memory, now, interval, config.resync_seconds, renew_in
     )
     return outcome
+
+
+def _due_in(
+    spec: RegistrySpec, credential: Credential | None, cache: MintCache
+) -> tuple[float, float | None]:
+    """Seconds between verifications, and until the credential's renewal (None: none)."""
+    refresh = spec.effective_refresh
+    interval = parse_duration(refresh.interval).total_seconds()
+    renewal = cache.next_renewal(credential, refresh.renew_before) if credential else None
+    if renewal is None:
+        return interval, None
+    return interval, (renewal - dt.datetime.now(dt.UTC)).total_seconds()
 
 
 def _reconcile(
