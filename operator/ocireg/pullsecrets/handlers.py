@@ -15,13 +15,10 @@ import kopf
 
 from ocireg.api.names import FINALIZER, GROUP, KINDS
 from ocireg.api.ownership import RegistryRef
-from ocireg.pullsecrets.runtime import MissingRights, Runtime, runtime
+from ocireg.pullsecrets.runtime import RETRY_SECONDS, MissingRights, Runtime, runtime
 from ocireg.settings import OperatorConfig
 
 T = TypeVar("T")
-# A handler that raised (the API server away) is retried this soon, not kopf's default of a
-# minute; problems a user must fix never raise (they are conditions).
-RETRY_SECONDS = 10
 
 
 @kopf.on.startup()
@@ -93,8 +90,10 @@ async def _run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, plural: str)
 
 
 for _plural in KINDS:
-    # No timer: after these, an object runs when what it read changes and when it is next
-    # due (Runtime: the metadata watches and Alarms).
+    # backoff: a handler that raised (the API server away) is retried after RETRY_SECONDS,
+    # as a run outside a handler is, not kopf's default minute. No timer: after these, an
+    # object runs when what it read changes and when it is next due (Runtime: the metadata
+    # watches and Alarms).
     @kopf.on.resume(GROUP, _plural, backoff=RETRY_SECONDS)
     @kopf.on.create(GROUP, _plural, backoff=RETRY_SECONDS)
     @kopf.on.update(GROUP, _plural, field="spec", backoff=RETRY_SECONDS)
