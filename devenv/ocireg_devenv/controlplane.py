@@ -32,6 +32,24 @@ CONTROLLERS = (
     "root-ca-certificate-publisher-controller",
 )
 
+# The API server's audit log records who read which Secret or ConfigMap, in which namespace:
+# tests that count an operator's reads count its own, in their namespace, and not those of the
+# garbage collector or of operators still tidying other tests' namespaces (the request metrics
+# have no user or namespace). Only single-object reads are logged, at Metadata level.
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [
+        {
+            "level": "Metadata",
+            "verbs": ["get"],
+            "resources": [{"group": "", "resources": ["secrets", "configmaps"]}],
+        },
+        {"level": "None"},
+    ],
+}
+
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
@@ -58,6 +76,11 @@ class ControlPlane:
     def admin_kubeconfig(self) -> Path:
         return self.workdir / "admin.kubeconfig"
 
+    @property
+    def audit_log(self) -> Path:
+        """JSON lines, one per single-object Secret or ConfigMap read (AUDIT_POLICY)."""
+        return self.workdir / "logs" / "audit.log"
+
     def start(self, timeout: float = 180) -> ControlPlane:
         self.pki_dir.mkdir(parents=True, exist_ok=True)
         (self.pki_dir / "ca.crt").write_bytes(self.ca.cert_pem)
@@ -76,6 +99,9 @@ class ControlPlane:
             ],
         )
         serving_crt, serving_key = serving.write(self.pki_dir, "apiserver")
+        audit_policy = self.pki_dir / "audit-policy.yaml"
+        audit_policy.write_text(yaml.safe_dump(AUDIT_POLICY))
+        self.audit_log.parent.mkdir(parents=True, exist_ok=True)
         self._admin = self.ca.client_cert("ocireg-admin", ("system:masters",))
         self._admin.write(self.pki_dir, "admin")
 
@@ -118,6 +144,11 @@ class ControlPlane:
                 "--endpoint-reconciler-type=none",
                 f"--cert-dir={self.workdir / 'apiserver-certs'}",
                 "--profiling=false",
+                f"--audit-policy-file={audit_policy}",
+                f"--audit-log-path={self.audit_log}",
+                # Written at once (not batched), so a test reads every request answered so far.
+                "--audit-log-mode=blocking",
+                "--audit-log-maxsize=200",
                 "--v=1",
             ],
             self.workdir / "logs" / "kube-apiserver.log",
@@ -258,6 +289,19 @@ class ControlPlane:
         if check and result.returncode != 0:
             raise KubectlFailed(result.returncode, argv, result.stdout, result.stderr)
         return result
+
+    def audited_reads(self, namespace: str, resources: Sequence[str]) -> list[dict]:
+        """The audit events of single-object reads of these resources in this namespace, in
+        the order the API server answered them (see AUDIT_POLICY)."""
+        if not self.audit_log.exists():
+            return []
+        events = []
+        for line in self.audit_log.read_text().splitlines():
+            event = json.loads(line)
+            ref = event.get("objectRef") or {}
+            if ref.get("namespace") == namespace and ref.get("resource") in resources:
+                events.append(event)
+        return events
 
     def get_json(self, *args: str) -> dict:
         return json.loads(self.kubectl("get", "-o", "json", *args).stdout)
