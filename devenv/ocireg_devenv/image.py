@@ -28,6 +28,7 @@ import requests
 from ocireg_devenv.processes import DEFAULT_CACHE, LOOPBACK
 
 ROOT = Path(__file__).resolve().parents[2]
+RELEASE_SCRIPT = ROOT / "image" / "release.sh"
 BASE_ENV = "OCIREG_IMAGE_BASE"
 # The stand-in base: what the official image offers the Dockerfile (python3 with venv and
 # ensurepip, CA certificates) from Debian bookworm, the official image's own distribution.
@@ -125,6 +126,9 @@ class ContainerEngine:
             "CONTAINERS_STORAGE_CONF": str(self.workdir / "storage.conf"),
             "CONTAINERS_CONF": str(self.workdir / "containers.conf"),
             "CONTAINERS_REGISTRIES_CONF": str(self.workdir / "registries.conf"),
+            # Registry logins (buildah's and helm's) stay in this session too.
+            "REGISTRY_AUTH_FILE": str(self.workdir / "auth.json"),
+            "HELM_REGISTRY_CONFIG": str(self.workdir / "helm-registry.json"),
         }
 
     def run(
@@ -146,28 +150,40 @@ class ContainerEngine:
         self.run("podman", "import", "--quiet", str(tarball), name, timeout=300)
         return name
 
-    def build(self, tag: str, build_args: Mapping[str, str], log: Path) -> str:
-        """Builds the repository's Dockerfile as a release would, except for its base; the
-        full build output goes to ``log``."""
-        args = [f"--build-arg={key}={value}" for key, value in build_args.items()]
-        result = self.run(
-            "buildah",
-            "build",
-            "--isolation=chroot",
-            "--pull=never" if build_args.get("BASE", "").startswith("localhost/") else "--pull",
+    def build(self, image: str, version: str, revision: str, base: str, log: Path) -> str:
+        """Builds the repository's Dockerfile with the release's own command
+        (image/release.sh build-image) on ``base``; the build's output goes to ``log``."""
+        flags = [
+            "--pull=never" if base.startswith("localhost/") else "--pull",
             # The host's trust for pip's downloads, in RUN steps only: not in any layer.
             f"--volume={host_ca_bundle()}:/run/ocireg-build/ca.pem:ro",
             f"--volume={self.workdir / 'pip.conf'}:/etc/pip.conf:ro",
-            *args,
-            f"--tag={tag}",
-            str(ROOT),
-            timeout=900,
-            check=False,
-        )
+        ]
+        env = {
+            "IMAGE": image,
+            "VERSION": version,
+            "REVISION": revision,
+            "BASE": base,
+            "BUILD_FLAGS": " ".join(flags),
+        }
+        result = self.release("build-image", env, timeout=900)
         log.write_text(result.stdout + result.stderr)
         if result.returncode != 0:
-            raise RuntimeError(f"buildah build failed, see {log}:\n{result.stderr[-3000:]}")
-        return tag
+            raise RuntimeError(f"the image build failed, see {log}:\n{result.stderr[-3000:]}")
+        return f"{image}:{version}"
+
+    def release(
+        self, command: str, env: Mapping[str, str], timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
+        """image/release.sh ``command`` with this engine's configuration and ``env``."""
+        return subprocess.run(
+            ["bash", str(RELEASE_SCRIPT), command],
+            env={**self.env, **env},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
 
     def inspect(self, *names: str, kind: str = "container") -> list[dict[str, Any]]:
         return json.loads(self.run("podman", kind, "inspect", *names).stdout)

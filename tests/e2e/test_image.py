@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ocireg import __version__
 from ocireg_devenv.controlplane import ControlPlane
@@ -29,7 +30,7 @@ from ocireg_devenv.image import (
     stand_in_key,
     write_identity,
 )
-from ocireg_devenv.processes import free_port
+from ocireg_devenv.processes import Tools, free_port
 from ocireg_devenv.registries import LocalRegistries
 from tests.conftest import OPERATOR_LOGS, _skip_or_fail, check_secret_hygiene
 
@@ -71,8 +72,10 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BuiltImage]:
             ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True
         ).stdout.strip()
         name = engine.build(
-            "localhost/ocireg:test",
-            {"BASE": base, "VERSION": __version__, "REVISION": revision or "unknown"},
+            "localhost/ocireg",
+            __version__,
+            revision or "unknown",
+            base,
             engine.workdir / "build.log",
         )
         yield BuiltImage(engine, name, base)
@@ -225,3 +228,93 @@ def test_the_containerised_operator_makes_a_cluster_registry_ready(
     leaks = check_secret_hygiene(cluster, [operator])  # type: ignore[list-item]
     assert not leaks, leaks
     cluster.kubectl("delete", "namespace", target, "--wait=false", check=False)
+
+
+def test_the_release_publishes_an_image_and_a_chart_that_installs_it(
+    image: BuiltImage, registries: LocalRegistries, tools: Tools, tmp_path: Path
+) -> None:
+    """image/release.sh, as .github/workflows/release.yml runs it, against the local
+    htpasswd registry instead of ghcr.io."""
+    registry = registries.basic
+    owner = f"owner-{secrets.token_hex(3)}"
+    ca_dir = tmp_path / "ca"
+    ca_dir.mkdir()
+    shutil.copy(registries.ca_file, ca_dir / "ca.crt")
+    env = {
+        "VERSION": __version__,
+        "IMAGE": f"{registry.host}/{owner}/ocireg",
+        "CHARTS": f"{registry.host}/{owner}/charts",
+        "REGISTRY_USER": registry.username,
+        "REGISTRY_PASSWORD": registry.password,
+        "REGISTRY_CA_DIR": str(ca_dir),
+        "PATH": f"{Path(tools.path('helm')).parent}:{os.environ['PATH']}",
+        "HELM_CACHE_HOME": str(tmp_path / "helm-cache"),
+        "HELM_CONFIG_HOME": str(tmp_path / "helm-config"),
+    }
+    engine = image.engine
+    engine.run("buildah", "tag", image.name, f"{env['IMAGE']}:{__version__}")
+
+    pushed = engine.release("push-image", env)
+    assert pushed.returncode == 0, pushed.stderr
+    reference = pushed.stdout.strip()
+    assert reference.startswith(f"{env['IMAGE']}@sha256:"), reference
+    # What a puller sees: the same digest, the release's labels.
+    inspected = json.loads(
+        subprocess.run(
+            [
+                "skopeo",
+                "inspect",
+                f"--cert-dir={ca_dir}",
+                f"--creds={registry.username}:{registry.password}",
+                f"docker://{env['IMAGE']}:{__version__}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+    )
+    assert inspected["Digest"] == reference.split("@")[1]
+    assert inspected["Labels"]["org.opencontainers.image.version"] == __version__
+
+    charted = engine.release("push-chart", env)
+    assert charted.returncode == 0, charted.stderr
+    assert f"Pushed: {env['CHARTS']}/ocireg:{__version__}" in charted.stdout + charted.stderr
+    # helm pulls the chart with the same login; it installs the image pushed with it.
+    pulled = tmp_path / "pulled"
+    helm = [tools.path("helm")]
+    result = subprocess.run(
+        [
+            *helm,
+            "pull",
+            f"oci://{env['CHARTS']}/ocireg",
+            f"--version={__version__}",
+            f"--ca-file={ca_dir / 'ca.crt'}",
+            f"--destination={pulled}",
+        ],
+        env={**engine.env, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    rendered = subprocess.run(
+        [*helm, "template", "ocireg", str(pulled / f"ocireg-{__version__}.tgz")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    images = {
+        container["image"]
+        for doc in yaml.safe_load_all(rendered)
+        if doc and doc["kind"] == "Deployment"
+        for container in doc["spec"]["template"]["spec"]["containers"]
+    }
+    assert images == {f"{env['IMAGE']}:{__version__}"}
+
+    # A tag that is not ocireg's own version publishes nothing.
+    refused = engine.release("push-image", {**env, "VERSION": "9.9.9"})
+    assert refused.returncode == 1
+    assert f"VERSION 9.9.9 is not ocireg's version {__version__}" in refused.stderr
