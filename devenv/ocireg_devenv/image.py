@@ -120,6 +120,7 @@ class ContainerEngine:
         )
         # Fully qualified names only: nothing is looked up on a registry by a short name.
         (self.workdir / "registries.conf").write_text("unqualified-search-registries = []\n")
+        (self.workdir / "auth.json").write_text('{"auths": {}}\n')
         (self.workdir / "pip.conf").write_text("[global]\ncert = /run/ocireg-build/ca.pem\n")
         self.env = {
             **os.environ,

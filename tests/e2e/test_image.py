@@ -282,6 +282,7 @@ def test_the_release_publishes_an_image_and_a_chart_that_installs_it(
     assert f"Pushed: {env['CHARTS']}/ocireg:{__version__}" in charted.stdout + charted.stderr
     # helm pulls the chart with the same login; it installs the image pushed with it.
     pulled = tmp_path / "pulled"
+    pulled.mkdir()
     helm = [tools.path("helm")]
     result = subprocess.run(
         [
