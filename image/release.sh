@@ -17,6 +17,7 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 : "${VERSION:?VERSION (x.y.z) is required}"
+: "${IMAGE:?IMAGE is required}"
 
 own=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$root/operator/ocireg/__init__.py")
 if [ "$VERSION" != "$own" ]; then
@@ -25,17 +26,19 @@ if [ "$VERSION" != "$own" ]; then
 fi
 
 registry_of() { printf '%s' "${1%%/*}"; }
+# Repository names are lower case (a GitHub owner may not be).
+IMAGE=${IMAGE,,}
+CHARTS=${CHARTS:-}
+CHARTS=${CHARTS,,}
 
 case "${1:-}" in
   build-image)
-    : "${IMAGE:?IMAGE is required}"
     args=(--build-arg "VERSION=$VERSION" --build-arg "REVISION=${REVISION:-unknown}")
     [ -z "${BASE:-}" ] || args+=(--build-arg "BASE=$BASE")
     # shellcheck disable=SC2086 # BUILD_FLAGS is a list of flags
     buildah build --isolation=chroot "${args[@]}" ${BUILD_FLAGS:-} --tag "$IMAGE:$VERSION" "$root"
     ;;
   push-image)
-    : "${IMAGE:?IMAGE is required}"
     tls=()
     [ -z "${REGISTRY_CA_DIR:-}" ] || tls=(--cert-dir "$REGISTRY_CA_DIR")
     printf '%s' "${REGISTRY_PASSWORD:?}" |
@@ -46,10 +49,8 @@ case "${1:-}" in
     rm -f "$digest"
     ;;
   push-chart)
-    : "${CHARTS:?CHARTS is required}"
     tls=()
     [ -z "${REGISTRY_CA_DIR:-}" ] || tls=(--ca-file "$REGISTRY_CA_DIR/ca.crt")
-    : "${IMAGE:?IMAGE is required (the chart installs it)}"
     out=$(mktemp -d)
     # The published chart installs the image published with it: its default repository is
     # IMAGE, its appVersion (the default tag) VERSION.
@@ -59,7 +60,7 @@ case "${1:-}" in
     printf '%s' "${REGISTRY_PASSWORD:?}" |
       helm registry login "${tls[@]}" --username "${REGISTRY_USER:?}" --password-stdin \
         "$(registry_of "$CHARTS")" >&2
-    helm push "${tls[@]}" "$out/ocireg-$VERSION.tgz" "oci://$CHARTS"
+    helm push "${tls[@]}" "$out/ocireg-$VERSION.tgz" "oci://${CHARTS:?CHARTS is required}"
     rm -rf "$out"
     ;;
   *)
