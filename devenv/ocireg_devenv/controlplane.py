@@ -258,15 +258,19 @@ class ControlPlane:
         self, namespace: str, name: str, duration: str = "1h"
     ) -> Path:
         """A kubeconfig holding a TokenRequest token for the ServiceAccount."""
-        token = self.kubectl(
-            "create", "token", name, "-n", namespace, f"--duration={duration}"
-        ).stdout.strip()
+        token = self.service_account_token(namespace, name, duration)
         return self.write_kubeconfig(
             self.workdir / "users" / f"sa-{namespace}-{name}.kubeconfig",
             f"system:serviceaccount:{namespace}:{name}",
             token=token,
             namespace=namespace,
         )
+
+    def service_account_token(self, namespace: str, name: str, duration: str = "1h") -> str:
+        """A TokenRequest token for the ServiceAccount (what a kubelet mounts into its pods)."""
+        return self.kubectl(
+            "create", "token", name, "-n", namespace, f"--duration={duration}"
+        ).stdout.strip()
 
     # -- clients ---------------------------------------------------------------------------
 

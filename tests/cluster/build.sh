@@ -7,8 +7,10 @@
 #   registry    the distribution registry v3
 #   crane       go-containerregistry's CLI
 #   pause       the kubelet tier's sandbox and workload entrypoint (pause/main.go)
+#   actionlint  the GitHub Actions workflow checker (its own directory, linked into bin)
 # and installs skopeo, containerd, runc and the CNI plugins from Debian when they are missing
-# (containerd and a kubelet run the kubelet tier of the e2e tests). Prints the bin directory
+# (containerd and a kubelet run the kubelet tier of the e2e tests), and buildah, podman and
+# mmdebstrap (the image is built and run in tests/e2e/test_image.py). Prints the bin directory
 # last. `build.sh --where` prints the bin directory this tree's sources would use, building
 # nothing.
 set -euo pipefail
@@ -17,6 +19,7 @@ KUBE_VERSION=v1.36.3
 HELM_VERSION=v3.21.4
 REGISTRY_VERSION=v3.1.2
 CRANE_VERSION=v0.22.1
+ACTIONLINT_VERSION=v1.7.12
 
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${OCIREG_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ocireg}
@@ -77,18 +80,34 @@ else
   touch "$dest/.complete"
 fi
 
+# actionlint (checks .github/workflows: tests/e2e/test_release.py) in a directory of its own
+# version, so it never changes the key above; linked into the keyed bin directory.
+lint_bin="$cache/tools/actionlint-$ACTIONLINT_VERSION/bin"
+if [ ! -x "$lint_bin/actionlint" ]; then
+  t=$(date +%s)
+  progress "actionlint $ACTIONLINT_VERSION: building (about 15 s cold)"
+  GOBIN="$lint_bin" go install -ldflags "-s -w" "github.com/rhysd/actionlint/cmd/actionlint@$ACTIONLINT_VERSION"
+  took "$t"
+fi
+ln -sf "$lint_bin/actionlint" "$bin/actionlint"
+
 # Debian packages: skopeo (an independent registry client); containerd, runc and the CNI
-# plugins (loopback) for the kubelet tier. Installing them starts nothing: the devenv runs
-# containerd itself, with its state in a temporary directory.
+# plugins (loopback) for the kubelet tier; buildah, podman and mmdebstrap for the image tests;
+# shellcheck, which actionlint runs on the workflows' scripts.
+# Installing them starts nothing: the devenv runs containerd itself, and buildah and podman
+# with their storage, state and configuration in a temporary directory.
 missing=()
 command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
 command -v containerd >/dev/null 2>&1 || missing+=(containerd)
 command -v runc >/dev/null 2>&1 || missing+=(runc)
 [ -x /usr/lib/cni/loopback ] || missing+=(containernetworking-plugins)
+for tool in buildah podman mmdebstrap shellcheck; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
 if [ ${#missing[@]} -eq 0 ]; then
-  progress "Debian packages: $(skopeo --version), $(containerd --version | cut -d' ' -f1,3), $(runc --version | head -1)"
+  progress "Debian packages: $(skopeo --version), $(containerd --version | cut -d' ' -f1,3), $(runc --version | head -1), $(buildah --version | cut -d' ' -f1-3), $(podman --version)"
 elif [ "$(id -u)" -ne 0 ]; then
-  progress "Debian packages: ${missing[*]} missing and not root: install them with apt-get (the kubelet tier skips without containerd)"
+  progress "Debian packages: ${missing[*]} missing and not root: install them with apt-get (the kubelet tier skips without containerd, the image tests without buildah)"
   command -v skopeo >/dev/null 2>&1 || { echo "skopeo is required" >&2; exit 1; }
 else
   progress "Debian packages: installing ${missing[*]}"
