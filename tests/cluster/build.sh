@@ -78,15 +78,18 @@ else
 fi
 
 # Debian packages: skopeo (an independent registry client); containerd, runc and the CNI
-# plugins (loopback) for the kubelet tier. Installing them starts nothing: the devenv runs
-# containerd itself, with its state in a temporary directory.
+# plugins (loopback) for the kubelet tier; promtool (in `prometheus`: Prometheus' own rule and
+# metrics checker, for the monitoring bundle's tests). Installing them starts nothing: the
+# devenv runs containerd itself, with its state in a temporary directory, and policy-rc.d
+# keeps the packages' services from starting.
 missing=()
 command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
 command -v containerd >/dev/null 2>&1 || missing+=(containerd)
 command -v runc >/dev/null 2>&1 || missing+=(runc)
 [ -x /usr/lib/cni/loopback ] || missing+=(containernetworking-plugins)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ ${#missing[@]} -eq 0 ]; then
-  progress "Debian packages: $(skopeo --version), $(containerd --version | cut -d' ' -f1,3), $(runc --version | head -1)"
+  progress "Debian packages: $(skopeo --version), $(containerd --version | cut -d' ' -f1,3), $(runc --version | head -1), $(promtool --version 2>&1 | head -1)"
 elif [ "$(id -u)" -ne 0 ]; then
   progress "Debian packages: ${missing[*]} missing and not root: install them with apt-get (the kubelet tier skips without containerd)"
   command -v skopeo >/dev/null 2>&1 || { echo "skopeo is required" >&2; exit 1; }
