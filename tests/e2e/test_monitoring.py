@@ -39,7 +39,6 @@ from .helpers import (
     ca_config_map,
     registry_object,
     secret_object,
-    wait_for,
     wait_for_reason,
 )
 
@@ -232,21 +231,10 @@ def exposed(
         )
         assert down["status"] == "False"
 
-        def scrape() -> str:
-            answer = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
-            answer.raise_for_status()
-            return answer.text
-
-        # The gauges follow the statuses just seen (the status is written after the run).
-        wait_for(
-            lambda: (
-                f'ocireg_registry_failed_namespaces{{kind="{TENANT}",name="conflict",'
-                f'namespace="{tenant}"}} 1.0' in scrape()
-            ),
-            30,
-            "the conflict to show in the metrics",
-        )
-        text = scrape()
+        # The gauges were set before those statuses were written (pullsecrets/runtime.py).
+        answer = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+        answer.raise_for_status()
+        text = answer.text
         families = {
             family.name: [(s.labels, s.value, s.name) for s in family.samples]
             for family in text_string_to_metric_families(text)
@@ -481,10 +469,10 @@ def test_the_alerts_fire_on_the_series_a_real_run_exposes(
         assert set(fired) == {"summary", "description"}, fired
         text = fired["summary"] + fired["description"]
         assert "<no value>" not in text, text
-        assert "error" not in text.lower(), text
+        assert "error expanding" not in text, text  # how Prometheus shows a template error
     shown = "\n".join(a["summary"] + "\n" + a["description"] for a in annotations)
     assert f"{CLUSTER} {exposed.failing}" in shown
-    assert f"kubectl describe ociregistry {conflict} (add `-n {tenant}`" in shown
+    assert f"kubectl describe ociregistry {conflict} -n {tenant}`" in shown
     assert f"kubectl describe clusterociregistry {exposed.failing}" in shown
     assert "its credentials expire in 5m 0s" in shown  # 1500 s - time() at 20 min
     assert "reason" in shown
@@ -494,8 +482,8 @@ def test_the_alerts_fire_on_the_series_a_real_run_exposes(
 def _fired_annotations(output: str) -> list[dict[str, str]]:
     """The annotations of the alerts promtool says it got, from its failure report."""
     fired = []
-    for got in re.findall(r"got:\[(.*?)\n\s*\]", output, flags=re.S):
-        for block in re.findall(r"Annotations:\{(.*?)\}\n", got, flags=re.S):
+    for got in re.findall(r"got:\[\n(.*?)\n\s*\]", output, flags=re.S):
+        for block in re.findall(r"^\s*Annotations:\{(.*)\},?$", got, flags=re.M):
             pairs = re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', block)
             fired.append({k: json.loads(f'"{v}"') for k, v in pairs})
     return fired
