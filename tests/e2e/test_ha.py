@@ -290,10 +290,10 @@ def test_every_replica_serves_metrics_and_says_whether_it_leads(
         second = start("replica-b")
         assert "standing by for Lease" in second.logs()
 
-        assert leader_gauge("replica-a") == 1.0
+        standby = _scrape(ports["replica-b"])  # answers at all: a live target
+        assert standby["process_resident_memory_bytes"]
         assert leader_gauge("replica-b") == 0.0
-        standby = _scrape(ports["replica-b"])
-        assert standby["process_resident_memory_bytes"]  # a live target, with its process
+        assert leader_gauge("replica-a") == 1.0
         # Only the leader reports the registry objects: one series per object in all.
         assert not standby.get("ocireg_registry_ready")
         leading = _scrape(ports["replica-a"])["ocireg_registry_ready"]
