@@ -525,14 +525,15 @@ def prometheus_operator_crds(cluster: ControlPlane) -> Iterator[None]:
 def test_the_bundle_is_accepted_by_the_api_server_with_the_operators_crds(
     tools: Tools, cluster: ControlPlane, crds: None, prometheus_operator_crds: None, tmp_path: Path
 ) -> None:
-    """Server-side dry runs with strict field validation: a field the CRD schema does not
-    know is an error, not silently pruned."""
-    namespace = f"mon-{secrets.token_hex(3)}"
-    cluster.kubectl("create", "namespace", namespace)
+    """Applied server-side with strict field validation (a field the CRD schema does not know
+    is an error, not silently pruned), as a GitOps tool applies them; a second apply changes
+    nothing (`kubectl diff` is empty)."""
+    chart = _helm_template(tools, ALL_ON, tmp_path)
+    plain = _kustomize(cluster, tmp_path)
+    namespaces = [f"mon-{secrets.token_hex(3)}" for _ in (chart, plain)]
     try:
-        chart = _helm_template(tools, ALL_ON, tmp_path)
-        plain = _kustomize(cluster, tmp_path)
-        for objects in (chart, plain):
+        for objects, namespace in zip((chart, plain), namespaces, strict=True):
+            cluster.kubectl("create", "namespace", namespace)
             bundle = [
                 {**o, "metadata": {**o["metadata"], "namespace": namespace}}
                 for o in objects
@@ -541,11 +542,19 @@ def test_the_bundle_is_accepted_by_the_api_server_with_the_operators_crds(
             assert sorted(o["kind"] for o in bundle) == [
                 "ConfigMap", "PrometheusRule", "Service", "ServiceMonitor",
             ]  # fmt: skip
-            applied = cluster.kubectl(
-                "apply", "--dry-run=server", "--validate=strict", "-f", "-",
-                input=yaml.safe_dump_all(bundle), check=False,
+            document = yaml.safe_dump_all(bundle)
+            for _ in range(2):
+                applied = cluster.kubectl(
+                    "apply", "--server-side", "--field-manager=gitops", "--validate=strict",
+                    "-f", "-", input=document, check=False,
+                )  # fmt: skip
+                assert applied.returncode == 0, applied.stderr
+            diff = cluster.kubectl(
+                "diff", "--server-side", "--field-manager=gitops", "-f", "-",
+                input=document, check=False,
             )  # fmt: skip
-            assert applied.returncode == 0, applied.stderr
+            assert diff.returncode == 0, diff.stdout + diff.stderr
+        namespace = namespaces[0]
         # The check is real: a misspelt field is refused by the CRD's schema.
         (monitor,) = _kind(chart, "ServiceMonitor")
         monitor = json.loads(json.dumps(monitor))
@@ -558,7 +567,8 @@ def test_the_bundle_is_accepted_by_the_api_server_with_the_operators_crds(
         assert refused.returncode != 0
         assert "honourLabels" in refused.stderr
     finally:
-        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+        for namespace in namespaces:
+            cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
 def test_the_service_and_monitor_select_every_replica_on_its_metrics_port(
@@ -588,6 +598,46 @@ def test_the_service_and_monitor_select_every_replica_on_its_metrics_port(
         (dashboard,) = _kind(objects, "ConfigMap")
         assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
         assert json.loads(dashboard["data"]["ocireg.json"]) == json.loads(DASHBOARD.read_text())
+
+
+def test_the_chart_lints_clean_with_every_monitoring_value(tools: Tools, tmp_path: Path) -> None:
+    values = {
+        "metrics": {
+            "enabled": True,
+            "port": 9102,
+            "serviceMonitor": {
+                "enabled": True, "interval": "15s", "scrapeTimeout": "10s",
+                "labels": {"release": "kps"},
+            },
+            "prometheusRule": {
+                "enabled": True, "labels": {"release": "kps"},
+                "credentialExpiresWithinSeconds": 900,
+                "alerts": {"OciregRegistryNotReady": {"for": "30m", "severity": "critical"}},
+                "additionalRuleLabels": {"team": "platform"},
+            },
+            "dashboard": {
+                "enabled": True, "namespace": "monitoring",
+                "labels": {"grafana_dashboard": "yes"},
+                "annotations": {"grafana_folder": "Platform"},
+            },
+        }
+    }  # fmt: skip
+    file = tmp_path / "values.yaml"
+    file.write_text(yaml.safe_dump(values))
+    linted = _run([tools.path("helm"), "lint", "--strict", str(CHART), "-f", str(file)])
+    assert linted.returncode == 0, linted.stdout + linted.stderr
+    assert "[WARNING]" not in linted.stdout
+    objects = _helm_template(tools, values, tmp_path)
+    (monitor,) = _kind(objects, "ServiceMonitor")
+    assert monitor["spec"]["endpoints"][0]["interval"] == "15s"
+    assert monitor["spec"]["endpoints"][0]["scrapeTimeout"] == "10s"
+    assert monitor["metadata"]["labels"]["release"] == "kps"
+    (service,) = _kind(objects, "Service")
+    assert service["spec"]["ports"][0]["port"] == 9102
+    (dashboard,) = _kind(objects, "ConfigMap")
+    assert dashboard["metadata"]["namespace"] == "monitoring"
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "yes"
+    assert dashboard["metadata"]["annotations"] == {"grafana_folder": "Platform"}
 
 
 def test_the_chart_refuses_a_bundle_without_metrics_and_typos(tools: Tools, tmp_path: Path) -> None:
