@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ocireg_devenv.controlplane import ControlPlane
 from ocireg_devenv.operator import OperatorProcess
-from ocireg_devenv.processes import Tools, free_port
+from ocireg_devenv.processes import Process, Tools, free_port, wait_until
 from ocireg_devenv.registries import LocalRegistries
 from ocireg_devenv.standins import WebhookStandIn
 
@@ -717,3 +717,146 @@ def test_the_dashboard_asks_only_for_metrics_a_real_run_exposes(
     file.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     checked = _run([promtool, "check", "rules", str(file)])
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+# -- a real Prometheus ---------------------------------------------------------------------
+
+
+def test_a_real_prometheus_scrapes_both_replicas_and_evaluates_the_rules(
+    tools: Tools,
+    cluster: ControlPlane,
+    crds: None,
+    registries: LocalRegistries,
+    run_operator,
+    namespace: str,
+    promtool: str,
+    tmp_path: Path,
+) -> None:
+    """Debian's Prometheus (the package promtool comes in) scrapes two `--leader-elect`
+    replicas as the ServiceMonitor has it (honor_labels, the target's namespace): both
+    targets are up, exactly one says it leads, the per-object series keep the object's own
+    namespace (none for a ClusterOCIRegistry), and every rule evaluates without error."""
+    basic = registries.basic
+    tls = {"caBundleRef": {"configMap": "registry-ca"}}
+    apply(
+        cluster,
+        ca_config_map(namespace, registries.ca_file),
+        secret_object("login", namespace, username=basic.username, password=basic.password),
+    )
+    lease = f"ocireg-leader-{secrets.token_hex(3)}"
+    ports = [free_port(), free_port()]
+    for index, port in enumerate(ports):
+        run_operator(
+            "--leader-elect", "--leader-election-id", lease, "--credentials-namespace", namespace,
+            "--metrics-port", str(port), *ALLOW_LOCAL_REGISTRIES,
+            env={"HOSTNAME": f"replica-{index}"},
+        )  # fmt: skip
+    cluster_name = f"prom-{namespace[-6:]}"
+    auth = {"basic": {"secretRef": {"name": "login"}}}
+    apply(
+        cluster,
+        registry_object(
+            CLUSTER,
+            cluster_name,
+            {
+                "server": basic.host,
+                "auth": auth,
+                "tls": tls,
+                "targets": {"namespaces": [namespace]},
+            },
+        ),
+        registry_object(
+            TENANT, "tenant", {"server": basic.host, "auth": auth, "tls": tls}, namespace
+        ),
+    )
+    try:
+        wait_for_reason(cluster, CLUSTER, cluster_name, "Ready", timeout=60)
+        wait_for_reason(cluster, TENANT, "tenant", "Ready", namespace)
+
+        rules = _rule_file(_chart_rules(tools, tmp_path), tmp_path / "rules.yaml")
+        config = {
+            "global": {
+                "scrape_interval": "1s",
+                "scrape_timeout": "1s",
+                "evaluation_interval": "1s",
+            },
+            "rule_files": [str(rules)],
+            "scrape_configs": [
+                {
+                    "job_name": "ocireg-metrics",
+                    "honor_labels": True,
+                    "static_configs": [
+                        {
+                            "targets": [f"127.0.0.1:{p}" for p in ports],
+                            "labels": {"namespace": "ocireg-system"},
+                        }
+                    ],
+                }
+            ],
+        }
+        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+        web = free_port()
+        prometheus = Process(
+            "prometheus",
+            [
+                tools.path("prometheus"),
+                f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp_path / 'data'}",
+                f"--web.listen-address=127.0.0.1:{web}",
+            ],
+            tmp_path / "prometheus.log",
+        ).start()
+        try:
+
+            def query(expr: str) -> list[dict[str, Any]]:
+                answer = requests.get(
+                    f"http://127.0.0.1:{web}/api/v1/query", params={"query": expr}, timeout=5
+                )
+                answer.raise_for_status()
+                result: list[dict[str, Any]] = answer.json()["data"]["result"]
+                return result
+
+            def values(expr: str) -> dict[str, float]:
+                return {
+                    json.dumps(r["metric"], sort_keys=True): float(r["value"][1])
+                    for r in query(expr)
+                }
+
+            wait_until(
+                lambda: len(values('up{job="ocireg-metrics"} == 1')) == 2,
+                60,
+                "Prometheus to scrape both replicas",
+                prometheus,
+            )
+            assert sorted(values("ocireg_leader").values()) == [0.0, 1.0]
+            ready = {
+                (r["metric"].get("kind"), r["metric"].get("namespace"), r["metric"]["name"]): r
+                for r in query("ocireg_registry_ready")
+            }
+            assert (CLUSTER, None, cluster_name) in ready  # no namespace label at all
+            assert (TENANT, namespace, "tenant") in ready  # the object's, not the target's
+            assert all(r["value"][1] == "1" for r in ready.values())
+
+            def evaluated() -> list[dict[str, Any]]:
+                answer = requests.get(f"http://127.0.0.1:{web}/api/v1/rules", timeout=5)
+                answer.raise_for_status()
+                return [r for g in answer.json()["data"]["groups"] for r in g["rules"]]
+
+            # Inactive once both replicas are scraped (OciregNoLeader is pending until the
+            # first scrape: no ocireg_leader yet), and never an evaluation error.
+            wait_until(
+                lambda: (
+                    [(r["health"], r["state"]) for r in evaluated()] == [("ok", "inactive")] * 5
+                ),
+                30,
+                "every rule to evaluate, finding nothing wrong",
+                prometheus,
+            )
+            assert all(not r.get("lastError") for r in evaluated())
+        finally:
+            prometheus.stop()
+    finally:
+        cluster.kubectl("delete", "clusterociregistry", cluster_name, "--wait=false", check=False)
+        cluster.kubectl(
+            "delete", "ociregistry", "tenant", "-n", namespace, "--wait=false", check=False
+        )
