@@ -860,3 +860,29 @@ def test_a_real_prometheus_scrapes_both_replicas_and_evaluates_the_rules(
         cluster.kubectl(
             "delete", "ociregistry", "tenant", "-n", namespace, "--wait=false", check=False
         )
+
+
+def test_the_install_notes_say_where_metrics_are_served(
+    tools: Tools, cluster: ControlPlane, prometheus_operator_crds: None, tmp_path: Path
+) -> None:
+    """NOTES.txt said "the operator does not serve metrics yet"; it now says where they are."""
+    file = tmp_path / "values.yaml"
+    file.write_text(yaml.safe_dump(ALL_ON))
+    installed = _run(
+        [
+            tools.path("helm"), "install", "ocireg", str(CHART), "-n", "ocireg-system",
+            "--dry-run=client", "-f", str(file), "--kubeconfig", str(cluster.admin_kubeconfig),
+        ]
+    )  # fmt: skip
+    assert installed.returncode == 0, installed.stderr
+    notes = installed.stdout.split("NOTES:", 1)[1]
+    assert "does not serve metrics" not in notes
+    assert "every replica serves /metrics on port 9090" in notes
+    # A command that works although the endpoint listens on the pod IP only (a
+    # port-forward reaches the pod's loopback, where nothing listens).
+    (command,) = [line.strip() for line in notes.splitlines() if "kubectl get --raw" in line]
+    assert command.endswith("/services/ocireg-metrics:metrics/proxy/metrics")
+    assert (
+        "Installed for your monitoring stack: a ServiceMonitor, a PrometheusRule (ocireg's "
+        "alerts), a Grafana dashboard ConfigMap in namespace ocireg-system." in notes
+    )
