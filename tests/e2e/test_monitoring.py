@@ -148,7 +148,9 @@ class Exposed:
 @pytest.fixture(scope="module")
 def exposed(
     cluster: ControlPlane, crds: None, registries: LocalRegistries, tmp_path_factory
-) -> Iterator[Exposed]:
+) -> Exposed:
+    """Runs the scenario, keeps what was served, and removes everything before any test runs
+    (a cluster-wide operator started later would otherwise serve these objects too)."""
     basic = registries.basic
     suffix = secrets.token_hex(3)
     creds, tenant = f"mon-{suffix}", f"mon-{suffix}-t"
@@ -239,7 +241,7 @@ def exposed(
             family.name: [(s.labels, s.value, s.name) for s in family.samples]
             for family in text_string_to_metric_families(text)
         }
-        yield Exposed(text, families, ready, failing, (tenant, "conflict"))
+        result = Exposed(text, families, ready, failing, (tenant, "conflict"))
     finally:
         for kind, name, args in (
             ("clusterociregistry", ready, []),
@@ -251,6 +253,7 @@ def exposed(
         hook.stop()
         for namespace in (creds, tenant):
             cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+    return result
 
 
 def test_a_real_run_exposes_one_series_per_object_and_passes_promtool(
