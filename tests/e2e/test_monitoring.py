@@ -557,6 +557,18 @@ def test_the_bundle_is_accepted_by_the_api_server_with_the_operators_crds(
                 input=document, check=False,
             )  # fmt: skip
             assert diff.returncode == 0, diff.stdout + diff.stderr
+            # The Deployment with the metrics port and address patched in (a dry run: no
+            # pods for a scheduler-less control plane to leave pending).
+            (deployment,) = _kind(objects, "Deployment")
+            deployment = {
+                **deployment,
+                "metadata": {**deployment["metadata"], "namespace": namespace},
+            }
+            checked = cluster.kubectl(
+                "apply", "--server-side", "--dry-run=server", "--validate=strict", "-f", "-",
+                input=yaml.safe_dump(deployment), check=False,
+            )  # fmt: skip
+            assert checked.returncode == 0, checked.stderr
         namespace = namespaces[0]
         # The check is real: a misspelt field is refused by the CRD's schema.
         (monitor,) = _kind(chart, "ServiceMonitor")
