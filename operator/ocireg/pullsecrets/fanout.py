@@ -65,7 +65,7 @@ class Tracked:
     # What its status last said, for the metrics: Ready, and status.targets.failedCount.
     ready: bool = False
     failed_namespaces: int = 0
-    shown: bool = False  # a status has been noted (see note_status)
+    status_noted: bool = False  # note_status has run once
 
     def note_status(self, status: dict[str, Any]) -> None:
         """Remember what ``status`` (the one written, or the object's own when nothing was
@@ -73,7 +73,7 @@ class Tracked:
         conditions = status.get("conditions") or []
         self.ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
         self.failed_namespaces = int((status.get("targets") or {}).get("failedCount") or 0)
-        self.shown = True
+        self.status_noted = True
 
     def publish(self, spec: RegistrySpec | None, credential: Credential | None) -> None:
         """What namespace jobs write from now on (None: nothing)."""

@@ -219,7 +219,7 @@ class Runtime:
         current = dict(body.get("status") or {})
         if outcome.status is not None:
             tracked.note_status(outcome.status)
-        elif not tracked.shown:  # after a restart: what the object says until a run writes
+        elif not tracked.status_noted:  # after a restart: what the object says until a run writes
             tracked.note_status(current)
         # Only the fields this loop owns are compared (and merge-patched): status.charts
         # belongs to the chart sync, and an unchanged status must cost no write.
