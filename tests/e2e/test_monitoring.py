@@ -4,10 +4,11 @@ chart renders them and as the kustomize Component has them, pass `promtool check
 `promtool test rules` fires them on input series made from the series that real run exposed
 (a renamed metric or label leaves a rule with nothing to fire on, and the test fails); the
 ServiceMonitor and PrometheusRule are accepted by the real kube-apiserver with the
-prometheus-operator's own CRDs installed; the dashboard asks only for metrics that exist.
+prometheus-operator's own CRDs installed; the dashboard asks only for metrics that exist; and
+a real Prometheus scraping two elected replicas finds both up and evaluates every rule.
 
-promtool is Debian's `prometheus` package (tests/cluster/build.sh installs it); the CRDs come
-from the prometheus-operator Go module (`go mod download`, cached by Go)."""
+promtool and Prometheus are Debian's `prometheus` package (tests/cluster/build.sh installs
+it); the CRDs come from the prometheus-operator Go module (`go mod download`, cached by Go)."""
 
 from __future__ import annotations
 
