@@ -48,7 +48,8 @@ lint: venv
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-## Copy the generated CRDs, the ClusterRole and the admission policies into manifests/ and the Helm chart.
+## Copy the generated CRDs, the ClusterRole, the admission policies, the alerts and the dashboard
+## into manifests/ and the Helm chart.
 manifests:
 	cp crds/*.yaml manifests/crds/
 	cp crds/*.yaml helm/ocireg/crds/
@@ -57,6 +58,8 @@ manifests:
 	cp manifests/rbac/own-objects-policy.yaml helm/ocireg/files/own-objects-policy.yaml
 	cp manifests/rbac/service-account-policy.yaml helm/ocireg/files/service-account-policy.yaml
 	cp manifests/admission/webhook-policy.yaml helm/ocireg/files/webhook-policy.yaml
+	cp manifests/monitoring/prometheus-operator/prometheusrule.yaml helm/ocireg/files/prometheusrule.yaml
+	cp manifests/monitoring/grafana/dashboard.json helm/ocireg/files/dashboard.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache

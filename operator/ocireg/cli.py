@@ -468,7 +468,20 @@ def run_operator(config: OperatorConfig) -> int:
             memo=kopf.Memo(config=config),
         )
 
+    from ocireg import metrics
+
+    # Every replica serves /metrics from its start, a standby too (ocireg_leader 0): the
+    # chart's Service and pod annotations have Prometheus scrape each pod.
+    if config.metrics_port:
+        try:
+            metrics.serve(config.metrics_port, config.metrics_address)
+        except OSError as error:
+            where = f"{config.metrics_address}:{config.metrics_port}"
+            raise SystemExit(
+                f"ocireg run: error: cannot serve metrics on {where}: {error.strerror}"
+            ) from None
     if not config.leader_elect:
+        metrics.report_leader(lambda: True)
         operate()
         return 0
     from ocireg.kube.client import load_config
@@ -478,6 +491,7 @@ def run_operator(config: OperatorConfig) -> int:
     # Leadership changes are always logged, whatever the operator's own level.
     logging.getLogger("ocireg.kube.leader").setLevel(logging.INFO)
     election = LeaderElection(config.leader_election_namespace, config.leader_election_id)
+    metrics.report_leader(lambda: election.leading)
     run_while_leading(election, operate, config.liveness_endpoint)
     return 0
 

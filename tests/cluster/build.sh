@@ -93,9 +93,11 @@ ln -sf "$lint_bin/actionlint" "$bin/actionlint"
 
 # Debian packages: skopeo (an independent registry client); containerd, runc and the CNI
 # plugins (loopback) for the kubelet tier; buildah, podman and mmdebstrap for the image tests;
-# shellcheck, which actionlint runs on the workflows' scripts.
+# shellcheck, which actionlint runs on the workflows' scripts; promtool (in `prometheus`:
+# Prometheus' own rule and metrics checker, for the monitoring bundle's tests).
 # Installing them starts nothing: the devenv runs containerd itself, and buildah and podman
-# with their storage, state and configuration in a temporary directory.
+# with their storage, state and configuration in a temporary directory, and policy-rc.d keeps
+# the packages' services from starting.
 missing=()
 command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
 command -v containerd >/dev/null 2>&1 || missing+=(containerd)
@@ -104,8 +106,9 @@ command -v runc >/dev/null 2>&1 || missing+=(runc)
 for tool in buildah podman mmdebstrap shellcheck; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ ${#missing[@]} -eq 0 ]; then
-  progress "Debian packages: $(skopeo --version), $(containerd --version | cut -d' ' -f1,3), $(runc --version | head -1), $(buildah --version | cut -d' ' -f1-3), $(podman --version)"
+  progress "Debian packages: $(skopeo --version), $(containerd --version | cut -d' ' -f1,3), $(runc --version | head -1), $(buildah --version | cut -d' ' -f1-3), $(podman --version), $(promtool --version 2>&1 | head -1)"
 elif [ "$(id -u)" -ne 0 ]; then
   progress "Debian packages: ${missing[*]} missing and not root: install them with apt-get (the kubelet tier skips without containerd, the image tests without buildah)"
   command -v skopeo >/dev/null 2>&1 || { echo "skopeo is required" >&2; exit 1; }

@@ -1,6 +1,7 @@
 """Two operator replicas electing a leader through a Lease (`ocireg run --leader-elect`), on
 the real control plane: one works, the other stands by; a killed leader is replaced after one
-lease duration, a stopping one hands over at once, and a deposed one stops writing."""
+lease duration, a stopping one hands over at once, and a deposed one stops writing. Both
+serve /metrics all along, each saying whether it leads."""
 
 from __future__ import annotations
 
@@ -12,10 +13,13 @@ import signal
 import time
 
 import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from ocireg.kube.leader import Timing
 from ocireg_devenv.controlplane import ControlPlane
 from ocireg_devenv.operator import OperatorProcess
+from ocireg_devenv.processes import free_port
 from ocireg_devenv.registries import LocalRegistries
 
 from .helpers import (
@@ -68,13 +72,14 @@ class Replicas:
         self.cluster, self.run_operator, self.namespace = cluster, run_operator, namespace
         self.lease = f"ocireg-leader-{secrets.token_hex(3)}"
 
-    def start(self, name: str) -> OperatorProcess:
+    def start(self, name: str, *extra: str) -> OperatorProcess:
         return self.run_operator(
             "--leader-elect",
             "--leader-election-id",
             self.lease,
             "--credentials-namespace",
             self.namespace,
+            *extra,
             name=name,
             env={"HOSTNAME": name},
         )
@@ -248,3 +253,63 @@ def test_a_deposed_leader_stops_at_once(
     assert stopped < TIMING.lease_seconds  # gone before a standby could take the Lease
     assert "lost Lease" in leader.logs()
     assert replicas.holder() == "intruder"
+
+
+def _scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """/metrics as Prometheus reads it: family name -> its samples' labels and values."""
+    answer = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+    answer.raise_for_status()
+    families = text_string_to_metric_families(answer.text)
+    return {f.name: [(s.labels, s.value) for s in f.samples] for f in families}
+
+
+def test_every_replica_serves_metrics_and_says_whether_it_leads(
+    cluster: ControlPlane, registries: LocalRegistries, replicas: Replicas, setup: str
+) -> None:
+    """The chart has Prometheus scrape every pod: a standby must answer too (it served no
+    /metrics before it led, so one target was always down), saying it stands by."""
+    target = setup
+    ports = {name: free_port() for name in ("replica-a", "replica-b")}
+
+    def start(name: str) -> OperatorProcess:
+        address = ("--metrics-address", "127.0.0.1")
+        return replicas.start(name, "--metrics-port", str(ports[name]), *address)
+
+    def leader_gauge(name: str) -> float:
+        ((labels, value),) = _scrape(ports[name])["ocireg_leader"]
+        assert labels == {}
+        return value
+
+    first = start("replica-a")
+    wait_for(lambda: replicas.holder() == "replica-a", 20, "replica a to take the Lease")
+    body = _registry(registries, target)
+    name = body["metadata"]["name"]
+    try:
+        apply(cluster, body)
+        wait_for_reason(cluster, CLUSTER, name, "Ready")
+        second = start("replica-b")
+        assert "standing by for Lease" in second.logs()
+
+        standby = _scrape(ports["replica-b"])  # answers at all: a live target
+        assert standby["process_resident_memory_bytes"]
+        assert leader_gauge("replica-b") == 0.0
+        assert leader_gauge("replica-a") == 1.0
+        # Only the leader reports the registry objects: one series per object in all.
+        assert not standby.get("ocireg_registry_ready")
+        leading = _scrape(ports["replica-a"])["ocireg_registry_ready"]
+        assert ({"kind": CLUSTER, "namespace": "", "name": name}, 1.0) in leading
+
+        # The leader stops (a rollout): the standby takes over and says so.
+        assert first.stop() == 0
+        wait_for(lambda: leader_gauge("replica-b") == 1.0, 20, "replica b to report it leads")
+        assert replicas.holder() == "replica-b"
+        wait_for(
+            lambda: (
+                ({"kind": CLUSTER, "namespace": "", "name": name}, 1.0)
+                in _scrape(ports["replica-b"]).get("ocireg_registry_ready", [])
+            ),
+            40,
+            "the new leader to report the object Ready",
+        )
+    finally:
+        cluster.kubectl("delete", "clusterociregistry", name, "--wait=false", check=False)

@@ -1,6 +1,7 @@
 """The install artefacts hold copies that must not drift: the CRDs (generated into crds/) in
-manifests/crds/ and the chart's crds/, and the ClusterRole and the admission policies (written
-once, under manifests/) in the chart's files/. `make manifests` refreshes them."""
+manifests/crds/ and the chart's crds/, and the ClusterRole, the admission policies, the alerts
+and the dashboard (written once, under manifests/) in the chart's files/. `make manifests`
+refreshes them."""
 
 from __future__ import annotations
 
@@ -52,6 +53,8 @@ def test_kustomization_installs_every_crd_and_the_rbac_file() -> None:
         "rbac/own-objects-policy.yaml",
         "rbac/service-account-policy.yaml",
         "admission/webhook-policy.yaml",
+        "monitoring/prometheus-operator/prometheusrule.yaml",  # the chart sets thresholds
+        "monitoring/grafana/dashboard.json",
     ],
 )
 def test_chart_rules_are_the_manifests_rules(source: str) -> None:

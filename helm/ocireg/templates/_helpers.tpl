@@ -40,3 +40,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- define "ocireg.leaseName" -}}
 {{- printf "%s-leader" (include "ocireg.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
+
+{{/* The Service every replica's metrics endpoint is reached through. */}}
+{{- define "ocireg.metricsService" -}}
+{{- printf "%s-metrics" (include "ocireg.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}

@@ -62,6 +62,18 @@ class Tracked:
     changed: bool = True
     mutex: threading.Lock = field(default_factory=threading.Lock)  # spec+credential, placed
     templates: tuple[Any, Any, list[plan.DesiredSecret]] | None = None  # see desired()
+    # What its status last said, for the metrics: Ready, and status.targets.failedCount.
+    ready: bool = False
+    failed_namespaces: int = 0
+    status_noted: bool = False  # note_status has run once
+
+    def note_status(self, status: dict[str, Any]) -> None:
+        """Remember what ``status`` (the one written, or the object's own when nothing was
+        written) says for the metrics."""
+        conditions = status.get("conditions") or []
+        self.ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+        self.failed_namespaces = int((status.get("targets") or {}).get("failedCount") or 0)
+        self.status_noted = True
 
     def publish(self, spec: RegistrySpec | None, credential: Credential | None) -> None:
         """What namespace jobs write from now on (None: nothing)."""
@@ -165,15 +177,18 @@ class Registries:
             items = list(self._tracked.items())
         out = []
         for ref, t in items:
-            expires = t.credential.expires_at if t.credential else None
-            formats = len(t.spec.effective_targets.formats) if t.spec else 0
+            with t.mutex:
+                credential, spec, placed = t.credential, t.spec, len(t.placed)
+            formats = len(spec.effective_targets.formats) if spec else 0
             out.append(
-                (
-                    ref.kind,
-                    ref.namespace or "",
-                    ref.name,
-                    metrics.seconds_until(expires),
-                    len(t.placed) * formats,
+                metrics.RegistrySample(
+                    kind=ref.kind,
+                    namespace=ref.namespace or "",
+                    name=ref.name,
+                    ready=t.ready,
+                    expires_at=credential.expires_at if credential else None,
+                    managed_secrets=placed * formats,
+                    failed_namespaces=t.failed_namespaces,
                 )
             )
         return out

@@ -76,9 +76,7 @@ class Runtime:
         cache = MintCache(sealer=seal.Sealer(seal.load_key(config.credentials_namespace, kube)))
         runtime = cls(config, kube, Pools(config.pools), Registries(), cache)
         runtime.alarms = Alarms(runtime.poke)
-        metrics.watch_registries(runtime.registries.samples)
-        if config.metrics_port:
-            metrics.serve(config.metrics_port, config.metrics_address)
+        metrics.watch_registries(runtime.registries.samples)  # served from the start (cli)
         return runtime
 
     # -- watching ------------------------------------------------------------------------------
@@ -219,6 +217,10 @@ class Runtime:
             metrics.RECONCILES.labels(ref.kind, result).inc()
             metrics.RECONCILE_SECONDS.labels(ref.kind).observe(time.monotonic() - started)
         current = dict(body.get("status") or {})
+        if outcome.status is not None:
+            tracked.note_status(outcome.status)
+        elif not tracked.status_noted:  # after a restart: what the object says until a run writes
+            tracked.note_status(current)
         # Only the fields this loop owns are compared (and merge-patched): status.charts
         # belongs to the chart sync, and an unchanged status must cost no write.
         if outcome.status is not None and any(
