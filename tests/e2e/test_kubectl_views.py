@@ -103,7 +103,9 @@ def test_get_shows_when_credentials_expire_and_wide_shows_why(
         wait_for_reason(cluster, CLUSTER, cluster_name, "Ready")
         apply(
             cluster,
-            registry_object(TENANT, "hook", {"server": server, "auth": auth, "tls": tls}, namespace),
+            registry_object(
+                TENANT, "hook", {"server": server, "auth": auth, "tls": tls}, namespace
+            ),
             registry_object(
                 TENANT,
                 "broken",
@@ -252,7 +254,9 @@ def test_describe_shows_the_events_of_both_kinds_from_ocireg_counted_not_repeate
         assert {e["metadata"]["namespace"] for e in posted} == {"default"}
         assert all("namespace" not in e["involvedObject"] for e in posted)
         assert all(e["involvedObject"]["kind"] == CLUSTER for e in posted)
-        tenant_events = [e for e in events_for(cluster, "team") if e["involvedObject"]["kind"] == TENANT]
+        tenant_events = [
+            e for e in events_for(cluster, "team") if e["involvedObject"]["kind"] == TENANT
+        ]
         assert {e["metadata"]["namespace"] for e in tenant_events} == {namespace}
         assert {e["source"]["component"] for e in posted + tenant_events} == {"ocireg"}
     finally:
@@ -265,9 +269,7 @@ def test_describe_shows_the_events_of_both_kinds_from_ocireg_counted_not_repeate
 def test_explain_describes_the_status_conditions(cluster: ControlPlane, crds: None) -> None:
     for kind in ("ociregistry", "clusterociregistry"):
         explained = wait_for(
-            lambda k=kind: cluster.kubectl(
-                "explain", f"{k}.status.conditions", check=False
-            ).stdout,
+            lambda k=kind: cluster.kubectl("explain", f"{k}.status.conditions", check=False).stdout,
             30,
             f"kubectl explain {kind}.status.conditions",
         )
@@ -279,4 +281,5 @@ def test_explain_describes_the_status_conditions(cluster: ControlPlane, crds: No
         for field in ("credentials", "targets"):
             shown = cluster.kubectl("explain", f"{kind}.status.{field}").stdout
             text = shown.split("DESCRIPTION:", 1)[1].split("FIELDS:", 1)[0].strip()
-            assert text and text != "<empty>", shown
+            assert text, shown
+            assert text != "<empty>", shown
