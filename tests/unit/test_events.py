@@ -4,6 +4,7 @@ e2e/test_events.py shows them in `kubectl describe` on the real control plane.""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -206,3 +207,26 @@ def test_post_never_blocks_and_stop_sends_what_is_queued(
     events.stop()
     assert events.queue.qsize() == 0
     assert core.calls  # posted (as far as the flood limit lets them) before it ended
+
+
+def test_a_namespace_being_deleted_is_no_failure_but_a_refusal_is(
+    recorder: tuple[EventRecorder, FakeCore], caplog: pytest.LogCaptureFixture
+) -> None:
+    events, core = recorder
+    terminating = ApiError(status=403, reason="Forbidden")
+    terminating.body = json.dumps(
+        {"details": {"causes": [{"reason": "NamespaceTerminating", "field": "metadata"}]}}
+    )
+
+    def refuse(namespace: str, body: Any) -> dict[str, Any]:
+        raise error
+
+    core.create_namespaced_event = refuse  # type: ignore[method-assign]
+    error = terminating
+    events.send(Event(TENANT, "Normal", "SecretsRemoved", "m"))
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    error = ApiError(status=403, reason="Forbidden")  # RBAC: the operator may not post
+    events.send(Event(TENANT, "Normal", "SecretsWritten", "m"))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "HTTP 403" in warnings[0]

@@ -18,6 +18,7 @@ most 1,000 Events wait, as in client-go; past that they are dropped, and the log
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import queue
 import socket
@@ -262,6 +263,11 @@ class EventRecorder:
         try:
             self._write(write)
         except Exception as error:
+            if _namespace_gone(error):  # the object goes with it: nobody will read it
+                log.debug(
+                    "no %s Event about %s: its namespace is gone", event.reason, event.about.display
+                )
+                return
             if not self._failing:
                 status = error.status if isinstance(error, ApiError) else None
                 why = f"HTTP {status}" if status else type(error).__name__
@@ -287,3 +293,17 @@ class EventRecorder:
                 if error.status != 404:
                     raise
         self.core.create_namespaced_event(write.namespace, write.body)
+
+
+def _namespace_gone(error: Exception) -> bool:
+    """The API's answer for an Event in a namespace that no longer exists or is being
+    deleted (404, or 403 with the cause NamespaceTerminating)."""
+    if not isinstance(error, ApiError) or error.status not in (403, 404):
+        return False
+    if error.status == 404:
+        return True
+    try:
+        causes = json.loads(error.body or "{}").get("details", {}).get("causes") or []
+    except (ValueError, AttributeError):
+        return False
+    return any(isinstance(c, dict) and c.get("reason") == "NamespaceTerminating" for c in causes)
