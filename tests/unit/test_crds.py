@@ -67,11 +67,12 @@ def test_samples_in_docs_parse() -> None:
 
 
 @pytest.mark.parametrize("namespaced", [True, False])
-def test_every_status_field_is_described(namespaced: bool) -> None:
+@pytest.mark.parametrize("part", ["spec", "status"])
+def test_every_field_is_described(namespaced: bool, part: str) -> None:
     # `kubectl explain ociregistry.status.<field>` prints these; a field without one shows
     # an empty DESCRIPTION (status.conditions did).
     schema = crd(namespaced)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-    missing = []
+    missing: list[str] = []
 
     def walk(node: dict, path: str) -> None:
         for name, field in (node.get("properties") or {}).items():
@@ -80,7 +81,7 @@ def test_every_status_field_is_described(namespaced: bool) -> None:
             walk(field, f"{path}.{name}")
             walk(field.get("items") or {}, f"{path}.{name}[]")
 
-    walk(schema["properties"]["status"], "status")
+    walk(schema["properties"][part], part)
     assert not missing
 
 
