@@ -139,13 +139,15 @@ class FakeCore:
         self.gone: set[str] = set()
         self.down = False
 
-    def create_namespaced_event(self, namespace: str, body: Any) -> dict[str, Any]:
+    def create_namespaced_event(self, namespace: str, body: Any, timeout: float) -> dict[str, Any]:
         if self.down:
             raise ConnectionRefusedError("api server away")
         self.calls.append(("create", namespace, body["metadata"]["name"], body))
         return dict(body)
 
-    def patch_namespaced_event(self, name: str, namespace: str, body: Any) -> dict[str, Any]:
+    def patch_namespaced_event(
+        self, name: str, namespace: str, body: Any, timeout: float
+    ) -> dict[str, Any]:
         if self.down:
             raise ConnectionRefusedError("api server away")
         if name in self.gone:
@@ -218,7 +220,7 @@ def test_a_namespace_being_deleted_is_no_failure_but_a_refusal_is(
         {"details": {"causes": [{"reason": "NamespaceTerminating", "field": "metadata"}]}}
     )
 
-    def refuse(namespace: str, body: Any) -> dict[str, Any]:
+    def refuse(namespace: str, body: Any, timeout: float) -> dict[str, Any]:
         raise error
 
     core.create_namespaced_event = refuse  # type: ignore[method-assign]

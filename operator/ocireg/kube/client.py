@@ -211,12 +211,14 @@ class CoreV1(JsonApi):
         self._call("DELETE", _path(namespace, "configmaps", name), body)
 
     # Events (kube.events)
-    def create_namespaced_event(self, namespace: str, body: Any) -> dict[str, Any]:
-        return self._object("POST", _path(namespace, "events"), body)
+    def create_namespaced_event(self, namespace: str, body: Any, timeout: float) -> dict[str, Any]:
+        return self._object("POST", _path(namespace, "events"), body, timeout=timeout)
 
-    def patch_namespaced_event(self, name: str, namespace: str, body: Any) -> dict[str, Any]:
+    def patch_namespaced_event(
+        self, name: str, namespace: str, body: Any, timeout: float
+    ) -> dict[str, Any]:
         path = _path(namespace, "events", name)
-        return self._object("PATCH", path, body, content_type=MERGE_PATCH)
+        return self._object("PATCH", path, body, content_type=MERGE_PATCH, timeout=timeout)
 
 
 class CustomObjectsV1(JsonApi):

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 COMPONENT = "ocireg"  # source.component: the FROM column of `kubectl describe`
 CLUSTER_EVENTS_NAMESPACE = "default"
 MAX_QUEUED = 1000
+WRITE_TIMEOUT = 10.0  # seconds per API call: a hung API server never holds the thread
 MAX_MESSAGE = 1024  # the API's limit for an Event's note
 # client-go's defaults (events_cache.go)
 CACHE_ENTRIES = 4096
@@ -272,8 +273,8 @@ class EventRecorder:
                 status = error.status if isinstance(error, ApiError) else None
                 why = f"HTTP {status}" if status else type(error).__name__
                 log.warning(
-                    "could not post the %s Event about %s (%s); Events are dropped until "
-                    "one can be posted",
+                    "could not post the %s Event about %s (%s); further failures are not "
+                    "logged until an Event is posted",
                     event.reason,
                     event.about.display,
                     why,
@@ -287,12 +288,14 @@ class EventRecorder:
     def _write(self, write: Write) -> None:
         if write.count > 1:
             try:
-                self.core.patch_namespaced_event(write.name, write.namespace, write.patch())
+                self.core.patch_namespaced_event(
+                    write.name, write.namespace, write.patch(), WRITE_TIMEOUT
+                )
                 return
             except ApiError as error:
                 if error.status != 404:
                     raise
-        self.core.create_namespaced_event(write.namespace, write.body)
+        self.core.create_namespaced_event(write.namespace, write.body, WRITE_TIMEOUT)
 
 
 def _namespace_gone(error: Exception) -> bool:
