@@ -1,7 +1,9 @@
 """What a user sees of both kinds through kubectl itself, on the real control plane: the
 `kubectl get` columns (expiry readable, `-o wide` with the Ready message), the Events in
 `kubectl describe` (cluster-scoped ones too, from `ocireg`, a repeat counted on one Event),
-and `kubectl explain` on status."""
+and `kubectl explain` on status. Each test failed on the code before: EXPIRES showed
+`<invalid>`, `kubectl describe clusterociregistry` showed `Events: <none>`, and `kubectl
+explain ociregistry.status.conditions` an empty description."""
 
 from __future__ import annotations
 
