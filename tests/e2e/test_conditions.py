@@ -113,10 +113,16 @@ def test_problems_become_conditions_and_recover(
         "created-later" in condition(cluster, KIND, "missing-secret", "Ready", namespace)["message"]
     )
     assert "password" in condition(cluster, KIND, "missing-key", "Ready", namespace)["message"]
-    # Transient problems keep retrying; problems only the user can fix are Stalled.
-    assert condition(cluster, KIND, "unreachable", "Stalled", namespace)["status"] == "False"
+    # Transient problems keep retrying (Reconciling); problems only the user can fix are
+    # Stalled. Both are abnormal-true (kstatus, Flux): present only while True, never both,
+    # and a healthy object carries neither.
+    assert condition(cluster, KIND, "unreachable", "Stalled", namespace) == {}
     assert condition(cluster, KIND, "unreachable", "Reconciling", namespace)["status"] == "True"
     assert condition(cluster, KIND, "wrong-password", "Stalled", namespace)["status"] == "True"
+    assert condition(cluster, KIND, "wrong-password", "Reconciling", namespace) == {}
+    for healthy in ("skip-verify", "docker-config", "plain-http"):
+        shown = {c["type"] for c in registry(cluster, healthy, namespace)["status"]["conditions"]}
+        assert shown == {"Ready", "CredentialsReady", "TargetsSynced"}, (healthy, shown)
 
     # Nothing was written for the failures; the unmanaged Secret is untouched.
     for name in ("missing-secret", "missing-key", "wrong-password", "unreachable", "unknown-ca"):

@@ -58,6 +58,15 @@ def test_one_mint_per_identity_until_renewal_is_due() -> None:
     assert cache.mints["ecr"] == 2
 
 
+def test_a_minted_expiry_is_kept_in_whole_seconds_rounded_down() -> None:
+    # As status shows it (kubectl get's EXPIRES column): 2026-...:00Z, not :00.999999Z.
+    clock, calls = Clock(), []
+    clock.now = T0 + dt.timedelta(microseconds=999_999)
+    credential = MintCache(clock).get("k", "20%", minter(dt.timedelta(hours=1), clock, calls))
+    assert credential.expires_at == T0 + dt.timedelta(hours=1)
+    assert credential.issued_at == T0
+
+
 def test_renewal_never_later_than_renew_before_allows_and_has_jitter() -> None:
     lifetime = dt.timedelta(hours=1)
     latest = renew_at(T0, T0 + lifetime, "20%", jitter=0)

@@ -37,11 +37,33 @@ def test_other_writers_conditions_stay_where_and_as_they_are() -> None:
 
 def test_a_new_type_is_appended_and_the_input_lists_are_not_changed() -> None:
     old = [condition("Ready", True, "Ready", "fine", 1, OLD)]
-    new = [condition("Stalled", False, "Progressing", "no problem", 1, "now")]
+    new = [condition("Stalled", True, "AuthenticationFailed", "refused", 1, "now")]
     result = set_conditions(old, new)
     assert [c["type"] for c in result] == ["Ready", "Stalled"]
     result[0]["status"] = "False"
     assert old[0]["status"] == "True"
+
+
+def test_reconciling_and_stalled_are_removed_when_set_false() -> None:
+    # Abnormal-true (kstatus, Flux): present only while True, so a healthy object shows
+    # neither, and one written by an older operator as False goes at the next write.
+    stalled = condition("Stalled", True, "AuthenticationFailed", "refused", 1, OLD)
+    old = [condition("Ready", False, "AuthenticationFailed", "refused", 1, OLD), stalled]
+    old.append(condition("Reconciling", False, "Reconciled", "up to date", 1, OLD))
+    result = set_conditions(
+        old,
+        [
+            condition("Ready", True, "Ready", "fine", 2, "now"),
+            condition("Reconciling", False, "Reconciled", "", 2, "now"),
+            condition("Stalled", False, "Reconciled", "", 2, "now"),
+        ],
+    )
+    assert [(c["type"], c["status"]) for c in result] == [("Ready", "True")]
+    # True ones are set as any other; Ready's polarity is not touched.
+    again = set_conditions(result, [dict(stalled, lastTransitionTime="later")])
+    assert [c["type"] for c in again] == ["Ready", "Stalled"]
+    kept = set_conditions(again, [condition("Ready", False, "X", "no", 2, "now")])
+    assert [c["type"] for c in kept] == ["Ready", "Stalled"]
 
 
 def test_unknown_status_find_remove_and_same() -> None:

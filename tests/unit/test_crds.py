@@ -64,3 +64,35 @@ def test_samples_in_docs_parse() -> None:
     assert spec.auth.method == "basic"
     assert spec.effective_targets.formats == ["dockerconfigjson"]
     assert spec.effective_refresh.renew_before == "20%"
+
+
+@pytest.mark.parametrize("namespaced", [True, False])
+@pytest.mark.parametrize("part", ["spec", "status"])
+def test_every_field_is_described(namespaced: bool, part: str) -> None:
+    # `kubectl explain ociregistry.status.<field>` prints these; a field without one shows
+    # an empty DESCRIPTION (status.conditions did).
+    schema = crd(namespaced)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    missing: list[str] = []
+
+    def walk(node: dict, path: str) -> None:
+        for name, field in (node.get("properties") or {}).items():
+            if not field.get("description"):
+                missing.append(f"{path}.{name}")
+            walk(field, f"{path}.{name}")
+            walk(field.get("items") or {}, f"{path}.{name}[]")
+
+    walk(schema["properties"][part], part)
+    assert not missing
+
+
+def test_printer_columns_show_no_future_time_as_a_date() -> None:
+    # kubectl renders a `date` column as the time since it: `<invalid>` for a future time.
+    # Only creationTimestamp (always past) is one; expiry and next refresh are strings.
+    for namespaced in (True, False):
+        columns = crd(namespaced)["spec"]["versions"][0]["additionalPrinterColumns"]
+        dates = [c["jsonPath"] for c in columns if c["type"] == "date"]
+        assert dates == [".metadata.creationTimestamp"]
+        by_name = {c["name"]: c for c in columns}
+        assert by_name["Expires"]["type"] == "string"
+        assert by_name["Message"]["priority"] == 1  # -o wide
+        assert by_name["Message"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].message'

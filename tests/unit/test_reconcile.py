@@ -318,6 +318,47 @@ def test_wrong_password_keeps_the_good_secret_and_backs_off(
     assert conditions(obj)["Ready"]["status"] == "True"
 
 
+def test_reconciling_and_stalled_are_present_only_while_true(
+    kube: FakeKube, verified: Calls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # kstatus' abnormal-true polarity, as Flux writes it: a healthy object carries neither;
+    # a transient failure is Reconciling=True (kstatus: InProgress), one only a change can
+    # fix Stalled=True (kstatus: Failed), never both; recovery removes them again.
+    obj = body()
+    memory = run(kube, obj, schedule.Memory(), now=0).memory
+    assert set(conditions(obj)) == {"Ready", "CredentialsReady", "TargetsSynced"}
+
+    def unreachable(spec: Any, credential: Any, tls: Any, egress_policy: Any = None) -> None:
+        raise ReconcileError("Unreachable", f"{spec.server}: connection refused", transient=True)
+
+    monkeypatch.setattr(reconcile, "verify", unreachable)
+    kube.put_secret("ocireg-system", "creds", {"username": "robot", "password": "other"})
+    memory = run(kube, obj, memory, now=10).memory
+    retrying = conditions(obj)
+    assert "Stalled" not in retrying
+    assert (retrying["Reconciling"]["status"], retrying["Reconciling"]["reason"]) == (
+        "True",
+        "Retrying",
+    )
+    assert retrying["Reconciling"]["message"].startswith("retrying in ")
+
+    monkeypatch.undo()
+    monkeypatch.setattr(reconcile, "verify", lambda *a, **k: None)
+    kube.secrets.pop(("ocireg-system", "creds"))  # only the user can fix this
+    memory = run(kube, obj, memory, now=memory.retry_at + 1).memory
+    stalled = conditions(obj)
+    assert "Reconciling" not in stalled
+    assert (stalled["Stalled"]["status"], stalled["Stalled"]["reason"]) == (
+        "True",
+        "SecretNotFound",
+    )
+
+    kube.put_secret("ocireg-system", "creds", {"username": "robot", "password": PASSWORD})
+    run(kube, obj, memory, now=memory.retry_at + 2)
+    assert set(conditions(obj)) == {"Ready", "CredentialsReady", "TargetsSynced"}
+    assert conditions(obj)["Ready"]["status"] == "True"
+
+
 @pytest.mark.parametrize(
     ("change", "reason"),
     [

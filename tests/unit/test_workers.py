@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import threading
 import time
+from types import SimpleNamespace
 
 import kopf
 import pytest
@@ -237,7 +238,7 @@ def test_kopfs_executor_size_is_set_and_the_pools_made_at_start(
     from ocireg.pullsecrets import handlers, runtime
 
     monkeypatch.setattr(runtime, "load_config", lambda: None)
-    monkeypatch.setattr(runtime, "Kube", lambda: object())
+    monkeypatch.setattr(runtime, "Kube", lambda: SimpleNamespace(api=None))
     monkeypatch.setattr(runtime.seal, "load_key", lambda *args: None)  # no API to keep it in
     settings = kopf.OperatorSettings()
     sizes = PoolSizes(tenant_reconciles=7, namespace_share=3, kopf=3)
@@ -245,12 +246,15 @@ def test_kopfs_executor_size_is_set_and_the_pools_made_at_start(
     handlers.configure(settings=settings, memo=memo)
     try:
         assert settings.execution.max_workers == 3
+        # Events are kube.events' alone: kopf posts none (its own went to the wrong place).
+        assert settings.posting.enabled is False
         pools = runtime.runtime(memo).pools
         assert pools.tenant_reconciles.workers == 7
         assert pools.tenant_reconciles.share == 3
         assert pools.tenant_charts.share == 3
     finally:
         runtime.runtime(memo).pools.stop()
+        runtime.runtime(memo).events.stop()
 
 
 def test_alarms_fire_once_at_their_latest_time_and_cancel() -> None:

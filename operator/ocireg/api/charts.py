@@ -98,6 +98,8 @@ class Charts(ApiModel):
 
 
 class ChartItem(ApiModel):
+    """A chart in the index."""
+
     repository: Annotated[str, Field(description="Repository, relative to repositoryPrefix.")]
     name: Annotated[str, Field(description="Chart name.")]
     latest: Annotated[str, Field(description="Newest version (newest stable one if there is one).")]
@@ -105,9 +107,11 @@ class ChartItem(ApiModel):
 
 
 class ChartError(ApiModel):
+    """A repository whose charts could not be read."""
+
     repository: Annotated[str, Field(description="Repository, relative to repositoryPrefix.")]
-    reason: str
-    message: str = ""
+    reason: Annotated[str, Field(description="Why it could not be read, e.g. Unreachable.")]
+    message: Annotated[str, Field(description="What happened and what to do about it.")] = ""
 
 
 class ChartsStatus(ApiModel):

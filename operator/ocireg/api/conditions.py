@@ -1,7 +1,10 @@
 """The one way ocireg writes status conditions (the pull-secret reconcile and the chart sync
 alike), with the semantics of Flux's conditions.Set: a condition replaces the one of its type
 where it stands (or is appended), keeps that one's lastTransitionTime while its status holds,
-and every condition of another type is left as it was, whoever wrote it. Pure: no I/O."""
+and every condition of another type is left as it was, whoever wrote it. Reconciling and
+Stalled have kstatus' "abnormal-true" polarity: they are present only while True, so setting
+one False removes it (as Flux's conditions.Delete does) and a healthy object carries neither.
+Pure: no I/O."""
 
 from __future__ import annotations
 
@@ -11,6 +14,9 @@ from typing import Any
 Condition = dict[str, Any]
 # What makes two conditions the same to a reader (the transition time aside).
 _SHOWN = ("status", "reason", "message", "observedGeneration")
+# Present only while True (kstatus: Reconciling True is InProgress, Stalled True is Failed;
+# their absence is the normal state).
+ABNORMAL_TRUE = frozenset({"Reconciling", "Stalled"})
 
 
 def condition(
@@ -28,10 +34,14 @@ def condition(
 
 def set_conditions(conditions: Iterable[Condition], new: Iterable[Condition]) -> list[Condition]:
     """``conditions`` with each of ``new`` set: in place of the one of its type (keeping
-    its lastTransitionTime while the status is unchanged), or appended."""
+    its lastTransitionTime while the status is unchanged), or appended; an abnormal-true
+    type set False is removed instead."""
     result = [dict(c) for c in conditions]
     for wanted in new:
         wanted = dict(wanted)
+        if wanted["type"] in ABNORMAL_TRUE and wanted["status"] == "False":
+            result = remove_condition(result, wanted["type"])
+            continue
         at = next((i for i, c in enumerate(result) if c.get("type") == wanted["type"]), None)
         if at is None:
             result.append(wanted)

@@ -105,22 +105,44 @@ def spec_schema(namespaced: bool) -> dict[str, Any]:
 
 
 def _columns() -> list[dict[str, Any]]:
+    """What `kubectl get` shows (priority 1: only with -o wide). Only past times may be
+    `date` columns: kubectl shows a `date` as the time since it, and a future one as
+    `<invalid>`; a column cannot count down, and a status field that did would be stale
+    between writes (or cost a write per object per tick). So expiry and the next refresh
+    are shown as the RFC 3339 times the status holds."""
+    ready = '.status.conditions[?(@.type=="Ready")]'
     return [
         {"name": "Server", "type": "string", "jsonPath": ".spec.server"},
-        {"name": "Auth", "type": "string", "jsonPath": ".status.credentials.provider"},
         {
-            "name": "Ready",
+            "name": "Auth",
             "type": "string",
-            "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
+            "description": "The auth method that produced the credentials.",
+            "jsonPath": ".status.credentials.provider",
         },
-        {"name": "Expires", "type": "date", "jsonPath": ".status.credentials.expiresAt"},
+        {"name": "Ready", "type": "string", "jsonPath": f"{ready}.status"},
+        {
+            "name": "Expires",
+            "type": "string",
+            "description": "When the current credentials expire (UTC); empty if they do not.",
+            "jsonPath": ".status.credentials.expiresAt",
+        },
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         {
-            "name": "Reason",
+            "name": "Namespaces",
+            "type": "integer",
+            "priority": 1,
+            "description": "Namespaces holding the pull secret.",
+            "jsonPath": ".status.targets.namespaces",
+        },
+        {
+            "name": "Next Refresh",
             "type": "string",
             "priority": 1,
-            "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+            "description": "When the credentials are next renewed or re-verified (UTC).",
+            "jsonPath": ".status.credentials.nextRefreshAt",
         },
+        {"name": "Reason", "type": "string", "priority": 1, "jsonPath": f"{ready}.reason"},
+        {"name": "Message", "type": "string", "priority": 1, "jsonPath": f"{ready}.message"},
     ]
 
 

@@ -179,7 +179,7 @@ class TLS(ApiModel):
 
 
 class LabelSelectorRequirement(ApiModel):
-    key: Annotated[str, Field(max_length=317)]
+    key: Annotated[str, Field(description="The label key.", max_length=317)]
     operator: Annotated[
         str,
         Field(
@@ -187,16 +187,23 @@ class LabelSelectorRequirement(ApiModel):
             json_schema_extra={"enum": ["In", "NotIn", "Exists", "DoesNotExist"]},
         ),
     ]
-    values: Annotated[list[Annotated[str, Field(max_length=63)]], Field(max_length=64)] = []
+    values: Annotated[
+        list[Annotated[str, Field(max_length=63)]],
+        Field(description="Label values, for In and NotIn.", max_length=64),
+    ] = []
 
 
 class LabelSelector(ApiModel):
     """A Kubernetes label selector; empty selects every namespace."""
 
     match_labels: Annotated[
-        dict[str, Annotated[str, Field(max_length=63)]], Field(max_length=64)
+        dict[str, Annotated[str, Field(max_length=63)]],
+        Field(description="Labels a namespace must carry, with these values.", max_length=64),
     ] = {}
-    match_expressions: Annotated[list[LabelSelectorRequirement], Field(max_length=64)] = []
+    match_expressions: Annotated[
+        list[LabelSelectorRequirement],
+        Field(description="Requirements on labels, all of which must hold.", max_length=64),
+    ] = []
 
 
 class Format(StrEnum):

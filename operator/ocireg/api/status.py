@@ -12,6 +12,8 @@ from .charts import ChartsStatus
 
 
 class Condition(ApiModel):
+    """One observation of the object's state (the metav1.Condition fields)."""
+
     type: Annotated[
         str,
         Field(
@@ -19,15 +21,21 @@ class Condition(ApiModel):
             "Stalled."
         ),
     ]
-    status: Annotated[str, Field(description="True, False or Unknown.")]
+    status: Annotated[
+        str,
+        Field(
+            description="True, False or Unknown. Reconciling and Stalled are only ever True: "
+            "they are removed when their problem is gone."
+        ),
+    ]
     reason: Annotated[str, Field(description="A CamelCase reason, e.g. AuthenticationFailed.")]
     message: Annotated[str, Field(description="What happened and what to do about it.")] = ""
     observed_generation: Annotated[
-        int | None, Field(description="The generation this condition describes.")
+        int | None, Field(description="The metadata.generation this condition describes.")
     ] = None
-    last_transition_time: Annotated[str | None, Field(description="When status last changed.")] = (
-        None
-    )
+    last_transition_time: Annotated[
+        str | None, Field(description="When status last changed (RFC 3339, UTC).")
+    ] = None
 
 
 class CredentialsStatus(ApiModel):
@@ -63,9 +71,11 @@ class CredentialsStatus(ApiModel):
 
 
 class FailedNamespace(ApiModel):
-    namespace: str
-    reason: str
-    message: str = ""
+    """A selected namespace that does not hold the pull secret."""
+
+    namespace: Annotated[str, Field(description="The namespace.")]
+    reason: Annotated[str, Field(description="Why, e.g. SecretConflict.")]
+    message: Annotated[str, Field(description="What happened and what to do about it.")] = ""
 
 
 class TargetsStatus(ApiModel):
@@ -87,14 +97,30 @@ class RegistryStatus(ApiModel):
     conditions: Annotated[
         list[Condition],
         Field(
+            description="The object's state, one condition per type, as Flux and kstatus read "
+            "them. Ready: credentials verified and pull secrets written. CredentialsReady: the "
+            "credentials resolved and the registry accepted them. TargetsSynced: every selected "
+            "namespace holds the pull secret. ChartsSynced (with spec.charts): the chart index "
+            "is published. Reconciling (retrying a transient problem with backoff) and Stalled "
+            "(a problem only a change can fix; the reason says which) are present only while "
+            "True.",
             json_schema_extra={
                 "x-kubernetes-list-type": "map",
                 "x-kubernetes-list-map-keys": ["type"],
-            }
+            },
         ),
     ] = []
-    credentials: CredentialsStatus | None = None
-    targets: TargetsStatus | None = None
+    credentials: Annotated[
+        CredentialsStatus | None,
+        Field(
+            description="The credentials last verified: provider, registry hosts, when they "
+            "expire and are next renewed or re-verified. Never the credentials themselves."
+        ),
+    ] = None
+    targets: Annotated[
+        TargetsStatus | None,
+        Field(description="Where the pull secret is written, as of the last sync."),
+    ] = None
     charts: Annotated[
         ChartsStatus | None, Field(description="Helm charts found in the registry (spec.charts).")
     ] = None

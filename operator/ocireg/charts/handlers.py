@@ -390,7 +390,7 @@ async def charts_tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, plura
             ),
         )
         for kind, reason, message in published.events:
-            kopf.event(body, type=kind, reason=reason, message=message)
+            running.events.post(ref, kind, reason, message)
     _status_patch(patch, status, state)
 
 

@@ -210,6 +210,16 @@ class CoreV1(JsonApi):
     def delete_namespaced_config_map(self, name: str, namespace: str, body: Any = None) -> None:
         self._call("DELETE", _path(namespace, "configmaps", name), body)
 
+    # Events (kube.events)
+    def create_namespaced_event(self, namespace: str, body: Any, timeout: float) -> dict[str, Any]:
+        return self._object("POST", _path(namespace, "events"), body, timeout=timeout)
+
+    def patch_namespaced_event(
+        self, name: str, namespace: str, body: Any, timeout: float
+    ) -> dict[str, Any]:
+        path = _path(namespace, "events", name)
+        return self._object("PATCH", path, body, content_type=MERGE_PATCH, timeout=timeout)
+
 
 class CustomObjectsV1(JsonApi):
     """Our own objects (OCIRegistry, ClusterOCIRegistry): read one, merge-patch its status."""

@@ -231,11 +231,15 @@ class MintCache:
                     raise
                 raise error from None
             self._failures.pop(key, None)
-            # Whole seconds: the issue time is recorded in status (issuedAt) as it is here.
+            # Whole seconds: the issue time is recorded in status (issuedAt) as it is here,
+            # and so is the expiry, which `kubectl get` shows (EXPIRES); rounded down, never
+            # later than the provider said.
             issued = now.replace(microsecond=0)
+            expires = credential.expires_at
             credential = replace(
                 credential,
                 issued_at=issued,
+                expires_at=None if expires is None else expires.replace(microsecond=0),
                 note=issue_note(credential, issued),
                 minted_from=minted_from,
             )

@@ -6,7 +6,6 @@ kube."""
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import copy
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -35,7 +34,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # resourceVersion (or re-lists on 410 Gone). Under typical load-balancer idle timeouts.
     settings.watching.server_timeout = config.watch_timeout
     settings.watching.client_timeout = settings.watching.server_timeout + 30
-    settings.posting.level = 30  # our own Events are posted explicitly; kopf's only warnings
+    # Events are ours alone (kube.events: where kubectl describe finds them for both kinds,
+    # from `ocireg`, counted); kopf would post its log lines about an object as Events too.
+    settings.posting.enabled = False
     # Every handler that talks to a registry is async and runs its work on the Runtime's
     # pools (a tenant namespace holds at most its share of them); kopf's executor runs only
     # the sync startup and cleanup handlers, so its size is set, not left to min(32, cpus+4).
@@ -72,19 +73,12 @@ async def _run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, plural: str)
     ref, running = _ref(body, plural), runtime(memo)
     tracked = running.registries.get(ref)
     seen = tracked.body = copy.deepcopy(dict(body))
-    if running.events_context is None:
-        # kopf's context (its settings and Event queue, set for resource handlers only), for
-        # Events posted by runs outside a handler. Kept once for all objects: a copy per
-        # object kept its last cause alive (bodies, diff, patch: tens of KB each).
-        running.events_context = contextvars.copy_context()
     tracked.changed = True  # created, spec changed or resumed: read everything again
-    status, events = await _on_pool(memo, ref, lambda: running.work(ref, tracked, seen))
+    status = await _on_pool(memo, ref, lambda: running.work(ref, tracked, seen))
     if status is not None:
         patch["status"] = status
         # Later runs outside kopf (watch events, alarms) compare against what is written.
         seen["status"] = {**(seen.get("status") or {}), **status}
-    for kind, reason, message in events:
-        kopf.event(body, type=kind, reason=reason, message=message)
     # Objects that extend this one read it: their effective spec may have changed.
     running.changed(ref.kind, ref.namespace or "", ref.name)
 

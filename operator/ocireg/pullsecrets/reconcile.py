@@ -247,18 +247,14 @@ def _failure_status(
     conditions = [
         _condition("Ready", False, error.reason, error.message, generation),
         _condition("CredentialsReady", False, error.reason, error.message, generation),
-        _condition(
-            "Reconciling",
-            not stalled,
-            "Retrying" if not stalled else "Failed",
-            retry if not stalled else "waiting for a change",
-            generation,
-        ),
+        # Retrying on its own (Reconciling) or waiting for a change (Stalled); the one set
+        # False is removed (abnormal-true: api.conditions.ABNORMAL_TRUE).
+        _condition("Reconciling", not stalled, "Retrying", retry, generation),
         _condition(
             "Stalled",
             stalled,
-            error.reason if stalled else "Retrying",
-            f"{error.message}; {retry} or when an input changes" if stalled else retry,
+            error.reason,
+            f"{error.message}; {retry} or when an input changes",
             generation,
         ),
     ]
@@ -313,8 +309,9 @@ def _success_status(
             generation,
         ),
         _condition("TargetsSynced", *synced, generation),
-        _condition("Reconciling", False, "Reconciled", "up to date", generation),
-        _condition("Stalled", False, "Progressing", "no problem", generation),
+        # Neither retrying nor stalled: both removed (api.conditions.ABNORMAL_TRUE).
+        _condition("Reconciling", False, "Reconciled", "", generation),
+        _condition("Stalled", False, "Reconciled", "", generation),
     ]
     credentials = {
         "provider": credential.provider,

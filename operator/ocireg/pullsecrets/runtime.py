@@ -13,7 +13,6 @@ The chart handlers and the admission webhook read the same object (`runtime(memo
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import time
 from collections.abc import Mapping
@@ -21,13 +20,12 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-import kopf
-
 from ocireg import metrics
 from ocireg.api import ownership
 from ocireg.api.ownership import RegistryRef
 from ocireg.kube.cache import Store, Watcher
 from ocireg.kube.client import Kube, load_config
+from ocireg.kube.events import EventRecorder
 from ocireg.providers import recall, seal
 from ocireg.providers.cache import MintCache
 from ocireg.pullsecrets.fanout import SYNC_WAIT_SECONDS, Fanout, Registries, Tracked
@@ -46,8 +44,6 @@ WATCHED = [
 ]
 # A triggered run that raised (the API server away) is tried again after this.
 RETRY_SECONDS = 10
-# A status and the Events to post: what one reconcile hands back to its handler.
-Events = list[tuple[str, str, str]]
 
 
 class MissingRights(Exception):
@@ -61,12 +57,12 @@ class Runtime:
     pools: Pools
     registries: Registries
     mint_cache: MintCache  # one mint per cloud identity, shared by all objects
+    events: EventRecorder  # every Event about a registry object (the pull secrets' and charts')
     index: ClusterIndex | None = None  # once watching (watch)
     fanout: Fanout | None = None
     watchers: list[Watcher] = field(default_factory=list)
     dependents: Dependents = field(default_factory=Dependents)
     alarms: Alarms[RegistryRef] | None = None  # each object's next due time (create)
-    events_context: contextvars.Context | None = None  # kopf's, for Events (handlers.configure)
 
     @classmethod
     def create(cls, config: OperatorConfig) -> Runtime:
@@ -74,7 +70,9 @@ class Runtime:
         kube = Kube()
         # Restart reuse: the operator's key (providers/seal.py), the same in every replica.
         cache = MintCache(sealer=seal.Sealer(seal.load_key(config.credentials_namespace, kube)))
-        runtime = cls(config, kube, Pools(config.pools), Registries(), cache)
+        events = EventRecorder(kube.api)
+        events.start()
+        runtime = cls(config, kube, Pools(config.pools), Registries(), cache, events)
         runtime.alarms = Alarms(runtime.poke)
         metrics.watch_registries(runtime.registries.samples)  # served from the start (cli)
         return runtime
@@ -165,20 +163,21 @@ class Runtime:
         if self.fanout is not None:
             self.fanout.queue.stop()
         self.pools.stop()
+        self.events.stop()  # after the pools: what their last runs posted goes out
 
     # -- the work the handlers hand to the pools -------------------------------------------
 
     def work(
         self, ref: RegistryRef, tracked: Tracked, body: dict[str, Any]
-    ) -> tuple[dict[str, Any] | None, Events]:
-        """One reconcile of one object: the status fields to merge (None: unchanged) and
-        the Events to post."""
+    ) -> dict[str, Any] | None:
+        """One reconcile of one object, its Events posted: the status fields to merge (None:
+        unchanged)."""
         if self.fanout is None:
             raise RuntimeError("reconciling before the watches started")
         started = time.monotonic()
         with tracked.lock:
             if tracked.deleted:
-                return None, []
+                return None
             # Nothing it read changed since its last run (a watch event would have marked it,
             # and one arriving from now on runs it again): the resync needs no reads.
             known = None
@@ -212,6 +211,8 @@ class Runtime:
                     tracked.placed = outcome.placed
             if outcome.tls is not None:
                 tracked.tls = outcome.tls
+        for kind, reason, message in outcome.events:
+            self.events.post(ref, kind, reason, message)
         if outcome.status is not None:  # the tick did work
             result = "success" if outcome.credential is not None else "failure"
             metrics.RECONCILES.labels(ref.kind, result).inc()
@@ -226,8 +227,8 @@ class Runtime:
         if outcome.status is not None and any(
             current.get(key) != value for key, value in outcome.status.items()
         ):
-            return outcome.status, outcome.events
-        return None, outcome.events
+            return outcome.status
+        return None
 
     def copy_of(self, ref: RegistryRef, name: str) -> tuple[str, dict[str, Any]] | None:
         """Restart reuse (providers/recall.py): one copy of ``ref``'s Secret ``name`` as the
@@ -272,15 +273,10 @@ class Runtime:
         if tracked is None or tracked.body is None:
             return  # kopf has not handed it over yet; its first handler runs soon anyway
         body = tracked.body
-        status, events = self.work(ref, tracked, body)
+        status = self.work(ref, tracked, body)
         if status is not None:
             self.kube.patch_registry_status(ref, status)
             body["status"] = {**(body.get("status") or {}), **status}
-        context = self.events_context
-        event: Any = kopf.event  # it takes a kopf Body; ours is the dict it was made from
-        for kind, reason, message in events:
-            if context is not None:
-                context.copy().run(event, body, type=kind, reason=reason, message=message)
 
     def delete(self, ref: RegistryRef) -> None:
         tracked = self.registries.forget(ref) or Tracked()
