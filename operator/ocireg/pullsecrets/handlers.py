@@ -13,7 +13,13 @@ from typing import Any, TypeVar
 
 import kopf
 
-from ocireg.api.names import FINALIZER, GROUP, KINDS
+from ocireg.api.names import (
+    ANNOTATION_FLUX_RECONCILE,
+    ANNOTATION_REFRESH,
+    FINALIZER,
+    GROUP,
+    KINDS,
+)
 from ocireg.api.ownership import RegistryRef
 from ocireg.pullsecrets.runtime import RETRY_SECONDS, MissingRights, Runtime, runtime
 from ocireg.settings import OperatorConfig
@@ -101,6 +107,29 @@ for _plural in KINDS:
         body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, _plural: str = _plural, **_: Any
     ) -> None:
         await _run(body, patch, memo, _plural)
+
+    # Rotate now (schedule.refresh_requests): kopf's diff leaves out annotations under its own
+    # prefix (ours), so each is named as a field, which keeps it in the diff. The run itself
+    # decides whether a request is pending: the same value again does nothing.
+    @kopf.on.update(
+        GROUP, _plural, field=("metadata", "annotations", ANNOTATION_REFRESH), backoff=RETRY_SECONDS
+    )
+    @kopf.on.update(
+        GROUP,
+        _plural,
+        field=("metadata", "annotations", ANNOTATION_FLUX_RECONCILE),
+        backoff=RETRY_SECONDS,
+    )
+    async def on_refresh_request(
+        body: kopf.Body,
+        patch: kopf.Patch,
+        memo: kopf.Memo,
+        new: Any,
+        _plural: str = _plural,
+        **_: Any,
+    ) -> None:
+        if new:  # removing the annotation asks for nothing
+            await _run(body, patch, memo, _plural)
 
     @kopf.on.delete(GROUP, _plural)
     async def on_delete(body: kopf.Body, memo: kopf.Memo, _plural: str = _plural, **_: Any) -> None:

@@ -67,6 +67,8 @@ class Runtime:
     dependents: Dependents = field(default_factory=Dependents)
     alarms: Alarms[RegistryRef] | None = None  # each object's next due time (create)
     events_context: contextvars.Context | None = None  # kopf's, for Events (handlers.configure)
+    # The exception type each object's triggered runs last failed with (logged once).
+    run_failures: dict[RegistryRef, str] = field(default_factory=dict)
 
     @classmethod
     def create(cls, config: OperatorConfig) -> Runtime:
@@ -251,15 +253,20 @@ class Runtime:
 
         def failed(done: Future[None]) -> None:
             error = None if done.cancelled() else done.exception()
-            if error is not None:
+            if error is None:
+                self.run_failures.pop(ref, None)
+                return
+            # Logged once while it fails the same way, not every RETRY_SECONDS.
+            if self.run_failures.get(ref) != type(error).__name__:
+                self.run_failures[ref] = type(error).__name__
                 log.warning(
-                    "triggered reconcile of %s failed: %s; retrying in %ds",
+                    "triggered reconcile of %s failed: %s; retrying every %ds",
                     ref.display,
                     type(error).__name__,
                     RETRY_SECONDS,
                 )
-                if self.alarms is not None and self.registries.find(ref) is not None:
-                    self.alarms.set(ref, RETRY_SECONDS)
+            if self.alarms is not None and self.registries.find(ref) is not None:
+                self.alarms.set(ref, RETRY_SECONDS)
 
         future.add_done_callback(failed)
 
