@@ -552,13 +552,14 @@ def admission_from_args(args: argparse.Namespace) -> AdmissionConfig:
 
 
 class _KopfChatter(logging.Filter):
-    """kopf's per-object lines at info ("Handler 'on_change' succeeded", "Timer ...
-    succeeded", "Creation is processed") are about kopf, not the registry: they go to debug,
-    shown with --verbose. Failures (warning and above) pass as they are; ocireg logs its own
-    objects' failures once each, with the reason."""
+    """kopf's lines at info ("Handler 'on_change' succeeded" for every run, "Timer ...
+    succeeded" every tick, "Activity 'configure' succeeded") are about kopf, not the
+    registries: they go to debug, shown with --verbose. Its warnings and errors pass as they
+    are; ocireg logs its own objects' failures once each, with the reason."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno == logging.INFO:
+        kopf = record.name == "kopf" or record.name.startswith("kopf.")
+        if kopf and record.levelno == logging.INFO:
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             return logging.getLogger().isEnabledFor(logging.DEBUG)
         return True
@@ -578,9 +579,9 @@ def configure_logging(config: OperatorConfig) -> None:
     # stay at WARNING whatever the operator's own level.
     for noisy in QUIET_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    kopf_objects = logging.getLogger("kopf.objects")
-    if not any(isinstance(f, _KopfChatter) for f in kopf_objects.filters):
-        kopf_objects.addFilter(_KopfChatter())
+    for handler in logging.getLogger().handlers:  # kopf.configure's: it sees every logger's
+        if not any(isinstance(f, _KopfChatter) for f in handler.filters):
+            handler.addFilter(_KopfChatter())
     # One line per liveness probe (kopf's aiohttp server) says nothing; errors still show.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
