@@ -4,6 +4,7 @@ probe access lines, and one line and a non-zero exit when no cluster answers at 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -95,7 +96,7 @@ def test_an_idle_operator_logs_nothing_per_tick_and_no_probes(
 def _run_without_a_cluster(kubeconfig: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "ocireg", "run"],
-        env={"KUBECONFIG": str(kubeconfig), "PATH": "/usr/bin:/bin"},
+        env={**os.environ, "KUBECONFIG": str(kubeconfig)},
         capture_output=True,
         text=True,
         timeout=60,
