@@ -27,11 +27,27 @@ from ocireg.settings import OperatorConfig
 T = TypeVar("T")
 
 
+class ProgressStorage(kopf.AnnotationsProgressStorage):
+    """kopf's progress annotations under our prefix. Its clear() drops every annotation of
+    that prefix from the essence kopf compares to find changes, which would hide the
+    refresh request (ocireg.dev/refresh-requested-at) from the handler that waits for it."""
+
+    def clear(self, *, essence: kopf.BodyEssence) -> kopf.BodyEssence:
+        found: Any = essence
+        requested = ((found.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_REFRESH)
+        cleared: Any = super().clear(essence=essence)
+        if requested is not None:
+            metadata = cleared.setdefault("metadata", {})
+            metadata.setdefault("annotations", {})[ANNOTATION_REFRESH] = requested
+        result: kopf.BodyEssence = cleared
+        return result
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # Our own annotation and finalizer names, so nothing of ours looks like another operator's.
     settings.persistence.finalizer = FINALIZER
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.progress_storage = ProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
     )
