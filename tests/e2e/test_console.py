@@ -43,6 +43,22 @@ def ocireg(
     )
 
 
+def kubectl_ocireg(cluster: ControlPlane, *args: str) -> subprocess.CompletedProcess[str]:
+    """The same command as a kubectl plugin: kubectl finds kubectl-ocireg on PATH."""
+    return subprocess.run(
+        [str(cluster.tools.path("kubectl")), "ocireg", *args],
+        env={
+            **os.environ,
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            "KUBECONFIG": str(cluster.admin_kubeconfig),
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 def write(path: Path, *objects: dict) -> Path:
     path.write_text(yaml.safe_dump_all(objects))
     return path
@@ -85,7 +101,9 @@ def test_check_tries_the_credentials_and_writes_nothing(
     good = write(tmp_path / "good.yaml", registry_object(CLUSTER, name, spec))
     before = our_secrets(cluster)
     try:
-        checked = ocireg(cluster, "check", "-f", str(good), "--credentials-namespace", namespace)
+        checked = kubectl_ocireg(
+            cluster, "check", "-f", str(good), "--credentials-namespace", namespace
+        )
         assert checked.returncode == 0, checked.stderr
         assert checked.stdout.splitlines() == [
             f"{CLUSTER} {name}: OK",
@@ -202,19 +220,8 @@ def test_status_lists_every_object_also_as_a_kubectl_plugin(
         "AuthenticationFailed",
     ]
 
-    # The same command as a kubectl plugin: kubectl finds kubectl-ocireg on PATH.
-    plugin = subprocess.run(
-        [str(cluster.tools.path("kubectl")), "ocireg", "status", "-n", namespace],
-        env={
-            **os.environ,
-            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-            "KUBECONFIG": str(cluster.admin_kubeconfig),
-        },
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    # The same command as a kubectl plugin.
+    plugin = kubectl_ocireg(cluster, "status", "-n", namespace)
     assert plugin.returncode == 0, plugin.stderr
     through = [line.split()[:6] for line in plugin.stdout.splitlines()]
     assert through[0] == rows[0][:6]
