@@ -119,6 +119,8 @@ def _cluster_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from ocireg.kube.client import ApiError
+
     try:
         if args.command == "check":
             return check(args)
@@ -126,6 +128,13 @@ def main(args: argparse.Namespace) -> int:
             return status(args)
     except CommandError as error:
         print(f"ocireg {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    except ApiError as error:  # a read the kubeconfig's identity may not make, say
+        where = f" ({error.reason})" if error.reason else ""
+        print(
+            f"ocireg {args.command}: error: the API server answered {error.status}{where}",
+            file=sys.stderr,
+        )
         return 1
     return 2
 
@@ -288,7 +297,12 @@ def _check_one(
             spec, credential, tls, EgressPolicy.for_object(namespaced, config.egress_allowed_cidrs)
         )
     except ReconcileError as error:
-        print(f"{shown}: {error.reason}: {error.message}", file=sys.stderr)
+        hint = (
+            " (ocireg check reads as the kubeconfig's identity)"
+            if error.reason == "Forbidden"
+            else ""
+        )
+        print(f"{shown}: {error.reason}: {error.message}{hint}", file=sys.stderr)
         return False
     host = verified_host(spec, credential)
     expiry = ""
@@ -317,9 +331,18 @@ def _targets(kube: Any, ref: Any, spec: Any) -> str:
         return f"{secrets} in {ref.namespace}{accounts}"
     if kube is None:
         return f"{secrets} in the namespaces spec.targets selects{accounts}"
+    from ocireg.kube.client import ApiError
+
+    try:
+        namespaces = kube.namespaces()
+    except ApiError as error:
+        return (
+            f"{secrets} in the namespaces spec.targets selects{accounts} (not listed: the API "
+            f"server answered {error.status} to listing namespaces)"
+        )
     chosen = [
         n["metadata"]["name"]
-        for n in kube.namespaces()
+        for n in namespaces
         if plan.namespace_selected(
             ref,
             targets,

@@ -111,6 +111,20 @@ def test_check_tries_the_credentials_and_writes_nothing(
             f"  would write: Secret {name} (dockerconfigjson) in 1 namespace(s): {target}, "
             "referenced by ServiceAccounts default",
         ]
+        # It reads as the kubeconfig's identity: one that may not read the Secret is told so.
+        stranger = cluster.kubeconfig_for_user(f"nobody-{namespace[-6:]}", ["nobodies"])
+        forbidden = ocireg(
+            cluster,
+            "check",
+            "-f",
+            str(good),
+            "--credentials-namespace",
+            namespace,
+            kubeconfig=stranger,
+        )
+        assert forbidden.returncode == 1
+        assert forbidden.stderr.startswith(f"{CLUSTER} {name}: Forbidden: "), forbidden.stderr
+
         # Nothing was written: no object, no pull secret.
         assert cluster.kubectl("get", "clusterociregistry", name, check=False).returncode != 0
         assert our_secrets(cluster) == before
