@@ -20,6 +20,7 @@ from ocireg.api.conditions import condition, set_conditions
 from ocireg.api.credential import Credential
 from ocireg.api.durations import parse_duration
 from ocireg.api.errors import ReconcileError
+from ocireg.api.names import REFRESH_HANDLED
 from ocireg.api.reasons import Reason
 from ocireg.api.spec import RegistrySpec
 from ocireg.api.status import RegistryStatus
@@ -547,13 +548,14 @@ def _reconcile(
     if requests:
         status.update(requests)
         what = "minted again" if credential.issued_at is not None else "read again"
+        asked = ", ".join(a for a, field in REFRESH_HANDLED.items() if field in requests)
         events.append(
             (
                 "Normal",
                 "Refreshed",
                 f"{credential.provider} credentials {what}, verified and written to every "
-                f"copy, as requested ({', '.join(sorted(requests))})",
+                f"copy, as {asked} asked",
             )
         )
-        log.info("%s refreshed on request (%s)", ref.display, ", ".join(sorted(requests)))
+        log.info("%s refreshed on request (%s)", ref.display, asked)
     return Outcome(memory, status, events, spec, credential, placed, tls)
