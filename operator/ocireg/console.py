@@ -93,8 +93,8 @@ def add_commands(
         help="a table of every OCIRegistry and ClusterOCIRegistry: ready, reason, expiry, failures",
         description="Every registry object the kubeconfig's identity may list, both kinds: "
         "READY and REASON are the Ready condition's, EXPIRES when the current credentials "
-        "expire, FAILED the namespaces whose pull secret could not be written, REFRESHED "
-        "when the credentials were last verified.",
+        "expire, FAILURES the attempts that failed in a row, NS-FAILED the namespaces whose "
+        "pull secret could not be written, REFRESHED when the credentials were last verified.",
         formatter_class=formatter,
     )
     status.add_argument(
@@ -358,7 +358,7 @@ def _targets(kube: Any, ref: Any, spec: Any) -> str:
 
 # -- status --------------------------------------------------------------------------------
 
-COLUMNS = ("KIND", "NAME", "READY", "REASON", "EXPIRES", "FAILED", "REFRESHED")
+COLUMNS = ("KIND", "NAME", "READY", "REASON", "EXPIRES", "FAILURES", "NS-FAILED", "REFRESHED")
 
 
 def status(args: argparse.Namespace) -> int:
@@ -399,6 +399,7 @@ def status_row(kind: str, body: Mapping[str, Any], now: dt.datetime) -> tuple[st
         str(ready.get("status")) if ready else "Unknown",
         str(ready.get("reason")) if ready else "NotReconciled",
         _left(expires, now) if expires else "-",
+        str(status.get("failures") or 0),
         str(targets.get("failedCount") or 0),
         f"{_ago(refreshed, now)} ago" if refreshed else "-",
     )

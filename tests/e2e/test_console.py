@@ -223,10 +223,28 @@ def test_status_lists_every_object_also_as_a_kubectl_plugin(
     shown = ocireg(cluster, "status", "-n", namespace)
     assert shown.returncode == 0, shown.stderr
     rows = [line.split() for line in shown.stdout.splitlines()]
-    assert rows[0] == ["KIND", "NAME", "READY", "REASON", "EXPIRES", "FAILED", "REFRESHED"]
+    assert rows[0] == [
+        "KIND",
+        "NAME",
+        "READY",
+        "REASON",
+        "EXPIRES",
+        "FAILURES",
+        "NS-FAILED",
+        "REFRESHED",
+    ]
     mine = {row[1]: row for row in rows[1:] if row[1].startswith(f"{namespace}/")}
-    assert mine[f"{namespace}/good"][:6] == [TENANT, f"{namespace}/good", "True", "Ready", "-", "0"]
+    assert mine[f"{namespace}/good"][:7] == [
+        TENANT,
+        f"{namespace}/good",
+        "True",
+        "Ready",
+        "-",
+        "0",
+        "0",
+    ]
     assert mine[f"{namespace}/good"][-2:][1] == "ago"  # e.g. "12s ago"
+    assert int(mine[f"{namespace}/bad"][5]) >= 1  # failed attempts in a row
     assert mine[f"{namespace}/bad"][:4] == [
         TENANT,
         f"{namespace}/bad",
@@ -237,10 +255,10 @@ def test_status_lists_every_object_also_as_a_kubectl_plugin(
     # The same command as a kubectl plugin.
     plugin = kubectl_ocireg(cluster, "status", "-n", namespace)
     assert plugin.returncode == 0, plugin.stderr
-    through = [line.split()[:6] for line in plugin.stdout.splitlines()]
-    assert through[0] == rows[0][:6]
+    through = [line.split()[:5] for line in plugin.stdout.splitlines()]
+    assert through[0] == rows[0][:5]
     assert sorted(r for r in through if r[1].startswith(f"{namespace}/")) == sorted(
-        row[:6] for row in mine.values()
+        row[:5] for row in mine.values()
     )
     listed = subprocess.run(
         [str(cluster.tools.path("kubectl")), "plugin", "list"],

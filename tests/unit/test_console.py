@@ -29,12 +29,14 @@ def test_status_row_of_a_ready_expiring_object() -> None:
             "targets": {"failedCount": 2},
         },
     }
+    body["status"]["failures"] = 3
     assert console.status_row("OCIRegistry", body, NOW) == (
         "OCIRegistry",
         "team-a/ecr",
         "True",
         "Ready",
         "in 3h20m",
+        "3",
         "2",
         "5m ago",
     )
@@ -47,6 +49,7 @@ def test_status_row_of_an_object_never_reconciled_or_expired() -> None:
         "Unknown",
         "NotReconciled",
         "-",
+        "0",
         "0",
         "-",
     )

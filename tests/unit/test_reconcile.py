@@ -310,12 +310,16 @@ def test_wrong_password_keeps_the_good_secret_and_backs_off(
     assert len(verified) == calls + 1
     assert not again.events
     assert again.memory.failures == 2
+    assert again.status is not None
+    assert again.status["failures"] == 2  # what `ocireg status` shows
     assert again.memory.retry_at > outcome.memory.retry_at
     # Fixing the Secret is noticed on the next tick, whatever the backoff.
     kube.put_secret("ocireg-system", "creds", {"username": "robot", "password": PASSWORD})
     fixed = run(kube, obj, again.memory, now=outcome.memory.retry_at + 2)
     assert fixed.memory.failures == 0
     assert conditions(obj)["Ready"]["status"] == "True"
+    assert fixed.status is not None
+    assert fixed.status["failures"] is None  # merge-patched away
 
 
 @pytest.mark.parametrize(

@@ -102,6 +102,13 @@ class RegistryStatus(ApiModel):
     charts: Annotated[
         ChartsStatus | None, Field(description="Helm charts found in the registry (spec.charts).")
     ] = None
+    failures: Annotated[
+        int | None,
+        Field(
+            description="Attempts that failed in a row since the credentials last worked "
+            "(counted by the running operator; absent once they work)."
+        ),
+    ] = None
     last_handled_refresh_at: Annotated[
         str | None,
         Field(

@@ -506,7 +506,11 @@ def _reconcile(
             # Once per failure, not per retry: the condition and Event say it too.
             log.warning("%s failed: %s (retrying with backoff)", ref.display, failure)
         memory = schedule.after_failure(memory, current, now, error.retry_after, failure)
-        status = {**_failure_status(error, generation, old, memory.retry_at - now), **requests}
+        status = {
+            **_failure_status(error, generation, old, memory.retry_at - now),
+            "failures": memory.failures,
+            **requests,
+        }
         previous: dict[str, Any] = next(
             (c for c in old.get("conditions") or [] if c.get("type") == "CredentialsReady"), {}
         )
@@ -545,6 +549,8 @@ def _reconcile(
     if work is schedule.Work.verify and not old.get("conditions"):
         host = verified_host(spec, credential)
         events.append(("Normal", "Verified", f"credentials accepted by {host}"))
+    if old.get("failures"):
+        status["failures"] = None  # merge-patched away: it works again
     if requests:
         status.update(requests)
         what = "minted again" if credential.issued_at is not None else "read again"
