@@ -206,17 +206,26 @@ def login(**_):
         from ocireg.admission.server import self_signed_certificate
         self_signed_certificate(["127.0.0.1"])
 
+def connected(*_, **__):
+    # ocireg run's check that the API server answers, before kopf: the same login.
+    login()
+    return {}
+
 class StopKopfRun(importlib.abc.MetaPathFinder):
-    # When kopf is imported, its run() becomes login() above.
+    # When kopf is imported, its run() becomes login() above; so does ocireg's connect().
+    replaced = {"kopf": ("run", login), "ocireg.kube.client": ("connect", connected)}
+
     def find_spec(self, name, path=None, target=None):
-        if name != "kopf":
+        if name not in self.replaced:
             return None
-        sys.meta_path.remove(self)
+        attribute, stand_in = self.replaced.pop(name)
+        if not self.replaced:
+            sys.meta_path.remove(self)
         spec = importlib.util.find_spec(name)
         real = spec.loader.exec_module
         def exec_module(module):
             real(module)
-            module.run = login
+            setattr(module, attribute, stand_in)
         spec.loader.exec_module = exec_module
         return spec
 

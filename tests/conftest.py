@@ -192,6 +192,7 @@ def run_operator(
         kubeconfig: Path | None = None,
         env: dict[str, str] | None = None,
         name: str = "ocireg",
+        verbose: bool = True,
     ) -> OperatorProcess:
         operator = OperatorProcess(
             kubeconfig or cluster.admin_kubeconfig,
@@ -199,6 +200,7 @@ def run_operator(
             args,
             env,
             name=f"{name}-{len(started)}",
+            verbose=verbose,  # --verbose: kopf's debug lines too, for a failing test's report
         )
         started.append(operator)
         return operator.start()

@@ -1,4 +1,6 @@
-"""The `ocireg` command: run the operator, print the version, write the CRDs."""
+"""The `ocireg` command (also `kubectl-ocireg`, a kubectl plugin): run the operator, check a
+registry object before applying it, show every object's state, print the version, write the
+CRDs."""
 
 from __future__ import annotations
 
@@ -6,9 +8,10 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
-from ocireg import __version__
+from ocireg import __version__, console
 from ocireg.settings import AdmissionConfig, LogFormat, OperatorConfig, PoolSizes
 
 # Libraries whose debug logs can carry credentials.
@@ -24,6 +27,8 @@ QUIET_LOGGERS = (
     "requests_oauthlib",
     "kubernetes.client.rest",
 )
+# Seconds `ocireg run` waits for the API server at start before it gives up with a message.
+CONNECT_TIMEOUT = 15.0
 
 
 def _env_list(name: str) -> list[str]:
@@ -80,70 +85,178 @@ DEFAULTS = OperatorConfig()
 ADMISSION = AdmissionConfig()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ocireg", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def _shown(value: object) -> str:
+    """A default as --help prints it."""
+    if value is None or value == () or value == "":
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, tuple | list):
+        return " ".join(str(v) for v in value)
+    return str(value)
 
-    run = sub.add_parser("run", help="run the operator against the current kubeconfig")
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default (the settings' own, not whatever an
+    environment variable makes it today) and names the variable that overrides it, with the
+    value it has now when it is set: --help never passes an override off as the default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is argparse.SUPPRESS or not action.option_strings:
+            return text
+        if isinstance(action, argparse._HelpAction | argparse._VersionAction):
+            return text
+        env: str | None = getattr(action, "env", None)
+        base = getattr(action, "base_default", action.default)
+        said = "default:" in text  # the help says what the default means in words
+        notes = [] if said else [f"default: {_shown(base)}"]
+        if env is not None:
+            now = os.environ.get(env)
+            notes.append(f"env {env}" + (f", set now: {now}" if now else ""))
+        text = text.replace("%", "%%")
+        if not notes:
+            return text
+        if said and text.endswith(")"):  # "(...; default: ...)" gets the variable inside
+            return f"{text[:-1]}; {'; '.join(notes)})"
+        return f"{text} ({'; '.join(notes)})"
+
+
+_T = TypeVar("_T")
+
+
+def _option(
+    group: argparse._ActionsContainer,
+    *flags: str,
+    env: str | None = None,
+    default: _T | None = None,
+    convert: Callable[[str], _T] | None = None,
+    **options: Any,
+) -> argparse.Action:
+    """An option whose default is the settings' ``default`` unless the environment variable
+    ``env`` is set (read now, converted with ``convert``); --help shows both (HelpFormatter)."""
+    value: object = default
+    given = os.environ.get(env) if env else None
+    if given and options.get("action") == "store_true":
+        value = given == "true"
+    elif given and options.get("action") != "append":
+        value = convert(given) if convert is not None else given
+    if convert is not None:
+        options.setdefault("type", convert)
+    action = group.add_argument(*flags, default=value, **options)
+    action.env = env  # type: ignore[attr-defined]
+    action.base_default = default  # type: ignore[attr-defined]
+    return action
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ocireg",
+        description="Run the ocireg operator, check a registry object, show every object's "
+        "state. Also installed as kubectl-ocireg: `kubectl ocireg status`.",
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"ocireg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="run the operator against the current kubeconfig (or in-cluster identity)",
+        description="Run the operator. Every option can also be set by the environment "
+        "variable named in its help; a flag wins over the variable.",
+        formatter_class=HelpFormatter,
+    )
     scope = run.add_mutually_exclusive_group()
-    scope.add_argument(
+    _option(
+        scope,
         "-n",
         "--namespace",
+        env="OCIREG_NAMESPACES",
         dest="namespaces",
         action="append",
+        metavar="NAMESPACE",
         help="serve OCIRegistry objects only in this namespace (repeatable; "
-        "env OCIREG_NAMESPACES); default: all namespaces",
+        "default: all namespaces)",
     )
     scope.add_argument(
-        "-A", "--all-namespaces", action="store_true", help="serve the whole cluster (the default)"
+        "-A",
+        "--all-namespaces",
+        action="store_true",
+        help="serve the whole cluster, whatever OCIREG_NAMESPACES says (default: the whole "
+        "cluster unless -n or OCIREG_NAMESPACES)",
     )
-    run.add_argument(
+    _option(
+        run,
         "--credentials-namespace",
-        default=os.environ.get("OCIREG_CREDENTIALS_NAMESPACE", DEFAULTS.credentials_namespace),
+        env="OCIREG_CREDENTIALS_NAMESPACE",
+        default=DEFAULTS.credentials_namespace,
+        metavar="NAMESPACE",
         help="namespace ClusterOCIRegistry credential Secrets are read from",
     )
-    run.add_argument(
+    _option(
+        run,
         "--liveness",
-        default=os.environ.get("OCIREG_LIVENESS"),
+        env="OCIREG_LIVENESS",
         metavar="URL",
-        help="serve a health endpoint, e.g. http://0.0.0.0:8080/healthz",
+        help="serve a health endpoint, e.g. http://0.0.0.0:8080/healthz (default: none)",
+    )
+    _option(
+        run,
+        "--log-format",
+        env="OCIREG_LOG_FORMAT",
+        default=DEFAULTS.log_format.value,
+        choices=[f.value for f in LogFormat],
+        help="plain: the message; full: with time, logger and level; json: one object a line",
     )
     run.add_argument(
-        "--log-format",
-        choices=[f.value for f in LogFormat],
-        default=os.environ.get("OCIREG_LOG_FORMAT", DEFAULTS.log_format.value),
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also log at debug level: each handler kopf runs, each timer tick, kopf's own "
+        "progress (default: off; info and above, failures once each)",
     )
-    run.add_argument("-v", "--verbose", action="store_true")
-    run.add_argument("--debug", action="store_true")
+    run.add_argument(
+        "--debug",
+        action="store_true",
+        help="--verbose, and asyncio's debug logs too (the HTTP clients and the cloud SDKs "
+        "stay at warning: they would log credentials) (default: off)",
+    )
     # Accepted and ignored: kopf always runs standalone now (replicas use the Lease).
     run.add_argument("--standalone", action="store_true", help=argparse.SUPPRESS)
     ha = run.add_argument_group("high availability")
-    ha.add_argument(
+    _option(
+        ha,
         "--leader-elect",
+        env="OCIREG_LEADER_ELECT",
+        default=False,
         action="store_true",
-        default=os.environ.get("OCIREG_LEADER_ELECT", "") == "true",
         help="run as one of several replicas: only the holder of a Lease works, the others "
-        "stand by and take over (env OCIREG_LEADER_ELECT=true)",
+        "stand by and take over (the variable: true)",
     )
-    ha.add_argument(
+    _option(
+        ha,
         "--leader-election-namespace",
-        default=os.environ.get("OCIREG_LEADER_ELECTION_NAMESPACE"),
+        env="OCIREG_LEADER_ELECTION_NAMESPACE",
         metavar="NAMESPACE",
         help="namespace of the Lease (default: the credentials namespace)",
     )
-    ha.add_argument(
+    _option(
+        ha,
         "--leader-election-id",
-        default=os.environ.get("OCIREG_LEADER_ELECTION_ID", DEFAULTS.leader_election_id),
+        env="OCIREG_LEADER_ELECTION_ID",
+        default=DEFAULTS.leader_election_id,
         metavar="NAME",
-        help=f"name of the Lease (default: {DEFAULTS.leader_election_id})",
+        help="name of the Lease",
     )
 
-    run.add_argument(
+    _option(
+        run,
         "--concurrency",
-        type=int,
-        default=int(os.environ.get("OCIREG_CONCURRENCY") or DEFAULTS.concurrency),
-        help="namespaces written into at once, all registry objects together "
-        "(env OCIREG_CONCURRENCY)",
+        env="OCIREG_CONCURRENCY",
+        default=DEFAULTS.concurrency,
+        convert=int,
+        metavar="N",
+        help="namespaces written into at once, all registry objects together",
     )
     pools = run.add_argument_group(
         "worker pools",
@@ -151,90 +264,106 @@ def build_parser() -> argparse.ArgumentParser:
         "each tenant pool (docs/architecture.md)",
     )
     for flag, env, default, what in POOL_FLAGS:
-        pools.add_argument(
-            flag,
-            type=int,
-            default=int(os.environ.get(env) or default),
-            metavar="N",
-            help=f"{what} (default: {default}; env {env})",
-        )
-    run.add_argument(
+        _option(pools, flag, env=env, default=default, convert=int, metavar="N", help=what)
+    _option(
+        run,
         "--resync",
-        type=float,
-        default=float(os.environ.get("OCIREG_RESYNC_SECONDS") or DEFAULTS.resync_seconds),
+        env="OCIREG_RESYNC_SECONDS",
+        default=DEFAULTS.resync_seconds,
+        convert=float,
         metavar="SECONDS",
-        help="re-list targets this often to repair drift (env OCIREG_RESYNC_SECONDS)",
+        help="re-list targets this often to repair drift (at least 10)",
     )
-    run.add_argument(
+    _option(
+        run,
         "--watch-timeout",
-        type=int,
-        default=int(os.environ.get("OCIREG_WATCH_TIMEOUT_SECONDS") or DEFAULTS.watch_timeout),
+        env="OCIREG_WATCH_TIMEOUT_SECONDS",
+        default=DEFAULTS.watch_timeout,
+        convert=int,
         metavar="SECONDS",
         help="the API server ends each watch request after this and ocireg resumes it; lower "
-        "it behind proxies that cut quiet connections sooner (env OCIREG_WATCH_TIMEOUT_SECONDS)",
+        "it behind proxies that cut quiet connections sooner",
     )
-    run.add_argument(
+    _option(
+        run,
         "--metrics-port",
-        type=int,
-        default=int(os.environ.get("OCIREG_METRICS_PORT") or DEFAULTS.metrics_port),
-        help="serve Prometheus metrics on this port (env OCIREG_METRICS_PORT); off by default",
+        env="OCIREG_METRICS_PORT",
+        default=DEFAULTS.metrics_port,
+        convert=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on this port; 0: none",
     )
-    run.add_argument(
+    _option(
+        run,
         "--metrics-address",
-        default=os.environ.get("OCIREG_METRICS_ADDRESS") or DEFAULTS.metrics_address,
-        help="address the metrics endpoint listens on (env OCIREG_METRICS_ADDRESS; default "
-        "loopback; the chart sets the pod's IP, where Prometheus scrapes)",
+        env="OCIREG_METRICS_ADDRESS",
+        default=DEFAULTS.metrics_address,
+        metavar="ADDRESS",
+        help="address the metrics endpoint listens on (the chart sets the pod's IP, where "
+        "Prometheus scrapes)",
     )
-    cloud = run.add_argument_group("cloud credentials")
-    cloud.add_argument(
+    cloud = run.add_argument_group("cloud credentials and egress")
+    _option(
+        cloud,
         "--allow-tenant-ambient-identity",
+        env="OCIREG_ALLOW_TENANT_AMBIENT_IDENTITY",
+        default=False,
         action="store_true",
-        default=os.environ.get("OCIREG_ALLOW_TENANT_AMBIENT_IDENTITY", "") == "true",
         help="let OCIRegistry objects (tenants) use the operator's own cloud identity; "
-        "off by default: only ClusterOCIRegistry may",
+        "otherwise only ClusterOCIRegistry may (the variable: true)",
     )
-    cloud.add_argument(
+    _option(
+        cloud,
         "--egress-allowed-cidr",
+        env="OCIREG_EGRESS_ALLOWED_CIDRS",
         dest="egress_allowed_cidrs",
         action="append",
         metavar="CIDR",
         help="private/loopback/link-local ranges an OCIRegistry (a tenant's registry, token "
-        "server, redirects, ACR exchange, webhook) may reach (repeatable; env "
-        "OCIREG_EGRESS_ALLOWED_CIDRS); by default none",
+        "server, redirects, ACR exchange, webhook) may reach (repeatable; default: none)",
     )
-    cloud.add_argument(
+    _option(
+        cloud,
         "--webhook-allowed-cidr",
+        env="OCIREG_WEBHOOK_ALLOWED_CIDRS",
         dest="egress_allowed_cidrs",
         action="append",
         metavar="CIDR",
-        help="deprecated name of --egress-allowed-cidr (env OCIREG_WEBHOOK_ALLOWED_CIDRS)",
+        help="deprecated name of --egress-allowed-cidr (default: none)",
     )
-    cloud.add_argument(
+    _option(
+        cloud,
         "--aws-endpoint-url",
-        default=os.environ.get("OCIREG_AWS_ENDPOINT_URL"),
+        env="OCIREG_AWS_ENDPOINT_URL",
         metavar="URL",
-        help="send ECR and STS calls here (a test stand-in); objects can never override it",
+        help="send ECR and STS calls here (a test stand-in); objects can never override it "
+        "(default: AWS's own endpoints)",
     )
-    cloud.add_argument(
+    _option(
+        cloud,
         "--azure-authority-host",
-        default=os.environ.get("OCIREG_AZURE_AUTHORITY_HOST"),
+        env="OCIREG_AZURE_AUTHORITY_HOST",
         metavar="URL",
-        help="Entra ID authority (sovereign clouds, test stand-ins)",
+        help="Entra ID authority, for sovereign clouds and test stand-ins (default: the "
+        "Azure SDK's, login.microsoftonline.com)",
     )
-    cloud.add_argument(
+    _option(
+        cloud,
         "--acr-exchange-url",
-        default=os.environ.get("OCIREG_ACR_EXCHANGE_URL"),
+        env="OCIREG_ACR_EXCHANGE_URL",
         metavar="URL",
-        help="ACR token exchange endpoint instead of https://<registry>/oauth2/exchange "
-        "(test stand-ins)",
+        help="ACR token exchange endpoint, for test stand-ins (default: "
+        "https://<registry>/oauth2/exchange)",
     )
-    cloud.add_argument(
+    _option(
+        cloud,
         "--gcp-token-uri",
+        env="OCIREG_GCP_TOKEN_URIS",
         dest="gcp_token_uris",
         action="append",
         metavar="URL",
-        help="also accept this token_uri in GCP service-account keys (repeatable; env "
-        "OCIREG_GCP_TOKEN_URIS); Google's own are always accepted",
+        help="also accept this token_uri in GCP service-account keys (repeatable; default: "
+        "only Google's own)",
     )
     # Where a credential of the operator's own identity may go (providers/destinations.py).
     for provider, defaults in (
@@ -242,14 +371,16 @@ def build_parser() -> argparse.ArgumentParser:
         ("gcp", "gcr.io *.gcr.io *.pkg.dev"),
         ("ecr", "ECR's endpoints (*.dkr.ecr.*.amazonaws.com, ...) and public.ecr.aws"),
     ):
-        cloud.add_argument(
+        _option(
+            cloud,
             f"--ambient-{provider}-host",
+            env=f"OCIREG_AMBIENT_{provider.upper()}_HOSTS",
             dest=f"ambient_{provider}_hosts",
             action="append",
             metavar="HOST",
             help=f"a registry host the operator's own identity may log in to with "
-            f"auth.{provider} ('*' is one DNS label; repeatable; replaces the default: "
-            f"{defaults}; env OCIREG_AMBIENT_{provider.upper()}_HOSTS)",
+            f"auth.{provider} ('*' is one DNS label; repeatable; replaces the default; "
+            f"default: {defaults})",
         )
 
     hook = run.add_argument_group(
@@ -257,11 +388,13 @@ def build_parser() -> argparse.ArgumentParser:
         "add the pull secrets to ServiceAccounts in the request that creates them "
         "(docs/admission.md)",
     )
-    hook.add_argument(
+    _option(
+        hook,
         "--admission-webhook",
+        env="OCIREG_ADMISSION_WEBHOOK",
+        default=False,
         action="store_true",
-        default=os.environ.get("OCIREG_ADMISSION_WEBHOOK", "") == "true",
-        help="serve the mutating webhook (env OCIREG_ADMISSION_WEBHOOK=true); off by default",
+        help="serve the mutating webhook (the variable: true)",
     )
     hook.add_argument(
         "--admission-address",
@@ -270,10 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="address the webhook listens on (default: all, IPv4 and IPv6)",
     )
     hook.add_argument(
-        "--admission-port",
-        type=int,
-        default=ADMISSION.port,
-        help=f"default: {ADMISSION.port}",
+        "--admission-port", type=int, default=ADMISSION.port, metavar="PORT", help="its port"
     )
     hook.add_argument(
         "--admission-host",
@@ -287,7 +417,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="serving certificate (PEM, reloaded when it changes); default: a self-signed "
         "one made in memory at start",
     )
-    hook.add_argument("--admission-key-file", metavar="PATH", help="its private key (PEM)")
+    hook.add_argument(
+        "--admission-key-file",
+        metavar="PATH",
+        help="its private key (PEM; default: none, with the self-signed certificate)",
+    )
     hook.add_argument(
         "--admission-ca-file",
         metavar="PATH",
@@ -297,8 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--admission-configuration",
         default=ADMISSION.configuration,
         metavar="NAME",
-        help="MutatingWebhookConfiguration ocireg keeps pointing at itself (default: "
-        f"{ADMISSION.configuration}); "
+        help="MutatingWebhookConfiguration ocireg keeps pointing at itself; "
         "'' if you install it yourself (then give the certificate files)",
     )
     hook.add_argument(
@@ -306,8 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=ADMISSION.timeout_seconds,
         metavar="SECONDS",
-        help=f"the webhook's timeoutSeconds, 1-30 (default: {ADMISSION.timeout_seconds}); "
-        "failurePolicy is always Ignore",
+        help="the webhook's timeoutSeconds, 1-30; failurePolicy is always Ignore",
     )
     hook.add_argument(
         "--admission-exclude-namespace",
@@ -318,10 +450,14 @@ def build_parser() -> argparse.ArgumentParser:
         f"default: {', '.join(ADMISSION.exclude_namespaces)})",
     )
 
-    sub.add_parser("version", help="print the version")
+    console.add_commands(sub, HelpFormatter, DEFAULTS.credentials_namespace)
 
-    crds = sub.add_parser("crds", help="write the CRDs generated from the models")
-    crds.add_argument("--out", default="crds", help="directory to write into (default: crds)")
+    sub.add_parser("version", help="print the version", formatter_class=HelpFormatter)
+
+    crds = sub.add_parser(
+        "crds", help="write the CRDs generated from the models", formatter_class=HelpFormatter
+    )
+    crds.add_argument("--out", default="crds", metavar="DIR", help="directory to write into")
 
     return parser
 
@@ -415,6 +551,41 @@ def admission_from_args(args: argparse.Namespace) -> AdmissionConfig:
     return config
 
 
+class _KopfChatter(logging.Filter):
+    """kopf's lines at info ("Handler 'on_change' succeeded" for every run, "Timer ...
+    succeeded" every tick, "Activity 'configure' succeeded") are about kopf, not the
+    registries: they go to debug, shown with --verbose. Its warnings and errors pass as they
+    are; ocireg logs its own objects' failures once each, with the reason."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kopf = record.name == "kopf" or record.name.startswith("kopf.")
+        if kopf and record.levelno == logging.INFO:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger().isEnabledFor(logging.DEBUG)
+        return True
+
+
+def configure_logging(config: OperatorConfig) -> None:
+    import kopf
+
+    log_format = {
+        LogFormat.plain: kopf.LogFormat.PLAIN,
+        LogFormat.full: kopf.LogFormat.FULL,
+        LogFormat.json: kopf.LogFormat.JSON,
+    }[config.log_format]
+    kopf.configure(verbose=config.verbose, debug=config.debug, log_format=log_format)
+    # kopf's verbose/debug modes lower the root logger; the SDKs would then log whole HTTP
+    # bodies, tokens and keys included (botocore logs GetAuthorizationToken's answer). They
+    # stay at WARNING whatever the operator's own level.
+    for noisy in QUIET_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:  # kopf.configure's: it sees every logger's
+        if not any(isinstance(f, _KopfChatter) for f in handler.filters):
+            handler.addFilter(_KopfChatter())
+    # One line per liveness probe (kopf's aiohttp server) says nothing; errors still show.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
 def run_operator(config: OperatorConfig) -> int:
     # Before kopf, which imports the Kubernetes client: the client's package __init__ files wait
     # until something reads a name only they bind (kube/lazy.py: about 13 MB less in a pod).
@@ -442,22 +613,21 @@ def run_operator(config: OperatorConfig) -> int:
     if config.admission.enabled:
         admission.register(config.admission)
 
-    log_format = {
-        LogFormat.plain: kopf.LogFormat.PLAIN,
-        LogFormat.full: kopf.LogFormat.FULL,
-        LogFormat.json: kopf.LogFormat.JSON,
-    }[config.log_format]
-    kopf.configure(verbose=config.verbose, debug=config.debug, log_format=log_format)
-    # kopf's verbose/debug modes lower the root logger; the SDKs would then log whole HTTP
-    # bodies, tokens and keys included (botocore logs GetAuthorizationToken's answer). They
-    # stay at WARNING whatever the operator's own level.
-    for noisy in QUIET_LOGGERS:
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_logging(config)
     logging.getLogger("ocireg").info(
         "ocireg %s starting; scope: %s",
         __version__,
         "cluster" if config.clusterwide else ", ".join(config.namespaces),
     )
+    from ocireg.kube.client import ClusterUnreachable, connect
+
+    # No cluster, no operator: one line and a non-zero exit (the pod restarts with backoff),
+    # rather than kopf's startup handlers failing with tracebacks and retrying for ever.
+    try:
+        connect(CONNECT_TIMEOUT)
+    except ClusterUnreachable as error:
+        print(f"ocireg run: error: {error}", file=sys.stderr)
+        return 1
 
     def operate() -> None:
         kopf.run(
@@ -484,10 +654,8 @@ def run_operator(config: OperatorConfig) -> int:
         metrics.report_leader(lambda: True)
         operate()
         return 0
-    from ocireg.kube.client import load_config
     from ocireg.kube.leader import LeaderElection, run_while_leading
 
-    load_config()
     # Leadership changes are always logged, whatever the operator's own level.
     logging.getLogger("ocireg.kube.leader").setLevel(logging.INFO)
     election = LeaderElection(config.leader_election_namespace, config.leader_election_id)
@@ -511,7 +679,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "run":
         return run_operator(config_from_args(args))
-    return 2
+    return console.main(args)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,18 @@
 from __future__ import annotations
 
+import argparse
+import os
+import tomllib
+from pathlib import Path
+
 import pytest
 
+from ocireg import __version__
 from ocireg.api.durations import format_duration, parse_duration, renew_margin
-from ocireg.cli import build_parser, config_from_args
+from ocireg.cli import HelpFormatter, build_parser, config_from_args, main
 from ocireg.settings import LogFormat
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _config(*argv: str):
@@ -107,3 +115,61 @@ def test_the_command_lines_defaults_are_the_settings_own(monkeypatch: pytest.Mon
     assert parsed.leader_election_namespace == parsed.credentials_namespace
     expected = OperatorConfig(leader_election_namespace=parsed.credentials_namespace)
     assert parsed == expected
+
+
+# ------------------------------------------------------------------------------ --help
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+@pytest.mark.parametrize("command", ["run", "check", "status", "crds"])
+def test_every_option_has_help_and_shows_its_default(
+    command: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in list(os.environ):
+        if name.startswith("OCIREG_"):
+            monkeypatch.delenv(name)
+    parser = _subparsers(build_parser())[command]
+    formatter = parser._get_formatter()
+    assert isinstance(formatter, HelpFormatter)
+    missing = []
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction) or action.help == argparse.SUPPRESS:
+            continue
+        text = formatter._get_help_string(action) % {"default": action.default}
+        if not action.help or "default:" not in text:
+            missing.append((action.option_strings, text))
+    assert missing == []
+    shown = parser.format_help()
+    assert "default: " in shown
+
+
+def test_help_shows_the_settings_default_and_the_variable_set_now(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OCIREG_CONCURRENCY", "3")
+    monkeypatch.delenv("OCIREG_RESYNC_SECONDS", raising=False)
+    run = _subparsers(build_parser())["run"]
+    text = " ".join(run.format_help().split())
+    # The default is the settings' own; the override is named, with its value, never
+    # passed off as the default.
+    assert "(default: 16; env OCIREG_CONCURRENCY, set now: 3)" in text
+    assert "(default: 300.0; env OCIREG_RESYNC_SECONDS)" in text
+    assert _config().concurrency == 3
+
+
+def test_version_flag_and_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"ocireg {__version__}"
+    assert main(["version"]) == 0
+    assert capsys.readouterr().out.strip() == f"ocireg {__version__}"
+
+
+def test_kubectl_plugin_entry_point_is_the_same_command() -> None:
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["kubectl-ocireg"] == scripts["ocireg"] == "ocireg.cli:main"

@@ -332,3 +332,26 @@ def test_keys_nobody_asks_for_are_dropped() -> None:
         cache.get(("ecr", "in-use"), "20%", mint, max_age=dt.timedelta(days=1))
     assert set(cache._entries) == {("ecr", "in-use")}
     assert set(cache._key_locks) == {("ecr", "in-use")}
+
+
+def test_a_fresh_request_mints_again_even_while_cached_or_backing_off() -> None:
+    cache = MintCache()
+    mint = CountingMint("webhook")
+    first = cache.get(("webhook", "k"), "20%", mint, dt.timedelta(hours=1))
+    assert cache.get(("webhook", "k"), "20%", mint, dt.timedelta(hours=1)) is first
+    assert mint.calls == 1
+    fresh = cache.get(("webhook", "k"), "20%", mint, dt.timedelta(hours=1), fresh=True)
+    assert mint.calls == 2
+    assert fresh is not first
+    # The fresh credential is the one kept for everyone who shares the key.
+    assert cache.get(("webhook", "k"), "20%", mint, dt.timedelta(hours=1)) is fresh
+    mint.fail_with = ReconcileError("WebhookError", "down")
+    with pytest.raises(ReconcileError):
+        cache.get(("webhook", "j"), "20%", mint, dt.timedelta(hours=1))
+    calls = mint.calls
+    with pytest.raises(ReconcileError):  # backing off: not asked again...
+        cache.get(("webhook", "j"), "20%", mint, dt.timedelta(hours=1))
+    assert mint.calls == calls
+    with pytest.raises(ReconcileError):  # ...unless a person asks for it
+        cache.get(("webhook", "j"), "20%", mint, dt.timedelta(hours=1), fresh=True)
+    assert mint.calls == calls + 1

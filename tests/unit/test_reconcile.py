@@ -310,12 +310,16 @@ def test_wrong_password_keeps_the_good_secret_and_backs_off(
     assert len(verified) == calls + 1
     assert not again.events
     assert again.memory.failures == 2
+    assert again.status is not None
+    assert again.status["failures"] == 2  # what `ocireg status` shows
     assert again.memory.retry_at > outcome.memory.retry_at
     # Fixing the Secret is noticed on the next tick, whatever the backoff.
     kube.put_secret("ocireg-system", "creds", {"username": "robot", "password": PASSWORD})
     fixed = run(kube, obj, again.memory, now=outcome.memory.retry_at + 2)
     assert fixed.memory.failures == 0
     assert conditions(obj)["Ready"]["status"] == "True"
+    assert fixed.status is not None
+    assert fixed.status["failures"] is None  # merge-patched away
 
 
 def test_reconciling_and_stalled_are_present_only_while_true(
@@ -797,3 +801,72 @@ def test_a_resync_with_nothing_changed_reads_nothing_and_keeps_what_it_depends_o
         assert due.reads == {("Secret", "ocireg-system", "creds")}
     finally:
         kube.close()
+
+
+# ------------------------------------------------------------------- refresh requests
+
+
+def test_a_refresh_request_verifies_and_writes_again_once_per_value(
+    kube: FakeKube, verified: Calls
+) -> None:
+    obj = body()
+    memory = run(kube, obj, schedule.Memory(), now=0).memory
+    calls = len(verified)
+    obj["metadata"]["annotations"] = {"ocireg.dev/refresh-requested-at": "2026-12-07T15:00:00Z"}
+    outcome = run(kube, obj, memory, now=5)  # nothing else is due at 5 s
+    assert len(verified) == calls + 1
+    assert obj["status"]["lastHandledRefreshAt"] == "2026-12-07T15:00:00Z"
+    assert "Refreshed" in [e[1] for e in outcome.events]
+    # The same value again (a resync, a restart's resume) does nothing.
+    again = run(kube, obj, outcome.memory, now=6)
+    assert len(verified) == calls + 1
+    assert again.status is None
+    # Flux's annotation is handled the same way, recorded under Flux's field.
+    obj["metadata"]["annotations"]["reconcile.fluxcd.io/requestedAt"] = "now"
+    run(kube, obj, again.memory, now=7)
+    assert len(verified) == calls + 2
+    assert obj["status"]["lastHandledReconcileAt"] == "now"
+
+
+def test_a_refresh_request_retries_a_failing_object_at_once_and_is_recorded(
+    kube: FakeKube, verified: Calls
+) -> None:
+    obj = body()
+    kube.put_secret("ocireg-system", "creds", {"username": "robot", "password": "wrong"})
+    failed = run(kube, obj, schedule.Memory(), now=0)
+    calls = len(verified)
+    obj["metadata"]["annotations"] = {"reconcile.fluxcd.io/requestedAt": "a"}
+    outcome = run(kube, obj, failed.memory, now=1)  # well inside the backoff
+    assert len(verified) == calls + 1
+    assert obj["status"]["lastHandledReconcileAt"] == "a"
+    assert outcome.memory.failures == 2
+
+
+def test_a_failure_is_logged_once_until_it_changes(
+    kube: FakeKube, verified: Calls, caplog: pytest.LogCaptureFixture
+) -> None:
+    obj = body()
+    kube.put_secret("ocireg-system", "creds", {"username": "robot", "password": "wrong"})
+    with caplog.at_level("INFO", logger="ocireg"):
+        memory = run(kube, obj, schedule.Memory(), now=0).memory
+        for _ in range(3):
+            memory = run(kube, obj, memory, now=memory.retry_at + 1).memory
+        kube.secrets.pop(("ocireg-system", "creds"))
+        memory = run(kube, obj, memory, now=memory.retry_at + 1).memory
+        kube.put_secret("ocireg-system", "creds", {"username": "robot", "password": PASSWORD})
+        run(kube, obj, memory, now=memory.retry_at + 1)
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name.startswith("ocireg")]
+    assert lines == [
+        (
+            "WARNING",
+            "ClusterOCIRegistry/corp failed: AuthenticationFailed: registry.example.com refused "
+            "the credentials (retrying with backoff)",
+        ),
+        (
+            "WARNING",
+            "ClusterOCIRegistry/corp failed: SecretNotFound: Secret ocireg-system/creds does not "
+            "exist (retrying with backoff)",
+        ),
+        ("INFO", "ClusterOCIRegistry/corp works again after 5 failed attempt(s)"),
+    ]
+    assert "wrong" not in caplog.text

@@ -122,3 +122,36 @@ def test_a_resync_reads_nothing_unless_verification_or_renewal_is_due() -> None:
     assert schedule.inputs_due(Memory(), 0, HOUR, False)  # never succeeded
     failing = schedule.after_failure(memory, "b", now=150)
     assert schedule.inputs_due(failing, 160, HOUR, False)
+
+
+def test_refresh_requests_are_pending_until_their_value_is_recorded() -> None:
+    ours, flux = "ocireg.dev/refresh-requested-at", "reconcile.fluxcd.io/requestedAt"
+    assert schedule.refresh_requests(None, None) == {}
+    assert schedule.refresh_requests({"other": "x", ours: ""}, {}) == {}
+    assert schedule.refresh_requests({ours: "t1"}, {}) == {"lastHandledRefreshAt": "t1"}
+    assert schedule.refresh_requests({ours: "t1"}, {"lastHandledRefreshAt": "t1"}) == {}
+    assert schedule.refresh_requests({ours: "t2"}, {"lastHandledRefreshAt": "t1"}) == {
+        "lastHandledRefreshAt": "t2"
+    }
+    # Each annotation has its own record: one handled never hides the other.
+    both = {ours: "t1", flux: "f1"}
+    assert schedule.refresh_requests(both, {"lastHandledRefreshAt": "t1"}) == {
+        "lastHandledReconcileAt": "f1"
+    }
+
+
+def test_a_long_refresh_request_is_recorded_as_its_digest_and_still_matches() -> None:
+    value = "x" * 10_000
+    pending = schedule.refresh_requests({"ocireg.dev/refresh-requested-at": value}, {})
+    record = pending["lastHandledRefreshAt"]
+    assert record.startswith("sha256:")
+    assert len(record) <= 128
+    status = {"lastHandledRefreshAt": record}
+    assert schedule.refresh_requests({"ocireg.dev/refresh-requested-at": value}, status) == {}
+
+
+def test_a_failure_is_news_once_until_it_changes() -> None:
+    first = schedule.after_failure(Memory(), "f", 0.0, failure="A: x")
+    assert schedule.failure_is_news(Memory(), "A: x")
+    assert not schedule.failure_is_news(first, "A: x")
+    assert schedule.failure_is_news(first, "B: y")

@@ -35,6 +35,18 @@ ANNOTATION_DIGEST: Final = f"{GROUP}/index-digest"
 SEAL_KEY_SECRET: Final = "ocireg-seal-key"  # noqa: S105 - a Secret's name
 SEAL_KEY_FIELD: Final = "key"
 
+# Rotate now: a new value of either annotation on a registry object makes it resolve (mint)
+# its credentials again and rewrite every copy, once per value; the value handled last is
+# recorded in status (Flux's convention: `flux reconcile` sets its annotation and waits for
+# status.lastHandledReconcileAt to equal it).
+ANNOTATION_REFRESH: Final = f"{GROUP}/refresh-requested-at"
+ANNOTATION_FLUX_RECONCILE: Final = "reconcile.fluxcd.io/requestedAt"
+# annotation -> the status field holding the value last handled
+REFRESH_HANDLED: Final = {
+    ANNOTATION_REFRESH: "lastHandledRefreshAt",
+    ANNOTATION_FLUX_RECONCILE: "lastHandledReconcileAt",
+}
+
 # kopf's bookkeeping on our objects.
 FINALIZER: Final = f"{GROUP}/cleanup"
 

@@ -10,6 +10,10 @@ from pydantic import Field
 from .base import ApiModel
 from .charts import ChartsStatus
 
+# The longest refresh request recorded as it is; a longer one is recorded as its digest
+# (pullsecrets.schedule.refresh_requests).
+REQUEST_RECORD_LENGTH = 128
+
 
 class Condition(ApiModel):
     """One observation of the object's state (the metav1.Condition fields)."""
@@ -123,4 +127,28 @@ class RegistryStatus(ApiModel):
     ] = None
     charts: Annotated[
         ChartsStatus | None, Field(description="Helm charts found in the registry (spec.charts).")
+    ] = None
+    failures: Annotated[
+        int | None,
+        Field(
+            description="Attempts that failed in a row since the credentials last worked "
+            "(counted by the running operator; absent once they work)."
+        ),
+    ] = None
+    last_handled_refresh_at: Annotated[
+        str | None,
+        Field(
+            description="The value of the annotation ocireg.dev/refresh-requested-at last "
+            "handled: a new value re-mints the credentials and rewrites every copy once.",
+            max_length=REQUEST_RECORD_LENGTH,
+        ),
+    ] = None
+    last_handled_reconcile_at: Annotated[
+        str | None,
+        Field(
+            description="The value of the annotation reconcile.fluxcd.io/requestedAt last "
+            "handled (Flux's convention, as `flux reconcile` sets and waits for it); it does "
+            "what ocireg.dev/refresh-requested-at does.",
+            max_length=REQUEST_RECORD_LENGTH,
+        ),
     ] = None

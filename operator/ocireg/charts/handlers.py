@@ -241,8 +241,9 @@ def run_sync(
         state.status = publish.problem_status(old_status, _now())
         return Published([("Warning", problem.reason, problem.message)])
     except (ApiError, ReconcileError, ValueError, OSError) as error:
-        log.warning("chart sync of %s failed: %s", ref.display, type(error).__name__)
         message = getattr(error, "message", None) or f"{type(error).__name__} while syncing charts"
+        if (state.condition or (None,))[1:3] != ("SyncFailed", message):  # once, not each retry
+            log.warning("chart sync of %s failed: %s", ref.display, type(error).__name__)
         state.condition = (False, "SyncFailed", message, generation)
         state.status = publish.problem_status(old_status, _now())
         state.next_at = now + min(interval, RETRY_SECONDS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
 from collections.abc import Callable, Iterator, Mapping
@@ -15,7 +16,7 @@ from kubernetes.watch.watch import iter_resp_lines
 
 from ocireg import metrics
 from ocireg.api.errors import ReconcileError
-from ocireg.api.names import GROUP, PLURALS, VERSION
+from ocireg.api.names import CLUSTER_KIND, GROUP, PLURALS, VERSION
 from ocireg.api.ownership import RegistryRef
 from ocireg.api.reasons import Reason
 
@@ -27,11 +28,71 @@ class Conflict(Exception):
     """The object changed since it was read (HTTP 409): read it again and decide again."""
 
 
-def load_config() -> None:
+def load_config(kubeconfig: str | None = None, context: str | None = None) -> None:
+    """The in-cluster identity, else the kubeconfig (KUBECONFIG, ~/.kube/config); a file or
+    context named here is always the kubeconfig's."""
+    if kubeconfig is None and context is None:
+        try:
+            kubernetes.config.load_incluster_config()
+            return
+        except kubernetes.config.ConfigException:
+            pass
+    kubernetes.config.load_kube_config(config_file=kubeconfig, context=context)
+
+
+def context_namespace(kubeconfig: str | None = None, context: str | None = None) -> str | None:
+    """The namespace the kubeconfig's (current or named) context sets, as kubectl uses it;
+    None when it sets none or there is no kubeconfig."""
     try:
-        kubernetes.config.load_incluster_config()
-    except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()
+        contexts, active = kubernetes.config.list_kube_config_contexts(config_file=kubeconfig)
+    except Exception:  # no kubeconfig (in a pod), or an unreadable one: connect says why
+        return None
+    if context is not None:
+        active = next((c for c in contexts if c.get("name") == context), active)
+    namespace = ((active or {}).get("context") or {}).get("namespace")
+    return str(namespace) if namespace else None
+
+
+class ClusterUnreachable(Exception):
+    """No API server answers to the configured identity; the message is one line for a
+    person (never a token: only the server's address and what went wrong)."""
+
+
+def _why(error: BaseException) -> str:
+    """The last, most specific part of a connection error's text ("Connection refused",
+    "certificate verify failed ...") rather than urllib3's nested object reprs."""
+    reason = getattr(error, "reason", None)
+    text = str(reason if isinstance(reason, BaseException) else error)
+    return text.rsplit(": ", 1)[-1].strip(" )'\"") or type(error).__name__
+
+
+def connect(
+    timeout: float, kubeconfig: str | None = None, context: str | None = None
+) -> dict[str, Any]:
+    """Load the identity (load_config) and ask the API server for its version: the answer,
+    or ClusterUnreachable saying why in one line (no kubeconfig, a broken one, nothing
+    listening, TLS, a refused identity)."""
+    try:
+        load_config(kubeconfig, context)
+    except Exception as error:  # the loader raises ConfigException, OSError, KeyError ...
+        raise ClusterUnreachable(
+            f"no usable kubeconfig or in-cluster identity ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else 'no detail'})"
+        ) from None
+    configuration = kubernetes.client.Configuration.get_default_copy()
+    configuration.retries = 0  # one attempt: the caller decides what a failure means
+    client = kubernetes.client.ApiClient(configuration)
+    host = configuration.host
+    try:
+        return JsonApi(client)._object("GET", "/version", timeout=timeout)
+    except ApiException as error:
+        raise ClusterUnreachable(
+            f"the API server at {host} refused the request: {error.status} {error.reason}"
+        ) from None
+    except Exception as error:  # urllib3's connection, TLS and timeout errors
+        raise ClusterUnreachable(f"cannot reach the API server at {host}: {_why(error)}") from None
+    finally:
+        client.close()
 
 
 # Written objects are handed to this (the body the API answered with), so the index knows
@@ -235,6 +296,16 @@ class CustomObjectsV1(JsonApi):
     ) -> dict[str, Any]:
         return self._object("GET", f"/apis/{group}/{version}/{plural}/{name}")
 
+    def list_custom_object(self, group: str, version: str, plural: str, **query: Any) -> Any:
+        """Every namespace's objects of a namespaced kind, or a cluster-scoped kind's."""
+        return self._object("GET", f"/apis/{group}/{version}/{plural}", **query)
+
+    def list_namespaced_custom_object(
+        self, group: str, version: str, namespace: str, plural: str, **query: Any
+    ) -> Any:
+        path = f"/apis/{group}/{version}/namespaces/{namespace}/{plural}"
+        return self._object("GET", path, **query)
+
     def patch_namespaced_custom_object_status(
         self, group: str, version: str, namespace: str, plural: str, name: str, body: Any
     ) -> dict[str, Any]:
@@ -375,6 +446,7 @@ class WatchSource:
 # pages), so memory is bounded by the cap, and ordinary objects (a pull secret is ~1.5 KiB)
 # come in large pages: a restart lists 100,000 copies in 250 requests, not 4,000.
 PAGES = {"secrets": 400, "serviceaccounts": 400, "namespaces": 500}
+REGISTRY_PAGE = 250  # registry objects carry their status: tens of KB at most each
 # Metadata-only pages (no data; annotations still count, and the halving still applies).
 METADATA_PAGE = 250
 
@@ -501,6 +573,21 @@ class Kube:
         return _unless_absent(
             self.custom.get_cluster_custom_object, GROUP, VERSION, PLURALS[kind], name
         )
+
+    def registries(self, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        """Every registry object of ``kind`` (OCIRegistry: in ``namespace``, or in all
+        namespaces with None), read in pages."""
+        plural = PLURALS[kind]
+        if namespace and kind != CLUSTER_KIND:
+            lister: Callable[..., Any] = functools.partial(
+                self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, plural
+            )
+        else:
+            lister = functools.partial(self.custom.list_custom_object, GROUP, VERSION, plural)
+        return list_all(lister, REGISTRY_PAGE)
+
+    def namespaces(self) -> list[dict[str, Any]]:
+        return list_all(self.core.list_namespace, PAGES["namespaces"])
 
     def read_secret_body(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The Secret as the API has it now (None: absent)."""

@@ -60,6 +60,8 @@ class ResolveContext:
     # After a restart: the credential this object's copies hold for a mint key, when its
     # status seal vouches for it (providers/recall.py); None: always mint.
     recall: Recall | None = None
+    # Rotate now (a refresh request on the object): mint again whatever the cache holds.
+    fresh: bool = False
 
     def secret(self, ref: SecretRef) -> tuple[str, Mapping[str, bytes]]:
         namespace = self._namespace(ref.namespace)
@@ -97,7 +99,13 @@ class ResolveContext:
         valid (``recall``)."""
         tenant = self.default_namespace if self.namespaced else None
         return self.cache.get(
-            key, self.renew_before, mint, max_age, tenant=tenant, recall=self.recall
+            key,
+            self.renew_before,
+            mint,
+            max_age,
+            tenant=tenant,
+            recall=self.recall,
+            fresh=self.fresh,
         )
 
     def check_ambient_allowed(self, method: str) -> None:

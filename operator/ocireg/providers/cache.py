@@ -186,6 +186,7 @@ class MintCache:
         max_age: dt.timedelta | None = None,
         tenant: Hashable | None = None,
         recall: Recall | None = None,
+        fresh: bool = False,
     ) -> Credential:
         """The cached credential for ``key`` unless it is due for renewal; otherwise mint one
         (once, even when several registry objects ask at the same time). ``max_age`` bounds
@@ -193,22 +194,23 @@ class MintCache:
         ``tenant``: whose share of the cache the key counts against (None: a cluster object).
         ``recall``: asked, when the cache has nothing for ``key`` (a restart), for the
         credential minted from it that the caller's copies hold (providers/recall.py); it
-        is kept instead of minting while it is not due."""
+        is kept instead of minting while it is not due. ``fresh``: mint now, whatever is
+        cached, recalled or backing off (a person asked for it: a refresh request)."""
         with self._lock:
             self._touch(key, tenant, self._clock())
             key_lock = self._key_locks.setdefault(key, threading.Lock())
         minted_from = self.sealer.digest("mint-key", key)
         with key_lock:
-            entry = self._entries.get(key)
+            entry = None if fresh else self._entries.get(key)
             now = self._clock()
-            if entry is None and recall is not None and key not in self._failures:
+            if entry is None and recall is not None and key not in self._failures and not fresh:
                 entry = self._recalled(key, minted_from, recall, renew_before, max_age, now)
             if entry is not None:
                 due = entry.due(renew_before, max_age)
                 if due is None or now < due:
                     return entry.credential
             failure = self._failures.get(key)
-            if failure is not None and now < failure.retry_at:
+            if failure is not None and now < failure.retry_at and not fresh:
                 raise failure.error  # still backing off: do not ask the provider again yet
             provider = str(key[0]) if isinstance(key, tuple) else str(key)
             try:

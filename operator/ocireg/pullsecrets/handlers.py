@@ -12,7 +12,13 @@ from typing import Any, TypeVar
 
 import kopf
 
-from ocireg.api.names import FINALIZER, GROUP, KINDS
+from ocireg.api.names import (
+    ANNOTATION_FLUX_RECONCILE,
+    ANNOTATION_REFRESH,
+    FINALIZER,
+    GROUP,
+    KINDS,
+)
 from ocireg.api.ownership import RegistryRef
 from ocireg.pullsecrets.runtime import RETRY_SECONDS, MissingRights, Runtime, runtime
 from ocireg.settings import OperatorConfig
@@ -20,11 +26,27 @@ from ocireg.settings import OperatorConfig
 T = TypeVar("T")
 
 
+class ProgressStorage(kopf.AnnotationsProgressStorage):
+    """kopf's progress annotations under our prefix. Its clear() drops every annotation of
+    that prefix from the essence kopf compares to find changes, which would hide the
+    refresh request (ocireg.dev/refresh-requested-at) from the handler that waits for it."""
+
+    def clear(self, *, essence: kopf.BodyEssence) -> kopf.BodyEssence:
+        found: Any = essence
+        requested = ((found.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_REFRESH)
+        cleared: Any = super().clear(essence=essence)
+        if requested is not None:
+            metadata = cleared.setdefault("metadata", {})
+            metadata.setdefault("annotations", {})[ANNOTATION_REFRESH] = requested
+        result: kopf.BodyEssence = cleared
+        return result
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # Our own annotation and finalizer names, so nothing of ours looks like another operator's.
     settings.persistence.finalizer = FINALIZER
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.progress_storage = ProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
     )
@@ -95,6 +117,29 @@ for _plural in KINDS:
         body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, _plural: str = _plural, **_: Any
     ) -> None:
         await _run(body, patch, memo, _plural)
+
+    # Rotate now (schedule.refresh_requests): kopf's diff leaves out annotations under its own
+    # prefix (ours), so each is named as a field, which keeps it in the diff. The run itself
+    # decides whether a request is pending: the same value again does nothing.
+    @kopf.on.update(
+        GROUP, _plural, field=("metadata", "annotations", ANNOTATION_REFRESH), backoff=RETRY_SECONDS
+    )
+    @kopf.on.update(
+        GROUP,
+        _plural,
+        field=("metadata", "annotations", ANNOTATION_FLUX_RECONCILE),
+        backoff=RETRY_SECONDS,
+    )
+    async def on_refresh_request(
+        body: kopf.Body,
+        patch: kopf.Patch,
+        memo: kopf.Memo,
+        new: Any,
+        _plural: str = _plural,
+        **_: Any,
+    ) -> None:
+        if new:  # removing the annotation asks for nothing
+            await _run(body, patch, memo, _plural)
 
     @kopf.on.delete(GROUP, _plural)
     async def on_delete(body: kopf.Body, memo: kopf.Memo, _plural: str = _plural, **_: Any) -> None:

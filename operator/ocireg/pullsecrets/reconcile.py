@@ -11,7 +11,7 @@ import datetime as dt
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
@@ -20,6 +20,7 @@ from ocireg.api.conditions import condition, set_conditions
 from ocireg.api.credential import Credential
 from ocireg.api.durations import parse_duration
 from ocireg.api.errors import ReconcileError
+from ocireg.api.names import REFRESH_HANDLED
 from ocireg.api.reasons import Reason
 from ocireg.api.spec import RegistrySpec
 from ocireg.api.status import RegistryStatus
@@ -87,7 +88,19 @@ class Reads:
         return self.kube.read_registry(kind, name, namespace)
 
 
-def effective_spec(kube: Kube | Reads, ref: plan.RegistryRef, spec: dict[str, Any]) -> RegistrySpec:
+class Reader(Protocol):
+    """What resolving a spec reads: Kube, Reads, or `ocireg check --local`'s files."""
+
+    def read_secret(self, namespace: str, name: str) -> Mapping[str, bytes]: ...
+
+    def read_config_map(self, namespace: str, name: str) -> Mapping[str, bytes] | None: ...
+
+    def read_registry(
+        self, kind: str, name: str, namespace: str | None
+    ) -> dict[str, Any] | None: ...
+
+
+def effective_spec(kube: Reader, ref: plan.RegistryRef, spec: dict[str, Any]) -> RegistrySpec:
     chain = [ref.name]
     current = spec
     while current.get("extends"):
@@ -116,8 +129,8 @@ def effective_spec(kube: Kube | Reads, ref: plan.RegistryRef, spec: dict[str, An
         raise ReconcileError(Reason.INVALID_SPEC, str(error).splitlines()[0]) from None
 
 
-def _tls(
-    kube: Kube | Reads, spec: RegistrySpec, default_namespace: str, namespaced: bool
+def tls_options(
+    kube: Reader, spec: RegistrySpec, default_namespace: str, namespaced: bool
 ) -> TLSOptions:
     tls = spec.effective_tls
     bundle = None
@@ -367,12 +380,19 @@ def reconcile(
     inputs are due to be read anyway (schedule.inputs_due)."""
     cache = cache if cache is not None else MintCache()
     reads = Reads(kube, on_read)
+    requests = schedule.refresh_requests(
+        (body.get("metadata") or {}).get("annotations"), body.get("status")
+    )
+    if requests:
+        known = None  # rotate now: read everything and mint again
     if known is not None:
         verify_every, renew_in = _due_in(known[0], known[1], cache)
         renewal_due = renew_in is not None and renew_in <= 0
         if schedule.inputs_due(memory, now, verify_every, renewal_due):
             known = None
-    outcome = _reconcile(kube, reads, ref, body, config, memory, now, sync, cache, known, copies)
+    outcome = _reconcile(
+        kube, reads, ref, body, config, memory, now, sync, cache, known, copies, requests
+    )
     outcome.reads = frozenset(reads.keys) if known is None else None
     interval, renew_in = None, None
     if outcome.spec is not None:
@@ -407,7 +427,11 @@ def _reconcile(
     cache: MintCache,
     known: Known | None,
     copies: recall.CopyReader | None,
+    requests: dict[str, str] | None = None,
 ) -> Outcome:
+    """``requests``: refreshes asked for (schedule.refresh_requests): mint again, verify and
+    write every copy whatever is due, and record them as handled in status."""
+    requests = requests or {}
     generation = body.get("metadata", {}).get("generation")
     old = body.get("status") or {}
     default_ns = (ref.namespace if ref.namespaced else config.credentials_namespace) or ""
@@ -418,7 +442,7 @@ def _reconcile(
             spec, credential, tls = known
         else:
             spec = effective_spec(reads, ref, body.get("spec") or {})
-            tls = _tls(reads, spec, default_ns, ref.namespaced)
+            tls = tls_options(reads, spec, default_ns, ref.namespaced)
 
         def fingerprint(credential: Credential, spec: RegistrySpec = spec) -> str:
             return schedule.fingerprint(
@@ -436,6 +460,7 @@ def _reconcile(
                 spec.effective_refresh.renew_before,
                 parse_duration(spec.effective_refresh.interval),
                 tls,
+                fresh=bool(requests),
                 recall=recall.recaller(  # restart reuse (providers/recall.py)
                     ref,
                     old,
@@ -457,7 +482,11 @@ def _reconcile(
             if age is not None:
                 memory = schedule.Memory(fingerprint=current, verified_at=now - age)
         interval = parse_duration(spec.effective_refresh.interval).total_seconds()
-        work = schedule.work_due(memory, current, now, interval, config.resync_seconds)
+        work = (
+            schedule.Work.verify
+            if requests
+            else schedule.work_due(memory, current, now, interval, config.resync_seconds)
+        )
         if work is schedule.Work.none:
             return Outcome(memory, spec=spec, credential=credential, tls=tls)
         if work is schedule.Work.verify:
@@ -465,12 +494,20 @@ def _reconcile(
             policy = EgressPolicy.for_object(ref.namespaced, config.egress_allowed_cidrs)
             verify(spec, credential, tls, policy)
     except ReconcileError as error:
-        if not memory.failures or current != memory.failed_fingerprint:
-            pass  # a new failure: report it now
+        if not memory.failures or current != memory.failed_fingerprint or requests:
+            pass  # a new failure (or one a person asked to retry): report it now
         elif now < memory.retry_at:
             return Outcome(memory, spec=spec)
-        memory = schedule.after_failure(memory, current, now, error.retry_after)
-        status = _failure_status(error, generation, old, memory.retry_at - now)
+        failure = f"{error.reason}: {error.message}"
+        if schedule.failure_is_news(memory, failure):
+            # Once per failure, not per retry: the condition and Event say it too.
+            log.warning("%s failed: %s (retrying with backoff)", ref.display, failure)
+        memory = schedule.after_failure(memory, current, now, error.retry_after, failure)
+        status = {
+            **_failure_status(error, generation, old, memory.retry_at - now),
+            "failures": memory.failures,
+            **requests,
+        }
         previous: dict[str, Any] = next(
             (c for c in old.get("conditions") or [] if c.get("type") == "CredentialsReady"), {}
         )
@@ -490,6 +527,8 @@ def _reconcile(
             events.append(
                 ("Normal", "CredentialsRenewed", f"renewed {credential.provider} credentials")
             )
+        if memory.failures:
+            log.info("%s works again after %d failed attempt(s)", ref.display, memory.failures)
         memory = schedule.after_success(memory, current, now)
         refreshed_at = _now()
     else:
@@ -507,4 +546,19 @@ def _reconcile(
     if work is schedule.Work.verify and not old.get("conditions"):
         host = verified_host(spec, credential)
         events.append(("Normal", "Verified", f"credentials accepted by {host}"))
+    if old.get("failures"):
+        status["failures"] = None  # merge-patched away: it works again
+    if requests:
+        status.update(requests)
+        what = "minted again" if credential.issued_at is not None else "read again"
+        asked = ", ".join(a for a, field in REFRESH_HANDLED.items() if field in requests)
+        events.append(
+            (
+                "Normal",
+                "Refreshed",
+                f"{credential.provider} credentials {what}, verified and written to every "
+                f"copy, as {asked} asked",
+            )
+        )
+        log.info("%s refreshed on request (%s)", ref.display, asked)
     return Outcome(memory, status, events, spec, credential, placed, tls)

@@ -63,6 +63,8 @@ class Runtime:
     watchers: list[Watcher] = field(default_factory=list)
     dependents: Dependents = field(default_factory=Dependents)
     alarms: Alarms[RegistryRef] | None = None  # each object's next due time (create)
+    # The exception type each object's triggered runs last failed with (logged once).
+    run_failures: dict[RegistryRef, str] = field(default_factory=dict)
 
     @classmethod
     def create(cls, config: OperatorConfig) -> Runtime:
@@ -254,15 +256,20 @@ class Runtime:
 
         def failed(done: Future[None]) -> None:
             error = None if done.cancelled() else done.exception()
-            if error is not None:
+            if error is None:
+                self.run_failures.pop(ref, None)
+                return
+            # Logged once while it fails the same way, not every RETRY_SECONDS.
+            if self.run_failures.get(ref) != type(error).__name__:
+                self.run_failures[ref] = type(error).__name__
                 log.warning(
-                    "triggered reconcile of %s failed: %s; retrying in %ds",
+                    "triggered reconcile of %s failed: %s; retrying every %ds",
                     ref.display,
                     type(error).__name__,
                     RETRY_SECONDS,
                 )
-                if self.alarms is not None and self.registries.find(ref) is not None:
-                    self.alarms.set(ref, RETRY_SECONDS)
+            if self.alarms is not None and self.registries.find(ref) is not None:
+                self.alarms.set(ref, RETRY_SECONDS)
 
         future.add_done_callback(failed)
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from ocireg.api.names import REFRESH_HANDLED
+from ocireg.api.status import REQUEST_RECORD_LENGTH
 from ocireg.backoff import Backoff
 
 # Failures retry after 10 s, 20 s, 40 s ... never later than this.
@@ -39,6 +42,7 @@ class Memory:
     failures: int = 0
     retry_at: float = 0.0
     failed_fingerprint: str | None = None
+    failure: str | None = None  # "reason: message" of the last failure (what was logged)
 
 
 def fingerprint(*parts: Any) -> str:
@@ -128,7 +132,11 @@ def after_targets(memory: Memory, now: float) -> Memory:
 
 
 def after_failure(
-    memory: Memory, current: str, now: float, retry_after: float | None = None
+    memory: Memory,
+    current: str,
+    now: float,
+    retry_after: float | None = None,
+    failure: str | None = None,
 ) -> Memory:
     failures = memory.failures + 1
     return Memory(
@@ -138,4 +146,38 @@ def after_failure(
         failures=failures,
         retry_at=now + backoff(failures, retry_after),
         failed_fingerprint=current,
+        failure=failure,
     )
+
+
+def failure_is_news(memory: Memory, failure: str) -> bool:
+    """Whether a failure is worth a log line: the first since the object last worked, or a
+    different one (reason or message) than the last; a retry that fails the same way is not."""
+    return not memory.failures or memory.failure != failure
+
+
+def request_record(value: str) -> str:
+    """How a refresh request's value is recorded in status: as it is, or past
+    REQUEST_RECORD_LENGTH characters its digest (a tenant's annotation is never copied into
+    status whole, and a recorded value still compares equal to the request it handled)."""
+    if len(value) <= REQUEST_RECORD_LENGTH:
+        return value
+    return "sha256:" + hashlib.sha256(value.encode()).hexdigest()
+
+
+def refresh_requests(
+    annotations: Mapping[str, Any] | None, status: Mapping[str, Any] | None
+) -> dict[str, str]:
+    """The refreshes asked for and not handled yet: for each annotation of REFRESH_HANDLED
+    that is set and whose (recorded) value differs from what its status field holds, that
+    field and the value to record once it is handled. Empty: nothing pending, whatever
+    else changed; the same value again is never handled twice, a restart included."""
+    pending: dict[str, str] = {}
+    for annotation, handled in REFRESH_HANDLED.items():
+        value = (annotations or {}).get(annotation)
+        if not isinstance(value, str) or not value:
+            continue
+        record = request_record(value)
+        if (status or {}).get(handled) != record:
+            pending[handled] = record
+    return pending
