@@ -7,7 +7,7 @@ FROM python:3.11-slim-bookworm AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 RUN python -m venv /opt/ocireg
-COPY pyproject.toml requirements.lock README.md ./
+COPY pyproject.toml requirements.lock README.md LICENSE ./
 COPY operator ./operator
 # Wheels only: nothing is compiled, and no compiler is needed. Then drop the installers, which
 # the final image does not need.
