@@ -67,4 +67,4 @@ def test_the_image_copies_the_product_only() -> None:
         if line.startswith("COPY") and "--from" not in line
     ]
     sources = {source for copy in copies for source in copy}
-    assert sources == {"pyproject.toml", "requirements.lock", "README.md", "operator"}
+    assert sources == {"pyproject.toml", "requirements.lock", "README.md", "LICENSE", "operator"}
