@@ -5,7 +5,9 @@ examples that the API server accepts."""
 
 from __future__ import annotations
 
+import copy
 import json
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ from ocireg_devenv.controlplane import ControlPlane
 from ocireg_devenv.processes import Tools
 
 from .helpers import HELM_KUBE_VERSION
-from .test_install import CHART, _helm, _one, _render
+from .test_install import CHART, ROOT, _helm, _one, _render
 
 
 def test_helm_lint_has_nothing_to_say(tools: Tools) -> None:
@@ -130,3 +132,53 @@ def test_the_artifact_hub_examples_are_accepted_by_the_api_server(
     result = cluster.kubectl("apply", "--dry-run=server", "-f", str(file), check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("created (server dry run)") == len(examples), result.stdout
+
+
+# The Helm upgrade of docs/install.md: new CRDs over the ones `helm install` created.
+CRD_UPGRADE = "kubectl apply --server-side --force-conflicts -f helm/ocireg/crds/"
+
+
+def test_the_documented_crd_upgrade_applies_over_the_crds_helm_installed(
+    tools: Tools, cluster: ControlPlane, namespace: str, tmp_path: Path
+) -> None:
+    assert CRD_UPGRADE in (ROOT / "docs" / "install.md").read_text()
+    # The chart's CRDs under a group of their own (the session's CRDs stay as they are), and
+    # an older release of them that differs in a description.
+    group = f"t{secrets.token_hex(3)}.ocireg.dev"
+    new = []
+    for path in sorted((CHART / "crds").glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        crd["spec"]["group"] = group
+        crd["metadata"]["name"] = f"{crd['spec']['names']['plural']}.{group}"
+        new.append(crd)
+    old = copy.deepcopy(new)
+    for crd in old:
+        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["description"] = "older"
+    chart = tmp_path / "old-chart"
+    (chart / "crds").mkdir(parents=True)
+    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: old-crds\nversion: 0.0.1\n")
+    (chart / "crds" / "crds.yaml").write_text(yaml.safe_dump_all(old))
+    kubeconfig = f"--kubeconfig={cluster.admin_kubeconfig}"
+    installed = _helm(tools, "install", "old-crds", str(chart), "-n", namespace, kubeconfig)
+    assert installed.returncode == 0, installed.stderr
+    crds = tmp_path / "crds"
+    crds.mkdir()
+    (crds / "crds.yaml").write_text(yaml.safe_dump_all(new))
+    names = [f"crd/{crd['metadata']['name']}" for crd in new]
+    try:
+        # Without forcing, Helm's ownership of the changed fields refuses the upgrade.
+        unforced = cluster.kubectl("apply", "--server-side", "-f", str(crds), check=False)
+        assert unforced.returncode != 0
+        assert 'conflict with "helm"' in unforced.stderr, unforced.stderr
+        args = CRD_UPGRADE.split()[1:-1]
+        upgraded = cluster.kubectl(*args, str(crds), check=False)
+        assert upgraded.returncode == 0, upgraded.stderr
+        for name, crd in zip(names, new, strict=True):
+            schema = cluster.get_json(name)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+            assert (
+                schema["description"]
+                == crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["description"]
+            )
+    finally:
+        _helm(tools, "uninstall", "old-crds", "-n", namespace, kubeconfig)
+        cluster.kubectl("delete", *names, "--ignore-not-found", "--wait=false", check=False)
