@@ -1,9 +1,9 @@
 """The install as GitOps tools apply it, on the real API server: the kustomize manifests (with
-the admission component) and the chart's rendered output (`helm template`, as Argo CD renders
-a Helm source). First applied client-side (`kubectl apply`: an install later handed to a
-GitOps tool), then server-side by one applier after another, each with its own field manager
-and forcing (APPLIERS): a person's `kubectl apply --server-side`, Argo CD, Flux, and someone
-else applying the same files without forcing.
+the admission and NetworkPolicy components) and the chart's rendered output (`helm template`,
+as Argo CD renders a Helm source). First applied client-side (`kubectl apply`: an install
+later handed to a GitOps tool), then server-side by one applier after another, each with its
+own field manager and forcing (APPLIERS): a person's `kubectl apply --server-side`, Argo CD,
+Flux, and someone else applying the same files without forcing.
 
 Each must succeed without a conflict, and applying again must change nothing: `kubectl diff`
 (server-side with the applier's field manager, and client-side) finds no difference and a
@@ -132,15 +132,19 @@ def install_namespace(cluster: ControlPlane) -> Iterator[str]:
 
 
 def _kustomize_overlay(cluster: ControlPlane, tmp_path: Path, namespace: str) -> str:
-    """The manifests with the admission component, in their own namespace and under their
-    own names (so nothing of another test's install is touched); the CRDs keep their names."""
+    """The manifests with the admission and NetworkPolicy components, in their own namespace
+    and under their own names (so nothing of another test's install is touched); the CRDs
+    keep their names."""
     overlay = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
         "namespace": namespace,
         "namePrefix": f"{namespace}-",
         "resources": [os.path.relpath(MANIFESTS, tmp_path)],
-        "components": [os.path.relpath(MANIFESTS / "admission", tmp_path)],
+        "components": [
+            os.path.relpath(MANIFESTS / "admission", tmp_path),
+            os.path.relpath(MANIFESTS / "admission" / "networkpolicy", tmp_path),
+        ],
     }
     tmp_path.mkdir()
     (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(overlay))
@@ -157,7 +161,12 @@ def test_manifests_apply_server_side_after_client_side_and_again_without_changes
     )
     assert crd_names == ["clusterociregistries.ocireg.dev", "ociregistries.ocireg.dev"]
     kinds = {o["kind"] for o in objects}
-    assert {"Deployment", "MutatingWebhookConfiguration", "PodDisruptionBudget"} <= kinds
+    assert {
+        "Deployment",
+        "MutatingWebhookConfiguration",
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+    } <= kinds
     rendered = tmp_path / "rendered.yaml"
     rendered.write_text(text)
     try:
