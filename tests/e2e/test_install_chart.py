@@ -182,3 +182,22 @@ def test_the_documented_crd_upgrade_applies_over_the_crds_helm_installed(
     finally:
         _helm(tools, "uninstall", "old-crds", "-n", namespace, kubeconfig)
         cluster.kubectl("delete", *names, "--ignore-not-found", "--wait=false", check=False)
+
+
+def test_helm_install_checks_the_clusters_version_not_a_default(
+    tools: Tools, cluster: ControlPlane, crds: None, namespace: str
+) -> None:
+    # Against a cluster, helm takes its version from the API server (1.36 here): no
+    # --kube-version needed, and the kubeVersion check passes.
+    result = _helm(
+        tools,
+        "install",
+        "ocireg",
+        str(CHART),
+        "-n",
+        namespace,
+        "--dry-run=server",
+        f"--kubeconfig={cluster.admin_kubeconfig}",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "STATUS: pending-install" in result.stdout
