@@ -12,7 +12,7 @@ FROM ${BASE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
 RUN python3 -m venv /opt/ocireg
-COPY pyproject.toml requirements.lock README.md ./
+COPY pyproject.toml requirements.lock README.md LICENSE ./
 COPY operator ./operator
 COPY image/prune-venv.sh /usr/local/bin/
 # Wheels only for the dependencies: nothing is compiled, and no compiler is needed. Then drop

@@ -15,6 +15,10 @@ from ocireg_devenv.controlplane import ControlPlane
 
 T = TypeVar("T")
 API_VERSION = "ocireg.dev/v1alpha1"
+# `helm template` checks the chart's kubeVersion (>=1.30) against `--kube-version`, not against
+# a cluster, and Helm 3 assumes v1.20 without it (as Argo CD does, the tests pass the version
+# of the cluster they install on: the local control plane's, tests/cluster/build.sh).
+HELM_KUBE_VERSION = ("--kube-version", "v1.36.3")
 
 
 def wait_for(check: Callable[[], T], timeout: float, what: str) -> T:

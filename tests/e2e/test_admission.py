@@ -33,6 +33,7 @@ from ocireg_devenv.registries import LocalRegistries
 
 from .helpers import (
     ALLOW_LOCAL_REGISTRIES,
+    HELM_KUBE_VERSION,
     apply,
     ca_config_map,
     registry_object,
@@ -373,7 +374,16 @@ def _container(objects: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _helm_template(tools: Tools, release: str, namespace: str, *values: str) -> list[dict]:
     result = subprocess.run(
-        [tools.path("helm"), "template", release, str(CHART), "--namespace", namespace, *values],
+        [
+            tools.path("helm"),
+            "template",
+            release,
+            str(CHART),
+            "--namespace",
+            namespace,
+            *HELM_KUBE_VERSION,
+            *values,
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -426,7 +436,9 @@ def test_chart_and_kustomize_component_turn_the_webhook_on(
             "--admission-configuration=ocireg",
         ]
         env = {e["name"]: e for e in container["env"]}
-        assert env["POD_IP"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+        assert env["POD_IP"]["valueFrom"] == {
+            "fieldRef": {"apiVersion": "v1", "fieldPath": "status.podIP"}
+        }
         assert {"name": "webhook", "containerPort": 9443, "protocol": "TCP"} in container["ports"]
     # The chart passes its timeout and exclusions; the component relies on the same defaults.
     assert [a for a in _container(chart)["args"] if a.startswith("--admission")][4:] == [
@@ -435,7 +447,15 @@ def test_chart_and_kustomize_component_turn_the_webhook_on(
     ]
     # Values are checked before anything is rendered.
     bad = subprocess.run(
-        [tools.path("helm"), "template", "x", str(CHART), "--set", "admission.timeoutSeconds=60"],
+        [
+            tools.path("helm"),
+            "template",
+            "x",
+            str(CHART),
+            *HELM_KUBE_VERSION,
+            "--set",
+            "admission.timeoutSeconds=60",
+        ],
         capture_output=True,
         text=True,
         timeout=120,

@@ -34,7 +34,15 @@ from ocireg_devenv.processes import Tools, free_port
 from ocireg_devenv.registries import LocalRegistries
 from tests.conftest import OPERATOR_LOGS, _skip_or_fail, check_secret_hygiene
 
-from .helpers import ALLOW_LOCAL_REGISTRIES, apply, condition, registry_object, secret, wait_for
+from .helpers import (
+    ALLOW_LOCAL_REGISTRIES,
+    HELM_KUBE_VERSION,
+    apply,
+    condition,
+    registry_object,
+    secret,
+    wait_for,
+)
 from .test_install import ChartInstall, _operator_args_and_env, chart_install  # noqa: F401 - the fixture
 
 USER = "65532:65532"
@@ -299,7 +307,13 @@ def test_the_release_publishes_an_image_and_a_chart_that_installs_it(
     )
     assert result.returncode == 0, result.stderr
     rendered = subprocess.run(
-        [*helm, "template", "ocireg", str(pulled / f"ocireg-{__version__}.tgz")],
+        [
+            *helm,
+            "template",
+            "ocireg",
+            str(pulled / f"ocireg-{__version__}.tgz"),
+            *HELM_KUBE_VERSION,
+        ],
         capture_output=True,
         text=True,
         timeout=60,

@@ -23,6 +23,7 @@ from ocireg_devenv.registries import LocalRegistries
 
 from .helpers import (
     ALLOW_LOCAL_REGISTRIES,
+    HELM_KUBE_VERSION,
     apply,
     condition,
     events_for,
@@ -77,7 +78,7 @@ def _helm(tools: Tools, *args: str) -> subprocess.CompletedProcess[str]:
 def _render(
     tools: Tools, release: str, namespace: str, values: Path | None = None, *extra: str
 ) -> list[dict[str, Any]]:
-    args = ["template", release, str(CHART), "--namespace", namespace, *extra]
+    args = ["template", release, str(CHART), "--namespace", namespace, *HELM_KUBE_VERSION, *extra]
     if values is not None:
         args += ["--values", str(values)]
     result = _helm(tools, *args)
@@ -123,6 +124,7 @@ def test_chart_lints_clean_and_renders_every_value(tools: Tools, tmp_path: Path)
         "ClusterRole",
         "ClusterRoleBinding",
         "Deployment",
+        "PodDisruptionBudget",
         "Role",
         "RoleBinding",
         "ServiceAccount",
@@ -152,7 +154,15 @@ def test_chart_lints_clean_and_renders_every_value(tools: Tools, tmp_path: Path)
     assert "--leader-elect" not in _container(single)["args"]
     assert _one(single, "Deployment")["spec"]["strategy"] == {"type": "Recreate"}
     assert not [o for o in single if o["kind"] in ("Role", "RoleBinding")]
-    unelected = _helm(tools, "template", "x", str(CHART), "--set", "leaderElection.enabled=false")
+    unelected = _helm(
+        tools,
+        "template",
+        "x",
+        str(CHART),
+        *HELM_KUBE_VERSION,
+        "--set",
+        "leaderElection.enabled=false",
+    )
     assert unelected.returncode != 0
     assert "replicas > 1 needs leaderElection.enabled" in unelected.stderr
 
@@ -188,7 +198,9 @@ def test_chart_lints_clean_and_renders_every_value(tools: Tools, tmp_path: Path)
     ]
 
     # A mistake in the values stops the install before anything reaches a cluster.
-    bad = _helm(tools, "template", "x", str(CHART), "--set", "watchNamespace[0]=team-a")
+    bad = _helm(
+        tools, "template", "x", str(CHART), *HELM_KUBE_VERSION, "--set", "watchNamespace[0]=team-a"
+    )
     assert bad.returncode != 0
     assert "watchNamespace" in bad.stderr
     # The CRDs ship in the chart's crds/ (installed first, kept on uninstall).
@@ -210,6 +222,9 @@ def test_chart_and_plain_manifests_install_the_same_operator(
     for key in ("args", "ports", "livenessProbe", "readinessProbe", "resources", "securityContext"):
         assert ours[key] == theirs[key], key
     assert ours["image"] == theirs["image"]
+    assert _one(plain, "PodDisruptionBudget")["spec"] | {"selector": None} == _one(
+        chart, "PodDisruptionBudget"
+    )["spec"] | {"selector": None}
     for objects in (plain, chart):
         spec = _one(objects, "Deployment")["spec"]
         assert spec["replicas"] == 2
@@ -245,16 +260,16 @@ def test_kubectl_apply_k_manifests(cluster: ControlPlane, crds: None) -> None:
         )
         assert can.stdout.strip() == "yes"
         # Applying again changes nothing: what a GitOps controller does every few minutes.
-        # (Except the CRDs for now: the generator writes `properties: {}` for the anonymous
-        # method, which the API server drops, so kubectl sends that patch every time.)
+        # kubectl says `configured` for the PodDisruptionBudget all the same: its selector's
+        # patch strategy is `replace`, so kubectl always sends it; the API server writes
+        # nothing (server-side applies and diffs: test_install_gitops.py).
+        budget = ("poddisruptionbudget", "ocireg", "-n", "ocireg-system")
+        version = cluster.get_json(*budget)["metadata"]["resourceVersion"]
         again = cluster.kubectl("apply", "-k", str(MANIFESTS)).stdout.splitlines()
-        changed = [
-            line
-            for line in again
-            if line.endswith(" configured") and "customresourcedefinition" not in line
-        ]
-        assert len(again) == 15, again
-        assert changed == [], again
+        changed = [line for line in again if not line.endswith(" unchanged")]
+        assert len(again) == 16, again
+        assert changed == ["poddisruptionbudget.policy/ocireg configured"], again
+        assert cluster.get_json(*budget)["metadata"]["resourceVersion"] == version
     finally:
         # Not `delete -k`: that would delete the CRDs, and with them every test's objects.
         cluster.kubectl(
@@ -263,6 +278,7 @@ def test_kubectl_apply_k_manifests(cluster: ControlPlane, crds: None) -> None:
             "serviceaccount/ocireg",
             "role/ocireg-leader-election",
             "rolebinding/ocireg-leader-election",
+            "poddisruptionbudget/ocireg",
             "-n",
             "ocireg-system",
             "--ignore-not-found",

@@ -16,6 +16,8 @@ import yaml
 from ocireg_devenv.controlplane import ControlPlane
 from ocireg_devenv.processes import Tools
 
+from .helpers import HELM_KUBE_VERSION
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "ocireg"
 WEBHOOK_FROM = [{"ipBlock": {"cidr": "10.0.0.0/28"}}]
@@ -31,6 +33,7 @@ def _helm(tools: Tools, values: dict[str, Any], tmp_path: Path) -> subprocess.Co
     file = tmp_path / "values.yaml"
     file.write_text(yaml.safe_dump(values))
     argv = [tools.path("helm"), "template", "ocireg", str(CHART), "-n", "ocireg-system"]
+    argv += HELM_KUBE_VERSION
     return subprocess.run(
         [*argv, "--values", str(file)], capture_output=True, text=True, timeout=120, check=False
     )
@@ -57,7 +60,7 @@ def test_chart_metrics_listen_on_the_pod_ip(tools: Tools, tmp_path: Path) -> Non
     assert env["OCIREG_METRICS_PORT"]["value"] == "9090"
     assert env["OCIREG_METRICS_ADDRESS"] == {
         "name": "OCIREG_METRICS_ADDRESS",
-        "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}},
+        "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "status.podIP"}},
     }
     chosen = _env(_render(tools, {"metrics": {"enabled": True, "address": "::"}}, tmp_path))
     assert chosen["OCIREG_METRICS_ADDRESS"]["value"] == "::"

@@ -36,6 +36,7 @@ from ocireg_devenv.standins import WebhookStandIn
 
 from .helpers import (
     ALLOW_LOCAL_REGISTRIES,
+    HELM_KUBE_VERSION,
     apply,
     ca_config_map,
     registry_object,
@@ -79,6 +80,7 @@ def _helm_template(tools: Tools, values: dict[str, Any], tmp_path: Path) -> list
             "template",
             "ocireg",
             str(CHART),
+            *HELM_KUBE_VERSION,
             "-n",
             "ocireg-system",
             "-f",
@@ -270,18 +272,22 @@ def test_a_real_run_exposes_one_series_per_object_and_passes_promtool(
     assert exposed.samples("process_resident_memory_bytes")
     assert exposed.samples("ocireg_leader") == [({}, 1.0)]  # no election: it works
 
-    def of(name: str) -> dict[tuple[str, str, str], float]:
-        found = {}
-        for labels, value in exposed.samples(name):
-            key = (labels["kind"], labels["namespace"], labels["name"])
-            assert key not in found, f"two {name} series for {key}"
-            found[key] = value
-        return found
-
     tenant, conflict = exposed.conflict
     ready = (CLUSTER, "", exposed.ready)
     failing = (CLUSTER, "", exposed.failing)
     mine = (TENANT, tenant, conflict)
+
+    def of(name: str) -> dict[tuple[str, str, str], float]:
+        """This test's objects' series (the operator also serves what earlier tests of the
+        session left in their namespaces while those are being deleted)."""
+        found = {}
+        for labels, value in exposed.samples(name):
+            key = (labels["kind"], labels["namespace"], labels["name"])
+            assert key not in found, f"two {name} series for {key}"
+            if key in (ready, failing, mine):
+                found[key] = value
+        return found
+
     assert of("ocireg_registry_ready") == {ready: 1.0, failing: 0.0, mine: 0.0}
     assert of("ocireg_registry_failed_namespaces") == {ready: 0.0, failing: 0.0, mine: 1.0}
     assert of("ocireg_managed_secrets")[ready] == 1.0
@@ -290,7 +296,7 @@ def test_a_real_run_exposes_one_series_per_object_and_passes_promtool(
     assert set(expiration) == {ready}
     assert abs(expiration[ready] - (time.time() + 3600)) < 300
     errors = exposed.samples("ocireg_credential_mint_errors_total")
-    assert [(labels["provider"], value >= 1) for labels, value in errors] == [("webhook", True)]
+    assert any(labels["provider"] == "webhook" and value >= 1 for labels, value in errors), errors
 
 
 # -- the rules -----------------------------------------------------------------------------
@@ -640,7 +646,9 @@ def test_the_chart_lints_clean_with_every_monitoring_value(tools: Tools, tmp_pat
     }  # fmt: skip
     file = tmp_path / "values.yaml"
     file.write_text(yaml.safe_dump(values))
-    linted = _run([tools.path("helm"), "lint", "--strict", str(CHART), "-f", str(file)])
+    linted = _run(
+        [tools.path("helm"), "lint", "--strict", str(CHART), *HELM_KUBE_VERSION, "-f", str(file)]
+    )
     assert linted.returncode == 0, linted.stdout + linted.stderr
     assert "[WARNING]" not in linted.stdout
     objects = _helm_template(tools, values, tmp_path)
@@ -679,7 +687,9 @@ def test_the_chart_refuses_a_bundle_without_metrics_and_typos(tools: Tools, tmp_
     ):
         file = tmp_path / "values.yaml"
         file.write_text(yaml.safe_dump(values))
-        result = _run([tools.path("helm"), "template", "x", str(CHART), "-f", str(file)])
+        result = _run(
+            [tools.path("helm"), "template", "x", str(CHART), *HELM_KUBE_VERSION, "-f", str(file)]
+        )
         assert result.returncode != 0, values
         assert says in result.stderr, result.stderr
 

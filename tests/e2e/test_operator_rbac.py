@@ -42,6 +42,7 @@ from ocireg_devenv.registries import LocalRegistries
 from ocireg_devenv.standins import AwsStandIn
 
 from .helpers import (
+    HELM_KUBE_VERSION,
     apply,
     ca_config_map,
     registry_object,
@@ -88,7 +89,16 @@ def _objects(text: str) -> list[dict[str, Any]]:
 
 def _helm_template(tools: Tools, release: str, namespace: str, *values: str) -> list[dict]:
     result = subprocess.run(
-        [tools.path("helm"), "template", release, str(CHART), "--namespace", namespace, *values],
+        [
+            tools.path("helm"),
+            "template",
+            release,
+            str(CHART),
+            "--namespace",
+            namespace,
+            *HELM_KUBE_VERSION,
+            *values,
+        ],
         capture_output=True,
         text=True,
         timeout=120,

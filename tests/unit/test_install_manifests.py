@@ -33,7 +33,11 @@ def test_elected_replicas_non_root_read_only_with_probes_and_resources() -> None
     lease_namespace = next(
         e for e in container["env"] if e["name"] == "OCIREG_LEADER_ELECTION_NAMESPACE"
     )
-    assert lease_namespace["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    # apiVersion as the API server defaults it: without it a server-side apply after a
+    # client-side one diverges (tests/e2e/test_install_gitops.py).
+    assert lease_namespace["valueFrom"] == {
+        "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}
+    }
     assert container["securityContext"] == {
         "allowPrivilegeEscalation": False,
         "readOnlyRootFilesystem": True,
@@ -83,12 +87,27 @@ def test_chart_defaults_match_the_plain_manifests() -> None:
         {"serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": 1}}},
         {"image": {"repository": "x", "digest": "latest"}},
         {"resources": {"limit": {"cpu": 1}}},
+        # Typos inside the Kubernetes-shaped values, which the API server would drop silently.
+        {"securityContext": {"readOnlyRootFileSystem": True}},
+        {"podSecurityContext": {"runAsNonroot": True}},
+        {"tolerations": [{"key": "dedicated", "opertor": "Exists"}]},
+        {"affinity": {"podAntiAfinity": {}}},
+        {"extraEnv": [{"name": "A", "valueFrom": {"secretKeyRef": {"name": "s", "Key": "k"}}}]},
+        {"extraEnv": [{"name": "A", "valuefrom": {}}]},
+        {"networkPolicy": {"webhookFrom": [{"podSelector": {"matchLabel": {"a": "b"}}}]}},
+        {"podDisruptionBudget": {"minAvailable": 1}},
+        {"podDisruptionBudget": {"maxUnavailable": 0}},
+        {"podDisruptionBudget": {"maxUnavailable": "150%"}},
     ],
 )
 def test_schema_rejects_mistakes(change: dict[str, Any]) -> None:
     values = {**_values(), **change}
-    with pytest.raises(jsonschema.ValidationError):
+    with pytest.raises(jsonschema.ValidationError) as refused:
         jsonschema.validate(values, _schema())
+    # Refused for the mistake, not for something else in the values.
+    (key,) = change
+    error = refused.value
+    assert list(error.absolute_path)[:1] == [key] or f"'{key}' was unexpected" in error.message
 
 
 def test_schema_accepts_a_full_configuration() -> None:
@@ -106,6 +125,17 @@ def test_schema_accepts_a_full_configuration() -> None:
             "annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/r"},
         },
         "podLabels": {"azure.workload.identity/use": "true"},
+        "podDisruptionBudget": {"enabled": True, "maxUnavailable": "50%"},
+        "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
+        "affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["x"]}]}
+                    ]
+                }
+            }
+        },
         "image": {
             "repository": "registry.corp/ocireg",
             "tag": "0.1.0",

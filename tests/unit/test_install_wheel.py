@@ -72,6 +72,7 @@ def test_the_image_copies_the_product_only() -> None:
         "pyproject.toml",
         "requirements.lock",
         "README.md",
+        "LICENSE",
         "operator",
         "image/prune-venv.sh",
     }
