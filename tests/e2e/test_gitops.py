@@ -149,8 +149,14 @@ def test_argo_cd_resolves_the_minted_repo_creds_and_pulls_the_chart_across_renew
     Secret into Argo CD's namespace; Argo CD's own lookup (the longest URL prefix) finds it
     for an Application's repoURL under it, and the repo-server's login and pull succeed with
     exactly what it resolved. At renewal the Secret is rewritten: Argo CD resolves the new
-    token, which pulls, and the old one is refused. Deleting the object removes the Secret."""
+    token, which pulls, and the old one is refused. Deleting the object removes the Secret.
+
+    The registry is named localhost:<port>: Argo CD's prefix match (getRepositoryCredentialIndex)
+    compares URLs normalized by git.NormalizeGitURL, which yields "" for 127.0.0.1:<port>/...
+    (Go's url.Parse refuses a first path segment with a colon), so a repo-creds Secret never
+    matches a registry addressed by IP and port (docs/install.md says so)."""
     basic = registries.basic
+    host = f"localhost:{basic.port}"  # the registry's certificate names localhost too
     prefix = f"argo{secrets.token_hex(3)}"
     push_podinfo(clients, registries, tmp_path, f"{prefix}/charts")
     argocd = namespace  # the namespace Argo CD runs in
@@ -169,7 +175,7 @@ def test_argo_cd_resolves_the_minted_repo_creds_and_pulls_the_chart_across_renew
         )
         run_operator("--credentials-namespace", argocd)
         spec = {
-            "server": basic.host,
+            "server": host,
             "repositoryPrefix": prefix,
             "auth": {
                 "webhook": {
@@ -197,11 +203,11 @@ def test_argo_cd_resolves_the_minted_repo_creds_and_pulls_the_chart_across_renew
         assert {k: v for k, v in written.items() if k != "password"} == {
             "type": "helm",
             "enableOCI": "true",
-            "url": f"{basic.host}/{prefix}",
+            "url": f"{host}/{prefix}",
             "username": "webhook-user",
         }
 
-        app_url = f"{basic.host}/{prefix}/charts"  # an Application's source.repoURL
+        app_url = f"{host}/{prefix}/charts"  # an Application's source.repoURL
         repo = argocd_resolves(argocd_repo, cluster, argocd, app_url)
         assert repo["url"] == app_url
         assert (repo["type"], repo["enableOCI"], repo["inheritedCreds"]) == ("helm", True, True)
