@@ -337,13 +337,14 @@ def test_the_own_objects_policy_allows_the_argocd_secrets_exactly_as_the_operato
         body = secret.body()
         assert body["type"] == "Opaque"
         assert sorted(body["data"]) == sorted(variables["argoCDKeys"])
-        assert body["data"]["type"] == "aGVsbQ=="  # helm
-        assert body["data"]["enableOCI"] == "dHJ1ZQ=="  # true
+        assert body["data"]["type"] == variables["argoCDHelm"] == "aGVsbQ=="  # helm
+        assert body["data"]["enableOCI"] == variables["argoCDTrue"] == "dHJ1ZQ=="  # true
         labels = body["metadata"]["labels"]
         seen_types.add(labels[ARGOCD_SECRET_TYPE])
         assert set(labels) == {*plan.OWNER_LABELS, ARGOCD_SECRET_TYPE}
     assert seen_types == set(variables["argoCDTypes"]) == set(ARGOCD_SECRET_TYPES)
     assert "cluster" not in seen_types
     assert f"'{ARGOCD_SECRET_TYPE}' in variables.newLabels" in variables["isArgoCD"]
-    assert "object.data[?'type'] == optional.of(b'helm')" in validations
-    assert "object.data[?'enableOCI'] == optional.of(b'true')" in validations
+    # Secret data reaches a policy base64-encoded (b'helm' would never match).
+    assert "object.data[?'type'] == optional.of(variables.argoCDHelm)" in validations
+    assert "object.data[?'enableOCI'] == optional.of(variables.argoCDTrue)" in validations
