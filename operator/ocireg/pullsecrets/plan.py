@@ -201,6 +201,13 @@ def argocd_secret_names(targets: Targets, registry_name: str, count: int) -> lis
     return [base] + [f"{base}-{n}" for n in range(2, count + 1)]
 
 
+def argocd_secret_name(targets: Targets, registry_name: str) -> str | None:
+    """The first (often only) Argo CD Secret's name; None without targets.argoCD."""
+    if targets.argo_cd is None:
+        return None
+    return argocd_secret_names(targets, registry_name, 1)[0]
+
+
 def argocd_secrets(
     ref: RegistryRef, spec: RegistrySpec, credential: Credential, namespace: str
 ) -> list[DesiredSecret]:
