@@ -1,21 +1,21 @@
 """GitOps tools reading what ocireg writes, on the real control plane and registries.
 
 Argo CD: the repository credential Secrets of targets.argoCD are resolved by Argo CD's own
-code (`argocd-repo`, tests/argocd: util/settings' informer and util/db's GetRepository from
+code (`argocd-repo`, tests/gitops/argocd: util/settings' informer and util/db's GetRepository from
 the argo-cd Go module, over the real API server), and the chart is pulled exactly as Argo
 CD's repo-server does with what it resolved (util/helm/client.go nativeHelmChart.ExtractChart
 and util/helm/cmd.go RegistryLogin, PullOCI: `helm registry login <host of the URL>` with
 username and password when both are set, then `helm pull oci://<url>/<chart> --version V`).
 
 Flux: a pull Secret (kubernetes.io/dockerconfigjson) named by a source's secretRef is read
-the two ways source-controller reads it, each followed by a pull with exactly what it gave:
-- OCIRepository (internal/controller/ocirepository_controller.go, keychain): the Secret goes
-  to go-containerregistry's k8schain.NewFromPullSecrets, a copy of the kubelet's
-  credentialprovider keyring: here the kubelet's own code (`kube-local keyring`), then crane
-  (go-containerregistry) fetches the chart's manifest and layer with the credential chosen;
+with the libraries source-controller reads it with (`flux-auth`, tests/gitops/flux), as its
+two readers call them:
+- OCIRepository (internal/controller/ocirepository_controller.go, keychain): the keychain of
+  go-containerregistry's authn/kubernetes NewFromPullSecrets (the pull-secret part of the
+  k8schain.NewFromPullSecrets it calls), with which the chart's manifest and layer are fetched;
 - HelmRepository type oci (internal/helm/registry/auth.go, LoginOptionFromSecret): docker/cli's
-  config file GetAuthConfig(host of spec.url), username and password both required, handed to
-  Helm's registry client as basic auth: here the same lookup, then helm logs in and pulls.
+  config file GetAuthConfig(host of spec.url), username and password both required; helm then
+  logs in with them and pulls the chart, as Helm's registry client does with that basic auth.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ import pytest
 
 from ocireg_devenv.clients import Clients
 from ocireg_devenv.controlplane import ControlPlane
-from ocireg_devenv.processes import Tools
 from ocireg_devenv.registries import LocalRegistries
 from ocireg_devenv.standins import WebhookStandIn
 
@@ -46,27 +45,34 @@ from .helpers import (
     wait_for,
     wait_for_reason,
 )
-from .kubelet_keyring import kubelet_credentials
 from .test_charts import make_chart, push_chart, registry_config
 
 ROOT = Path(__file__).resolve().parents[2]
-ARGOCD_BUILD = ROOT / "tests" / "argocd" / "build.sh"
+GITOPS_BUILD = ROOT / "tests" / "gitops" / "build.sh"
 CLUSTER = "ClusterOCIRegistry"
-HELM_LAYER = "application/vnd.cncf.helm.chart.content.v1.tar+gzip"
 
 
 @pytest.fixture(scope="session")
-def argocd_repo() -> str:
-    """The argocd-repo binary (tests/argocd/build.sh, run by `make tools`)."""
-    where = subprocess.run(
-        ["bash", str(ARGOCD_BUILD), "--where"], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    if not Path(where).exists():
-        reason = f"Argo CD's code not built ({where}): run `bash {ARGOCD_BUILD}` (or `make tools`)"
+def gitops_bin() -> Path:
+    """The bin directory of argocd-repo and flux-auth (tests/gitops/build.sh, run by
+    `make test` and `make e2e`)."""
+    where = Path(
+        subprocess.run(
+            ["bash", str(GITOPS_BUILD), "--where"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    )
+    missing = [n for n in ("argocd-repo", "flux-auth") if not (where / n).exists()]
+    if missing:
+        reason = f"{', '.join(missing)} not built in {where}: run `bash {GITOPS_BUILD}`"
         if os.environ.get("CI") == "true":
             pytest.fail(reason, pytrace=False)
         pytest.skip(reason)
     return where
+
+
+@pytest.fixture(scope="session")
+def argocd_repo(gitops_bin: Path) -> str:
+    return str(gitops_bin / "argocd-repo")
 
 
 def argocd_resolves(binary: str, cluster: ControlPlane, namespace: str, url: str) -> dict[str, Any]:
@@ -330,15 +336,18 @@ def test_argo_cd_repository_secret_follows_a_password_change_and_goes_when_dropp
 # -- Flux ------------------------------------------------------------------------------------
 
 
-def docker_cli_auth_config(config: dict[str, Any], host: str) -> tuple[str, str]:
-    """docker/cli configfile GetAuthConfig(host) as source-controller's LoginOptionFromSecret
-    calls it for a HelmRepository of type oci: the `auths` entry for the host, its username
-    and password (decoded from `auth` when absent); the entry must be the host's own."""
-    entry = config["auths"][host]
-    username, password = entry.get("username", ""), entry.get("password", "")
-    if not (username and password) and entry.get("auth"):
-        username, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
-    return username, password
+def flux_auth(
+    gitops_bin: Path, clients: Clients, workdir: Path, mode: str, target: str, body: dict
+) -> subprocess.CompletedProcess[str]:
+    """flux-auth on a Secret as the API returns it (the local CA trusted, as a CA in the
+    system roots or certSecretRef would be)."""
+    path = workdir / f"secret-{secrets.token_hex(4)}.json"
+    path.write_text(json.dumps(body))
+    return subprocess.run(
+        [str(gitops_bin / "flux-auth"), mode, target, str(path)],
+        env={**os.environ, "SSL_CERT_FILE": str(clients.ca_file)},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
 
 
 def test_flux_sources_pull_with_the_pull_secret_ocireg_writes(
@@ -346,14 +355,15 @@ def test_flux_sources_pull_with_the_pull_secret_ocireg_writes(
     crds: None,
     registries: LocalRegistries,
     clients: Clients,
-    tools: Tools,
+    gitops_bin: Path,
     run_operator,
     namespace: str,
     tmp_path: Path,
 ) -> None:
     """The Secret an OCIRepository's or a HelmRepository's (type oci) secretRef names: the
-    pull Secret ocireg writes into the source's namespace, read as source-controller reads
-    it (see the module text), gives a credential the registry accepts for the chart."""
+    pull Secret ocireg writes into the sources' namespace, read as source-controller reads
+    it (see the module text), gets the chart from the registry; the same Secret for another
+    host gets nothing."""
     basic = registries.basic
     prefix = f"flux{secrets.token_hex(3)}"
     push_podinfo(clients, registries, tmp_path, f"{prefix}/charts")
@@ -380,38 +390,30 @@ def test_flux_sources_pull_with_the_pull_secret_ocireg_writes(
 
         # OCIRepository: url oci://<host>/<prefix>/charts/podinfo, ref.tag 1.1.0.
         ref = f"{basic.host}/{prefix}/charts/podinfo:1.1.0"
-        (chosen, *_) = kubelet_credentials(tools, ref, [body], tmp_path / "keyring")
-        config_dir = tmp_path / "oci-repository"
-        config_dir.mkdir()
-        (config_dir / "config.json").write_text(
-            json.dumps({"auths": {basic.host: {k: chosen[k] for k in ("username", "password")}}})
-        )
-        manifest = clients.crane("manifest", ref, docker_config_dir=config_dir)
-        assert manifest.returncode == 0, manifest.stderr
-        (layer,) = [
-            x for x in json.loads(manifest.stdout)["layers"] if x["mediaType"] == HELM_LAYER
-        ]
-        digest = f"{basic.host}/{prefix}/charts/podinfo@{layer['digest']}"
-        env = {"DOCKER_CONFIG": str(config_dir), "SSL_CERT_FILE": str(clients.ca_file)}
-        blob = subprocess.run(
-            [tools.path("crane"), "blob", digest], env={**os.environ, **env},
-            capture_output=True, timeout=60, check=False,
-        )  # fmt: skip
-        assert blob.returncode == 0, blob.stderr
-        assert blob.stdout[:2] == b"\x1f\x8b"  # the chart's .tgz
-        refused = clients.crane("manifest", ref, docker_config_dir=tmp_path)  # no credentials
-        assert refused.returncode != 0
+        fetched = flux_auth(gitops_bin, clients, tmp_path, "oci", ref, body)
+        assert fetched.returncode == 0, fetched.stderr
+        layer = json.loads(fetched.stdout)
+        assert layer["digest"].startswith("sha256:")
+        assert layer["size"] > 0
 
         # HelmRepository type oci: url oci://<host>/<prefix>/charts, chart podinfo.
-        repository_url = f"oci://{basic.host}/{prefix}/charts"
-        config = json.loads(base64.b64decode(body["data"][".dockerconfigjson"]))
-        username, password = docker_cli_auth_config(config, urlsplit(repository_url).netloc)
-        assert username  # LoginOptionFromSecret requires both
-        assert password
-        repo = {"url": repository_url.removeprefix("oci://"), "username": username,
-                "password": password}  # fmt: skip
+        url = f"oci://{basic.host}/{prefix}/charts"
+        found = flux_auth(gitops_bin, clients, tmp_path, "helm", url, body)
+        assert found.returncode == 0, found.stderr
+        login = json.loads(found.stdout)
+        assert login["username"] == basic.username
+        repo = {"url": url.removeprefix("oci://"), **login}
         pulled = helm_login_and_pull(clients, tmp_path, repo, "podinfo", "1.0.0")
         assert pulled.returncode == 0, pulled.stderr
+
+        # Not for this host: nothing to log in with, and the registry refuses anonymous pulls.
+        other = json.loads(base64.b64decode(body["data"][".dockerconfigjson"]))
+        other["auths"] = {"registry.example.com": next(iter(other["auths"].values()))}
+        elsewhere = {**body, "data": {".dockerconfigjson": base64.b64encode(
+            json.dumps(other).encode()).decode()}}  # fmt: skip
+        assert flux_auth(gitops_bin, clients, tmp_path, "oci", ref, elsewhere).returncode
+        refused = flux_auth(gitops_bin, clients, tmp_path, "helm", url, elsewhere)
+        assert "no auth config" in refused.stderr, refused.stderr
     finally:
         delete_registry(cluster, name)
         cluster.kubectl("delete", "namespace", flux, "--wait=false", check=False)
