@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test unit e2e lint tools venv clean manifests bench
+.PHONY: demo test unit e2e lint tools gitops venv clean manifests bench
 
 $(STAMP): pyproject.toml devenv/pyproject.toml requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
@@ -20,19 +20,23 @@ venv: $(STAMP)
 tools:
 	@bash tests/cluster/build.sh >/dev/null
 
+## Argo CD's and Flux's own code for the e2e tests (tests/gitops), under its own cache key.
+gitops:
+	@bash tests/gitops/build.sh >/dev/null
+
 ## Run the demo: local control plane + registry + operator.
 demo: venv tools
 	$(BIN)/ocireg-demo $(ARGS)
 
 ## Run every test: lint, unit and end-to-end against the real local control plane.
-test: venv tools lint
+test: venv tools gitops lint
 	$(BIN)/pytest tests
 
 ## Unit tests only: no cluster, no Go build.
 unit: venv
 	$(BIN)/pytest tests -m "not e2e"
 
-e2e: venv tools
+e2e: venv tools gitops
 	$(BIN)/pytest tests -m e2e
 
 ## The scale benchmark's three shapes (bench/run_all.sh; ARGS=--admission for the webhook on).

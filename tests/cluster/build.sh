@@ -37,7 +37,11 @@ fi
 # go and apt-get print (hundreds of `go: downloading` lines on a first build) goes to $log,
 # which is shown when a step fails and kept afterwards.
 step=0
-total=6
+# actionlint lives in a directory of its own version (below); it is one more step when missing.
+lint_bin="$cache/tools/actionlint-$ACTIONLINT_VERSION/bin"
+lint_steps=1
+[ -x "$lint_bin/actionlint" ] && lint_steps=0
+total=$((6 + lint_steps))
 started=$(date +%s)
 log="$dest/build.log"
 begin() { # what, expected
@@ -63,7 +67,7 @@ mkdir -p "$bin"
 
 if [ -f "$dest/.complete" ]; then
   printf '[tools] cached: %s\n' "$bin" >&2
-  total=1
+  total=$((1 + lint_steps))
 else
   command -v go >/dev/null 2>&1 || { echo "[tools] go is required to build the tools (the version in tests/cluster/go.mod or later)" >&2; exit 1; }
   : >"$log"
@@ -105,10 +109,9 @@ fi
 
 # actionlint (checks .github/workflows: tests/e2e/test_release.py) in a directory of its own
 # version, so it never changes the key above; linked into the keyed bin directory.
-lint_bin="$cache/tools/actionlint-$ACTIONLINT_VERSION/bin"
 if [ ! -x "$lint_bin/actionlint" ]; then
-  total=$((total + 1))
   begin "actionlint $ACTIONLINT_VERSION" "about 15 s cold"
+  mkdir -p "$lint_bin"
   GOBIN="$lint_bin" logged go install -ldflags "-s -w" "github.com/rhysd/actionlint/cmd/actionlint@$ACTIONLINT_VERSION"
   end
 fi

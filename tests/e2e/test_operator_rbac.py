@@ -30,7 +30,7 @@ import yaml
 from ocireg.admission.server import WEBHOOK_NAME, webhook_entry
 from ocireg.api.credential import Credential
 from ocireg.api.names import SEAL_KEY_SECRET
-from ocireg.api.spec import Format, Targets
+from ocireg.api.spec import Format, RegistrySpec, Targets
 from ocireg.charts import publish
 from ocireg.providers import seal
 from ocireg.pullsecrets import plan
@@ -458,9 +458,10 @@ def test_the_operator_writes_only_its_own_secrets_and_config_maps(
         assert after["metadata"].get("labels") == live["metadata"].get("labels")
 
     # Names that do not exist yet, labelled as ours: still not what the code writes. EKS's
-    # aws-auth and AKS's coredns-custom are not chart indexes; an Argo CD repository Secret
-    # needs keys no format has; a Secret without the registry's kind and uid labels is not one
-    # the operator writes.
+    # aws-auth and AKS's coredns-custom are not chart indexes; an Argo CD Secret is only ever
+    # Helm OCI repository credentials (no git repository, no cluster, no TLS or proxy
+    # setting); a Secret without the registry's kind and uid labels is not one the operator
+    # writes.
     full = dict(FULL)
     argo = {**full, "argocd.argoproj.io/secret-type": "repository"}
     invented = {
@@ -478,10 +479,27 @@ def test_the_operator_writes_only_its_own_secrets_and_config_maps(
                 data={"index.yaml": "x", "other": "y"}),
             "may write only chart index ConfigMaps",
         ),
-        "an Argo CD repository Secret": (
+        "an Argo CD git repository Secret": (
             obj("Secret", "repo-evil", argo, type="Opaque",
                 stringData={"url": "https://git.example", "password": "x"}),
-            "may write only the keys of its formats",
+            "may write only Argo CD repository credentials for Helm OCI repositories",
+        ),
+        "an Argo CD cluster Secret": (
+            obj("Secret", "cluster-evil", {**full, "argocd.argoproj.io/secret-type": "cluster"},
+                type="Opaque", stringData={"type": "helm", "enableOCI": "true",
+                                           "url": "r.example", "password": "x"}),
+            "may write only Argo CD repository credentials for Helm OCI repositories",
+        ),
+        "an Argo CD Helm OCI Secret skipping TLS verification": (
+            obj("Secret", "insecure-evil", argo, type="Opaque",
+                stringData={"type": "helm", "enableOCI": "true", "url": "r.example",
+                            "password": "x", "insecure": "true"}),
+            "may write only Argo CD repository credentials for Helm OCI repositories",
+        ),
+        "an Argo CD label on a pull secret": (
+            obj("Secret", "pull-evil", argo, type="kubernetes.io/dockerconfigjson",
+                stringData={".dockerconfigjson": '{"auths": {}}'}),
+            "may write only Argo CD repository credentials for Helm OCI repositories",
         ),
         "a Secret without the uid label": (
             obj("Secret", "pull-nouid", {**OURS, plan.LABEL_KIND: "OCIRegistry"},
@@ -528,6 +546,12 @@ def test_the_operator_writes_only_its_own_secrets_and_config_maps(
         s.body()
         for s in plan.desired_secrets(ref, Targets(formats=list(Format)), credential, namespace)
     ]
+    for secret_type in ("repo-creds", "repository"):  # and its Argo CD Secrets
+        spec = RegistrySpec.model_validate(
+            {"server": "registry.example.com", "auth": {"anonymous": {}},
+             "targets": {"argoCD": {"secretType": secret_type}, "secretName": secret_type}}
+        )  # fmt: skip
+        mine += [s.body() for s in plan.argocd_secrets(ref, spec, credential, namespace)]
     mine.append(publish.desired_config_map(ref, namespace, _Index(), "now"))  # type: ignore[arg-type]
     for body in mine:
         body["metadata"].pop("ownerReferences", None)  # no such OCIRegistry object here

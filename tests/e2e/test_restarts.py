@@ -187,6 +187,55 @@ def test_a_restart_of_a_converged_operator_mints_nothing_and_writes_nothing(
         hook.stop()
 
 
+def test_an_object_for_argo_cd_only_mints_and_writes_nothing_after_a_restart(
+    cluster: ControlPlane,
+    crds: None,
+    registries: LocalRegistries,
+    run_operator,
+    namespace: str,
+) -> None:
+    """A ClusterOCIRegistry that selects no namespace and writes only Argo CD's repository
+    credentials (the usual shape for ECR and Helm charts) has no pull secret to read its
+    credential back from: the restarted operator reads its Argo CD Secret instead."""
+    basic = registries.basic
+    hook = WebhookStandIn(
+        lambda user, password: registries.set_user("basic", user, password),
+        header=("X-Api-Key", "argo-restart-key"),
+        lifetime=3600,
+    ).start()
+    hook.json_answers = True
+    try:
+        apply(
+            cluster,
+            ca_config_map(namespace, registries.ca_file),
+            secret_object("hook-headers", namespace, **{"X-Api-Key": "argo-restart-key"}),
+        )
+        args = ("--credentials-namespace", namespace)
+        operator = run_operator(*args)
+        spec = {
+            "server": basic.host,
+            "auth": webhook_auth(hook, "hook-headers"),
+            "tls": {"caBundleRef": {"configMap": "registry-ca"}},
+            "targets": {"argoCD": {"namespace": namespace}},
+        }
+        apply(cluster, registry_object(CLUSTER, "argo-only", spec))
+        wait_for_reason(cluster, CLUSTER, "argo-only", "Ready")
+        copies = [(namespace, "argo-only-argocd")]
+        wait_for(lambda: secret(cluster, namespace, "argo-only-argocd"), 30, "the Argo CD Secret")
+        time.sleep(12)  # a tick later: converged
+        assert hook.calls[MINT] == 1
+        before = versions(cluster, copies)
+
+        restarted = stop_and_restart(run_operator, operator, args, 1)
+
+        assert hook.calls[MINT] == 1, "the restarted operator minted again"
+        assert versions(cluster, copies) == before, "the restarted operator rewrote the Secret"
+        assert f"reusing its credentials from the copy in {namespace}" in restarted.logs()
+    finally:
+        cluster.kubectl("delete", "clusterociregistry", "argo-only", "--wait=false", check=False)
+        hook.stop()
+
+
 def _tenant_role(namespace: str, user: str) -> list[dict[str, Any]]:
     """What a tenant may do in her namespace (as in test_tenant_isolation): her own
     OCIRegistry objects and their status, and any Secret."""

@@ -355,3 +355,47 @@ def test_hygiene_scan_finds_a_leaked_value_in_an_event(
     finally:
         # Cleaned up, so this test's own teardown scan passes.
         cluster.kubectl("delete", "event", "leaky", "-n", namespace)
+
+
+def test_tenant_argo_cd_secret_stays_in_her_namespace(
+    cluster: ControlPlane,
+    registries: LocalRegistries,
+    run_operator,
+    namespace: str,
+    other_namespace: str,
+    alice: Tenant,
+) -> None:
+    """An Argo CD repository Secret is a way into Argo CD: a tenant may not aim hers at Argo
+    CD's namespace (the API server refuses targets.argoCD.namespace on an OCIRegistry), and
+    the one she may have is written into her own namespace only (for an Argo CD running
+    there), owned by her object; Argo CD's namespace gets nothing of hers."""
+    basic = registries.basic
+    argocd = other_namespace  # where the platform's Argo CD runs
+    alice_secret = secret_object("mine", namespace, password=basic.password)
+    assert alice.apply(alice_secret).returncode == 0
+    spec: dict[str, Any] = {
+        "server": basic.host,
+        "auth": {"basic": {"secretRef": {"name": "mine"}, "username": basic.username}},
+        "tls": {"insecureSkipVerify": True},
+        "targets": {"argoCD": {"namespace": argocd}},
+    }
+    refused = alice.registry("helm", spec)
+    assert refused.returncode != 0
+    assert NAMESPACE_ONLY_CLUSTER in refused.stderr, refused.stderr
+    # Nor through `extends`: a base object is an OCIRegistry too, refused by the same rule.
+    assert alice.registry("helm-base", spec).returncode != 0
+
+    run_operator(*ALLOW_LOCAL_REGISTRIES)
+    spec["targets"] = {"argoCD": {"secretType": "repository"}}
+    assert alice.registry("helm", spec).returncode == 0
+    wait_for_reason(cluster, KIND, "helm", "Ready", namespace, timeout=60)
+    written = wait_for(lambda: secret(cluster, namespace, "helm-argocd"), 30, "her Argo CD Secret")
+    uid = cluster.get_json("ociregistry", "helm", "-n", namespace)["metadata"]["uid"]
+    assert written["metadata"]["ownerReferences"][0]["uid"] == uid
+    assert written["metadata"]["labels"]["argocd.argoproj.io/secret-type"] == "repository"
+    everywhere = cluster.get_json("secrets", "-A", "-l", f"ocireg.dev/registry-uid={uid}")
+    assert {(s["metadata"]["namespace"], s["metadata"]["name"]) for s in everywhere["items"]} == {
+        (namespace, "helm"),
+        (namespace, "helm-argocd"),
+    }
+    assert cluster.get_json("secrets", "-n", argocd)["items"] == []

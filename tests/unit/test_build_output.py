@@ -58,9 +58,10 @@ def test_a_first_build_shows_one_line_per_step_and_no_go_chatter(tmp_path: Path)
     lines = result.stderr.splitlines()
     assert "go: downloading" not in result.stderr
     steps = [line for line in lines if line.startswith("[tools ")]
-    assert [s.split("]")[0] for s in steps] == [f"[tools {n}/6" for n in range(1, 7)]
+    # kube-local, pause, helm, registry, crane, actionlint, the Debian packages
+    assert [s.split("]")[0] for s in steps] == [f"[tools {n}/7" for n in range(1, 8)]
     # Each build step says what it took here cold and ends with its own time.
-    for step in steps[:5]:
+    for step in steps[:6]:
         assert " (" in step, step
         assert " ... done in " in step, step
         assert step.endswith("s"), step
@@ -78,7 +79,7 @@ def test_a_failing_step_shows_what_it_printed(tmp_path: Path) -> None:
     result = _run(tmp_path, fail_on="cmd/registry@")
     assert result.returncode == 1
     lines = result.stderr.splitlines()
-    assert lines[-6].startswith("[tools 4/6] registry")
+    assert lines[-6].startswith("[tools 4/7] registry")
     assert lines[-6].endswith("FAILED")
     assert "`go install` failed" in lines[-5]
     assert lines[-1] == "    main.go:1: undefined: boom"

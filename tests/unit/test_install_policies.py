@@ -18,8 +18,13 @@ import yaml
 
 from ocireg.admission import server as admission
 from ocireg.api.credential import Credential
-from ocireg.api.names import SEAL_KEY_FIELD, SEAL_KEY_SECRET
-from ocireg.api.spec import Format, Targets
+from ocireg.api.names import (
+    ARGOCD_SECRET_TYPE,
+    ARGOCD_SECRET_TYPES,
+    SEAL_KEY_FIELD,
+    SEAL_KEY_SECRET,
+)
+from ocireg.api.spec import Format, RegistrySpec, Targets
 from ocireg.charts import publish
 from ocireg.providers import acr, ecr, seal
 from ocireg.pullsecrets import plan
@@ -306,3 +311,40 @@ def test_schema_accepts_other_cloud_audiences() -> None:
         tokenMaxExpirationSeconds=3600,
     )
     jsonschema.validate(values, _schema())
+
+
+def test_the_own_objects_policy_allows_the_argocd_secrets_exactly_as_the_operator_writes_them() -> (
+    None
+):
+    """plan.argocd_secrets writes the Argo CD secret types and data keys the policy lists, of
+    type Opaque, with type helm and enableOCI true (what its validation requires), and the
+    policy's validation names the label Argo CD lists them by."""
+    policy = _load(OWN_OBJECTS_POLICY)
+    variables = _variables(policy)
+    validations = "\n".join(v["expression"] for v in policy["spec"]["validations"])
+    credential = Credential("basic", ("registry.example.com",), "robot", "s3cret")
+    seen_types: set[str] = set()
+    for secret_type in variables["argoCDTypes"]:
+        spec = RegistrySpec.model_validate(
+            {
+                "server": "registry.example.com",
+                "auth": {"anonymous": {}},
+                "targets": {"argoCD": {"secretType": secret_type}},
+            }
+        )
+        ref = plan.RegistryRef("ClusterOCIRegistry", "shared", uid="u1")
+        (secret,) = plan.argocd_secrets(ref, spec, credential, "argocd")
+        body = secret.body()
+        assert body["type"] == "Opaque"
+        assert sorted(body["data"]) == sorted(variables["argoCDKeys"])
+        assert body["data"]["type"] == variables["argoCDHelm"] == "aGVsbQ=="  # helm
+        assert body["data"]["enableOCI"] == variables["argoCDTrue"] == "dHJ1ZQ=="  # true
+        labels = body["metadata"]["labels"]
+        seen_types.add(labels[ARGOCD_SECRET_TYPE])
+        assert set(labels) == {*plan.OWNER_LABELS, ARGOCD_SECRET_TYPE}
+    assert seen_types == set(variables["argoCDTypes"]) == set(ARGOCD_SECRET_TYPES)
+    assert "cluster" not in seen_types
+    assert f"'{ARGOCD_SECRET_TYPE}' in variables.newLabels" in variables["isArgoCD"]
+    # Secret data reaches a policy base64-encoded (b'helm' would never match).
+    assert "object.data[?'type'] == optional.of(variables.argoCDHelm)" in validations
+    assert "object.data[?'enableOCI'] == optional.of(variables.argoCDTrue)" in validations

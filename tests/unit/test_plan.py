@@ -6,11 +6,13 @@ import json
 import pytest
 
 from ocireg.api.credential import Credential
-from ocireg.api.spec import Format, LabelSelector, Targets
+from ocireg.api.spec import Format, LabelSelector, RegistrySpec, Targets
 from ocireg.pullsecrets.plan import (
     ANNOTATION_SA_REFS,
     DOCKER_HUB_KEY,
     RegistryRef,
+    argocd_namespace,
+    argocd_secrets,
     desired_secrets,
     docker_config_json,
     namespace_selected,
@@ -189,3 +191,62 @@ def test_long_names_fit_in_a_label() -> None:
     ref = RegistryRef("ClusterOCIRegistry", "x" * 200)
     assert len(ref.label_value) <= 63
     assert ref.label_value != RegistryRef("ClusterOCIRegistry", "x" * 199).label_value
+
+
+# -- Argo CD repository credentials -------------------------------------------------------
+
+
+def _spec(**fields) -> RegistrySpec:
+    return RegistrySpec.model_validate(
+        {"server": "registry.example.com:5000", "auth": {"anonymous": {}}, **fields}
+    )
+
+
+def test_argocd_secret_holds_what_argo_cd_reads_for_a_helm_oci_repository() -> None:
+    """Argo CD's util/db (secretToRepoCred, secretToRepository) reads url, type, enableOCI,
+    username and password; its repo-server runs `helm pull oci://<url>/<chart>`, so url has
+    no scheme."""
+    spec = _spec(repositoryPrefix="charts", targets={"argoCD": {}})
+    (secret,) = argocd_secrets(CLUSTER, spec, BASIC, "argocd")
+    assert secret.name == "shared-argocd"
+    assert secret.type == "Opaque"
+    assert secret.labels["argocd.argoproj.io/secret-type"] == "repo-creds"
+    assert secret.labels["ocireg.dev/registry-uid"] == "u1"
+    assert _decoded(secret) == {
+        "type": "helm",
+        "enableOCI": "true",
+        "url": "registry.example.com:5000/charts",
+        "username": "robot$ci",
+        "password": "s3cret",
+    }
+    assert secret_decision(secret, secret.body()) == "unchanged"
+    retyped = _spec(targets={"argoCD": {"secretType": "repository", "path": "a/b"}})
+    (other,) = argocd_secrets(CLUSTER, retyped, BASIC, "argocd")
+    assert _decoded(other)["url"] == "registry.example.com:5000/a/b"
+    assert secret_decision(other, secret.body()) == "update"  # the type label changes
+
+
+def test_argocd_secret_per_host_with_that_hosts_password() -> None:
+    ecr = Credential(
+        "ecr",
+        ("1.dkr.ecr.us-east-1.amazonaws.com", "1.dkr.ecr.eu-west-1.amazonaws.com"),
+        "AWS",
+        "pw-us",
+        passwords=(("1.dkr.ecr.eu-west-1.amazonaws.com", "pw-eu"),),
+    )
+    secrets = argocd_secrets(CLUSTER, _spec(targets={"argoCD": {}}), ecr, "argocd")
+    assert [s.name for s in secrets] == ["shared-argocd", "shared-argocd-2"]
+    assert [_decoded(s)["password"] for s in secrets] == ["pw-us", "pw-eu"]
+    assert {_decoded(s)["username"] for s in secrets} == {"AWS"}
+    hub = Credential("basic", ("docker.io",), "me", "pat")
+    (secret,) = argocd_secrets(CLUSTER, _spec(targets={"argoCD": {"path": "me"}}), hub, "x")
+    assert _decoded(secret)["url"] == "registry-1.docker.io/me"
+
+
+def test_argocd_namespace_a_tenant_writes_at_home_only() -> None:
+    targets = Targets.model_validate({"argoCD": {"namespace": "argocd"}})
+    assert argocd_namespace(TENANT, targets) == "team-a"
+    assert argocd_namespace(CLUSTER, targets) == "argocd"
+    assert argocd_namespace(CLUSTER, Targets.model_validate({"argoCD": {}})) == "argocd"
+    assert argocd_namespace(CLUSTER, Targets()) is None
+    assert argocd_secrets(CLUSTER, _spec(), BASIC, "argocd") == []

@@ -555,6 +555,7 @@ class Process:
         copies: Mapping[str, tuple[str, Mapping[str, Any]]] | None = None,
     ) -> Credential:
         targets = spec.effective_targets
+        argocd = plan.argocd_secret_name(targets, REF.name)
         vouch = recall.recaller(
             REF,
             None if record is None else {"credentials": record, "conditions": [READY]},
@@ -564,6 +565,7 @@ class Process:
             (lambda ref, name: (copies or {}).get(name)) if copies is not None else None,
             fingerprint_for(),
             self.cache.sealer,
+            argocd=argocd,
         )
         ctx = ResolveContext(_reader(store), "ops", False, cache=self.cache, recall=vouch)
         return resolve(spec, ctx)
@@ -595,6 +597,35 @@ def test_every_minting_provider_reuses_after_a_restart(
     assert process.cache.reused[method] == 1
     assert process.cache.mints[method] == 0
     assert again.password == "minted-1"
+
+
+@pytest.mark.parametrize("method", sorted(PROVIDERS))
+def test_an_object_for_argo_cd_only_reuses_what_its_argo_cd_secret_holds(
+    method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ClusterOCIRegistry that selects no namespace and writes only an Argo CD Secret has no
+    pull secret to read back after a restart: its Argo CD Secret is read instead, under the
+    same seal; an edited one is not reused."""
+    auth, store, _ = PROVIDERS[method]
+    mint = Minting(method)
+    monkeypatch.setattr(MODULES[method], "mint", mint)
+    spec = RegistrySpec.model_validate(
+        {"server": SERVER, "auth": auth, "targets": {"argoCD": {"namespace": "argocd"}}}
+    )
+    first = Process(KEY).resolve(spec, copy.deepcopy(store))
+    record = record_of(first, Sealer(KEY))
+    (argo,) = plan.argocd_secrets(REF, spec, first, "argocd")
+    body = argo.body()
+    written = {argo.name: ("argocd", body)}
+    process = Process(KEY)
+    again = process.resolve(spec, copy.deepcopy(store), record, written)
+    assert mint.calls == 1, f"{method} minted again after a restart"
+    assert process.cache.reused[method] == 1
+    assert again.password == first.password
+    body["data"]["password"] = "ZWRpdGVk"  # edited
+    process = Process(KEY)
+    process.resolve(spec, copy.deepcopy(store), record, written)
+    assert mint.calls == 2
 
 
 @pytest.mark.parametrize("method", sorted(PROVIDERS))

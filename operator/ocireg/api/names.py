@@ -25,6 +25,12 @@ LABEL_KIND: Final = f"{GROUP}/registry-kind"
 LABEL_UID: Final = f"{GROUP}/registry-uid"
 ANNOTATION_OWNER: Final = f"{GROUP}/owner"
 
+# Argo CD's repository credential Secrets (targets.argoCD): the label Argo CD lists them by,
+# its two values ocireg writes (never `cluster`), and where Argo CD runs unless told.
+ARGOCD_SECRET_TYPE: Final = "argocd.argoproj.io/secret-type"  # noqa: S105 - a label key
+ARGOCD_SECRET_TYPES: Final = ("repo-creds", "repository")
+ARGOCD_NAMESPACE: Final = "argocd"
+
 # A ServiceAccount's record of the pull Secret references ocireg added to it.
 ANNOTATION_SA_REFS: Final = f"{GROUP}/image-pull-secrets"
 # The chart index ConfigMap: its label, and the digest of the index it holds.

@@ -212,6 +212,47 @@ class Format(StrEnum):
     env = "env"
 
 
+class ArgoCDSecretType(StrEnum):
+    repo_creds = "repo-creds"
+    repository = "repository"
+
+
+class ArgoCD(ApiModel):
+    """An Argo CD repository credential Secret for the registry as a Helm OCI repository
+    (type helm, enableOCI "true", url, username, password), written into the namespace Argo
+    CD runs in and rewritten with every renewal like the pull secrets. Argo CD does not read
+    dockerconfigjson Secrets for Helm charts. Named after secretName with -argocd appended
+    (-argocd-2, -3 ... for further registry hosts, e.g. more ECR regions)."""
+
+    namespace: Annotated[
+        str | None,
+        cluster_only(
+            "Namespace Argo CD runs in (default argocd). ClusterOCIRegistry only: an "
+            "OCIRegistry writes the Secret into its own namespace, for an Argo CD running there.",
+            max_length=63,
+            pattern=DNS_LABEL,
+        ),
+    ] = None
+    secret_type: Annotated[
+        ArgoCDSecretType,
+        Field(
+            description="repo-creds: a credential template Argo CD uses for every Helm "
+            "repository URL starting with url (the longest match wins); repository: one "
+            "repository, whose url an Application's source.repoURL names exactly.",
+        ),
+    ] = ArgoCDSecretType.repo_creds
+    path: Annotated[
+        str | None,
+        Field(
+            description="Path under the registry host that url ends with (default: "
+            "repositoryPrefix). url is host/path without a scheme, as Argo CD wants Helm "
+            "OCI repository URLs.",
+            max_length=255,
+            pattern=r"^[a-z0-9]+([._/-][a-z0-9]+)*$",
+        ),
+    ] = None
+
+
 NamespacePattern = Annotated[str, Field(max_length=63, pattern=r"^[a-z0-9*?\[\]-]+$")]
 
 
@@ -222,7 +263,7 @@ class Targets(ApiModel):
         str | None,
         Field(
             description="Name of the pull Secret (default: the object's name). The basic-auth "
-            "and env formats append -basic-auth and -env.",
+            "and env formats append -basic-auth and -env, argoCD -argocd.",
             max_length=200,
             pattern=DNS_SUBDOMAIN,
         ),
@@ -266,6 +307,10 @@ class Targets(ApiModel):
             json_schema_extra={"x-kubernetes-list-type": "set"},
         ),
     ] = [Format.dockerconfigjson]
+    argo_cd: Annotated[
+        ArgoCD | None,
+        Field(alias="argoCD", description=ArgoCD.__doc__),
+    ] = None
 
 
 class Refresh(ApiModel):

@@ -19,7 +19,8 @@ ResolveContext.recall before it would mint):
   generation: one whose last verification failed is minted again, as a restart always did),
   and hold a record: provider, endpoints, issuedAt, refreshedAt, a seal;
 - one copy is read (the one most copies agree with, pullsecrets.runtime picks it from the
-  index); it must be ours, exactly: ownership.claim says OURS for this uid (never a copy of
+  index; an object with no pull secret anywhere, only an Argo CD Secret, is read back from
+  that); it must be ours, exactly: ownership.claim says OURS for this uid (never a copy of
   a predecessor or another object, never one outside an OCIRegistry's namespace);
 - its data must parse as a credential for every endpoint recorded;
 - the seal of that credential, with this object's uid, the spec, CA and generation as they
@@ -50,7 +51,7 @@ import datetime as dt
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Final, Literal
 
 from ocireg.api.credential import Credential
 from ocireg.api.errors import ReconcileError
@@ -70,6 +71,11 @@ SECRET_TYPES = {
 }
 # The copy read back: the format that carries the most (per-endpoint passwords) first.
 PREFERRED = (Format.dockerconfigjson, Format.basic_auth, Format.env)
+# An object that writes no pull secret anywhere (a ClusterOCIRegistry for Argo CD only) is
+# read back from its Argo CD Secret (plan.argocd_secrets: Opaque, username and password),
+# when it has one registry host: with more, its per-host passwords are in several Secrets.
+ARGOCD: Final = "argocd"
+CopyFormat = Format | Literal["argocd"]
 
 # One copy of this object's Secret ``name``: (namespace, body), or None.
 CopyReader = Callable[[RegistryRef, str], tuple[str, Mapping[str, Any]] | None]
@@ -129,7 +135,7 @@ def _decoded(data: Mapping[str, Any], key: str) -> str | None:
 
 
 def read_back(
-    fmt: Format,
+    fmt: CopyFormat,
     body: Mapping[str, Any],
     provider: str,
     endpoints: tuple[str, ...],
@@ -138,8 +144,14 @@ def read_back(
     """The credential a copy in format ``fmt`` holds for ``endpoints`` (the inverse of
     plan.desired_secrets), or None when it holds none."""
     data = body.get("data") or {}
-    if not isinstance(data, Mapping) or body.get("type") != SECRET_TYPES[fmt] or not endpoints:
+    wanted = "Opaque" if fmt == ARGOCD else SECRET_TYPES[Format(fmt)]
+    if not isinstance(data, Mapping) or body.get("type") != wanted or not endpoints:
         return None
+    if fmt == ARGOCD:
+        username, password = _decoded(data, "username"), _decoded(data, "password")
+        if len(endpoints) != 1 or not password:
+            return None
+        return Credential(provider, endpoints, username or None, password, expires_at=expires_at)
     if fmt is Format.dockerconfigjson:
         text = _decoded(data, ".dockerconfigjson")
         if text is None:
@@ -199,7 +211,7 @@ def recalled(
     ref: RegistryRef,
     status: Mapping[str, Any] | None,
     generation: int | None,
-    fmt: Format,
+    fmt: CopyFormat,
     copy: tuple[str, Mapping[str, Any]] | None,
     minted_from: str,
     fingerprint: Fingerprint,
@@ -264,19 +276,22 @@ def recaller(
     copies: CopyReader | None,
     fingerprint: Fingerprint,
     sealer: Sealer,
+    argocd: str | None = None,
 ) -> Recall | None:
     """ResolveContext.recall for one object: `recalled` on one copy of its Secret (in the
-    format that carries the most), read only if the cache has nothing and the status holds a
-    seal. None: nothing to recall (the cache mints)."""
+    format that carries the most; else its Argo CD Secret named ``argocd``), read only if the
+    cache has nothing and the status holds a seal. None: nothing to recall (the cache mints)."""
     fmt = preferred_format(formats)
     if copies is None or fmt is None or not ((status or {}).get("credentials") or {}).get("seal"):
         return None
     name = names[fmt]
 
     def recall(minted_from: str) -> Credential | None:
-        found = recalled(
-            ref, status, generation, fmt, copies(ref, name), minted_from, fingerprint, sealer
-        )
+        kind: CopyFormat = fmt
+        copy = copies(ref, name)
+        if copy is None and argocd is not None:
+            kind, copy = ARGOCD, copies(ref, argocd)
+        found = recalled(ref, status, generation, kind, copy, minted_from, fingerprint, sealer)
         if found.credential is None:
             log.info("%s: minting again: %s", ref.display, found.why)
         else:

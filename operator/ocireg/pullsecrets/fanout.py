@@ -61,7 +61,8 @@ class Tracked:
     # Something it read changed since its last run (or kopf handed it over): read again.
     changed: bool = True
     mutex: threading.Lock = field(default_factory=threading.Lock)  # spec+credential, placed
-    templates: tuple[Any, Any, list[plan.DesiredSecret]] | None = None  # see desired()
+    # see desired(): (spec, credential, pull secret templates, Argo CD Secret templates)
+    templates: tuple[Any, Any, list[plan.DesiredSecret], list[plan.DesiredSecret]] | None = None
     # What its status last said, for the metrics: Ready, and status.targets.failedCount.
     ready: bool = False
     failed_namespaces: int = 0
@@ -93,14 +94,18 @@ class Tracked:
         spec: RegistrySpec,
         credential: Credential,
         namespace: str,
-        live: frozenset[str] = frozenset(),
+        live: frozenset[str],
+        wanted: plan.Wanted,
     ) -> list[plan.DesiredSecret]:
-        """plan.desired_secrets, built once per published credential for a cluster-scoped
-        registry, whose copies differ only in their namespace. ``live``: the uids of the
-        registry objects served (whose copies are never taken over, see ownership.claim)."""
+        """What this registry writes into ``namespace``: its pull secret formats
+        (plan.desired_secrets) and its Argo CD Secrets (plan.argocd_secrets), as ``wanted``
+        says; built once per published credential for a cluster-scoped registry, whose copies
+        differ only in their namespace. ``live``: the uids of the registry objects served
+        (whose copies are never taken over, see ownership.claim)."""
         targets = spec.effective_targets
         if ref.namespaced:
-            templates = plan.desired_secrets(ref, targets, credential, namespace)
+            pull = plan.desired_secrets(ref, targets, credential, namespace)
+            argocd = plan.argocd_secrets(ref, spec, credential, namespace)
         else:
             built = self.templates
             if built is None or built[0] is not spec or built[1] is not credential:
@@ -108,8 +113,10 @@ class Tracked:
                     spec,
                     credential,
                     plan.desired_secrets(ref, targets, credential, ""),
+                    plan.argocd_secrets(ref, spec, credential, ""),
                 )
-            templates = built[2]
+            pull, argocd = built[2], built[3]
+        templates = (pull if wanted.pull else []) + (argocd if wanted.argocd else [])
         return [dataclasses.replace(t, namespace=namespace, live=live) for t in templates]
 
     def mark_placed(self, namespace: str, placed: bool) -> None:
@@ -271,7 +278,7 @@ class Fanout:
         observed = self.index.secrets.in_namespace(namespace)
         accounts = self.index.accounts.in_namespace(namespace)
         results: Results = {}
-        wanted: list[tuple[str, Any]] = []
+        wanted_refs: list[tuple[str, Any]] = []
         unwanted: list[str] = []
         removals: list[tuple[str, plan.SecretState]] = []
         live = self.registries.live()
@@ -282,10 +289,13 @@ class Fanout:
             spec, credential = served
             targets = spec.effective_targets
             result = results[ref] = NamespaceResult(namespace)
-            if found is not None and plan.namespace_selected(
-                ref, targets, namespace, found.labels, found.phase
-            ):
-                desired = tracked.desired(ref, spec, credential, namespace, live)
+            wanted = (
+                plan.namespace_wanted(ref, targets, namespace, found.labels, found.phase)
+                if found is not None
+                else plan.Wanted(pull=False, argocd=False)
+            )
+            desired = tracked.desired(ref, spec, credential, namespace, live, wanted)
+            if wanted:
                 outcomes = [
                     apply_secret(self.kube, d, observed.get(d.name), self._written) for d in desired
                 ]
@@ -299,22 +309,28 @@ class Fanout:
                     result.failure = conflict(namespace, owner)
                 elif "gone" not in outcomes:
                     result.written = sum(o in ("created", "updated") for o in outcomes)
-                    result.service_accounts = sum(
-                        plan.service_account_selected(targets, n) for n in accounts
-                    )
-                    pull = plan.secret_names(targets, ref.name)[Format.dockerconfigjson]
-                    wanted.append((pull, targets))
+                    if wanted.pull:
+                        result.service_accounts = sum(
+                            plan.service_account_selected(targets, n) for n in accounts
+                        )
+                        pull = plan.secret_names(targets, ref.name)[Format.dockerconfigjson]
+                        wanted_refs.append((pull, targets))
                 tracked.mark_placed(namespace, result.failure is None)
-                continue
-            mine = [
-                (n, s) for n, s in observed.items() if plan.secret_owned_by(ref, namespace, s, live)
+            else:
+                tracked.mark_placed(namespace, False)
+            # What it wrote here before and no longer wants: all of it in a namespace it left,
+            # a format or an Argo CD Secret dropped from its targets, an old secretName.
+            keep = {d.name for d in desired}
+            stale = [
+                (name, state)
+                for name, state in observed.items()
+                if name not in keep and plan.secret_owned_by(ref, namespace, state, live)
             ]
-            if mine and found is not None and found.phase == "Active":
-                removals.extend(mine)  # a terminating namespace takes them with it
-                unwanted.extend(n for n, _ in mine)
+            if stale and found is not None and found.phase == "Active":
+                removals.extend(stale)  # a terminating namespace takes them with it
+                unwanted.extend(n for n, _ in stale)
                 result.removed = True
-            tracked.mark_placed(namespace, False)
-        for account, (add, remove) in plan.account_changes(accounts, wanted, unwanted).items():
+        for account, (add, remove) in plan.account_changes(accounts, wanted_refs, unwanted).items():
 
             def change(
                 sa: dict[str, Any], add: list[str] = add, remove: list[str] = remove
@@ -342,16 +358,29 @@ class Fanout:
     # -- one registry --------------------------------------------------------------------------
 
     def in_sync(
-        self, ref: plan.RegistryRef, spec: RegistrySpec, credential: Credential, namespace: str
+        self,
+        ref: plan.RegistryRef,
+        spec: RegistrySpec,
+        credential: Credential,
+        namespace: str,
+        wanted: plan.Wanted,
     ) -> bool:
-        """Whether a selected namespace already holds what this registry wants (its Secrets
-        and its references), as far as the index knows."""
+        """Whether a namespace already holds what this registry wants there (its Secrets and
+        its references, none it no longer wants), as far as the index knows."""
         targets = spec.effective_targets
         observed = self.index.secrets.in_namespace(namespace)
         live = self.registries.live()
-        desired = self.registries.get(ref).desired(ref, spec, credential, namespace, live)
+        desired = self.registries.get(ref).desired(ref, spec, credential, namespace, live, wanted)
         if any(plan.secret_decision(d, observed.get(d.name)) != "unchanged" for d in desired):
             return False
+        keep = {d.name for d in desired}
+        if any(
+            name not in keep and plan.secret_owned_by(ref, namespace, state, live)
+            for name, state in observed.items()
+        ):
+            return False
+        if not wanted.pull:
+            return True
         pull = plan.secret_names(targets, ref.name)[Format.dockerconfigjson]
         accounts = self.index.accounts.in_namespace(namespace)
         return not plan.account_changes(accounts, [(pull, targets)], [])
@@ -391,11 +420,12 @@ class Fanout:
         results: dict[str, NamespaceResult] = {}
         futures: dict[str, Future[Results]] = {}
         for _, name, found in namespaces:
-            if not plan.namespace_selected(ref, targets, name, found.labels, found.phase):
+            wanted = plan.namespace_wanted(ref, targets, name, found.labels, found.phase)
+            if not wanted:
                 continue
             selected.append(name)
-            if self.in_sync(ref, spec, credential, name):
-                accounts = self.index.accounts.in_namespace(name)
+            if self.in_sync(ref, spec, credential, name, wanted):
+                accounts = self.index.accounts.in_namespace(name) if wanted.pull else {}
                 count = sum(plan.service_account_selected(targets, n) for n in accounts)
                 results[name] = NamespaceResult(name, service_accounts=count)
                 tracked.mark_placed(name, True)

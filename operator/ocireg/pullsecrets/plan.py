@@ -16,6 +16,9 @@ from ocireg.api.names import (
     ANNOTATION_OWNER,
     ANNOTATION_SA_REFS,
     API_VERSION,
+    ARGOCD_NAMESPACE,
+    ARGOCD_SECRET_TYPE,
+    DOCKER_HUB_API_HOST,
     DOCKER_HUB_HOSTS,
     DOCKER_HUB_KEY,
     LABEL_KIND,
@@ -31,7 +34,7 @@ from ocireg.api.ownership import (
     claim,
     recorded_owner,
 )
-from ocireg.api.spec import Format, LabelSelector, Targets
+from ocireg.api.spec import Format, LabelSelector, RegistrySpec, Targets
 
 __all__ = [
     "ANNOTATION_OWNER",
@@ -126,18 +129,7 @@ def desired_secrets(
 ) -> list[DesiredSecret]:
     names = secret_names(targets, ref.name)
     annotations = ref.annotations()
-    owners = []
-    if ref.namespaced and ref.uid and namespace == ref.namespace:
-        owners = [
-            {
-                "apiVersion": API_VERSION,
-                "kind": ref.kind,
-                "name": ref.name,
-                "uid": ref.uid,
-                "controller": True,
-                "blockOwnerDeletion": False,
-            }
-        ]
+    owners = _owner_references(ref, namespace)
     token = credential.identity_token or credential.registry_token or ""
     out = []
     for fmt in targets.formats:
@@ -169,11 +161,103 @@ def desired_secrets(
     return out
 
 
+def _owner_references(ref: RegistryRef, namespace: str) -> list[dict[str, Any]]:
+    """An OCIRegistry owns its copies in its own namespace (the garbage collector removes them
+    with it); elsewhere, and for the cluster kind, the finalizer's cleanup does."""
+    if not (ref.namespaced and ref.uid and namespace == ref.namespace):
+        return []
+    return [
+        {
+            "apiVersion": API_VERSION,
+            "kind": ref.kind,
+            "name": ref.name,
+            "uid": ref.uid,
+            "controller": True,
+            "blockOwnerDeletion": False,
+        }
+    ]
+
+
+def argocd_namespace(ref: RegistryRef, targets: Targets) -> str | None:
+    """Where this object's Argo CD Secrets go (None: nowhere). An OCIRegistry writes them
+    into its own namespace only, whatever its spec says (the CRD refuses the field too)."""
+    if targets.argo_cd is None:
+        return None
+    if ref.namespaced:
+        return ref.namespace
+    return targets.argo_cd.namespace or ARGOCD_NAMESPACE
+
+
+def argocd_url(endpoint: str, path: str | None) -> str:
+    """A Helm OCI repository URL as Argo CD wants it: host[/path], no scheme (its repo-server
+    runs `helm pull oci://<url>/<chart>` and logs in to the URL's host). Docker Hub's charts
+    are served by registry-1.docker.io, the name Argo CD's documentation uses."""
+    host = DOCKER_HUB_API_HOST if endpoint in DOCKER_HUB_HOSTS else endpoint
+    return f"{host}/{path}" if path else host
+
+
+def argocd_secret_names(targets: Targets, registry_name: str, count: int) -> list[str]:
+    base = f"{targets.secret_name or registry_name}-argocd"
+    return [base] + [f"{base}-{n}" for n in range(2, count + 1)]
+
+
+def argocd_secret_name(targets: Targets, registry_name: str) -> str | None:
+    """The first (often only) Argo CD Secret's name; None without targets.argoCD."""
+    if targets.argo_cd is None:
+        return None
+    return argocd_secret_names(targets, registry_name, 1)[0]
+
+
+def argocd_secrets(
+    ref: RegistryRef, spec: RegistrySpec, credential: Credential, namespace: str
+) -> list[DesiredSecret]:
+    """The Argo CD repository credential Secrets of targets.argoCD, one per registry host:
+    the keys Argo CD's util/db reads (secretToRepoCred / secretToRepository: url, type,
+    enableOCI, username, password) and its secret-type label. Argo CD's repo-server logs in
+    only when both username and password are set, so the providers' usernames go in as they
+    are (AWS, 00000000-0000-0000-0000-000000000000, oauth2accesstoken)."""
+    targets = spec.effective_targets
+    argo = targets.argo_cd
+    if argo is None:
+        return []
+    path = argo.path or spec.repository_prefix
+    token = credential.identity_token or credential.registry_token or ""
+    labels = {**ref.labels(), ARGOCD_SECRET_TYPE: argo.secret_type.value}
+    names = argocd_secret_names(targets, ref.name, len(credential.endpoints))
+    out = []
+    for name, endpoint in zip(names, credential.endpoints, strict=True):
+        data = {
+            "type": _b64("helm"),
+            "enableOCI": _b64("true"),
+            "url": _b64(argocd_url(endpoint, path)),
+            "username": _b64(credential.username or ""),
+            "password": _b64(credential.password_for(endpoint) or token),
+        }
+        out.append(
+            DesiredSecret(
+                namespace,
+                name,
+                "Opaque",
+                data,
+                labels,
+                ref.annotations(),
+                _owner_references(ref, namespace),
+                ref,
+            )
+        )
+    return out
+
+
+# The labels of a Secret the decisions read: the owner's, and Argo CD's secret type (written
+# on the Argo CD Secrets, so a copy that lost it or has the other type is rewritten).
+KEPT_LABELS = (*OWNER_LABELS, ARGOCD_SECRET_TYPE)
+
+
 class SecretState(NamedTuple):
     """What the decisions need of an existing Secret: a few short strings and a digest of
     its data, never the data (the watch-fed index keeps one of these per managed Secret)."""
 
-    labels: tuple[tuple[str, str], ...]  # only ownership.OWNER_LABELS
+    labels: tuple[tuple[str, str], ...]  # only KEPT_LABELS
     type: str | None
     digest: bytes  # data_digest(data)
     annotations: tuple[tuple[str, str], ...]  # only ours: the owner
@@ -204,7 +288,7 @@ def secret_state(body: Mapping[str, Any]) -> SecretState:
     annotations = meta.get("annotations") or {}
     owner = annotations.get(ANNOTATION_OWNER)
     return SecretState(
-        _shared(tuple((k, labels[k]) for k in OWNER_LABELS if k in labels)),
+        _shared(tuple((k, labels[k]) for k in KEPT_LABELS if k in labels)),
         _shared(body.get("type")),
         data_digest(body.get("data")),
         _shared(((ANNOTATION_OWNER, owner),) if owner is not None else ()),
@@ -311,6 +395,27 @@ def namespace_selected(
         targets.namespace_selector, labels
     )
     return by_name or by_label
+
+
+class Wanted(NamedTuple):
+    """What a registry object writes into one namespace."""
+
+    pull: bool  # its pull secret formats (and ServiceAccount references)
+    argocd: bool  # its Argo CD Secrets
+
+    def __bool__(self) -> bool:
+        return self.pull or self.argocd
+
+
+def namespace_wanted(
+    ref: RegistryRef,
+    targets: Targets,
+    namespace: str,
+    labels: Mapping[str, str],
+    phase: str = "Active",
+) -> Wanted:
+    argocd = phase == "Active" and argocd_namespace(ref, targets) == namespace
+    return Wanted(namespace_selected(ref, targets, namespace, labels, phase), argocd)
 
 
 def service_account_selected(targets: Targets, name: str) -> bool:

@@ -470,6 +470,7 @@ def _reconcile(
                     copies,
                     fingerprint,
                     cache.sealer,
+                    argocd=plan.argocd_secret_name(spec.effective_targets, ref.name),
                 ),
             )
             credential = resolve_credential(spec, ctx)
