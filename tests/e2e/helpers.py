@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 import yaml
 
 from ocireg_devenv.controlplane import ControlPlane
+from ocireg_devenv.registries import LocalRegistries
+from ocireg_devenv.standins import WebhookStandIn
 
 T = TypeVar("T")
 API_VERSION = "ocireg.dev/v1alpha1"
@@ -146,3 +148,37 @@ def api_requests(
         if any(f'resource="{resource}"' in line for resource in resources):
             total += int(float(line.rsplit(" ", 1)[1]))
     return total
+
+
+def minting_webhook(registries: LocalRegistries, api_key: str, lifetime: int) -> WebhookStandIn:
+    """A started webhook that mints a new login at the basic registry on each call and answers
+    it as JSON (auth.user, auth.token, auth.expires_in = ``lifetime``), for callers that send
+    the header X-Api-Key: ``api_key``. The caller stops it."""
+    hook = WebhookStandIn(
+        lambda user, password: registries.set_user("basic", user, password),
+        header=("X-Api-Key", api_key),
+        lifetime=lifetime,
+    ).start()
+    hook.json_answers = True
+    return hook
+
+
+def webhook_auth(
+    hook: WebhookStandIn,
+    headers_secret: str = "hook-headers",  # noqa: S107 - a Secret's name
+    **extra: Any,
+) -> dict[str, Any]:
+    """spec.auth for ``minting_webhook``'s answers, its header read from ``headers_secret``
+    (``extra``: more fields of spec.auth.webhook)."""
+    return {
+        "webhook": {
+            "url": f"{hook.url}/credentials",
+            "insecure": True,
+            "headersSecretRef": {"name": headers_secret},
+            "format": "JSON",
+            "usernameField": "auth.user",
+            "passwordField": "auth.token",
+            "expiresInField": "auth.expires_in",
+            **extra,
+        }
+    }

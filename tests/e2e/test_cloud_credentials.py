@@ -29,7 +29,6 @@ from ocireg_devenv.standins import (
     GoogleStandIn,
     Reply,
     StandIn,
-    WebhookStandIn,
     jwt_like,
 )
 
@@ -39,11 +38,13 @@ from .helpers import (
     ca_config_map,
     condition,
     events_for,
+    minting_webhook,
     registry_object,
     secret,
     secret_object,
     wait_for,
     wait_for_reason,
+    webhook_auth,
 )
 
 CLUSTER = "ClusterOCIRegistry"
@@ -230,12 +231,7 @@ def test_webhook_rotation_failure_and_tenant_address_guard(
     tmp_path: Path,
 ) -> None:
     basic = registries.basic
-    hook = WebhookStandIn(
-        lambda user, password: registries.set_user("basic", user, password),
-        header=("X-Api-Key", "let-me-in"),
-        lifetime=40,
-    ).start()
-    hook.json_answers = True
+    hook = minting_webhook(registries, "let-me-in", 40)
     try:
         apply(
             cluster,
@@ -243,17 +239,7 @@ def test_webhook_rotation_failure_and_tenant_address_guard(
             secret_object("hook-headers", namespace, **{"X-Api-Key": "let-me-in"}),
         )
         operator = run_operator("--credentials-namespace", namespace)
-        auth = {
-            "webhook": {
-                "url": f"{hook.url}/credentials",
-                "insecure": True,
-                "headersSecretRef": {"name": "hook-headers"},
-                "format": "JSON",
-                "usernameField": "auth.user",
-                "passwordField": "auth.token",
-                "expiresInField": "auth.expires_in",
-            }
-        }
+        auth = webhook_auth(hook)
         apply(
             cluster,
             cluster_registry("hook", basic.host, auth, target, refresh={"renewBefore": "50%"}),

@@ -34,16 +34,17 @@ import pytest
 from ocireg_devenv.clients import Clients
 from ocireg_devenv.controlplane import ControlPlane
 from ocireg_devenv.registries import LocalRegistries
-from ocireg_devenv.standins import WebhookStandIn
 
 from .helpers import (
     apply,
     ca_config_map,
+    minting_webhook,
     registry_object,
     secret,
     secret_object,
     wait_for,
     wait_for_reason,
+    webhook_auth,
 )
 from .test_charts import make_chart, push_chart, registry_config
 
@@ -167,12 +168,7 @@ def test_argo_cd_resolves_the_minted_repo_creds_and_pulls_the_chart_across_renew
     push_podinfo(clients, registries, tmp_path, f"{prefix}/charts")
     argocd = namespace  # the namespace Argo CD runs in
     name = f"charts-{secrets.token_hex(3)}"
-    hook = WebhookStandIn(
-        lambda user, password: registries.set_user("basic", user, password),
-        header=("X-Api-Key", "argo-hook-key"),
-        lifetime=40,
-    ).start()
-    hook.json_answers = True
+    hook = minting_webhook(registries, "argo-hook-key", 40)
     try:
         apply(
             cluster,
@@ -183,17 +179,7 @@ def test_argo_cd_resolves_the_minted_repo_creds_and_pulls_the_chart_across_renew
         spec = {
             "server": host,
             "repositoryPrefix": prefix,
-            "auth": {
-                "webhook": {
-                    "url": f"{hook.url}/credentials",
-                    "insecure": True,
-                    "headersSecretRef": {"name": "hook-headers"},
-                    "format": "JSON",
-                    "usernameField": "auth.user",
-                    "passwordField": "auth.token",
-                    "expiresInField": "auth.expires_in",
-                }
-            },
+            "auth": webhook_auth(hook),
             "tls": {"caBundleRef": {"configMap": "registry-ca"}},
             "refresh": {"renewBefore": "50%"},
             "targets": {"argoCD": {"namespace": argocd}},

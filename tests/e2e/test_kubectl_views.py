@@ -15,18 +15,19 @@ import pytest
 
 from ocireg_devenv.controlplane import ControlPlane
 from ocireg_devenv.registries import LocalRegistries
-from ocireg_devenv.standins import WebhookStandIn
 
 from .helpers import (
     ALLOW_LOCAL_REGISTRIES,
     apply,
     ca_config_map,
     events_for,
+    minting_webhook,
     registry,
     registry_object,
     secret_object,
     wait_for,
     wait_for_reason,
+    webhook_auth,
 )
 
 TENANT, CLUSTER = "OCIRegistry", "ClusterOCIRegistry"
@@ -66,23 +67,8 @@ def test_get_shows_when_credentials_expire_and_wide_shows_why(
     namespace: str,
     target: str,
 ) -> None:
-    hook = WebhookStandIn(
-        lambda user, password: registries.set_user("basic", user, password),
-        header=("X-Api-Key", "views"),
-        lifetime=LIFETIME,
-    ).start()
-    hook.json_answers = True
-    auth = {
-        "webhook": {
-            "url": f"{hook.url}/credentials",
-            "insecure": True,
-            "headersSecretRef": {"name": "hook-headers"},
-            "format": "JSON",
-            "usernameField": "auth.user",
-            "passwordField": "auth.token",
-            "expiresInField": "auth.expires_in",
-        }
-    }
+    hook = minting_webhook(registries, "views", LIFETIME)
+    auth = webhook_auth(hook)
     tls = {"caBundleRef": {"configMap": "registry-ca"}}
     server = registries.basic.host
     cluster_name = f"{namespace}-hook"

@@ -32,16 +32,17 @@ from ocireg_devenv.controlplane import ControlPlane
 from ocireg_devenv.operator import OperatorProcess
 from ocireg_devenv.processes import Process, Tools, free_port, wait_until
 from ocireg_devenv.registries import LocalRegistries
-from ocireg_devenv.standins import WebhookStandIn
 
 from .helpers import (
     ALLOW_LOCAL_REGISTRIES,
     HELM_KUBE_VERSION,
     apply,
     ca_config_map,
+    minting_webhook,
     registry_object,
     secret_object,
     wait_for_reason,
+    webhook_auth,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -160,20 +161,7 @@ def exposed(
     ready, failing = f"mon-{suffix}-hook", f"mon-{suffix}-down"
     for namespace in (creds, tenant):
         cluster.kubectl("create", "namespace", namespace)
-    hook = WebhookStandIn(
-        lambda user, password: registries.set_user("basic", user, password),
-        header=("X-Api-Key", "monitoring"),
-        lifetime=3600,
-    ).start()
-    hook.json_answers = True
-    webhook = {
-        "insecure": True,
-        "headersSecretRef": {"name": "hook-headers"},
-        "format": "JSON",
-        "usernameField": "auth.user",
-        "passwordField": "auth.token",
-        "expiresInField": "auth.expires_in",
-    }
+    hook = minting_webhook(registries, "monitoring", 3600)
     tls = {"caBundleRef": {"configMap": "registry-ca"}}
     targets = {"namespaces": [tenant]}
     port = free_port()
@@ -203,7 +191,7 @@ def exposed(
                 ready,
                 {
                     "server": basic.host,
-                    "auth": {"webhook": {"url": f"{hook.url}/credentials", **webhook}},
+                    "auth": webhook_auth(hook),
                     "tls": tls,
                     "targets": {**targets, "secretName": "mon-hook"},
                 },
@@ -213,7 +201,7 @@ def exposed(
                 failing,
                 {
                     "server": basic.host,
-                    "auth": {"webhook": {"url": f"http://127.0.0.1:{free_port()}/x", **webhook}},
+                    "auth": webhook_auth(hook, url=f"http://127.0.0.1:{free_port()}/x"),
                     "tls": tls,
                     "targets": {**targets, "secretName": "mon-down"},
                 },

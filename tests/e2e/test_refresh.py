@@ -14,18 +14,19 @@ import pytest
 from ocireg_devenv.clients import Clients, docker_config, write_docker_config
 from ocireg_devenv.controlplane import ControlPlane
 from ocireg_devenv.registries import LocalRegistries
-from ocireg_devenv.standins import WebhookStandIn
 
 from .helpers import (
     apply,
     ca_config_map,
     events_for,
+    minting_webhook,
     registry,
     registry_object,
     secret,
     secret_object,
     wait_for,
     wait_for_reason,
+    webhook_auth,
 )
 from .test_cloud_credentials import pulls
 
@@ -58,12 +59,7 @@ def test_an_annotation_mints_again_and_rewrites_every_copy_once_per_value(
     ).parent
     image = f"{basic.host}/refresh/app:1"
     clients.push_image(image, b"refresh", pusher)
-    hook = WebhookStandIn(
-        lambda user, password: registries.set_user("basic", user, password),
-        header=("X-Api-Key", "let-me-in"),
-        lifetime=3600,  # nothing would renew it during the test
-    ).start()
-    hook.json_answers = True
+    hook = minting_webhook(registries, "let-me-in", 3600)  # nothing would renew it during the test
     name = f"now-{namespace[-6:]}"
     try:
         apply(
@@ -74,17 +70,7 @@ def test_an_annotation_mints_again_and_rewrites_every_copy_once_per_value(
         run_operator("--credentials-namespace", namespace)
         spec = {
             "server": basic.host,
-            "auth": {
-                "webhook": {
-                    "url": f"{hook.url}/credentials",
-                    "insecure": True,
-                    "headersSecretRef": {"name": "hook-headers"},
-                    "format": "JSON",
-                    "usernameField": "auth.user",
-                    "passwordField": "auth.token",
-                    "expiresInField": "auth.expires_in",
-                }
-            },
+            "auth": webhook_auth(hook),
             "tls": {"caBundleRef": {"configMap": "registry-ca"}},
             "targets": {"namespaces": targets},
         }

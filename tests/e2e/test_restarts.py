@@ -37,12 +37,14 @@ from .helpers import (
     ALLOW_LOCAL_REGISTRIES,
     apply,
     ca_config_map,
+    minting_webhook,
     registry,
     registry_object,
     secret,
     secret_object,
     wait_for,
     wait_for_reason,
+    webhook_auth,
 )
 from .test_cloud_credentials import MOTO_PASSWORD, _service_account_key, cluster_registry
 
@@ -62,21 +64,6 @@ def extra_namespaces(cluster: ControlPlane, namespace: str) -> Iterator[list[str
     yield names
     for name in names:
         cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
-def webhook_auth(hook: WebhookStandIn, headers: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "webhook": {
-            "url": f"{hook.url}/credentials",
-            "insecure": True,
-            "headersSecretRef": {"name": headers},
-            "format": "JSON",
-            "usernameField": "auth.user",
-            "passwordField": "auth.token",
-            "expiresInField": "auth.expires_in",
-            **extra,
-        }
-    }
 
 
 def versions(cluster: ControlPlane, where: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
@@ -125,12 +112,7 @@ def test_a_restart_of_a_converged_operator_mints_nothing_and_writes_nothing(
     tmp_path: Path,
 ) -> None:
     basic = registries.basic
-    hook = WebhookStandIn(
-        lambda user, password: registries.set_user("basic", user, password),
-        header=("X-Api-Key", "restart-key"),
-        lifetime=3600,
-    ).start()
-    hook.json_answers = True
+    hook = minting_webhook(registries, "restart-key", 3600)
     targets = [namespace, *extra_namespaces]
     try:
         apply(
@@ -198,12 +180,7 @@ def test_an_object_for_argo_cd_only_mints_and_writes_nothing_after_a_restart(
     credentials (the usual shape for ECR and Helm charts) has no pull secret to read its
     credential back from: the restarted operator reads its Argo CD Secret instead."""
     basic = registries.basic
-    hook = WebhookStandIn(
-        lambda user, password: registries.set_user("basic", user, password),
-        header=("X-Api-Key", "argo-restart-key"),
-        lifetime=3600,
-    ).start()
-    hook.json_answers = True
+    hook = minting_webhook(registries, "argo-restart-key", 3600)
     try:
         apply(
             cluster,
