@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import copy
+import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import aiohttp
 import kopf
 
 from ocireg.api.names import FINALIZER, GROUP, KINDS
@@ -19,6 +21,34 @@ from ocireg.pullsecrets.runtime import RETRY_SECONDS, MissingRights, Runtime, ru
 from ocireg.settings import OperatorConfig
 
 T = TypeVar("T")
+# kopf's own requests (its watches of the two kinds, status patches, Events) share one aiohttp
+# session, which kopf makes without a connection limit: a burst of handlers (a thousand tenant
+# objects created at once) opened a TLS connection each and kept them, and asyncio holds a
+# 256 KiB read buffer per TLS connection (about 190 KB per tenant object, measured). At most
+# this many; a request beyond them waits for one to be free.
+API_CONNECTIONS = 16
+
+
+@kopf.on.login()
+async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
+    """kopf's own login (the client's in-cluster or kubeconfig configuration), with the
+    session built as kopf builds it but for the connection limit."""
+    info = await asyncio.to_thread(functools.partial(kopf.login_via_client, **kwargs))
+    if info is None:
+        return None
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=API_CONNECTIONS, ssl=info.as_ssl_context()),
+        headers=info.as_http_headers(),
+        proxy=info.proxy_url,
+        trust_env=info.trust_env,
+    )
+    return kopf.AiohttpSession(
+        aiohttp_session=session,
+        server=info.server,
+        default_namespace=info.default_namespace,
+        priority=info.priority,
+        expiration=info.expiration,
+    )
 
 
 @kopf.on.startup()
@@ -68,10 +98,29 @@ async def _on_pool(memo: kopf.Memo, ref: RegistryRef, run: Callable[[], T]) -> T
     return await asyncio.wrap_future(runtime(memo).pools.reconcile(ref, run))
 
 
+def kept(body: kopf.Body) -> dict[str, Any]:
+    """What a run outside a handler needs of the object as kopf last handed it over: what
+    reconcile reads (generation, spec, status) and what an Event names (apiVersion, kind,
+    name, namespace, uid). A copy: kopf changes its body in place. Not the rest: its
+    managedFields and kopf's annotations were most of a whole body's copy, kept for every
+    object."""
+    meta = body["metadata"]
+    fields = ("name", "namespace", "uid", "generation")
+    return copy.deepcopy(
+        {
+            "apiVersion": body.get("apiVersion"),
+            "kind": body.get("kind"),
+            "metadata": {key: meta[key] for key in fields if key in meta},
+            "spec": body.get("spec") or {},
+            "status": body.get("status") or {},
+        }
+    )
+
+
 async def _run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, plural: str) -> None:
     ref, running = _ref(body, plural), runtime(memo)
     tracked = running.registries.get(ref)
-    seen = tracked.body = copy.deepcopy(dict(body))
+    seen = tracked.body = kept(body)
     if running.events_context is None:
         # kopf's context (its settings and Event queue, set for resource handlers only), for
         # Events posted by runs outside a handler. Kept once for all objects: a copy per
