@@ -17,6 +17,7 @@ import pytest
 from kubernetes.config import kube_config
 
 from ocireg.pullsecrets import handlers
+from ocireg.settings import OperatorConfig
 
 
 def test_kopf_logs_in_as_before_with_at_most_api_connections(
@@ -49,7 +50,9 @@ def test_kopf_logs_in_as_before_with_at_most_api_connections(
 
     async def login() -> tuple[str, int, str]:
         context = await handlers.login(
-            logger=logging.getLogger("test"), settings=kopf.OperatorSettings()
+            memo=kopf.Memo(config=OperatorConfig()),
+            logger=logging.getLogger("test"),
+            settings=kopf.OperatorSettings(),
         )
         assert isinstance(context, kopf.AiohttpSession)
         session = context.aiohttp_session
@@ -65,7 +68,14 @@ def test_kopf_logs_in_as_before_with_at_most_api_connections(
         kubernetes.client.Configuration.set_default(before)
     assert server == "https://127.0.0.1:6443"
     assert authorization == "Bearer file-token"
-    assert limit == handlers.API_CONNECTIONS
+    # The two kinds' watches and kopf's two observers hold one each; the rest are requests'.
+    assert limit == handlers.API_CONNECTIONS + 4
+
+
+def test_every_watch_kopf_may_hold_has_a_connection_besides_the_requests() -> None:
+    served = tuple(f"team-{i}" for i in range(30))
+    assert handlers.connection_limit(served) == handlers.API_CONNECTIONS + 2 * 30 + 2
+    assert handlers.connection_limit(("team-*",)) == 0  # as many watches as namespaces match
 
 
 def _body() -> dict[str, Any]:

@@ -21,23 +21,36 @@ from ocireg.pullsecrets.runtime import RETRY_SECONDS, MissingRights, Runtime, ru
 from ocireg.settings import OperatorConfig
 
 T = TypeVar("T")
-# kopf's own requests (its watches of the two kinds, status patches, Events) share one aiohttp
-# session, which kopf makes without a connection limit: a burst of handlers (a thousand tenant
-# objects created at once) opened a TLS connection each and kept them, and asyncio holds a
-# 256 KiB read buffer per TLS connection (about 190 KB per tenant object, measured). At most
-# this many; a request beyond them waits for one to be free.
+# kopf's own requests (its watches, status patches, Events) share one aiohttp session, which
+# kopf makes without a connection limit: a burst of handlers (a thousand tenant objects created
+# at once) opened a TLS connection each and kept them, and asyncio holds a 256 KiB read buffer
+# per TLS connection (about 190 KB per tenant object, measured). At most this many for
+# requests, besides one per watch; a request beyond them waits for one to be free.
 API_CONNECTIONS = 16
+# kopf's watches besides those of the two kinds: its observers of CRDs and namespaces.
+KOPF_OBSERVERS = 2
+
+
+def connection_limit(namespaces: tuple[str, ...]) -> int:
+    """The session's connection limit: API_CONNECTIONS and one per watch kopf may hold open
+    (each kind cluster-wide or in each namespace served), which a request must never wait
+    behind. 0, no limit, where the namespaces are patterns: kopf watches as many as match."""
+    if any(c in name for name in namespaces for c in "*?[!"):
+        return 0
+    return API_CONNECTIONS + len(KINDS) * max(1, len(namespaces)) + KOPF_OBSERVERS
 
 
 @kopf.on.login()
-async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
+async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.AiohttpSession | None:
     """kopf's own login (the client's in-cluster or kubeconfig configuration), with the
     session built as kopf builds it but for the connection limit."""
     info = await asyncio.to_thread(functools.partial(kopf.login_via_client, **kwargs))
     if info is None:
         return None
+    config: OperatorConfig = memo.get("config") or OperatorConfig()
+    limit = connection_limit(config.namespaces)
     session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=API_CONNECTIONS, ssl=info.as_ssl_context()),
+        connector=aiohttp.TCPConnector(limit=limit, ssl=info.as_ssl_context()),
         headers=info.as_http_headers(),
         proxy=info.proxy_url,
         trust_env=info.trust_env,
