@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import aiohttp
 import kopf
 
 from ocireg.api.names import (
@@ -24,6 +26,48 @@ from ocireg.pullsecrets.runtime import RETRY_SECONDS, MissingRights, Runtime, ru
 from ocireg.settings import OperatorConfig
 
 T = TypeVar("T")
+REFRESH_ANNOTATIONS = (ANNOTATION_REFRESH, ANNOTATION_FLUX_RECONCILE)  # what a run reads of them
+# kopf's own requests (its watches, status patches, Events) share one aiohttp session, which
+# kopf makes without a connection limit: a burst of handlers (a thousand tenant objects created
+# at once) opened a TLS connection each and kept them, and asyncio holds a 256 KiB read buffer
+# per TLS connection (about 190 KB per tenant object, measured). At most this many for
+# requests, besides one per watch; a request beyond them waits for one to be free.
+API_CONNECTIONS = 16
+# kopf's watches besides those of the two kinds: its observers of CRDs and namespaces.
+KOPF_OBSERVERS = 2
+
+
+def connection_limit(namespaces: tuple[str, ...]) -> int:
+    """The session's connection limit: API_CONNECTIONS and one per watch kopf may hold open
+    (each kind cluster-wide or in each namespace served), which a request must never wait
+    behind. 0, no limit, where the namespaces are patterns: kopf watches as many as match."""
+    if any(c in name for name in namespaces for c in "*?[!"):
+        return 0
+    return API_CONNECTIONS + len(KINDS) * max(1, len(namespaces)) + KOPF_OBSERVERS
+
+
+@kopf.on.login()
+async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.AiohttpSession | None:
+    """kopf's own login (the client's in-cluster or kubeconfig configuration), with the
+    session built as kopf builds it but for the connection limit."""
+    info = await asyncio.to_thread(functools.partial(kopf.login_via_client, **kwargs))
+    if info is None:
+        return None
+    config: OperatorConfig = memo.get("config") or OperatorConfig()
+    limit = connection_limit(config.namespaces)
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=limit, ssl=info.as_ssl_context()),
+        headers=info.as_http_headers(),
+        proxy=info.proxy_url,
+        trust_env=info.trust_env,
+    )
+    return kopf.AiohttpSession(
+        aiohttp_session=session,
+        server=info.server,
+        default_namespace=info.default_namespace,
+        priority=info.priority,
+        expiration=info.expiration,
+    )
 
 
 class ProgressStorage(kopf.AnnotationsProgressStorage):
@@ -91,10 +135,34 @@ async def _on_pool(memo: kopf.Memo, ref: RegistryRef, run: Callable[[], T]) -> T
     return await asyncio.wrap_future(runtime(memo).pools.reconcile(ref, run))
 
 
+def kept(body: kopf.Body) -> dict[str, Any]:
+    """What a run needs of the object as kopf last handed it over: what reconcile reads
+    (generation, spec, status, the rotate-now annotations) and what an Event names
+    (apiVersion, kind, name, namespace, uid). A copy: kopf changes its body in place. Not the
+    rest: its managedFields and kopf's annotations were most of a whole body's copy, kept for
+    every object."""
+    meta = body["metadata"]
+    fields = ("name", "namespace", "uid", "generation")
+    annotations = meta.get("annotations") or {}
+    requests = {key: annotations[key] for key in REFRESH_ANNOTATIONS if key in annotations}
+    return copy.deepcopy(
+        {
+            "apiVersion": body.get("apiVersion"),
+            "kind": body.get("kind"),
+            "metadata": {
+                **{key: meta[key] for key in fields if key in meta},
+                **({"annotations": requests} if requests else {}),
+            },
+            "spec": body.get("spec") or {},
+            "status": body.get("status") or {},
+        }
+    )
+
+
 async def _run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, plural: str) -> None:
     ref, running = _ref(body, plural), runtime(memo)
     tracked = running.registries.get(ref)
-    seen = tracked.body = copy.deepcopy(dict(body))
+    seen = tracked.body = kept(body)
     tracked.changed = True  # created, spec changed or resumed: read everything again
     status = await _on_pool(memo, ref, lambda: running.work(ref, tracked, seen))
     if status is not None:

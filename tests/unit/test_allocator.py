@@ -1,0 +1,71 @@
+"""The operator limits glibc's malloc arenas at start: threads started later share two, where
+glibc would give a 2-core machine up to 16 (each keeping what was freed in it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+# Eight threads allocating and freeing at once, then glibc's own count of its arenas.
+CHILD = """
+import ctypes, json, re, sys, tempfile, threading
+from ocireg.allocator import limit_arenas
+limited = limit_arenas() if sys.argv[1] == "limit" else None
+start = threading.Barrier(8)
+def churn():
+    start.wait()
+    for _ in range(2000):
+        blocks = [bytearray(700) for _ in range(50)]  # past pymalloc's 512 bytes: malloc's
+        del blocks
+threads = [threading.Thread(target=churn) for _ in range(8)]
+for thread in threads: thread.start()
+for thread in threads: thread.join()
+libc = ctypes.CDLL(None)
+libc.fopen.restype = ctypes.c_void_p
+libc.fclose.argtypes = [ctypes.c_void_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+with tempfile.NamedTemporaryFile("r") as out:
+    handle = libc.fopen(out.name.encode(), b"w")
+    libc.malloc_info(0, handle)
+    libc.fclose(handle)
+    arenas = len(re.findall(r'<heap nr="', out.read()))
+print(json.dumps({"limited": limited, "arenas": arenas}))
+"""
+
+
+def _arenas(mode: str, **env: str) -> dict[str, object]:
+    environment = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    environment.update(env)
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, mode],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=environment,
+        timeout=120,
+    )
+    result: dict[str, object] = json.loads(done.stdout)
+    return result
+
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or os.confstr("CS_GNU_LIBC_VERSION") is None,
+    reason="glibc's allocator",
+)
+
+
+def test_threads_started_after_the_limit_share_two_arenas() -> None:
+    assert _arenas("plain")["arenas"] > 2  # what glibc does on its own: an arena per thread
+    limited = _arenas("limit")
+    assert limited["limited"] is True
+    assert limited["arenas"] <= 2
+
+
+def test_an_arena_limit_in_the_environment_is_left_as_the_user_set_it() -> None:
+    chosen = _arenas("limit", MALLOC_ARENA_MAX="4")
+    assert chosen["limited"] is False
+    assert chosen["arenas"] <= 4
