@@ -313,7 +313,7 @@ def test_chart_and_kustomize_ship_the_same_policies(
     (example,) = [
         block
         for block in re.findall(r"```yaml\n(.*?)```", (ROOT / "docs/install.md").read_text(), re.S)
-        if "my-overlay/kustomization.yaml" in block
+        if block.startswith("# my-overlay/kustomization.yaml\n")
     ]
     overlay_dir = tmp_path / "my-overlay"
     overlay_dir.mkdir()
