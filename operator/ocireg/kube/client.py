@@ -474,8 +474,18 @@ def _unless_absent(read: Callable[..., dict[str, Any]], *args: Any) -> dict[str,
 
 
 class Kube:
-    def __init__(self, api_client: kubernetes.client.ApiClient | None = None) -> None:
-        self.api = api_client or kubernetes.client.ApiClient()
+    def __init__(
+        self, api_client: kubernetes.client.ApiClient | None = None, connections: int = 0
+    ) -> None:
+        """``connections``: how many connections to the API server the client keeps for
+        reuse (0: the client's default, 5 per CPU). Threads beyond it that call at once each
+        open one and then throw it away, a new TLS handshake every time."""
+        if api_client is None:
+            configuration = kubernetes.client.Configuration.get_default_copy()
+            if connections:
+                configuration.connection_pool_maxsize = connections
+            api_client = kubernetes.client.ApiClient(configuration)
+        self.api = api_client
         self.core = CoreV1(self.api)
         self.registration = AdmissionRegistrationV1(self.api)
         self.custom = CustomObjectsV1(self.api)

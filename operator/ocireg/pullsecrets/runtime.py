@@ -44,6 +44,9 @@ WATCHED = [
 ]
 # A triggered run that raised (the API server away) is tried again after this.
 RETRY_SECONDS = 10
+# Connections kept to the API server besides one per namespace job (--concurrency): the
+# reconciles' reads and status work and the Event poster seldom call at once.
+API_CONNECTIONS_BESIDE_JOBS = 4
 
 
 class MissingRights(Exception):
@@ -69,7 +72,8 @@ class Runtime:
     @classmethod
     def create(cls, config: OperatorConfig) -> Runtime:
         load_config()
-        kube = Kube()
+        # Every namespace job may call at once, and a few others (reconciles, Events).
+        kube = Kube(connections=config.concurrency + API_CONNECTIONS_BESIDE_JOBS)
         # Restart reuse: the operator's key (providers/seal.py), the same in every replica.
         cache = MintCache(sealer=seal.Sealer(seal.load_key(config.credentials_namespace, kube)))
         events = EventRecorder(kube.api)
