@@ -420,13 +420,15 @@ class LocalRegistries:
         import bcrypt
 
         server = self.servers[kind]
-        users = {server.username: server.password, **self._extra_users.get(kind, {})}
-        lines = [
-            f"{user}:{bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=5)).decode()}\n"
-            for user, password in users.items()
-        ]
         path = self.workdir / kind / "htpasswd"
+        # The users are read under the lock too: two webhooks minting at once each wrote the
+        # users they had read, and the later write of the earlier read lost the other's user.
         with self._htpasswd_lock:
+            users = {server.username: server.password, **self._extra_users.get(kind, {})}
+            lines = [
+                f"{user}:{bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=5)).decode()}\n"
+                for user, password in users.items()
+            ]
             # Written whole then renamed: the registry must never read half a file.
             partial = path.with_suffix(".tmp")
             partial.write_text("".join(lines))
