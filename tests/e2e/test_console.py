@@ -64,13 +64,16 @@ def write(path: Path, *objects: dict) -> Path:
     return path
 
 
-def our_secrets(cluster: ControlPlane) -> list[str]:
+def our_secrets(cluster: ControlPlane, namespaces: tuple[str, ...]) -> list[str]:
+    """ocireg's Secrets in these namespaces (not all: earlier tests' namespaces are still
+    being emptied while this runs)."""
     found = cluster.kubectl(
         "get", "secrets", "-A", "-l", "app.kubernetes.io/managed-by=ocireg", "-o", "json"
     )
     return sorted(
         f"{s['metadata']['namespace']}/{s['metadata']['name']}"
         for s in json.loads(found.stdout)["items"]
+        if s["metadata"]["namespace"] in namespaces
     )
 
 
@@ -99,7 +102,7 @@ def test_check_tries_the_credentials_and_writes_nothing(
         "targets": {"namespaceSelector": {"matchLabels": {"pull-from": namespace}}},
     }
     good = write(tmp_path / "good.yaml", registry_object(CLUSTER, name, spec))
-    before = our_secrets(cluster)
+    before = our_secrets(cluster, (namespace, target))
     try:
         checked = kubectl_ocireg(
             cluster, "check", "-f", str(good), "--credentials-namespace", namespace
@@ -127,7 +130,7 @@ def test_check_tries_the_credentials_and_writes_nothing(
 
         # Nothing was written: no object, no pull secret.
         assert cluster.kubectl("get", "clusterociregistry", name, check=False).returncode != 0
-        assert our_secrets(cluster) == before
+        assert our_secrets(cluster, (namespace, target)) == before
 
         # The wrong password: exit 1 and the registry's refusal, never the password.
         spec["auth"] = {"basic": {"secretRef": {"name": "wrong"}}}
