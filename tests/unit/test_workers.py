@@ -238,14 +238,19 @@ def test_kopfs_executor_size_is_set_and_the_pools_made_at_start(
     from ocireg.pullsecrets import handlers, runtime
 
     monkeypatch.setattr(runtime, "load_config", lambda: None)
-    monkeypatch.setattr(runtime, "Kube", lambda: SimpleNamespace(api=None))
+    kept: list[int] = []
+    monkeypatch.setattr(
+        runtime, "Kube", lambda connections=0: kept.append(connections) or SimpleNamespace(api=None)
+    )
     monkeypatch.setattr(runtime.seal, "load_key", lambda *args: None)  # no API to keep it in
     settings = kopf.OperatorSettings()
     sizes = PoolSizes(tenant_reconciles=7, namespace_share=3, kopf=3)
-    memo = kopf.Memo(config=OperatorConfig(pools=sizes))
+    memo = kopf.Memo(config=OperatorConfig(pools=sizes, concurrency=12))
     handlers.configure(settings=settings, memo=memo)
     try:
         assert settings.execution.max_workers == 3
+        # The API client keeps a connection for each namespace job and a few more.
+        assert kept == [12 + runtime.API_CONNECTIONS_BESIDE_JOBS]
         # Events are kube.events' alone: kopf posts none (its own went to the wrong place).
         assert settings.posting.enabled is False
         pools = runtime.runtime(memo).pools
