@@ -100,13 +100,16 @@ from requests.adapters import HTTPAdapter
 
 from ocireg.api.crd import crd_files
 from ocireg_devenv.controlplane import ControlPlane
-from ocireg_devenv.operator import OperatorProcess
+from ocireg_devenv.image import write_identity
+from ocireg_devenv.operator import InClusterIdentity, OperatorProcess
 from ocireg_devenv.processes import Tools, free_port
 from ocireg_devenv.registries import LocalRegistries
 from ocireg_devenv.standins import WebhookStandIn
 
 CREDS_NS = "ocireg-system"
 LABEL = {"ocireg-bench": "yes"}
+ADMISSION_CONFIGURATION = "ocireg-bench"
+MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
 MANAGED = "app.kubernetes.io/managed-by=ocireg"
 REGISTRY_LABEL = "ocireg.dev/registry"
 TENANT_REG = "tenant-reg"  # every tenant's OCIRegistry, and its pull secret
@@ -596,8 +599,9 @@ class Bench:
                 "--admission-webhook",
                 "--admission-address", "127.0.0.1",
                 "--admission-port", str(free_port()),
-                "--admission-configuration", "ocireg-bench",
+                "--admission-configuration", ADMISSION_CONFIGURATION,
             )  # fmt: skip
+        self.identity: InClusterIdentity | None = None  # --in-cluster: set once CRDs exist
         # Tenants' registries are reached under the egress policy: the local one is loopback.
         self.tenant_args = ("--egress-allowed-cidr", "127.0.0.0/8") if args.tenants else ()
 
@@ -742,9 +746,62 @@ class Bench:
             ),
             name=f"ocireg-{int(started)}",
             verbose=False,  # at this scale a verbose log would measure logging
+            in_cluster=self.identity,
         )  # fmt: skip
         self.operator.start(timeout=300)
         return time.monotonic() - started
+
+    def in_cluster_identity(self) -> InClusterIdentity:
+        """The identity `kubectl apply -k manifests/` gives the operator (ServiceAccount ocireg
+        in ocireg-system, its ClusterRole, the leader-election Role and the admission policies
+        that bound what it may write), with a TokenRequest token as a kubelet mounts it. With
+        --admission, the bench's webhook configuration gets the rule the admission component
+        gives the chart's."""
+        wanted = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+        wanted |= {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
+        rendered = yaml.safe_load_all(self.cluster.kubectl("kustomize", str(MANIFESTS)).stdout)
+        objects = [o for o in rendered if o and o["kind"] in wanted]
+        if self.args.admission:
+            rule = {
+                "apiGroups": ["admissionregistration.k8s.io"],
+                "resources": ["mutatingwebhookconfigurations"],
+                "resourceNames": [ADMISSION_CONFIGURATION],
+                "verbs": ["get", "patch"],
+            }
+            objects += [
+                {
+                    "apiVersion": "admissionregistration.k8s.io/v1",
+                    "kind": "MutatingWebhookConfiguration",
+                    "metadata": {"name": ADMISSION_CONFIGURATION},
+                },
+                {
+                    "apiVersion": "rbac.authorization.k8s.io/v1",
+                    "kind": "ClusterRole",
+                    "metadata": {"name": "ocireg-bench-admission"},
+                    "rules": [rule],
+                },
+                {
+                    "apiVersion": "rbac.authorization.k8s.io/v1",
+                    "kind": "ClusterRoleBinding",
+                    "metadata": {"name": "ocireg-bench-admission"},
+                    "roleRef": {
+                        "apiGroup": "rbac.authorization.k8s.io",
+                        "kind": "ClusterRole",
+                        "name": "ocireg-bench-admission",
+                    },
+                    "subjects": [
+                        {"kind": "ServiceAccount", "name": "ocireg", "namespace": CREDS_NS}
+                    ],
+                },
+            ]
+        path = self.workdir / "identity.yaml"
+        path.write_text(yaml.safe_dump_all(objects))
+        self.cluster.kubectl("apply", "-f", str(path))
+        token = self.cluster.service_account_token(CREDS_NS, "ocireg", "12h")
+        directory = write_identity(
+            self.workdir / "serviceaccount", token, self.cluster.ca.cert_pem, CREDS_NS
+        )
+        return InClusterIdentity(directory, self.cluster.port)
 
     @property
     def pid(self) -> int:
@@ -1158,10 +1215,13 @@ class Bench:
             "concurrency": args.concurrency,
             "resync_s": args.resync,
             "admission_webhook": bool(args.admission),
+            "operator_identity": "in-cluster" if args.in_cluster else "kubeconfig (admin)",
             "pull_secrets": len(self.names) * self.per_namespace,
         }
         with self.phase("control plane"):
             self.start()
+            if args.in_cluster:
+                self.identity = self.in_cluster_identity()
         with self.phase("namespaces"):
             self.results["namespaces_created_s"] = self.create_namespaces()
             _wait(
@@ -1321,6 +1381,13 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument(
         "--admission", action="store_true", help="run the operator with its admission webhook on"
+    )
+    parser.add_argument(
+        "--in-cluster",
+        action="store_true",
+        help="start the operator as a pod does: the in-cluster identity (a token of the "
+        "ServiceAccount manifests/ installs, with its RBAC and policies) instead of the admin "
+        "kubeconfig; P4 is then a pod's RSS (the kubeconfig path imports 13 MB more). Root only",
     )
     parser.add_argument(
         "--keep-workdir", action="store_true", help="keep the control plane's data and logs"

@@ -4,11 +4,45 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
 
 from ocireg_devenv.processes import LOOPBACK, Process, free_port, wait_until
+
+# Runs in a mount namespace of the operator's own (unshare --mount): a private /run with the
+# identity at the path the client's in-cluster loader reads; the host's /run is untouched.
+# Each step execs the next, so the operator keeps the pid the caller started.
+_MOUNT_IDENTITY = (
+    "set -e; mount -t tmpfs -o size=1m,mode=755 ocireg-identity /run; "
+    "mkdir -p /run/secrets/kubernetes.io/serviceaccount; "
+    'cp "$1/token" "$1/ca.crt" "$1/namespace" /run/secrets/kubernetes.io/serviceaccount/; '
+    'shift; exec "$@"'
+)
+
+
+@dataclass(frozen=True)
+class InClusterIdentity:
+    """Start the operator as a pod's container starts it: no kubeconfig, a ServiceAccount
+    token, the cluster CA and the namespace at /var/run/secrets/kubernetes.io/serviceaccount,
+    and KUBERNETES_SERVICE_HOST/PORT. The client then takes its in-cluster path, which
+    imports less than the kubeconfig one (what a pod's memory is). Needs root (a mount
+    namespace), as the benchmark has; ``directory`` holds what ``image.write_identity``
+    writes."""
+
+    directory: Path
+    api_port: int
+
+    def launcher(self) -> list[str]:
+        return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+                _MOUNT_IDENTITY, "sh", str(self.directory)]  # fmt: skip
+
+    def env(self) -> dict[str, str]:
+        return {
+            "KUBERNETES_SERVICE_HOST": LOOPBACK,
+            "KUBERNETES_SERVICE_PORT": str(self.api_port),
+        }
 
 
 class OperatorProcess:
@@ -20,11 +54,18 @@ class OperatorProcess:
         env: dict[str, str] | None = None,
         name: str = "ocireg",
         verbose: bool = True,
+        in_cluster: InClusterIdentity | None = None,
     ) -> None:
         self.health_port = free_port()
+        launch: list[str] = []
+        identity_env = {"KUBECONFIG": str(kubeconfig)}
+        if in_cluster is not None:
+            launch = in_cluster.launcher()
+            identity_env = in_cluster.env()
         self.process = Process(
             name,
             [
+                *launch,
                 sys.executable,
                 "-m",
                 "ocireg",
@@ -34,7 +75,7 @@ class OperatorProcess:
                 *args,
             ],
             workdir / f"{name}.log",
-            env={"KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1", **(env or {})},
+            env={**identity_env, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
 
     @property
@@ -68,4 +109,4 @@ class OperatorProcess:
         self.stop()
 
 
-__all__ = ["OperatorProcess"]
+__all__ = ["InClusterIdentity", "OperatorProcess"]
