@@ -745,6 +745,7 @@ class Bench:
                 *self.tenant_args,
             ),
             name=f"ocireg-{int(started)}",
+            env=dict(item.split("=", 1) for item in self.args.env),
             verbose=False,  # at this scale a verbose log would measure logging
             in_cluster=self.identity,
         )  # fmt: skip
@@ -1381,6 +1382,13 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument(
         "--admission", action="store_true", help="run the operator with its admission webhook on"
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a variable for the operator's environment (allocator trials; repeatable)",
     )
     parser.add_argument(
         "--in-cluster",
