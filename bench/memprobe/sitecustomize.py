@@ -1,5 +1,6 @@
-"""A memory probe for bench/memory_bench.py, loaded into the operator's interpreter only when
-the benchmark puts this directory on PYTHONPATH (never part of the product).
+"""A memory probe for bench/memory_bench.py and bench/scale_probe.py, loaded into the
+operator's interpreter only when the benchmark puts this directory on PYTHONPATH (never part
+of the product).
 
 On SIGUSR1 it writes one JSON file to $OCIREG_MEMPROBE_DIR/probe-<n>.json: VmRSS and
 /proc/self/smaps_rollup, the thread count, the live objects per type after a full collection,
