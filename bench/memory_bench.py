@@ -46,6 +46,7 @@ from scale_bench import (
     _metric,
     _parallel,
     _wait,
+    shape,
 )
 
 PROBE_DIR = Path(__file__).parent / "memprobe"
@@ -63,17 +64,12 @@ def _proc(pid: int) -> dict[str, int]:
 class MemoryBench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        shape = argparse.Namespace(
-            namespaces=2 * args.tenants,
-            registries=2,
-            tenants=True,
-            tenant_tls="ca",
-            credential_samples=0,
-            concurrency=16,
-            resync=300.0,
-            admission=False,
-        )
-        self.bench = Bench(shape)
+        self.bench = Bench(
+            shape(
+                "--tenants", "--namespaces", str(2 * args.tenants), "--registries", "2",
+                "--credential-samples", "0", "--resync", "300",
+            )
+        )  # fmt: skip
         self.probe_dir = self.bench.workdir / "probe"
         self.points: dict[str, dict[str, Any]] = {}
 

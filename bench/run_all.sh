@@ -18,13 +18,10 @@ cd "$(dirname "$0")/.."
 
 python=${PYTHON:-.venv/bin/python}
 shapes=${SHAPES:-1k 10k tenants}
+# The JSON's name says how the operator ran, in this order whatever the arguments' order.
 suffix=""
-for arg in "$@"; do
-    [[ $arg == --admission ]] && suffix="$suffix-admission"
-done
-for arg in "$@"; do
-    [[ $arg == --in-cluster ]] && suffix="$suffix-in-cluster"
-done
+[[ " $* " == *" --admission "* ]] && suffix+="-admission"
+[[ " $* " == *" --in-cluster "* ]] && suffix+="-in-cluster"
 
 for shape in $shapes; do
     case $shape in

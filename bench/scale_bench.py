@@ -1350,7 +1350,7 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(f"{name:<{width}}  {value:<36}  {note}" for name, value, note in rows)
 
 
-def main() -> int:
+def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--namespaces", type=int, default=1000)
     parser.add_argument(
@@ -1400,6 +1400,17 @@ def main() -> int:
     parser.add_argument(
         "--keep-workdir", action="store_true", help="keep the control plane's data and logs"
     )
+    return parser
+
+
+def shape(*flags: str) -> argparse.Namespace:
+    """A Bench's arguments as this command line would give them (every default from one
+    place): for the other benchmarks that set up the same cluster."""
+    return argument_parser().parse_args(list(flags))
+
+
+def main() -> int:
+    parser = argument_parser()
     args = parser.parse_args()
     if args.registries < 2:
         parser.error("--registries must be at least 2 (one basic, one webhook)")

@@ -26,7 +26,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from scale_bench import Bench, Tally, _rss_mb, _wait
+from scale_bench import Bench, Tally, _rss_mb, _wait, shape
 
 PROBE_DIR = Path(__file__).parent / "memprobe"
 
@@ -42,25 +42,18 @@ def compare(before: Path, after: Path, lines: int) -> None:
 
 
 def probe(args: argparse.Namespace) -> None:
-    shape = argparse.Namespace(
-        namespaces=args.namespaces,
-        registries=args.registries,
-        tenants=False,
-        tenant_tls="ca",
-        credential_samples=0,
-        concurrency=16,
-        resync=300.0,
-        admission=False,
-        in_cluster=True,
-        env=[],
-    )
-    bench = Bench(shape)
+    bench = Bench(
+        shape(
+            "--namespaces", str(args.namespaces), "--registries", str(args.registries),
+            "--credential-samples", "0", "--resync", "300", "--in-cluster",
+        )
+    )  # fmt: skip
     probes = bench.workdir / "probe"
     probes.mkdir()
     env = {"PYTHONPATH": str(PROBE_DIR), "OCIREG_MEMPROBE_DIR": str(probes)}
     if args.tracemalloc:
         env["PYTHONTRACEMALLOC"] = str(args.tracemalloc)
-    shape.env = [f"{name}={value}" for name, value in env.items()]
+    bench.args.env = [f"{name}={value}" for name, value in env.items()]
     try:
         bench.start()
         bench.identity = bench.in_cluster_identity()
