@@ -210,9 +210,9 @@ class Pools:
         pool = self.tenant_reconciles if ref.namespaced else self.cluster_reconciles
         return pool.submit(ref, group_of(ref), run, coalesce)
 
-    def charts(self, ref: RegistryRef, run: Callable[[], T]) -> Future[T]:
+    def charts(self, ref: RegistryRef, run: Callable[[], T], coalesce: bool = False) -> Future[T]:
         pool = self.tenant_charts if ref.namespaced else self.cluster_charts
-        return pool.submit(ref, group_of(ref), run)
+        return pool.submit(ref, group_of(ref), run, coalesce)
 
     def stop(self) -> None:
         for pool in (

@@ -444,13 +444,57 @@ def test_known_state_spares_every_known_manifest(fake: FakeRegistry) -> None:
     assert again.repos["charts/app"].versions == first.repos["charts/app"].versions
 
 
-def test_only_objects_that_may_list_charts_get_the_chart_timer() -> None:
-    from ocireg.charts.handlers import may_have_charts
+def test_only_objects_that_list_charts_or_show_an_index_get_chart_work() -> None:
+    from ocireg.api.spec import RegistrySpec
+    from ocireg.charts.handlers import has_chart_work
 
-    assert not may_have_charts(spec={"server": "r.example"}, status={})
-    assert may_have_charts(spec={"charts": {"repositories": ["a"]}}, status={})
-    assert may_have_charts(spec={"extends": "base"}, status={})  # the base may list them
-    # charts removed from the spec: the timer runs until the index and condition are gone.
-    assert may_have_charts(spec={}, status={"charts": {"repositories": 1}})
+    plain = RegistrySpec.model_validate({"server": "r.example"})
+    listing = RegistrySpec.model_validate(
+        {"server": "r.example", "charts": {"repositories": ["a"]}}
+    )
+    assert not has_chart_work(plain, {}, known=False)
+    assert not has_chart_work(None, {}, known=False)  # not reconciled yet
+    assert has_chart_work(listing, {}, known=False)
+    # charts removed from the spec: worked on until the index and condition are gone.
+    assert has_chart_work(plain, {"charts": {"repositories": 1}}, known=False)
     shown = {"conditions": [{"type": "ChartsSynced", "status": "True"}]}
-    assert may_have_charts(spec={}, status=shown)
+    assert has_chart_work(plain, shown, known=False)
+    assert has_chart_work(plain, {}, known=True)  # the sync still holds its state
+
+
+def test_status_shows_the_sync_once_and_puts_back_a_condition_a_reconcile_dropped() -> None:
+    from ocireg.charts.handlers import ChartState, cleared_fields, status_fields
+    from ocireg.pullsecrets.runtime import merge_patch
+
+    state = ChartState(
+        status={"repositories": 1, "versions": 2}, condition=(True, "Synced", "ok", 3)
+    )
+    ready = {"type": "Ready", "status": "True", "reason": "Verified", "message": "m"}
+    status: dict[str, object] = {"conditions": [ready], "charts": {"repositories": 1, "old": 5}}
+    fields = status_fields(status, state)
+    assert fields is not None
+    assert fields["charts"] == {"repositories": 1, "versions": 2, "old": None}
+    shown = merge_patch(status, fields)
+    assert shown["charts"] == {"repositories": 1, "versions": 2}
+    assert [c["type"] for c in shown["conditions"]] == ["Ready", "ChartsSynced"]
+    assert status_fields(shown, state) is None  # shown already: no write
+    # A reconcile's write of the whole list, made from a copy without ChartsSynced:
+    dropped = merge_patch(shown, {"conditions": [ready]})
+    again = status_fields(dropped, state)
+    assert again is not None
+    assert "ChartsSynced" in [c["type"] for c in again["conditions"]]
+    cleared = cleared_fields(shown)
+    assert cleared is not None
+    gone = merge_patch(shown, cleared)
+    assert "charts" not in gone
+    assert [c["type"] for c in gone["conditions"]] == ["Ready"]
+    assert cleared_fields(gone) is None
+
+
+def test_a_status_merge_patch_is_applied_as_the_api_server_applies_it() -> None:
+    from ocireg.pullsecrets.runtime import merge_patch
+
+    target = {"a": 1, "b": {"c": 2, "d": 3}, "e": [1, 2]}
+    patched = merge_patch(target, {"a": None, "b": {"c": None, "f": 4}, "e": [3], "g": {"h": None}})
+    assert patched == {"b": {"d": 3, "f": 4}, "e": [3], "g": {}}
+    assert target == {"a": 1, "b": {"c": 2, "d": 3}, "e": [1, 2]}  # not changed in place

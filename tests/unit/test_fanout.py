@@ -21,6 +21,7 @@ from ocireg.pullsecrets.fanout import Fanout, Registries
 from ocireg.pullsecrets.index import ClusterIndex
 from ocireg.workers import KeyedQueue
 
+from .test_index import ns
 from .test_reconcile import FakeKube, index_of
 
 BASIC = Credential("basic", ("registry.example.com",), "robot", "pw-1")
@@ -199,6 +200,57 @@ def test_resync_writes_only_what_differs(cluster: Cluster) -> None:
     )
     cluster.resync(ref)
     assert cluster.kube.writes == writes + 2
+
+
+def test_a_resync_is_quiet_only_while_nothing_it_decided_from_changed(cluster: Cluster) -> None:
+    ref = cluster.serve("corp")
+    tracked = cluster.registries.get(ref)
+    fanout = cluster.fanout
+
+    def resync() -> None:
+        assert tracked.spec is not None
+        assert tracked.credential is not None
+        fanout.resync(cluster.kube, ref, tracked.spec, tracked.credential, 4)  # type: ignore[arg-type]
+
+    resync()  # writes the copies: what it decided from changed under it
+    assert not fanout.quiet(ref)
+    resync()  # finds every namespace as it wants it
+    assert fanout.quiet(ref)
+    # A namespace relabelled (its watch event reaches the index): look again.
+    fanout.index.namespaces.apply("MODIFIED", ns("other", "9", pull="yes"))
+    assert not fanout.quiet(ref)
+    resync()
+    resync()
+    assert fanout.quiet(ref)
+    # An event that changes nothing the index keeps (a new resourceVersion only): still quiet.
+    fanout.index.namespaces.apply("MODIFIED", ns("other", "10", pull="yes"))
+    assert fanout.quiet(ref)
+    # Another registry object served, or a new credential: look again.
+    cluster.serve("other-registry")
+    assert not fanout.quiet(ref)
+    resync()
+    assert fanout.quiet(ref)
+    tracked.publish(tracked.spec, Credential("basic", BASIC.endpoints, "robot", "pw-2"))
+    assert not fanout.quiet(ref)
+
+
+def test_a_resync_that_found_a_conflict_is_never_quiet(cluster: Cluster) -> None:
+    cluster.kube.put_secret("team-b", "corp", {"mine": "keep"})
+    ref = cluster.serve("corp")
+    tracked = cluster.registries.get(ref)
+    for _ in range(3):
+        assert tracked.spec is not None
+        assert tracked.credential is not None
+        status, _events, _ = cluster.fanout.resync(
+            cluster.kube,  # type: ignore[arg-type]
+            ref,
+            tracked.spec,
+            tracked.credential,
+            4,
+        )
+        assert status["failedCount"] == 1
+    # Its removal, which would mend it, is not in the index: only a resync sees it.
+    assert not cluster.fanout.quiet(ref)
 
 
 def test_a_copy_deleted_or_edited_by_hand_is_repaired_on_its_event(cluster: Cluster) -> None:

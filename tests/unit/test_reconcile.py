@@ -803,6 +803,53 @@ def test_a_resync_with_nothing_changed_reads_nothing_and_keeps_what_it_depends_o
         kube.close()
 
 
+def test_a_quiet_resync_costs_no_sync_and_no_status(verified: Calls) -> None:
+    """Nothing it read and nothing its last resync looked at changed: the resync's answer
+    would be the last one's, so it runs no namespace check and builds no status."""
+    kube = CountingKube()
+    next(_setup(kube))
+    try:
+        obj = body()
+        first = run(kube, obj, schedule.Memory(), now=0)
+        assert first.spec is not None
+        assert first.credential is not None
+        assert first.tls is not None
+        known = (first.spec, first.credential, first.tls)
+        config = OperatorConfig(credentials_namespace="ocireg-system")
+        synced: list[object] = []
+
+        def sync(*args: Any) -> Any:
+            synced.append(args)
+            return kube.sync(*args)
+
+        def resync_at(now: float, memory: schedule.Memory, quiet: bool) -> reconcile.Outcome:
+            return reconcile.reconcile(
+                kube,  # type: ignore[arg-type]
+                REF,
+                obj,
+                config,
+                memory,
+                now,
+                sync=sync,
+                known=known,
+                quiet=lambda: quiet,
+            )
+
+        due = config.resync_seconds + 1
+        skipped = resync_at(due, first.memory, quiet=True)
+        assert synced == []
+        assert skipped.status is None
+        assert skipped.memory.synced_at == due  # the resync counts as done
+        assert skipped.wake_in >= config.resync_seconds - 1  # next one a period later
+        assert resync_at(due, first.memory, quiet=False).status is not None
+        assert len(synced) == 1
+        # Not quiet enough when the inputs are due to be read again (re-verification).
+        resync_at(3600 + 1, first.memory, quiet=True)
+        assert len(synced) == 2
+    finally:
+        kube.close()
+
+
 # ------------------------------------------------------------------- refresh requests
 
 

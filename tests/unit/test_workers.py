@@ -228,8 +228,19 @@ def test_no_handler_of_an_object_runs_on_kopfs_executor() -> None:
         for kind in (registry._changing, registry._spawning, registry._watching)
         for handler in kind.get_all_handlers()
     ]
-    assert {h.id.split("/")[0] for h in handlers} >= {"on_change", "on_delete", "charts"}
+    assert {h.id.split("/")[0] for h in handlers} >= {"on_change", "on_delete", "charts-cleanup"}
     assert [h.id for h in handlers if not inspect.iscoroutinefunction(h.fn)] == []
+
+
+def test_kopf_keeps_no_body_of_a_registry_object() -> None:
+    """kopf keeps a copy of the whole body of every object of a resource that has a timer or
+    a daemon (its spawning handlers), whatever their filters say: about 24 KB per tenant
+    object. ocireg schedules by its own alarms, so it registers none."""
+    import ocireg.charts.handlers
+    import ocireg.pullsecrets.handlers  # noqa: F401
+
+    registry = kopf.get_default_registry()
+    assert [h.id for h in registry._spawning.get_all_handlers()] == []
 
 
 def test_kopfs_executor_size_is_set_and_the_pools_made_at_start(

@@ -1,6 +1,7 @@
-"""kopf wiring for the Helm chart sync (spec.charts): a timer per registry object that reads
-the registry when the sync is due, writes the index ConfigMap, status.charts and the
-ChartsSynced condition, and posts Events for new versions.
+"""The Helm chart sync (spec.charts) of each registry object, scheduled by ocireg itself
+(`ChartScheduler`: after each run of the object and at its next due time, no kopf timer):
+it reads the registry when the sync is due, writes the index ConfigMap, status.charts and
+the ChartsSynced condition, and posts Events for new versions.
 
 The registry walk runs on the chart pools (workers.py: one for tenant objects, one for cluster
 objects, a tenant namespace holding at most its share), so a slow registry never holds the
@@ -19,6 +20,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
@@ -38,13 +40,12 @@ from ocireg.egress import UNRESTRICTED, EgressPolicy
 from ocireg.kube.client import ApiError, Kube
 from ocireg.oci import RegistryClient, RegistryCredentials, TLSOptions
 from ocireg.pullsecrets import plan
-from ocireg.pullsecrets.runtime import runtime
+from ocireg.pullsecrets.runtime import Runtime, runtime
+from ocireg.workers import Alarms
 
 log = logging.getLogger(__name__)
 
 KINDS: Final = {"ociregistries": "OCIRegistry", "clusterociregistries": "ClusterOCIRegistry"}
-# The timer only decides; a registry is read once per spec.charts.interval (or on a change).
-CHECK_SECONDS: Final = 10
 # Failed repositories are tried again sooner than the interval.
 RETRY_SECONDS: Final = 120
 MIN_RETRY_SECONDS: Final = 30
@@ -77,6 +78,10 @@ class ChartStates:
     def get(self, ref: plan.RegistryRef) -> ChartState:
         with self._lock:
             return self._states.setdefault(ref, ChartState())
+
+    def known(self, ref: plan.RegistryRef) -> bool:
+        with self._lock:
+            return ref in self._states
 
     def forget(self, ref: plan.RegistryRef) -> ChartState | None:
         with self._lock:
@@ -114,13 +119,6 @@ def _ref(body: kopf.Body, plural: str) -> plan.RegistryRef:
     return plan.RegistryRef(KINDS[plural], meta["name"], meta.get("namespace"), meta.get("uid"))
 
 
-def _states(memo: kopf.Memo) -> ChartStates:
-    if "chart_states" not in memo:  # the event loop is single-threaded: no race here
-        memo.chart_states = ChartStates()
-    states: ChartStates = memo.chart_states
-    return states
-
-
 def _server(spec: RegistrySpec, credential: Credential) -> str | None:
     # A `{region}` template names no host; the provider resolved the real one.
     if spec.server and "{" not in spec.server:
@@ -128,10 +126,10 @@ def _server(spec: RegistrySpec, credential: Credential) -> str | None:
     return credential.endpoints[0] if credential.endpoints else None
 
 
-def _index_namespace(ref: plan.RegistryRef, memo: kopf.Memo) -> str:
+def _index_namespace(ref: plan.RegistryRef, running: Runtime) -> str:
     if ref.namespaced and ref.namespace:
         return ref.namespace
-    return runtime(memo).config.credentials_namespace
+    return running.config.credentials_namespace
 
 
 # --------------------------------------------------------------------------- the work
@@ -313,14 +311,15 @@ def _delete_index(kube: Kube, namespace: str, ref: plan.RegistryRef) -> None:
         log.warning("removing the chart index %s/%s failed: HTTP %s", namespace, name, error.status)
 
 
-# --------------------------------------------------------------------------- kopf wiring
+# --------------------------------------------------------------------------- scheduling
 
 
-def _status_patch(patch: kopf.Patch, status: dict[str, Any], state: ChartState) -> None:
-    """Write status.charts and ChartsSynced when the object does not show them yet (just
-    synced, or the reconcile's whole-list write of conditions raced with ours)."""
+def status_fields(status: dict[str, Any], state: ChartState) -> dict[str, Any] | None:
+    """The merge patch that makes ``status`` show status.charts and ChartsSynced as
+    ``state`` has them (None: it shows them already). Also what puts them back when a
+    reconcile's whole-list write of conditions was made from a copy without ours."""
     if state.status is None or state.condition is None:
-        return
+        return None
     conditions = list(status.get("conditions") or [])
     ok, reason, message, generation = state.condition
     shown = publish.find_condition(conditions)
@@ -331,53 +330,109 @@ def _status_patch(patch: kopf.Patch, status: dict[str, Any], state: ChartState) 
         "observedGeneration": generation,
     }
     if status.get("charts") == state.status and same_condition(shown, wanted):
-        return
+        return None
     old = status.get("charts") or {}
     # A merge patch keeps keys it does not mention: clear the ones we no longer report.
-    patch.status["charts"] = {**{k: None for k in old if k not in state.status}, **state.status}
-    patch.status["conditions"] = publish.with_condition(
-        conditions, ok, reason, message, generation, _now()
-    )
+    return {
+        "charts": {**{k: None for k in old if k not in state.status}, **state.status},
+        "conditions": publish.with_condition(conditions, ok, reason, message, generation, _now()),
+    }
 
 
-async def charts_tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, plural: str) -> None:
-    if "runtime" not in memo:
-        return
-    ref, running = _ref(body, plural), runtime(memo)
-    tracked = running.registries.get(ref)
-    # Read without tracked.lock: a reconcile may hold it for seconds, and these fields are
-    # replaced whole, never changed in place.
-    spec, credential, tls = tracked.spec, tracked.credential, tracked.tls
-    status = dict(body.get("status") or {})
-    states = _states(memo)
-    if spec is None:
-        return  # not reconciled yet
-    namespace = _index_namespace(ref, memo)
-    if spec.charts is None:
-        conditions = status.get("conditions") or []
-        if (
-            states.forget(ref) is not None
-            or status.get("charts")
-            or publish.find_condition(conditions)
-        ):
-            await _on_pool(
-                memo, ref, functools.partial(_delete_index, running.kube, namespace, ref)
-            )
-            patch.status["charts"] = None
-            patch.status["conditions"] = publish.without_condition(conditions)
-        return
-    if credential is None or tls is None:
-        return  # credentials not verified yet; the Ready condition says why
-    state = states.get(ref)
-    generation = body["metadata"].get("generation")
-    key = _digest(spec.server, spec.repository_prefix, spec.charts.to_api(), generation)
-    if key != state.key or time.monotonic() >= state.next_at:
-        state.key = key
-        published = await _on_pool(
-            memo,
-            ref,
-            functools.partial(
-                run_sync,
+def cleared_fields(status: dict[str, Any]) -> dict[str, Any] | None:
+    """The merge patch that removes status.charts and ChartsSynced (None: neither shown)."""
+    conditions = list(status.get("conditions") or [])
+    if not status.get("charts") and publish.find_condition(conditions) is None:
+        return None
+    return {"charts": None, "conditions": publish.without_condition(conditions)}
+
+
+def has_chart_work(spec: RegistrySpec | None, status: dict[str, Any], known: bool) -> bool:
+    """Whether an object's run concerns the chart sync: its effective spec lists charts,
+    its status still shows a chart index (to remove), or the sync knows it (``known``). The
+    thousands of objects that only write pull secrets cost nothing here."""
+    if spec is not None and spec.charts is not None:
+        return True
+    if known or status.get("charts"):
+        return True
+    return publish.find_condition(list(status.get("conditions") or [])) is not None
+
+
+class ChartScheduler:
+    """When each registry object's charts are read: after each run of the object (the
+    Runtime's followers: its spec, credential or status may have changed) and at the time
+    its next sync is due (its own alarm), on the chart pools. Not a kopf timer: kopf keeps
+    a copy of the whole body of every object of a kind that has one (about 24 KB each,
+    most of a tenant object's memory), whether or not its filter lets the timer run."""
+
+    def __init__(self, running: Runtime) -> None:
+        self.running = running
+        self.states = ChartStates()
+        self.alarms: Alarms[plan.RegistryRef] = Alarms(self.poke, name="ocireg-chart-alarms")
+        # The exception type each object's chart work last failed with (logged once).
+        self.failures: dict[plan.RegistryRef, str] = {}
+
+    def follow(self, ref: plan.RegistryRef) -> None:
+        """A run of ``ref`` ended (Runtime.followers): look at its charts if it has any."""
+        tracked = self.running.registries.find(ref)
+        if tracked is None or tracked.body is None:
+            return
+        status = tracked.body.get("status") or {}
+        if has_chart_work(tracked.spec, status, self.states.known(ref)):
+            self.poke(ref)
+
+    def poke(self, ref: plan.RegistryRef) -> None:
+        """Queue ``ref``'s chart work on its pool; pokes before it starts share it."""
+        future = self.running.pools.charts(ref, lambda: self.tick(ref), coalesce=True)
+
+        def done(finished: Future[None]) -> None:
+            error = None if finished.cancelled() else finished.exception()
+            if error is None:
+                self.failures.pop(ref, None)
+                return
+            if self.failures.get(ref) != type(error).__name__:
+                self.failures[ref] = type(error).__name__
+                log.warning(
+                    "chart work of %s failed: %s; retrying in %ds",
+                    ref.display,
+                    type(error).__name__,
+                    MIN_RETRY_SECONDS,
+                )
+            if self.running.registries.find(ref) is not None:
+                self.alarms.set(ref, MIN_RETRY_SECONDS)
+
+        future.add_done_callback(done)
+
+    def tick(self, ref: plan.RegistryRef) -> None:
+        """Sync the object's charts if due (a changed spec, or its interval passed), make
+        its status show the result, and set its next alarm. On its chart pool."""
+        running = self.running
+        tracked = running.registries.find(ref)
+        if tracked is None or tracked.body is None:
+            return  # deleted, or not handed over yet (its first run pokes again)
+        # Read without tracked.lock: a reconcile may hold it for seconds, and these fields
+        # are replaced whole, never changed in place.
+        spec, credential, tls = tracked.spec, tracked.credential, tracked.tls
+        body = tracked.body
+        if spec is None:
+            return  # not reconciled yet
+        namespace = _index_namespace(ref, running)
+        if spec.charts is None:
+            state = self.states.forget(ref)
+            self.alarms.cancel(ref)
+            status = body.get("status") or {}
+            if state is not None or cleared_fields(status) is not None:
+                _delete_index(running.kube, namespace, ref)
+                running.update_status(ref, cleared_fields)
+            return
+        if credential is None or tls is None:
+            return  # credentials not verified yet; the Ready condition says why
+        state = self.states.get(ref)
+        generation = (body.get("metadata") or {}).get("generation")
+        key = _digest(spec.server, spec.repository_prefix, spec.charts.to_api(), generation)
+        if key != state.key or time.monotonic() >= state.next_at:
+            state.key = key
+            published = run_sync(
                 running.kube,
                 ref,
                 spec,
@@ -386,33 +441,46 @@ async def charts_tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, plura
                 namespace,
                 state,
                 generation,
-                status.get("charts"),
+                (body.get("status") or {}).get("charts"),
                 EgressPolicy.for_object(ref.namespaced, running.config.egress_allowed_cidrs),
-            ),
-        )
-        for kind, reason, message in published.events:
-            running.events.post(ref, kind, reason, message)
-    _status_patch(patch, status, state)
+            )
+            for kind, reason, message in published.events:
+                running.events.post(ref, kind, reason, message)
+        if running.update_status(ref, lambda status: status_fields(status, state)):
+            self.alarms.set(ref, max(1.0, state.next_at - time.monotonic()))
+
+    def forget(self, ref: plan.RegistryRef) -> None:
+        self.alarms.cancel(ref)
+        self.states.forget(ref)
+        self.failures.pop(ref, None)
+
+    def stop(self) -> None:
+        self.alarms.stop()
 
 
-def may_have_charts(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
-    """Whether an object needs the chart timer: it lists charts (itself or through a base
-    it extends), or shows a chart index still to remove. The thousands of objects that only
-    write pull secrets get no timer at all (kopf starts and stops it as this changes)."""
-    if spec.get("charts") or spec.get("extends") or status.get("charts"):
-        return True
-    return publish.find_condition(list(status.get("conditions") or [])) is not None
+def scheduler(memo: kopf.Memo) -> ChartScheduler | None:
+    found = memo.get("charts")
+    return found if isinstance(found, ChartScheduler) else None
+
+
+# --------------------------------------------------------------------------- kopf wiring
+
+
+@kopf.on.startup()
+def start_charts(memo: kopf.Memo, **_: Any) -> None:
+    # After pullsecrets.handlers' startup (imported first, cli.py), which made the Runtime.
+    made = memo.charts = ChartScheduler(runtime(memo))
+    made.running.followers.append(made.follow)
+
+
+@kopf.on.cleanup()
+def stop_charts(memo: kopf.Memo, **_: Any) -> None:
+    found = scheduler(memo)
+    if found is not None:
+        found.stop()
 
 
 for _plural in KINDS:
-
-    @kopf.timer(
-        GROUP, _plural, interval=CHECK_SECONDS, initial_delay=2, id="charts", when=may_have_charts
-    )
-    async def charts_timer(
-        body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, _plural: str = _plural, **_: Any
-    ) -> None:
-        await charts_tick(body, patch, memo, _plural)
 
     @kopf.on.delete(GROUP, _plural, optional=True, id="charts-cleanup")
     async def charts_cleanup(
@@ -420,10 +488,20 @@ for _plural in KINDS:
     ) -> None:
         # Owner references let garbage collection remove the index too; this is quicker.
         ref = _ref(body, _plural)
-        _states(memo).forget(ref)
+        found = scheduler(memo)
+        if found is not None:
+            found.forget(ref)
         if "runtime" in memo:
-            namespace, kube = _index_namespace(ref, memo), runtime(memo).kube
+            namespace, kube = _index_namespace(ref, runtime(memo)), runtime(memo).kube
             await _on_pool(memo, ref, functools.partial(_delete_index, kube, namespace, ref))
 
 
-__all__ = ["ChartState", "ChartStates", "charts_tick", "run_sync"]
+__all__ = [
+    "ChartScheduler",
+    "ChartState",
+    "ChartStates",
+    "cleared_fields",
+    "has_chart_work",
+    "run_sync",
+    "status_fields",
+]

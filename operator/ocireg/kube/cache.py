@@ -50,6 +50,8 @@ class Store(Generic[T]):
         self._lock = threading.Lock()
         self._items: dict[str, dict[str, tuple[T, int | None]]] = {}
         self.synced = threading.Event()
+        # Counts the changes to what is known (not events): equal counts, nothing changed.
+        self.changes = 0
 
     @staticmethod
     def key(body: Mapping[str, Any]) -> Key:
@@ -74,17 +76,20 @@ class Store(Generic[T]):
                 del self._items[namespace][name]
                 if not self._items[namespace]:
                     del self._items[namespace]
+                self.changes += 1
                 return namespace, name
             if known is not None and known[0] == state:
                 self._items[namespace][name] = (state, version)
                 return None
             self._items.setdefault(namespace, {})[name] = (state, version)
+            self.changes += 1
             return namespace, name
 
     def forget(self, namespace: str, name: str) -> None:
         """Our own delete, before its event arrives."""
         with self._lock:
-            self._items.get(namespace, {}).pop(name, None)
+            if self._items.get(namespace, {}).pop(name, None) is not None:
+                self.changes += 1
 
     def replace(self, bodies: Iterable[Mapping[str, Any]]) -> set[Key]:
         """A complete list: everything known is replaced at once. Returns the keys that
@@ -103,6 +108,9 @@ class Store(Generic[T]):
                 a, b = before.get(name), after.get(name)
                 if (a and a[0]) != (b and b[0]):
                     changed.add((namespace, name))
+        if changed:
+            with self._lock:
+                self.changes += 1
         self.synced.set()
         return changed
 

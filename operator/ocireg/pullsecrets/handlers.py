@@ -159,16 +159,13 @@ def kept(body: kopf.Body) -> dict[str, Any]:
     )
 
 
-async def _run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, plural: str) -> None:
+async def _run(body: kopf.Body, memo: kopf.Memo, plural: str) -> None:
     ref, running = _ref(body, plural), runtime(memo)
     tracked = running.registries.get(ref)
     seen = tracked.body = kept(body)
     tracked.changed = True  # created, spec changed or resumed: read everything again
-    status = await _on_pool(memo, ref, lambda: running.work(ref, tracked, seen))
-    if status is not None:
-        patch["status"] = status
-        # Later runs outside kopf (watch events, alarms) compare against what is written.
-        seen["status"] = {**(seen.get("status") or {}), **status}
+    # The run writes the object's status itself (Runtime.work), as runs outside kopf do.
+    await _on_pool(memo, ref, lambda: running.work(ref, tracked, seen))
     # Objects that extend this one read it: their effective spec may have changed.
     running.changed(ref.kind, ref.namespace or "", ref.name)
 
@@ -181,10 +178,8 @@ for _plural in KINDS:
     @kopf.on.resume(GROUP, _plural, backoff=RETRY_SECONDS)
     @kopf.on.create(GROUP, _plural, backoff=RETRY_SECONDS)
     @kopf.on.update(GROUP, _plural, field="spec", backoff=RETRY_SECONDS)
-    async def on_change(
-        body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, _plural: str = _plural, **_: Any
-    ) -> None:
-        await _run(body, patch, memo, _plural)
+    async def on_change(body: kopf.Body, memo: kopf.Memo, _plural: str = _plural, **_: Any) -> None:
+        await _run(body, memo, _plural)
 
     # Rotate now (schedule.refresh_requests): kopf's diff leaves out annotations under its own
     # prefix (ours), so each is named as a field, which keeps it in the diff. The run itself
@@ -200,14 +195,13 @@ for _plural in KINDS:
     )
     async def on_refresh_request(
         body: kopf.Body,
-        patch: kopf.Patch,
         memo: kopf.Memo,
         new: Any,
         _plural: str = _plural,
         **_: Any,
     ) -> None:
         if new:  # removing the annotation asks for nothing
-            await _run(body, patch, memo, _plural)
+            await _run(body, memo, _plural)
 
     @kopf.on.delete(GROUP, _plural)
     async def on_delete(body: kopf.Body, memo: kopf.Memo, _plural: str = _plural, **_: Any) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +68,8 @@ class Runtime:
     alarms: Alarms[RegistryRef] | None = None  # each object's next due time (create)
     # The exception type each object's triggered runs last failed with (logged once).
     run_failures: dict[RegistryRef, str] = field(default_factory=dict)
+    # What follows each run of an object, outside its lock (the chart sync: charts.handlers).
+    followers: list[Callable[[RegistryRef], None]] = field(default_factory=list)
 
     @classmethod
     def create(cls, config: OperatorConfig) -> Runtime:
@@ -173,23 +175,25 @@ class Runtime:
 
     # -- the work the handlers hand to the pools -------------------------------------------
 
-    def work(
-        self, ref: RegistryRef, tracked: Tracked, body: dict[str, Any]
-    ) -> dict[str, Any] | None:
-        """One reconcile of one object, its Events posted: the status fields to merge (None:
-        unchanged)."""
-        if self.fanout is None:
+    def work(self, ref: RegistryRef, tracked: Tracked, body: dict[str, Any]) -> None:
+        """One reconcile of one object: its status written if it changed (here, under the
+        object's lock, whether kopf or a watch event started the run, so that every status
+        write of an object is ordered: see update_status), its Events posted, then its
+        followers told."""
+        fanout = self.fanout
+        if fanout is None:
             raise RuntimeError("reconciling before the watches started")
         started = time.monotonic()
         with tracked.lock:
             if tracked.deleted:
-                return None
+                return
             # Nothing it read changed since its last run (a watch event would have marked it,
             # and one arriving from now on runs it again): the resync needs no reads.
             known = None
             if not tracked.changed and tracked.spec and tracked.credential and tracked.tls:
                 known = (tracked.spec, tracked.credential, tracked.tls)
             tracked.changed = False
+            before = tracked.memory
             outcome = reconcile(
                 self.kube,
                 ref,
@@ -197,11 +201,12 @@ class Runtime:
                 self.config,
                 tracked.memory,
                 time.monotonic(),
-                self.fanout.resync,
+                fanout.resync,
                 self.mint_cache,
                 lambda key: self.dependents.add(ref, key),
                 known,
                 copies=self.copy_of,  # restart reuse (providers/recall.py)
+                quiet=lambda: fanout.quiet(ref),
             )
             tracked.memory = outcome.memory
             if outcome.reads is not None:
@@ -217,24 +222,53 @@ class Runtime:
                     tracked.placed = outcome.placed
             if outcome.tls is not None:
                 tracked.tls = outcome.tls
+            current = dict(body.get("status") or {})
+            # Only the fields this loop owns are compared (and merge-patched): status.charts
+            # belongs to the chart sync, and an unchanged status must cost no write.
+            if outcome.status is not None and any(
+                current.get(key) != value for key, value in outcome.status.items()
+            ):
+                try:
+                    self.kube.patch_registry_status(ref, outcome.status)
+                except Exception:
+                    tracked.memory = before  # not written: the next run does it again
+                    raise
+                body["status"] = merge_patch(current, outcome.status)
         for kind, reason, message in outcome.events:
             self.events.post(ref, kind, reason, message)
         if outcome.status is not None:  # the tick did work
             result = "success" if outcome.credential is not None else "failure"
             metrics.RECONCILES.labels(ref.kind, result).inc()
             metrics.RECONCILE_SECONDS.labels(ref.kind).observe(time.monotonic() - started)
-        current = dict(body.get("status") or {})
-        if outcome.status is not None:
             tracked.note_status(outcome.status)
         elif not tracked.status_noted:  # after a restart: what the object says until a run writes
             tracked.note_status(current)
-        # Only the fields this loop owns are compared (and merge-patched): status.charts
-        # belongs to the chart sync, and an unchanged status must cost no write.
-        if outcome.status is not None and any(
-            current.get(key) != value for key, value in outcome.status.items()
-        ):
-            return outcome.status
-        return None
+        for follow in self.followers:
+            follow(ref)
+
+    def update_status(
+        self,
+        ref: RegistryRef,
+        change: Callable[[dict[str, Any]], dict[str, Any] | None],
+    ) -> bool:
+        """Merge-patch what ``change`` makes of the object's status as this process last
+        wrote or read it, for work besides the reconcile (the chart sync). Under the
+        object's lock: a reconcile's write and this one never interleave, so neither puts
+        back what the other just replaced (both write the whole conditions list). False:
+        the object is gone or not handed over yet."""
+        tracked = self.registries.find(ref)
+        if tracked is None:
+            return False
+        with tracked.lock:
+            body = tracked.body
+            if tracked.deleted or body is None:
+                return False
+            current = dict(body.get("status") or {})
+            fields = change(current)
+            if fields:
+                self.kube.patch_registry_status(ref, fields)
+                body["status"] = merge_patch(current, fields)
+        return True
 
     def copy_of(self, ref: RegistryRef, name: str) -> tuple[str, dict[str, Any]] | None:
         """Restart reuse (providers/recall.py): one copy of ``ref``'s Secret ``name`` as the
@@ -278,16 +312,11 @@ class Runtime:
         future.add_done_callback(failed)
 
     def _poked(self, ref: RegistryRef) -> None:
-        """Run now, outside a kopf handler: write the status (which kopf would write after
-        a handler) ourselves."""
+        """Run now, outside a kopf handler."""
         tracked = self.registries.find(ref)
         if tracked is None or tracked.body is None:
             return  # kopf has not handed it over yet; its first handler runs soon anyway
-        body = tracked.body
-        status = self.work(ref, tracked, body)
-        if status is not None:
-            self.kube.patch_registry_status(ref, status)
-            body["status"] = {**(body.get("status") or {}), **status}
+        self.work(ref, tracked, tracked.body)
 
     def delete(self, ref: RegistryRef) -> None:
         tracked = self.registries.forget(ref) or Tracked()
@@ -304,6 +333,22 @@ class Runtime:
             if self.fanout is not None:
                 self.fanout.queue.barrier()
             cleanup(self.kube, ref)
+
+
+def merge_patch(target: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """``target`` as a JSON merge patch (RFC 7386) of ``patch`` leaves it: None removes a
+    key, a mapping merges into a mapping, anything else replaces. What the API server makes
+    of our status patches, so the copy kept here compares equal to the object."""
+    merged = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, Mapping):
+            below = merged.get(key)
+            merged[key] = merge_patch(below if isinstance(below, Mapping) else {}, value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def runtime(memo: Mapping[str, Any]) -> Runtime:
