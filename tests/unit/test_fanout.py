@@ -267,6 +267,26 @@ def test_a_copy_deleted_or_edited_by_hand_is_repaired_on_its_event(cluster: Clus
     assert cluster.kube.secrets[("team-b", "corp")]["data"] == good
 
 
+@pytest.mark.parametrize("version", ["48000007", "007", "opaque-7"])
+def test_an_update_sends_back_the_version_it_saw_as_the_api_wrote_it(
+    cluster: Cluster, version: str
+) -> None:
+    """The index keeps a numeric resourceVersion as a number; an update's precondition is
+    still the text the API wrote (the fake API answers 409 to any other)."""
+    ref = cluster.serve("corp")
+    cluster.resync(ref)
+    copy = cluster.kube.secrets[("team-a", "corp")]
+    good = copy["data"]
+    copy["metadata"]["resourceVersion"] = version
+    copy["data"] = {".dockerconfigjson": "e30="}
+    cluster.watch()
+    writes = cluster.kube.writes
+    results = cluster.fanout.changed("team-a").result(5)
+    assert [(r.written, r.failure) for r in results.values()] == [(1, None)]
+    assert cluster.kube.writes == writes + 1  # one update, no 409 and retry
+    assert cluster.kube.secrets[("team-a", "corp")]["data"] == good
+
+
 def test_nothing_is_done_before_the_index_is_complete(cluster: Cluster) -> None:
     cluster.serve("corp")
     cluster.fanout.index = ClusterIndex()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import queue
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -50,6 +51,65 @@ def test_a_managed_secret_is_kept_as_a_few_fields_and_a_digest() -> None:
     assert sys.getsizeof(state.digest) < 64
 
 
+UID = "6f1c2a3e-9b4d-4e8f-a1b2-c3d4e5f60718"
+
+
+def test_a_uuid_uid_and_a_numeric_version_are_kept_packed_and_given_back_as_written() -> None:
+    body = pull_secret("team-a", "48000007")
+    body["metadata"]["uid"] = UID
+    state = plan.secret_state(body)
+    assert state.packed_uid == uuid.UUID(UID).bytes  # 16 bytes, not 36 characters
+    assert state.packed_version == 48000007  # one number, which the store orders by
+    assert (state.uid, state.resource_version, state.version) == (UID, "48000007", 48000007)
+
+
+@pytest.mark.parametrize(
+    "uid",
+    [
+        "uid-team-a",  # not a UUID
+        UID.upper(),  # a UUID, but not as the API writes it: kept as it is
+        "{" + UID[1:-1] + "}",
+        UID.replace("-", "") + "abcd",  # 36 characters, no hyphens
+        "x" * 36,
+        "",
+        None,
+        42,  # not even text
+        ["a"],
+    ],
+)
+def test_any_other_uid_is_kept_as_text_and_given_back_unchanged(uid: Any) -> None:
+    body = pull_secret("team-a", "7")
+    body["metadata"]["uid"] = uid
+    state = plan.secret_state(body)
+    assert state.uid == (None if uid is None else str(uid))
+    assert not isinstance(state.packed_uid, bytes)
+
+
+@pytest.mark.parametrize(
+    "version",
+    ["opaque-7", "007", "7.0", "-7", " 7", "\u00b2", "\u0661\u0662", "9" * 21, "9" * 5000, ""],
+)
+def test_a_version_that_is_not_a_plain_number_is_kept_as_text_and_never_ordered(
+    version: str,
+) -> None:
+    state = plan.secret_state(pull_secret("a", version))
+    assert (state.resource_version, state.version) == (version, None)
+    store = ClusterIndex().secrets
+    store.apply("MODIFIED", pull_secret("a", "20"))
+    # Not comparable with what is known: taken, whichever came first.
+    assert store.apply("MODIFIED", pull_secret("a", version, data="b2xk")) == ("a", "corp")
+    assert store.get("a", "corp").resource_version == version
+    assert store.apply("MODIFIED", pull_secret("a", "19")) == ("a", "corp")
+    assert store.get("a", "corp").version == 19
+
+
+def test_a_version_without_a_known_one_is_taken_as_it_is() -> None:
+    state = plan.secret_state({"metadata": {"name": "corp", "namespace": "a"}})
+    assert (state.uid, state.resource_version, state.version) == (None, None, None)
+    assert plan.version_number("0") == 0
+    assert plan.version_number("18446744073709551615") == 2**64 - 1  # etcd's largest
+
+
 def test_namespace_state_marks_a_deleting_namespace_terminating() -> None:
     assert namespace_state(ns("a", pull="yes")) == NamespaceState({"pull": "yes"}, "Active")
     deleting = {"metadata": {"name": "a", "deletionTimestamp": "now"}, "status": {}}
@@ -75,6 +135,26 @@ def test_an_event_older_than_our_own_write_is_ignored() -> None:
     assert store.apply("MODIFIED", pull_secret("a", "19", data="b2xk")) is None
     assert store.apply("DELETED", pull_secret("a", "18")) is None  # the one before a re-create
     assert store.get("a", "corp").resource_version == "20"
+    assert store.apply("MODIFIED", pull_secret("a", "100", data="b2xk")) == ("a", "corp")
+    assert store.apply("MODIFIED", pull_secret("a", "99")) is None  # numbers, not text
+    assert store.apply("DELETED", pull_secret("a", "101")) == ("a", "corp")
+    assert store.get("a", "corp") is None
+
+
+def test_the_store_keeps_the_value_alone_and_asks_it_for_its_version() -> None:
+    accounts = ClusterIndex().accounts
+    account = {"metadata": {"name": "default", "namespace": "a", "resourceVersion": "30"}}
+    accounts.apply("MODIFIED", account)
+    older = {**account, "metadata": {**account["metadata"], "resourceVersion": "29"}}
+    assert accounts.apply("MODIFIED", {**older, "imagePullSecrets": [{"name": "x"}]}) is None
+    assert accounts.get("a", "default") == plan.AccountState((), "", "30")
+    # A store without a version takes every event as it comes (a watch's are in order).
+    plain = Store("plain", lambda body: body["metadata"]["resourceVersion"])
+    plain.apply("ADDED", account)
+    assert plain.apply("MODIFIED", older) == ("a", "default")
+    assert plain.get("a", "default") == "29"
+    assert plain.in_namespace("a") == {"default": "29"}
+    assert plain.items() == [("a", "default", "29")] == list(plain.scan())
 
 
 def test_a_relist_replaces_everything_and_reports_the_differences() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -56,7 +57,7 @@ class FakeKube:
             "metadata": {
                 "name": name,
                 "namespace": namespace,
-                "uid": str(self._uid),
+                "uid": str(uuid.UUID(int=self._uid)),  # as the API writes uids
                 "resourceVersion": str(self._uid),
                 **meta,
             },
@@ -98,7 +99,7 @@ class FakeKube:
         self.writes += 1
         self._uid += 1
         body = copy.deepcopy(body)
-        body["metadata"]["uid"] = str(self._uid)
+        body["metadata"]["uid"] = str(uuid.UUID(int=self._uid))
         body["metadata"]["resourceVersion"] = str(self._uid)
         self.secrets[(meta["namespace"], meta["name"])] = body
         return copy.deepcopy(body)
@@ -115,6 +116,9 @@ class FakeKube:
 
     def delete_secret(self, namespace: str, name: str, uid: str | None = None) -> None:
         self.writes += 1
+        current = self.secrets.get((namespace, name))
+        if current is not None and uid not in (None, current["metadata"].get("uid")):
+            return  # the API's 409 for a failed uid precondition, which Kube ignores
         self.secrets.pop((namespace, name), None)
 
     def service_accounts(self, namespace: str | None = None) -> list[dict[str, Any]]:

@@ -36,19 +36,23 @@ RELIST_SECONDS = 1800.0
 BACKOFF_CAP = 30.0
 
 
-def _version(text: str | None) -> int | None:
-    """A resourceVersion as a number, when it is one (etcd's revisions are)."""
-    return int(text) if text and text.isdigit() else None
-
-
 class Store(Generic[T]):
-    """Objects of one kind by namespace and name, each reduced by ``extract``."""
+    """Objects of one kind by namespace and name, each reduced by ``extract``. With
+    ``version`` (the reduced value's resourceVersion as a number, None when it is not one),
+    an event older than what is known is ignored; without, every event is taken (a store
+    fed only by its watch gets them in order)."""
 
-    def __init__(self, kind: str, extract: Callable[[Mapping[str, Any]], T]) -> None:
+    def __init__(
+        self,
+        kind: str,
+        extract: Callable[[Mapping[str, Any]], T],
+        version: Callable[[T], int | None] | None = None,
+    ) -> None:
         self.kind = kind
         self._extract = extract
+        self._version = version
         self._lock = threading.Lock()
-        self._items: dict[str, dict[str, tuple[T, int | None]]] = {}
+        self._items: dict[str, dict[str, T]] = {}
         self.synced = threading.Event()
         # Counts the changes to what is known (not events): equal counts, nothing changed.
         self.changes = 0
@@ -59,18 +63,23 @@ class Store(Generic[T]):
         meta = body.get("metadata") or {}
         return sys.intern(meta.get("namespace") or ""), sys.intern(meta.get("name") or "")
 
+    def _older(self, state: T, known: T) -> bool:
+        if self._version is None:
+            return False
+        version, was = self._version(state), self._version(known)
+        return version is not None and was is not None and version < was
+
     def apply(self, event: str, body: Mapping[str, Any]) -> Key | None:
         """One watch event (ADDED, MODIFIED, DELETED) or a write of our own; returns the
         key if what is known about the object changed. An event older than what is known
         (our own write is noted before its event arrives) is ignored."""
         namespace, name = self.key(body)
-        version = _version((body.get("metadata") or {}).get("resourceVersion"))
-        state = None if event == "DELETED" else self._extract(body)
+        state = self._extract(body)  # a deleted object's too: its version is compared
         with self._lock:
             known = self._items.get(namespace, {}).get(name)
-            if known is not None and None not in (known[1], version) and version < known[1]:  # type: ignore[operator]
+            if known is not None and self._older(state, known):
                 return None
-            if state is None:
+            if event == "DELETED":
                 if known is None:
                     return None
                 del self._items[namespace][name]
@@ -78,10 +87,9 @@ class Store(Generic[T]):
                     del self._items[namespace]
                 self.changes += 1
                 return namespace, name
-            if known is not None and known[0] == state:
-                self._items[namespace][name] = (state, version)
+            if known is not None and known == state:
                 return None
-            self._items.setdefault(namespace, {})[name] = (state, version)
+            self._items.setdefault(namespace, {})[name] = state
             self.changes += 1
             return namespace, name
 
@@ -94,19 +102,17 @@ class Store(Generic[T]):
     def replace(self, bodies: Iterable[Mapping[str, Any]]) -> set[Key]:
         """A complete list: everything known is replaced at once. Returns the keys that
         changed (added, removed or different)."""
-        fresh: dict[str, dict[str, tuple[T, int | None]]] = {}
+        fresh: dict[str, dict[str, T]] = {}
         for body in bodies:
             namespace, name = self.key(body)
-            version = _version((body.get("metadata") or {}).get("resourceVersion"))
-            fresh.setdefault(namespace, {})[name] = (self._extract(body), version)
+            fresh.setdefault(namespace, {})[name] = self._extract(body)
         with self._lock:
             old, self._items = self._items, fresh
         changed = set()
         for namespace in old.keys() | fresh.keys():
             before, after = old.get(namespace, {}), fresh.get(namespace, {})
             for name in before.keys() | after.keys():
-                a, b = before.get(name), after.get(name)
-                if (a and a[0]) != (b and b[0]):
+                if name not in before or name not in after or before[name] != after[name]:
                     changed.add((namespace, name))
         if changed:
             with self._lock:
@@ -116,17 +122,16 @@ class Store(Generic[T]):
 
     def get(self, namespace: str, name: str) -> T | None:
         with self._lock:
-            found = self._items.get(namespace, {}).get(name)
-        return None if found is None else found[0]
+            return self._items.get(namespace, {}).get(name)
 
     def in_namespace(self, namespace: str) -> dict[str, T]:
         with self._lock:
-            return {name: item[0] for name, item in self._items.get(namespace, {}).items()}
+            return dict(self._items.get(namespace, {}))
 
     def items(self) -> list[tuple[str, str, T]]:
         with self._lock:
             return [
-                (namespace, name, item[0])
+                (namespace, name, item)
                 for namespace, names in self._items.items()
                 for name, item in names.items()
             ]
@@ -140,7 +145,7 @@ class Store(Generic[T]):
             with self._lock:
                 names = list(self._items.get(namespace, {}).items())
             for name, item in names:
-                yield namespace, name, item[0]
+                yield namespace, name, item
 
     def __len__(self) -> int:
         with self._lock:

@@ -38,8 +38,9 @@ class ClusterIndex:
 
     def __init__(self) -> None:
         self.namespaces: Store[NamespaceState] = Store("namespaces", namespace_state)
-        self.accounts = Store("serviceaccounts", account_state)
-        self.secrets = Store("secrets", secret_state)
+        # Ours are written here too (fanout._written): an older event must not undo that.
+        self.accounts = Store("serviceaccounts", account_state, lambda s: s.version)
+        self.secrets = Store("secrets", secret_state, lambda s: s.version)
 
     @property
     def synced(self) -> bool:

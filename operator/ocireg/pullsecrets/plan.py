@@ -7,6 +7,7 @@ import base64
 import fnmatch
 import hashlib
 import json
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -255,17 +256,64 @@ KEPT_LABELS = (*OWNER_LABELS, ARGOCD_SECRET_TYPE)
 
 class SecretState(NamedTuple):
     """What the decisions need of an existing Secret: a few short strings and a digest of
-    its data, never the data (the watch-fed index keeps one of these per managed Secret)."""
+    its data, never the data (the watch-fed index keeps one of these per managed Secret, so
+    the uid and the resourceVersion are kept packed: see pack_uid and pack_version)."""
 
     labels: tuple[tuple[str, str], ...]  # only KEPT_LABELS
     type: str | None
     digest: bytes  # data_digest(data)
     annotations: tuple[tuple[str, str], ...]  # only ours: the owner
-    uid: str | None
-    resource_version: str | None
+    packed_uid: bytes | str | None
+    packed_version: int | str | None
 
     def label(self, key: str) -> str | None:
         return dict(self.labels).get(key)
+
+    @property
+    def uid(self) -> str | None:
+        return unpack_uid(self.packed_uid)
+
+    @property
+    def resource_version(self) -> str | None:
+        """As the API wrote it, for an update's optimistic concurrency."""
+        return None if self.packed_version is None else str(self.packed_version)
+
+    @property
+    def version(self) -> int | None:
+        """The resourceVersion as a number (version_number), for ordering events."""
+        return self.packed_version if isinstance(self.packed_version, int) else None
+
+
+def version_number(text: str | None) -> int | None:
+    """A resourceVersion as a number, when it is one: etcd's revisions are, written in
+    decimal without leading zeros (which str() gives back exactly). Anything else (another
+    storage's opaque string) is None: such versions are kept and sent back as they are, and
+    are never compared."""
+    if not (text and len(text) <= 20 and text.isascii() and text.isdigit()):
+        return None
+    return int(text) if text == "0" or text[0] != "0" else None
+
+
+def pack_version(text: str | None) -> int | str | None:
+    """A resourceVersion in less memory: a number when it is one, else as it is."""
+    number = version_number(text)
+    return text if number is None else number
+
+
+def pack_uid(uid: str | None) -> bytes | str | None:
+    """A uid in less memory: the 16 bytes of a UUID as the API writes it (lowercase, with
+    hyphens), else the text as it is, so unpack_uid always gives back what was packed."""
+    if uid is None or len(uid) != 36:
+        return uid
+    try:
+        parsed = uuid.UUID(uid)
+    except ValueError:
+        return uid
+    return parsed.bytes if str(parsed) == uid else uid
+
+
+def unpack_uid(packed: bytes | str | None) -> str | None:
+    return str(uuid.UUID(bytes=packed)) if isinstance(packed, bytes) else packed
 
 
 def data_digest(data: Mapping[str, str] | None) -> bytes:
@@ -282,6 +330,10 @@ def _shared(value: Any) -> Any:
     return _SHARED.setdefault(value, value)
 
 
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
 def secret_state(body: Mapping[str, Any]) -> SecretState:
     meta = body.get("metadata") or {}
     labels = meta.get("labels") or {}
@@ -292,8 +344,8 @@ def secret_state(body: Mapping[str, Any]) -> SecretState:
         _shared(body.get("type")),
         data_digest(body.get("data")),
         _shared(((ANNOTATION_OWNER, owner),) if owner is not None else ()),
-        meta.get("uid"),
-        meta.get("resourceVersion"),
+        pack_uid(_text(meta.get("uid"))),
+        pack_version(_text(meta.get("resourceVersion"))),
     )
 
 
@@ -431,6 +483,10 @@ class AccountState(NamedTuple):
     ours: str  # ANNOTATION_SA_REFS as written ("" when absent)
     resource_version: str | None
 
+    @property
+    def version(self) -> int | None:
+        return version_number(self.resource_version)
+
 
 def account_state(body: Mapping[str, Any]) -> AccountState:
     meta = body.get("metadata") or {}
@@ -438,7 +494,7 @@ def account_state(body: Mapping[str, Any]) -> AccountState:
     return AccountState(
         _shared(tuple(r.get("name") or "" for r in body.get("imagePullSecrets") or [])),
         _shared(annotations.get(ANNOTATION_SA_REFS) or ""),
-        meta.get("resourceVersion"),
+        _text(meta.get("resourceVersion")),
     )
 
 

@@ -30,6 +30,7 @@ from ocireg.providers import recall, seal
 from ocireg.providers.cache import MintCache
 from ocireg.pullsecrets.fanout import SYNC_WAIT_SECONDS, Fanout, Registries, Tracked
 from ocireg.pullsecrets.index import ClusterIndex, Dependents
+from ocireg.pullsecrets.plan import version_number
 from ocireg.pullsecrets.reconcile import cleanup, reconcile
 from ocireg.settings import OperatorConfig
 from ocireg.workers import Alarms, Pools
@@ -125,7 +126,8 @@ class Runtime:
 
         # Of the Secrets and ConfigMaps not ours, in every namespace, only the metadata and
         # of that only the resourceVersion: what registry objects read, never its data.
-        secrets, config_maps = Store("read-secrets", version), Store("read-configmaps", version)
+        secrets = Store("read-secrets", version, version_number)
+        config_maps = Store("read-configmaps", version, version_number)
 
         def watcher(source: Any, store: Store[Any], changed: Any) -> Watcher:
             return Watcher(source, store, changed, timeout=config.watch_timeout)
