@@ -335,6 +335,31 @@ def test_a_tenant_registry_writes_its_own_namespace_only(cluster: Cluster) -> No
     assert ("team-b", "mine") not in cluster.kube.secrets
 
 
+def test_a_tenants_resync_stays_quiet_while_only_other_namespaces_change(
+    cluster: Cluster,
+) -> None:
+    ref = plan.RegistryRef("OCIRegistry", "mine", "team-a", "uid-mine")
+    tracked = cluster.registries.get(ref)
+    tracked.publish(spec("mine"), BASIC)
+    fanout = cluster.fanout
+    for _ in range(2):  # the first writes; the second finds it as wanted
+        fanout.resync(cluster.kube, ref, spec("mine"), BASIC, 4)  # type: ignore[arg-type]
+    assert fanout.quiet(ref)
+    fanout.index.namespaces.apply("MODIFIED", ns("team-b", "7", pull="no"))
+    other = {"metadata": {"name": "x", "namespace": "team-b", "resourceVersion": "9"}}
+    fanout.index.accounts.apply("ADDED", other)
+    assert fanout.quiet(ref)  # a busy cluster elsewhere
+    fanout.index.accounts.apply(
+        "ADDED", {**other, "metadata": {**other["metadata"], "namespace": "team-a"}}
+    )
+    assert not fanout.quiet(ref)  # a new ServiceAccount of its own namespace
+    fanout.resync(cluster.kube, ref, spec("mine"), BASIC, 4)  # type: ignore[arg-type]
+    fanout.resync(cluster.kube, ref, spec("mine"), BASIC, 4)  # type: ignore[arg-type]
+    assert fanout.quiet(ref)
+    fanout.index.namespaces.apply("MODIFIED", ns("team-a", "8", pull="no"))
+    assert not fanout.quiet(ref)  # its own namespace relabelled
+
+
 def test_a_namespace_job_looks_only_at_the_objects_that_can_select_it() -> None:
     # 1,000 tenants' objects: a namespace job of team-7 sees the cluster objects and team-7's.
     registries = Registries()

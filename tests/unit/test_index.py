@@ -168,6 +168,26 @@ def test_a_relist_replaces_everything_and_reports_the_differences() -> None:
     assert {name for _, name, _ in store.items()} == {"b", "c"}
 
 
+def test_a_namespace_change_count_moves_only_with_what_is_known_there() -> None:
+    store = Store("secrets", plan.secret_state, lambda s: s.version)
+    store.replace([pull_secret("team-a", "1"), pull_secret("team-b", "2")])
+    a, b = store.changes_in("team-a"), store.changes_in("team-b")
+    assert a > 0
+    assert b > 0
+    store.apply("MODIFIED", pull_secret("team-b", "3", data="bmV3"))
+    assert store.changes_in("team-a") == a  # another namespace's change
+    assert store.changes_in("team-b") > b
+    store.apply("MODIFIED", pull_secret("team-a", "1"))  # the same again: no change
+    assert store.changes_in("team-a") == a
+    store.forget("team-a", "corp")  # emptied: nothing kept, and the answer moves
+    assert store.changes_in("team-a") == 0
+    store.apply("ADDED", pull_secret("team-a", "4"))
+    assert store.changes_in("team-a") > b
+    store.replace([pull_secret("team-a", "4")])  # a relist: team-b is gone
+    assert store.changes_in("team-b") == 0
+    assert store._changed_in.keys() == {"team-a"}  # no count kept for a namespace gone
+
+
 def test_the_index_is_synced_only_when_every_store_is() -> None:
     index = ClusterIndex()
     index.namespaces.replace([])

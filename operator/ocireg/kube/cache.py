@@ -56,6 +56,8 @@ class Store(Generic[T]):
         self.synced = threading.Event()
         # Counts the changes to what is known (not events): equal counts, nothing changed.
         self.changes = 0
+        # Per namespace holding objects, the count at its last change (see changes_in).
+        self._changed_in: dict[str, int] = {}
 
     @staticmethod
     def key(body: Mapping[str, Any]) -> Key:
@@ -82,22 +84,41 @@ class Store(Generic[T]):
             if event == "DELETED":
                 if known is None:
                     return None
-                del self._items[namespace][name]
-                if not self._items[namespace]:
-                    del self._items[namespace]
-                self.changes += 1
+                self._remove(namespace, name)
                 return namespace, name
             if known is not None and known == state:
                 return None
             self._items.setdefault(namespace, {})[name] = state
-            self.changes += 1
+            self._changed(namespace)
             return namespace, name
 
     def forget(self, namespace: str, name: str) -> None:
         """Our own delete, before its event arrives."""
         with self._lock:
-            if self._items.get(namespace, {}).pop(name, None) is not None:
-                self.changes += 1
+            if name in self._items.get(namespace, {}):
+                self._remove(namespace, name)
+
+    def _remove(self, namespace: str, name: str) -> None:  # under the lock
+        names = self._items[namespace]
+        del names[name]
+        if names:
+            self._changed(namespace)
+        else:  # nothing left: neither the namespace's dict nor its count is kept
+            del self._items[namespace]
+            self._changed_in.pop(namespace, None)
+            self.changes += 1
+
+    def _changed(self, namespace: str) -> None:  # under the lock
+        self.changes += 1
+        self._changed_in[namespace] = self.changes
+
+    def changes_in(self, namespace: str) -> int:
+        """What ``changes`` was when something in ``namespace`` last changed; 0 while it
+        holds nothing. Equal answers: what is known there is as it was (a namespace
+        emptied and filled again answers anew; one emptied answers 0, which it can only
+        have answered before when it was empty then too)."""
+        with self._lock:
+            return self._changed_in.get(namespace, 0)
 
     def replace(self, bodies: Iterable[Mapping[str, Any]]) -> set[Key]:
         """A complete list: everything known is replaced at once. Returns the keys that
@@ -114,9 +135,10 @@ class Store(Generic[T]):
             for name in before.keys() | after.keys():
                 if name not in before or name not in after or before[name] != after[name]:
                     changed.add((namespace, name))
-        if changed:
-            with self._lock:
-                self.changes += 1
+        with self._lock:
+            for namespace, _ in changed:
+                self._changed(namespace)
+            self._changed_in = {n: c for n, c in self._changed_in.items() if n in self._items}
         self.synced.set()
         return changed
 

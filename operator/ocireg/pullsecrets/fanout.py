@@ -46,11 +46,12 @@ SYNC_WAIT_SECONDS = 60.0
 
 @dataclass(frozen=True, eq=False)
 class SyncStamp:
-    """What a registry's resync decides from: the index as its change counts say, the
-    registry objects served, and the spec and credential it wrote. Objects are compared by
-    identity: each is replaced whole, never changed in place."""
+    """What a registry's resync decides from: the part of the index it reads, as change
+    counts say (Fanout.stamp), the registry objects served, and the spec and credential it
+    wrote. These three are compared by identity: each is replaced whole, never changed in
+    place."""
 
-    counts: tuple[int, int, int]
+    index: tuple[object, ...]
     live: frozenset[str]
     spec: RegistrySpec
     credential: Credential
@@ -58,7 +59,7 @@ class SyncStamp:
     def same(self, other: SyncStamp | None) -> bool:
         return (
             other is not None
-            and self.counts == other.counts
+            and self.index == other.index
             and self.live is other.live
             and self.spec is other.spec
             and self.credential is other.credential
@@ -380,22 +381,31 @@ class Fanout:
 
     # -- one registry --------------------------------------------------------------------------
 
-    def stamp(self, spec: RegistrySpec, credential: Credential) -> SyncStamp:
+    def stamp(self, ref: plan.RegistryRef, spec: RegistrySpec, credential: Credential) -> SyncStamp:
+        """A tenant's object reads its own namespace only: that namespace, and the change
+        counts of its ServiceAccounts and Secrets (a busy cluster elsewhere leaves it
+        quiet). A cluster object reads them all: the stores' whole counts."""
         index = self.index
-        counts = (index.namespaces.changes, index.accounts.changes, index.secrets.changes)
-        return SyncStamp(counts, self.registries.live(), spec, credential)
+        seen: tuple[object, ...]
+        if ref.namespaced:
+            own = ref.namespace or ""
+            found = index.namespaces.get("", own)
+            seen = (found, index.accounts.changes_in(own), index.secrets.changes_in(own))
+        else:
+            seen = (index.namespaces.changes, index.accounts.changes, index.secrets.changes)
+        return SyncStamp(seen, self.registries.live(), spec, credential)
 
     def quiet(self, ref: plan.RegistryRef) -> bool:
         """Whether a resync of ``ref`` would find what its last one did: that one found every
-        namespace as wanted, and nothing it decided from has changed since (a namespace,
-        ServiceAccount or managed Secret anywhere, the objects served, its spec or its
-        credential). A resync is then all reads of the index and no write; at 5,000 tenant
-        objects those reads were most of the operator's idle CPU."""
+        namespace as wanted, and nothing it decided from has changed since (stamp: what it
+        reads of the index, the objects served, its spec and credential). A resync is then
+        reads of the index and no write; at 5,000 tenant objects those reads were most of
+        the operator's idle CPU."""
         tracked = self.registries.find(ref)
         served = None if tracked is None else tracked.serving()
         if tracked is None or served is None:
             return False
-        return self.stamp(*served).same(tracked.resynced)
+        return self.stamp(ref, *served).same(tracked.resynced)
 
     def in_sync(
         self,
@@ -444,7 +454,7 @@ class Fanout:
             )
         tracked = self.registries.get(ref)
         tracked.publish(spec, credential)
-        tracked.resynced, stamp = None, self.stamp(spec, credential)  # before it reads
+        tracked.resynced, stamp = None, self.stamp(ref, spec, credential)  # before it reads
         targets = spec.effective_targets
         selected: list[str] = []
         secrets: Iterable[tuple[str, str, plan.SecretState]]
