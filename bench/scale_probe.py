@@ -46,6 +46,7 @@ def probe(args: argparse.Namespace) -> None:
         shape(
             "--namespaces", str(args.namespaces), "--registries", str(args.registries),
             "--credential-samples", "0", "--resync", "300", "--in-cluster",
+            *(["--tenants"] if args.tenants else []),
         )
     )  # fmt: skip
     probes = bench.workdir / "probe"
@@ -83,6 +84,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--namespaces", type=int, default=2000)
     parser.add_argument("--registries", type=int, default=10)
+    parser.add_argument("--tenants", action="store_true", help="an OCIRegistry in each namespace")
     parser.add_argument("--tracemalloc", type=int, default=0, metavar="FRAMES")
     parser.add_argument("--out", type=Path, default=Path("scale-probe"))
     parser.add_argument("--compare", nargs=2, type=Path, metavar=("BEFORE", "AFTER"))

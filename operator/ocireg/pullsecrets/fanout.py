@@ -48,11 +48,12 @@ SYNC_WAIT_SECONDS = 60.0
 class SyncStamp:
     """What a registry's resync decides from: the part of the index it reads, as change
     counts say (Fanout.stamp), the registry objects served, and the spec and credential it
-    wrote. These three are compared by identity: each is replaced whole, never changed in
-    place."""
+    wrote. The spec and credential are compared by identity: each is replaced whole, never
+    changed in place. The objects served by their count of changes, not their uids: one set
+    of 5,000 uids kept by each stamp made as tenants came was 10 MB at 1,000 tenants."""
 
     index: tuple[object, ...]
-    live: frozenset[str]
+    served: int  # Registries.served
     spec: RegistrySpec
     credential: Credential
 
@@ -60,7 +61,7 @@ class SyncStamp:
         return (
             other is not None
             and self.index == other.index
-            and self.live is other.live
+            and self.served == other.served
             and self.spec is other.spec
             and self.credential is other.credential
         )
@@ -162,6 +163,7 @@ class Registries:
         # namespace job looks at the objects that can select its namespace, not at all.
         self._by_namespace: dict[str, dict[plan.RegistryRef, Tracked]] = {}
         self._live: frozenset[str] | None = None  # uids, made again after a change
+        self._served = 0  # counts the changes to the objects served (a SyncStamp keeps it)
 
     def get(self, ref: plan.RegistryRef) -> Tracked:
         with self._lock:
@@ -169,7 +171,7 @@ class Registries:
             if tracked is None:
                 tracked = self._tracked[ref] = Tracked()
                 self._by_namespace.setdefault(self._group(ref), {})[ref] = tracked
-                self._live = None
+                self._live, self._served = None, self._served + 1
             return tracked
 
     def find(self, ref: plan.RegistryRef) -> Tracked | None:
@@ -184,7 +186,7 @@ class Registries:
                 group.pop(ref, None)
                 if not group:
                     self._by_namespace.pop(self._group(ref), None)
-                self._live = None
+                self._live, self._served = None, self._served + 1
             return tracked
 
     @staticmethod
@@ -201,6 +203,11 @@ class Registries:
             if self._live is None:
                 self._live = frozenset(ref.uid for ref in self._tracked if ref.uid)
             return self._live
+
+    def served(self) -> int:
+        """Changes with every object added or forgotten: equal, the same objects."""
+        with self._lock:
+            return self._served
 
     def samples(self) -> list[metrics.RegistrySample]:
         """Per-object figures for the metrics endpoint."""
@@ -393,7 +400,7 @@ class Fanout:
             seen = (found, index.accounts.changes_in(own), index.secrets.changes_in(own))
         else:
             seen = (index.namespaces.changes, index.accounts.changes, index.secrets.changes)
-        return SyncStamp(seen, self.registries.live(), spec, credential)
+        return SyncStamp(seen, self.registries.served(), spec, credential)
 
     def quiet(self, ref: plan.RegistryRef) -> bool:
         """Whether a resync of ``ref`` would find what its last one did: that one found every
