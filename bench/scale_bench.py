@@ -1150,10 +1150,21 @@ class Bench:
         hook_before = sum(self.hook.calls.values())
         started = time.monotonic()
         self.tally.stop()
-        if self.args.idle_seconds:
+        seconds = self.args.idle_seconds
+        if seconds:
             idle = self.results.setdefault("idle", {})
             idle.update(self.idle_minute(operator=True), operator_rss_mb=_rss_mb(self.pid))
         window = self.args.resync * self.args.quiet_periods + 5
+        if seconds and self.args.quiet_periods > 1:
+            # Settled: the last window, a whole resync period after the last change. The
+            # first one above still holds each object's first resync since the fan-out and
+            # P1 changed its namespaces, which no later period repeats.
+            time.sleep(max(0.0, window - seconds - (time.monotonic() - started)))
+            self.results["idle_settled"] = {
+                **self.idle_minute(operator=True),
+                "operator_rss_mb": _rss_mb(self.pid),
+                "after_s": time.monotonic() - started - seconds,
+            }
         time.sleep(max(0.0, window - (time.monotonic() - started)))
         result = {
             "resync_periods": self.args.quiet_periods,
@@ -1338,6 +1349,14 @@ def table(results: dict[str, Any]) -> str:
             ("idle operator CPU", f"{idle['operator_cpu_s_per_min']:.2f} s per minute",
              f"kube-apiserver {planes.get('kube-apiserver', 0):.2f} s, etcd "
              f"{planes.get('etcd', 0):.2f} s; operator RSS {idle['operator_rss_mb']:.0f} MB"),
+        ]  # fmt: skip
+    settled = results.get("idle_settled")
+    if settled:
+        rows += [
+            ("idle, settled: API requests", f"{settled['api_requests_per_min']:.0f} per minute",
+             f"from {settled['after_s']:.0f} s into P3, a resync period after the last change"),
+            ("idle, settled: operator CPU", f"{settled['operator_cpu_s_per_min']:.2f} s per minute",
+             f"operator RSS {settled['operator_rss_mb']:.0f} MB"),
         ]  # fmt: skip
     rows.append(
         ("P6 restart -> converged", f"{p6['converged_s']:.1f} s",
