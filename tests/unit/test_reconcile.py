@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import json
 import uuid
 from collections.abc import Iterator, Mapping
@@ -921,3 +922,69 @@ def test_a_failure_is_logged_once_until_it_changes(
         ("INFO", "ClusterOCIRegistry/corp works again after 5 failed attempt(s)"),
     ]
     assert "wrong" not in caplog.text
+
+
+# ------------------------------------------------------------------- the Runtime's status write
+
+
+class StatusKube(FakeKube):
+    """The fake API with the registry object's status subresource, which can be made to fail."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.status_writes: list[dict[str, Any]] = []
+        self.refuse_status = False
+
+    def patch_registry_status(self, ref: RegistryRef, status: dict[str, Any]) -> None:
+        if self.refuse_status:
+            raise RuntimeError("the API server is away")
+        self.status_writes.append(status)
+
+
+class NoEvents:
+    def post(self, *_: Any) -> None:
+        pass
+
+
+def test_a_status_the_api_refused_is_written_by_the_next_run_even_a_quiet_one(
+    verified: Calls,
+) -> None:
+    """A run whose status write fails leaves nothing behind that would let the next run
+    (its retry) skip the write: not its schedule, and not its quiet-resync record."""
+    from ocireg.providers.cache import MintCache
+    from ocireg.pullsecrets.runtime import Runtime
+
+    kube = StatusKube()
+    next(_setup(kube))
+    resync = kube.fanout.resync
+
+    def following(*args: Any) -> Any:  # the watches catch up before each resync
+        kube.fanout.index = index_of(kube)
+        return resync(*args)
+
+    kube.fanout.resync = following  # type: ignore[method-assign]
+    config = OperatorConfig(credentials_namespace="ocireg-system", resync_seconds=300)
+    running = Runtime(config, kube, None, kube.registries_, MintCache(), NoEvents())  # type: ignore[arg-type]
+    running.fanout = kube.fanout
+    tracked = running.registries.get(REF)
+    tracked.body = body()
+    try:
+        running.work(REF, tracked, tracked.body)  # created: verified, written, status written
+        assert kube.status_writes[-1]["targets"]["namespaces"] == 2
+        # A namespace labelled: its own job writes the copy (a watch event), the status
+        # catches up at the next resync.
+        kube.add_namespace("team-c", pull="yes")
+        kube.fanout.index = index_of(kube)
+        kube.fanout.namespace("team-c")
+        kube.fanout.index = index_of(kube)
+        due = dataclasses.replace(tracked.memory, synced_at=tracked.memory.synced_at - 301)
+        tracked.memory = due
+        kube.refuse_status = True
+        with pytest.raises(RuntimeError):
+            running.work(REF, tracked, tracked.body)  # the resync: namespaces 3, not written
+        kube.refuse_status, writes = False, len(kube.status_writes)
+        running.work(REF, tracked, tracked.body)  # its retry
+        assert len(kube.status_writes) == writes + 1
+        assert kube.status_writes[-1]["targets"]["namespaces"] == 3
+    finally:
+        kube.close()

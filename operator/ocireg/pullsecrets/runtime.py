@@ -233,7 +233,9 @@ class Runtime:
                 try:
                     self.kube.patch_registry_status(ref, outcome.status)
                 except Exception:
-                    tracked.memory = before  # not written: the next run does it again
+                    # Not written: the next run does it again, and not as a quiet resync,
+                    # which would write nothing.
+                    tracked.memory, tracked.resynced = before, None
                     raise
                 body["status"] = merge_patch(current, outcome.status)
         for kind, reason, message in outcome.events:
