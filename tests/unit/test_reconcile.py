@@ -762,6 +762,15 @@ class CountingKube(FakeKube):
         return super().read_secret(namespace, name)
 
 
+def first_run(kube: FakeKube, obj: dict) -> tuple[reconcile.Outcome, reconcile.Known]:
+    """The object's first run, and what a later run is handed as known from it."""
+    first = run(kube, obj, schedule.Memory(), now=0)
+    assert first.spec is not None
+    assert first.credential is not None
+    assert first.tls is not None
+    return first, (first.spec, first.credential, first.tls)
+
+
 def test_a_resync_with_nothing_changed_reads_nothing_and_keeps_what_it_depends_on(
     verified: Calls,
 ) -> None:
@@ -769,11 +778,7 @@ def test_a_resync_with_nothing_changed_reads_nothing_and_keeps_what_it_depends_o
     next(_setup(kube))
     try:
         obj = body()
-        first = run(kube, obj, schedule.Memory(), now=0)
-        assert first.spec is not None
-        assert first.credential is not None
-        assert first.tls is not None
-        known = (first.spec, first.credential, first.tls)
+        first, known = first_run(kube, obj)
         config = OperatorConfig(credentials_namespace="ocireg-system")
         reads, calls = kube.reads, len(verified)
         resync = reconcile.reconcile(
@@ -815,11 +820,7 @@ def test_a_quiet_resync_costs_no_sync_and_no_status(verified: Calls) -> None:
     next(_setup(kube))
     try:
         obj = body()
-        first = run(kube, obj, schedule.Memory(), now=0)
-        assert first.spec is not None
-        assert first.credential is not None
-        assert first.tls is not None
-        known = (first.spec, first.credential, first.tls)
+        first, known = first_run(kube, obj)
         config = OperatorConfig(credentials_namespace="ocireg-system")
         synced: list[object] = []
 
