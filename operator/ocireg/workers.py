@@ -297,6 +297,39 @@ class Alarms(Generic[T]):
                 log.exception("an alarm for %s failed", key)
 
 
+def retry_on_failure(
+    future: Future[Any],
+    ref: RegistryRef,
+    what: str,
+    failures: dict[RegistryRef, str],
+    alarms: Alarms[RegistryRef] | None,
+    seconds: float,
+    wanted: Callable[[], bool],
+) -> None:
+    """When ``ref``'s job (``what``) ends: if it raised, log it once while it fails the same
+    way (``failures``: the exception type last logged per object) and set its alarm
+    ``seconds`` later while it is still ``wanted``; if it worked, forget its failure."""
+
+    def done(finished: Future[Any]) -> None:
+        error = None if finished.cancelled() else finished.exception()
+        if error is None:
+            failures.pop(ref, None)
+            return
+        if failures.get(ref) != type(error).__name__:
+            failures[ref] = type(error).__name__
+            log.warning(
+                "%s of %s failed: %s; retrying every %ds",
+                what,
+                ref.display,
+                type(error).__name__,
+                seconds,
+            )
+        if alarms is not None and wanted():
+            alarms.set(ref, seconds)
+
+    future.add_done_callback(done)
+
+
 __all__ = ["Alarms", "FairPool", "PoolSizes", "Pools", "ShareQueue", "group_of"]
 
 

@@ -20,7 +20,6 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
@@ -41,7 +40,7 @@ from ocireg.kube.client import ApiError, Kube
 from ocireg.oci import RegistryClient, RegistryCredentials, TLSOptions
 from ocireg.pullsecrets import plan
 from ocireg.pullsecrets.runtime import Runtime, runtime
-from ocireg.workers import Alarms
+from ocireg.workers import Alarms, retry_on_failure
 
 log = logging.getLogger(__name__)
 
@@ -386,24 +385,15 @@ class ChartScheduler:
     def poke(self, ref: plan.RegistryRef) -> None:
         """Queue ``ref``'s chart work on its pool; pokes before it starts share it."""
         future = self.running.pools.charts(ref, lambda: self.tick(ref), coalesce=True)
-
-        def done(finished: Future[None]) -> None:
-            error = None if finished.cancelled() else finished.exception()
-            if error is None:
-                self.failures.pop(ref, None)
-                return
-            if self.failures.get(ref) != type(error).__name__:
-                self.failures[ref] = type(error).__name__
-                log.warning(
-                    "chart work of %s failed: %s; retrying in %ds",
-                    ref.display,
-                    type(error).__name__,
-                    MIN_RETRY_SECONDS,
-                )
-            if self.running.registries.find(ref) is not None:
-                self.alarms.set(ref, MIN_RETRY_SECONDS)
-
-        future.add_done_callback(done)
+        retry_on_failure(
+            future,
+            ref,
+            "chart work",
+            self.failures,
+            self.alarms,
+            MIN_RETRY_SECONDS,
+            lambda: self.running.registries.find(ref) is not None,
+        )
 
     def tick(self, ref: plan.RegistryRef) -> None:
         """Sync the object's charts if due (a changed spec, or its interval passed), make

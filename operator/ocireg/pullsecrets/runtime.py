@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +32,7 @@ from ocireg.pullsecrets.index import ClusterIndex, Dependents
 from ocireg.pullsecrets.plan import version_number
 from ocireg.pullsecrets.reconcile import cleanup, reconcile
 from ocireg.settings import OperatorConfig
-from ocireg.workers import Alarms, Pools
+from ocireg.workers import Alarms, Pools, retry_on_failure
 
 log = logging.getLogger(__name__)
 
@@ -295,25 +294,15 @@ class Runtime:
         that arrive before it starts share it. Its errors are logged and it is tried again
         after RETRY_SECONDS."""
         future = self.pools.reconcile(ref, lambda: self._poked(ref), coalesce=True)
-
-        def failed(done: Future[None]) -> None:
-            error = None if done.cancelled() else done.exception()
-            if error is None:
-                self.run_failures.pop(ref, None)
-                return
-            # Logged once while it fails the same way, not every RETRY_SECONDS.
-            if self.run_failures.get(ref) != type(error).__name__:
-                self.run_failures[ref] = type(error).__name__
-                log.warning(
-                    "triggered reconcile of %s failed: %s; retrying every %ds",
-                    ref.display,
-                    type(error).__name__,
-                    RETRY_SECONDS,
-                )
-            if self.alarms is not None and self.registries.find(ref) is not None:
-                self.alarms.set(ref, RETRY_SECONDS)
-
-        future.add_done_callback(failed)
+        retry_on_failure(
+            future,
+            ref,
+            "triggered reconcile",
+            self.run_failures,
+            self.alarms,
+            RETRY_SECONDS,
+            lambda: self.registries.find(ref) is not None,
+        )
 
     def _poked(self, ref: RegistryRef) -> None:
         """Run now, outside a kopf handler."""
