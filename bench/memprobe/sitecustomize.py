@@ -77,6 +77,38 @@ def _malloc_info(libc: Any, path: Path) -> dict[str, Any]:
     }
 
 
+def _mappings() -> dict[str, int]:
+    """Resident kB by kind of mapping (/proc/self/smaps): thread stacks (anonymous, 8 MiB,
+    glibc's default), Python's 1 MiB arenas, glibc's heaps, other anonymous memory, files."""
+    found: Counter[str] = Counter()
+    kind = ""
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            size, path = end - start, fields[5] if len(fields) > 5 else ""
+            if path == "[heap]":
+                kind = "glibc main heap"
+            elif path.startswith("/"):
+                kind = "file " + path
+            elif path:
+                kind = path
+            elif size == 8 << 20:
+                kind = "thread stacks"
+            elif size == 1 << 20:
+                kind = "pymalloc arenas"
+            elif size == 64 << 20 or size == 128 << 20:
+                kind = "glibc thread heaps"
+            else:
+                kind = "other anonymous"
+        elif fields and fields[0] == "Rss:":
+            found[kind] += int(fields[1])
+    files = {k: v for k, v in found.items() if k.startswith("file ")}
+    kept = dict(sorted(files.items(), key=lambda kv: -kv[1])[:25])
+    rest = {k: v for k, v in found.items() if not k.startswith("file ")}
+    return {**rest, "files": sum(files.values()), **kept}
+
+
 def _pymalloc(path: Path) -> dict[str, int]:
     """Python's own allocator (sys._debugmallocstats, which writes to C's stderr): its arenas
     of 256 KiB and the bytes in blocks in use, free in used pools, and in empty pools."""
@@ -134,9 +166,11 @@ def _measure() -> None:
     libc = ctypes.CDLL("libc.so.6")
     with contextlib.suppress(Exception):
         result["malloc_info"] = _malloc_info(libc, out / f"malloc-{_count}.xml")
+    result["mappings_kb"] = _mappings()
     result["status_kb_before_trim"] = _status()
     libc.malloc_trim(0)
     result["status_kb_after_trim"] = _status()
+    result["mappings_kb_after_trim"] = _mappings()
     result["probe_seconds"] = time.monotonic() - started
     (out / f"probe-{_count}.json").write_text(json.dumps(result, indent=1))
 
