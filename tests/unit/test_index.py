@@ -102,6 +102,30 @@ def test_a_secret_from_the_api_is_kept_as_one_object_of_45_bytes() -> None:
         assert plan.secret_state(other) != state, path
 
 
+@pytest.mark.parametrize(("uid", "version"), [(UID, "48000007"), ("uid-team-a", "opaque-7")])
+def test_label_changes_past_the_shape_table_add_no_memory_for_good(
+    monkeypatch: pytest.MonkeyPatch, uid: str, version: str
+) -> None:
+    """Anyone who may label a Secret as ocireg's can give it new labels again and again: past
+    SHAPES_MAX a state carries its own shape (read back exactly), and the shared tables stop
+    growing, so what the index holds goes when the Secret does."""
+    monkeypatch.setattr(plan, "SHAPES_MAX", len(plan._SHAPES))
+    monkeypatch.setattr(plan, "SHARED_MAX", len(plan._SHARED))
+    shapes, shared = len(plan._SHAPES), len(plan._SHARED)
+    for i in range(50):
+        body = pull_secret("team-a", version)
+        body["metadata"]["uid"] = uid
+        body["metadata"]["labels"][plan.LABEL_REGISTRY] = f"hostile-\ud800-{i}"
+        body["type"] = f"example.com/{i}"
+        state = plan.secret_state(body)
+        assert state.label(plan.LABEL_REGISTRY) == f"hostile-\ud800-{i}"
+        assert (state.type, state.uid, state.resource_version) == (body["type"], uid, version)
+        assert state.annotations == ((plan.ANNOTATION_OWNER, REF.display),)
+        assert state == plan.secret_state(copy.deepcopy(body))
+        assert gc.get_referents(state) == [plan.SecretState]
+    assert (len(plan._SHAPES), len(plan._SHARED)) == (shapes, shared)
+
+
 @pytest.mark.parametrize(
     ("uid", "version"),
     [

@@ -265,7 +265,10 @@ class Shape(NamedTuple):
 
 
 # Every shape seen, once, by number: a SecretState holds the number (shapes are few, the
-# labels of a registry object's formats; none is ever dropped, like _shared's values).
+# labels of a registry object's formats; none is dropped). Past SHAPES_MAX a state carries its
+# shape itself: anyone who may write a Secret labelled as ocireg's could otherwise add a shape
+# for good with each label change. Legitimate shapes are a few per registry object.
+SHAPES_MAX = 50_000
 _SHAPES: list[Shape] = []
 _SHAPE_NUMBERS: dict[tuple[Any, ...], int] = {}  # by the plain tuple, equal to its Shape
 _SHAPES_LOCK = threading.Lock()
@@ -275,13 +278,16 @@ def _shape_number(
     labels: tuple[tuple[str, str], ...],
     type: str | None,
     annotations: tuple[tuple[str, str], ...],
-) -> int:
+) -> int | None:
+    """The shape's number; None once SHAPES_MAX shapes have numbers (and this one has none)."""
     key = (labels, type, annotations)
     number = _SHAPE_NUMBERS.get(key)
     if number is None:
         with _SHAPES_LOCK:
             number = _SHAPE_NUMBERS.get(key)
             if number is None:
+                if len(_SHAPES) >= SHAPES_MAX:
+                    return None
                 number = len(_SHAPES)
                 _SHAPES.append(Shape(*key))
                 _SHAPE_NUMBERS[key] = number
@@ -290,7 +296,8 @@ def _shape_number(
 
 # A SecretState's bytes: its shape's number, its data's digest and its form, then for the
 # _COMPACT form the resourceVersion as 8 bytes and the uid's 16 (45 bytes in all), for the
-# _TEXT form the two as text (each its length, -1 for None, and its UTF-8).
+# _TEXT form the two as text (each its length, -1 for None, and its UTF-8); with _OWN_SHAPE
+# (no number: _UNNUMBERED) the shape follows as JSON text.
 _NUMBER = struct.Struct("<I")
 _number_of = _NUMBER.unpack_from  # (number,): read on every look at a Secret
 _HEAD = struct.Struct("<I16sB")  # number, digest, form
@@ -300,7 +307,17 @@ _TEXT_LENGTH = struct.Struct("<i")
 _DIGEST = slice(_NUMBER.size, _NUMBER.size + 16)
 _FORM = _HEAD.size - 1
 _UID = slice(_HEAD.size + _VERSION.size, _HEAD.size + _COMPACT_TAIL.size)
-_COMPACT, _TEXT = 0, 1
+_COMPACT, _TEXT, _OWN_SHAPE = 0, 1, 2  # the form's bits
+_UNNUMBERED = 0xFFFFFFFF  # past any index of _SHAPES
+
+
+def _shape_text(shape: Shape) -> str:
+    return json.dumps(shape)  # ASCII, lone surrogates escaped: read back exactly
+
+
+def _shape_of_text(text: str) -> Shape:
+    labels, type, annotations = json.loads(text)
+    return Shape(tuple((k, v) for k, v in labels), type, tuple((k, v) for k, v in annotations))
 
 
 def _packable_uid(uid: str | None) -> bytes | None:
@@ -357,13 +374,19 @@ class SecretState(bytes):
     ) -> SecretState:
         if len(digest) != 16:
             raise ValueError("a SecretState's digest is data_digest's 16 bytes")
-        head = (_shape_number(labels, type, annotations), digest)
+        shape = _shape_number(labels, type, annotations)
+        own, form = b"", _COMPACT
+        if shape is None:  # past SHAPES_MAX
+            own = _pack_text(_shape_text(Shape(labels, type, annotations)))
+            shape, form = _UNNUMBERED, _OWN_SHAPE
+        head = (shape, digest)
         packed_uid, number = _packable_uid(uid), version_number(resource_version)
         if packed_uid is not None and number is not None and number < 1 << 64:
-            packed = _HEAD.pack(*head, _COMPACT) + _COMPACT_TAIL.pack(number, packed_uid)
+            tail = _COMPACT_TAIL.pack(number, packed_uid)
         else:
-            packed = _HEAD.pack(*head, _TEXT) + _pack_text(uid) + _pack_text(resource_version)
-        return super().__new__(cls, packed)
+            form |= _TEXT
+            tail = _pack_text(uid) + _pack_text(resource_version)
+        return super().__new__(cls, _HEAD.pack(*head, form) + tail + own)
 
     def __reduce__(self) -> tuple[Any, ...]:  # copies and pickles rebuild it from its fields
         fields = (self.labels, self.type, self.digest, self.annotations)
@@ -378,20 +401,27 @@ class SecretState(bytes):
 
     __str__ = __repr__  # not the bytes
 
+    def _shape(self) -> Shape:
+        number: int = _number_of(self)[0]
+        try:
+            return _SHAPES[number]
+        except IndexError:  # _UNNUMBERED: its own, after the uid and resourceVersion
+            offset = _HEAD.size + _COMPACT_TAIL.size
+            if self[_FORM] & _TEXT:
+                offset = _unpack_text(self, _unpack_text(self, _HEAD.size)[1])[1]
+            return _shape_of_text(_unpack_text(self, offset)[0] or "")
+
     @property
     def labels(self) -> tuple[tuple[str, str], ...]:
-        number: int = _number_of(self)[0]
-        return _SHAPES[number].labels
+        return self._shape().labels
 
     @property
     def type(self) -> str | None:
-        number: int = _number_of(self)[0]
-        return _SHAPES[number].type
+        return self._shape().type
 
     @property
     def annotations(self) -> tuple[tuple[str, str], ...]:
-        number: int = _number_of(self)[0]
-        return _SHAPES[number].annotations
+        return self._shape().annotations
 
     @property
     def digest(self) -> bytes:
@@ -404,7 +434,7 @@ class SecretState(bytes):
     @property
     def compact(self) -> bool:
         """Whether the uid and the resourceVersion are packed (else kept as text)."""
-        return self[_FORM] == _COMPACT
+        return not self[_FORM] & _TEXT
 
     def _texts(self) -> tuple[str | None, str | None]:
         uid, offset = _unpack_text(self, _HEAD.size)
@@ -412,21 +442,21 @@ class SecretState(bytes):
 
     @property
     def uid(self) -> str | None:
-        if self[_FORM] == _COMPACT:
+        if not self[_FORM] & _TEXT:
             return str(uuid.UUID(bytes=self[_UID]))
         return self._texts()[0]
 
     @property
     def resource_version(self) -> str | None:
         """As the API wrote it, for an update's optimistic concurrency."""
-        if self[_FORM] == _COMPACT:
+        if not self[_FORM] & _TEXT:
             return str(_VERSION.unpack_from(self, _HEAD.size)[0])
         return self._texts()[1]
 
     @property
     def version(self) -> int | None:
         """The resourceVersion as a number (version_number), for ordering events."""
-        if self[_FORM] == _COMPACT:
+        if not self[_FORM] & _TEXT:
             number: int = _VERSION.unpack_from(self, _HEAD.size)[0]
             return number
         return version_number(self._texts()[1])
@@ -448,11 +478,19 @@ def data_digest(data: Mapping[str, str] | None) -> bytes:
     return hashlib.sha256(text.encode()).digest()[:16]
 
 
-# Label sets, owners and types repeat across thousands of Secrets: one copy of each.
+# Label sets, owners, types and ServiceAccounts' pull Secret lists repeat across thousands of
+# objects: one copy of each, up to SHARED_MAX values (past that, new ones are not shared:
+# anyone may write a ServiceAccount's imagePullSecrets, and each new list would stay for good).
+SHARED_MAX = 50_000
 _SHARED: dict[Any, Any] = {}
 
 
 def _shared(value: Any) -> Any:
+    found = _SHARED.get(value, _SHARED)  # _SHARED itself: not there (None may be)
+    if found is not _SHARED:
+        return found
+    if len(_SHARED) >= SHARED_MAX:
+        return value
     return _SHARED.setdefault(value, value)
 
 
