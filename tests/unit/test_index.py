@@ -3,6 +3,8 @@ it, and the watch loop (list, watch, resume, 410 Gone, errors) against a scripte
 
 from __future__ import annotations
 
+import copy
+import gc
 import queue
 import sys
 import threading
@@ -58,9 +60,97 @@ def test_a_uuid_uid_and_a_numeric_version_are_kept_packed_and_given_back_as_writ
     body = pull_secret("team-a", "48000007")
     body["metadata"]["uid"] = UID
     state = plan.secret_state(body)
-    assert state.packed_uid == uuid.UUID(UID).bytes  # 16 bytes, not 36 characters
-    assert state.packed_version == 48000007  # one number, which the store orders by
+    assert state.compact
+    assert uuid.UUID(UID).bytes in state  # 16 bytes, not 36 characters
+    assert (48000007).to_bytes(8, "little") in state  # one number, which the store orders by
     assert (state.uid, state.resource_version, state.version) == (UID, "48000007", 48000007)
+
+
+def test_a_secret_from_the_api_is_kept_as_one_object_of_45_bytes() -> None:
+    body = pull_secret("team-a", "48000007")
+    body["metadata"]["uid"] = UID
+    state = plan.secret_state(body)
+    # One bytes object, referring to nothing but its class: no tuple, int or string of its own.
+    assert isinstance(state, bytes)
+    assert gc.get_referents(state) == [plan.SecretState]
+    assert len(state) == 45
+    assert state.digest in state
+    assert sys.getsizeof(state) < 100
+    assert (state.uid, state.resource_version, state.version) == (UID, "48000007", 48000007)
+    # The shared parts are given back as they were read.
+    assert (state.labels, state.type) == (tuple(REF.labels().items()), body["type"])
+    assert state.annotations == ((plan.ANNOTATION_OWNER, REF.display),)
+    # Equal: the same observed state; any field that differs makes it another.
+    assert state == plan.secret_state(copy.deepcopy(body))
+    assert copy.copy(state) == state
+    assert "e30=" not in repr(state)
+    assert UID in str(state)
+    for path, value in [
+        (("metadata", "resourceVersion"), "48000008"),
+        (("metadata", "uid"), str(uuid.uuid4())),
+        (("metadata", "annotations"), {}),
+        (("metadata", "labels"), {}),
+        (("type",), "Opaque"),
+        (("data",), {".dockerconfigjson": "eA=="}),
+    ]:
+        other = copy.deepcopy(body)
+        *parents, key = path
+        target = other
+        for parent in parents:
+            target = target[parent]
+        target[key] = value
+        assert plan.secret_state(other) != state, path
+
+
+@pytest.mark.parametrize(("uid", "version"), [(UID, "48000007"), ("uid-team-a", "opaque-7")])
+def test_label_changes_past_the_shape_table_add_no_memory_for_good(
+    monkeypatch: pytest.MonkeyPatch, uid: str, version: str
+) -> None:
+    """Anyone who may label a Secret as ocireg's can give it new labels again and again: past
+    SHAPES_MAX a state carries its own shape (read back exactly), and the shared tables stop
+    growing, so what the index holds goes when the Secret does."""
+    monkeypatch.setattr(plan, "SHAPES_MAX", len(plan._SHAPES))
+    monkeypatch.setattr(plan, "SHARED_MAX", len(plan._SHARED))
+    shapes, shared = len(plan._SHAPES), len(plan._SHARED)
+    for i in range(50):
+        body = pull_secret("team-a", version)
+        body["metadata"]["uid"] = uid
+        body["metadata"]["labels"][plan.LABEL_REGISTRY] = f"hostile-\ud800-{i}"
+        body["type"] = f"example.com/{i}"
+        state = plan.secret_state(body)
+        assert state.label(plan.LABEL_REGISTRY) == f"hostile-\ud800-{i}"
+        assert (state.type, state.uid, state.resource_version) == (body["type"], uid, version)
+        assert state.annotations == ((plan.ANNOTATION_OWNER, REF.display),)
+        assert state == plan.secret_state(copy.deepcopy(body))
+        assert gc.get_referents(state) == [plan.SecretState]
+    assert (len(plan._SHAPES), len(plan._SHARED)) == (shapes, shared)
+
+
+@pytest.mark.parametrize(
+    ("uid", "version"),
+    [
+        ("uid-team-a", "opaque-7"),
+        (UID, "opaque-7"),  # one field that does not pack keeps both as text
+        ("uid-team-a", "7"),
+        (UID, str(2**64)),  # a number, but more than 8 bytes: kept as text, still ordered
+        ("\ud800 lone surrogate", "\udfff"),
+        ("", ""),
+        (None, None),
+    ],
+)
+def test_a_uid_or_version_that_does_not_pack_is_given_back_exactly(
+    uid: str | None, version: str | None
+) -> None:
+    body = pull_secret("team-a", "7")
+    body["metadata"].update(uid=uid, resourceVersion=version)
+    state = plan.secret_state(body)
+    assert not state.compact
+    assert (state.uid, state.resource_version) == (uid, version)
+    assert state.version == plan.version_number(version)
+    assert gc.get_referents(state) == [plan.SecretState]
+    assert copy.deepcopy(state) == state
+    assert state.digest == plan.data_digest({".dockerconfigjson": "e30="})
+    assert state.labels == tuple(REF.labels().items())
 
 
 @pytest.mark.parametrize(
@@ -82,7 +172,7 @@ def test_any_other_uid_is_kept_as_text_and_given_back_unchanged(uid: Any) -> Non
     body["metadata"]["uid"] = uid
     state = plan.secret_state(body)
     assert state.uid == (None if uid is None else str(uid))
-    assert not isinstance(state.packed_uid, bytes)
+    assert not state.compact
 
 
 @pytest.mark.parametrize(

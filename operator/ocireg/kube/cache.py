@@ -1,6 +1,6 @@
 """Watch-fed stores of Kubernetes objects, each object kept as the small value its owner's
-projection makes of it (pullsecrets.index keeps namespaces, ServiceAccounts and ocireg's
-Secrets as short tuples rather than API objects).
+projection makes of it (pullsecrets.index keeps namespaces and ServiceAccounts as short
+tuples, ocireg's Secrets as one packed bytes object each, rather than API objects).
 
 One list, then a watch from the list's resourceVersion per kind, in a thread of its own
 (`Watcher`); the watch resumes where it stopped after each server timeout, re-lists after

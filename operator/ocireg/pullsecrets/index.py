@@ -1,7 +1,7 @@
 """The cluster as the namespace jobs see it: three watch-fed stores (kube.cache) of
 namespaces (labels, phase), ServiceAccounts (their pull Secret references) and the Secrets
 ocireg manages (labels, type and a digest of the data), each object kept as a short tuple
-(plan's projections) rather than an API object.
+or, for the Secrets, one packed bytes object (plan's projections) rather than an API object.
 
 `Dependents` is the other direction: which registry objects read a given Secret, ConfigMap
 or base object in their last run, so a watch event on it runs exactly those."""
