@@ -20,16 +20,28 @@ counts each mint); the others, and the tenants, log in with basic auth at the lo
 ServiceAccount created during the run).
 
 What it measures (one run, one table, the same figures as JSON):
-  fan-out  the initial fan-out (every registry object created, until every pull secret exists
-      and every object is Ready), against the floor: a plain client creating the same number of
-      Secrets with the same concurrency, in the same run (before the operator starts; deleted
-      again before it does);
+  fan-out  the initial fan-out (every registry object created, until the benchmark's watch of
+      the managed Secrets has seen every pull secret and every object is Ready), against
+      floors: a plain client at the same concurrency, in the same run (before the operator
+      starts; deleted again before it does). `floor_create_s`: creating as many Secrets, until
+      the client returned from the last, no watch open (`ratio`, as in older runs);
+      `floor_end_state_s`: the fan-out's end state, made and timed as ocireg's is: one job per
+      namespace creates its Secrets, then patches `default` to reference them (one merge
+      patch), until a watch of the floor's Secrets (a `Tally`, opened before the writes) had
+      seen every Secret and the last patch had returned (`ratio_end_state`, the like-for-like
+      ratio: in the fan-out the API server encodes an event per Secret for the benchmark's
+      watch and the benchmark decodes it, on the same cores; `floor_end_state_return_s`: until
+      the client returned). The patches are undone, untimed, before the operator starts;
   P1  new namespace -> every selecting ClusterOCIRegistry's pull secret present and the
       `default` ServiceAccount referencing them all: p50 / p99 / max, with N namespaces present;
       with --tenants also P1t: a new tenant (namespace, login Secret, CA ConfigMap, OCIRegistry)
       -> its own pull secret and the cluster ones, and `default` referencing them all;
-  P2  rotating one ClusterOCIRegistry's credentials across N namespaces, against the floor: a
-      plain client replacing the same N Secrets with the same concurrency, in the same run;
+  P2  rotating one ClusterOCIRegistry's credentials across N namespaces (until the watch has
+      seen every copy with new data), against the floor: a plain client replacing the same N
+      Secrets with the same concurrency, in the same run: `floor_replace_s` until the client
+      returned, no watch open (`ratio_total`, as in older runs), then `floor_replace_seen_s`
+      replacing them again until a watch of them, opened before, had seen each with its new
+      data, as ocireg's copies are seen (`ratio_seen`);
   P3  Secret writes during several resync periods with nothing changed, and mints per identity;
   P4  operator RSS (VmRSS now, VmHWM the peak) after the fan-out and at the end;
   P5  a credentials Secret change -> the managed copy rewritten, as a user sees it: the
@@ -249,6 +261,11 @@ def _holds_password(secret: dict[str, Any], password: str) -> bool:
     return False
 
 
+def _present(_key: Any, _secret: Any) -> bool:
+    """A Tracker's check for a Secret that only has to exist."""
+    return True
+
+
 def _all_done(tracker: Tracker) -> bool:
     return not tracker.pending
 
@@ -387,11 +404,16 @@ class Plain:
         self.client = kubernetes.client.ApiClient(configuration)
 
     def call(
-        self, method: str, path: str, body: Any = None, query: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: dict[str, str] | None = None,
+        content_type: str = "application/json",
     ) -> Any:
         headers = {"Accept": "application/json"}
         if body is not None:
-            headers["Content-Type"] = "application/json"
+            headers["Content-Type"] = content_type
         request = self.client.param_serialize(
             method=method,
             resource_path=path,
@@ -864,11 +886,19 @@ class Bench:
     # ------------------------------------------------------------------ measurements
 
     def fan_out_floor(self) -> dict[str, float]:
-        """A plain client creating as many Secrets as the fan-out writes, same concurrency,
-        bodies of the same shape; then deleted (one deletecollection per namespace)."""
+        """The fan-out's floors, each timed as the fan-out is (a watch of its Secrets, see
+        ``floor_writes``), each deleted again before the operator starts: a plain client
+        creating as many Secrets as the fan-out writes, same concurrency, bodies of the same
+        shape; then the same end state as the fan-out's, as ocireg's namespace jobs make it:
+        one job per namespace creates that namespace's Secrets, then patches `default` to
+        reference them (one merge patch), at the same concurrency. The patches are undone
+        (not timed) before the operator starts."""
         server, basic = self.registries.basic.host, self.registries.basic
         payload = _docker_config(server, basic.username, basic.password)
-        jobs = [(ns, f"floor-{r}") for ns in self.names for r in range(self.per_namespace)]
+        names = [f"floor-{r}" for r in range(self.per_namespace)]
+        jobs = [(ns, name) for ns in self.names for name in names]
+        selector = f"{FLOOR_LABEL}=fan-out"
+        refs = {"imagePullSecrets": [{"name": name} for name in names]}
 
         def create(job: tuple[str, str]) -> None:
             namespace, name = job
@@ -888,23 +918,84 @@ class Bench:
             }
             self.plain.call("POST", f"/api/v1/namespaces/{namespace}/secrets", body)
 
-        started = time.monotonic()
-        _parallel(create, jobs, self.args.concurrency)
-        floor = time.monotonic() - started
+        def namespace_job(namespace: str) -> None:
+            for name in names:
+                create((namespace, name))
+            self.plain.call(
+                "PATCH",
+                f"/api/v1/namespaces/{namespace}/serviceaccounts/default",
+                refs,
+                content_type="application/merge-patch+json",
+            )
 
         def delete(namespace: str) -> None:
             self.plain.call(
                 "DELETE",
                 f"/api/v1/namespaces/{namespace}/secrets",
-                query={"labelSelector": f"{FLOOR_LABEL}=fan-out"},
+                query={"labelSelector": selector},
             )
 
-        started = time.monotonic()
-        _parallel(delete, self.names, self.args.concurrency)
-        deleted = time.monotonic() - started
-        left = self.api.count("/api/v1/secrets", labelSelector=f"{FLOOR_LABEL}=fan-out")
-        assert left == 0, f"{left} floor Secrets left"
-        return {"secrets": len(jobs), "floor_create_s": floor, "floor_delete_s": deleted}
+        def delete_all() -> float:
+            started = time.monotonic()
+            _parallel(delete, self.names, self.args.concurrency)
+            deleted = time.monotonic() - started
+            left = self.api.count("/api/v1/secrets", labelSelector=selector)
+            assert left == 0, f"{left} floor Secrets left"
+            return deleted
+
+        started = time.monotonic()  # as before this watch was added (older runs' ratio)
+        _parallel(create, jobs, self.args.concurrency)
+        created = time.monotonic() - started
+        deleted = delete_all()
+        returned, end_seen = self.floor_writes(selector, jobs, _present, namespace_job, self.names)
+        # Undone: `default` had no imagePullSecrets before (the namespaces are new).
+        path = "/api/v1/namespaces/{}/serviceaccounts/default"
+        _parallel(
+            lambda ns: self.api.patch(path.format(ns), {"imagePullSecrets": None}),
+            self.names,
+            self.args.concurrency,
+        )
+        referring = [
+            sa["metadata"]["namespace"]
+            for sa in self.api.items(
+                "/api/v1/serviceaccounts", fieldSelector="metadata.name=default"
+            )
+            if {r.get("name") for r in sa.get("imagePullSecrets") or []} & set(names)
+        ]
+        assert not referring, f"`default` still refers to floor Secrets in {referring[:5]}"
+        delete_all()
+        return {
+            "secrets": len(jobs),
+            "floor_create_s": created,
+            "floor_delete_s": deleted,
+            "floor_end_state_return_s": returned,
+            "floor_end_state_s": max(returned, end_seen),
+        }
+
+    def floor_writes(
+        self,
+        selector: str,
+        keys: list[tuple[str, str]],
+        check: Callable[[Any, Any], bool],
+        work: Callable[[T], Any],
+        items: Iterable[T],
+    ) -> tuple[float, float]:
+        """A floor's writes (``work`` over ``items`` at --concurrency) timed as ocireg's are: a
+        ``Tally`` of the floor's Secrets (``selector``) is listed and watching first. Returns
+        the seconds until the client returned from the last write, and until the watch had
+        seen ``check`` hold for every (namespace, name) of ``keys``. The watch is stopped
+        after (its last request ended)."""
+        tally = Tally(self.api, selector).start()
+        tracker = Tracker(keys, check)
+        try:
+            with tally.tracking(tracker):
+                started = time.monotonic()
+                _parallel(work, items, self.args.concurrency)
+                returned = time.monotonic() - started
+                tally.wait(partial(_all_done, tracker), 600 + len(keys) * 0.05, "floor writes")
+        finally:
+            tally.stop()
+        return returned, max(tracker.done_at.values(), default=started) - started
 
     def converge(self) -> dict[str, Any]:
         assert self.tally is not None
@@ -989,7 +1080,9 @@ class Bench:
 
     def p2_rotation(self) -> dict[str, float]:
         assert self.tally is not None
-        # The floor: a plain client replacing the same number of Secrets, same concurrency.
+        # The floor: a plain client replacing the same number of Secrets, same concurrency,
+        # seen replaced by a watch of them as ocireg's copies are by the Tally.
+        label = {FLOOR_LABEL: "rotation"}
         payload = base64.b64encode(b'{"auths":{}}').decode()
 
         def plain_write(ns: str) -> None:
@@ -997,30 +1090,43 @@ class Bench:
                 "POST",
                 f"/api/v1/namespaces/{ns}/secrets",
                 {
-                    "metadata": {"name": "floor"},
+                    "metadata": {"name": "floor", "labels": label},
                     "type": "kubernetes.io/dockerconfigjson",
                     "data": {".dockerconfigjson": payload},
                 },
             )
 
+        concurrency = self.args.concurrency
         started = time.monotonic()
-        _parallel(plain_write, self.names, self.args.concurrency)
+        _parallel(plain_write, self.names, concurrency)
         floor_create = time.monotonic() - started
 
-        def plain_replace(ns: str) -> None:
+        def data(auths: bytes) -> dict[str, str]:
+            return {".dockerconfigjson": base64.b64encode(auths).decode()}
+
+        def plain_replace(replaced: dict[str, str], ns: str) -> None:
             body: dict[str, Any] = {
-                "metadata": {"name": "floor"},
+                "metadata": {"name": "floor", "labels": label},
                 "type": "kubernetes.io/dockerconfigjson",
-                "data": {".dockerconfigjson": base64.b64encode(b'{"auths":{"x":{}}}').decode()},
+                "data": replaced,
             }
             path = f"/api/v1/namespaces/{ns}/secrets/floor"
             current = self.plain.call("GET", path)
             body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
             self.plain.call("PUT", path, body)
 
+        # Replaced twice: as in older runs (no watch open), then seen by a watch.
         started = time.monotonic()
-        _parallel(plain_replace, self.names, self.args.concurrency)
+        _parallel(partial(plain_replace, data(b'{"auths":{"x":{}}}')), self.names, concurrency)
         floor = time.monotonic() - started
+        second = data(b'{"auths":{"y":{}}}')
+        _, floor_seen = self.floor_writes(
+            f"{FLOOR_LABEL}=rotation",
+            [(ns, "floor") for ns in self.names],
+            lambda _key, secret: secret.get("data") == second,
+            partial(plain_replace, second),
+            self.names,
+        )
 
         # ocireg: a second registry user (the new credential) goes into reg-0's login Secret.
         new_password = "rotated-" + str(int(time.time()))
@@ -1043,7 +1149,9 @@ class Bench:
             "ocireg_total_s": total,
             "floor_replace_s": floor,
             "floor_create_s": floor_create,
+            "floor_replace_seen_s": floor_seen,
             "ratio_total": total / floor,
+            "ratio_seen": total / floor_seen,
         }
 
     def p5_credential_change(self) -> dict[str, Any]:
@@ -1257,6 +1365,7 @@ class Bench:
             **fan_out,
             **floor,
             "ratio": fan_out["total_s"] / floor["floor_create_s"],
+            "ratio_end_state": fan_out["total_s"] / floor["floor_end_state_s"],
         }
         self.results["P4_rss_mb"] = _rss_mb(self.pid)
         self.results["P4_rss_peak_mb"] = _rss_mb(self.pid, "VmHWM")  # the fan-out included
@@ -1307,8 +1416,10 @@ def table(results: dict[str, Any]) -> str:
         ("setup", f"{setup}, concurrency {params['concurrency']}",
          "admission webhook on" if params.get("admission_webhook") else ""),
         ("initial fan-out", f"{results['initial_fan_out_s']:.1f} s for {fan['secrets']} Secrets",
-         f"floor {fan['floor_create_s']:.1f} s: ratio {fan['ratio']:.2f}; the benchmark "
-         f"created the objects in {fan['objects_created_s']:.1f} s; mean reconcile "
+         f"floor {fan['floor_create_s']:.1f} s: ratio {fan['ratio']:.2f}; the same end "
+         f"state, seen by a watch {fan['floor_end_state_s']:.1f} s: "
+         f"{fan['ratio_end_state']:.2f}; the "
+         f"benchmark created the objects in {fan['objects_created_s']:.1f} s; mean reconcile "
          + ", ".join(f"{k} {v['mean_s']:.2f} s" for k, v in fan["reconciles"].items())),
         ("P1 new namespace -> secrets + SA", f"p50 {p1['p50_s']:.2f} s, p99 {p1['p99_s']:.2f} s",
          f"max {p1['max_s']:.2f} s over {p1['samples']}; aim p99 <= 1 s"),
@@ -1323,7 +1434,8 @@ def table(results: dict[str, Any]) -> str:
     rows += [
         ("P2 rotate one registry", f"{p2['ocireg_total_s']:.1f} s for {p2['copies']} copies",
          f"floor {p2['floor_replace_s']:.1f} s; ratio {p2['ratio_total']:.2f} (aim <= 1.5, "
-         "from the login Secret's change to the last copy)"),
+         "from the login Secret's change to the last copy); floor seen by a watch "
+         f"{p2['floor_replace_seen_s']:.1f} s: ratio {p2['ratio_seen']:.2f}"),
         ("P3 quiet resyncs", f"{p3['secret_writes']:.0f} writes in {p3['resync_periods']} periods",
          f"webhook mints during: {p3['webhook_mints_during']}, total {p3['webhook_mints_total']}"),
         ("P4 operator RSS", f"{results['P4_rss_mb']:.0f} MB",
