@@ -133,6 +133,9 @@ def test_problems_become_conditions_and_recover(
     assert kept["type"] == "Opaque"
     status = registry(cluster, "conflict", namespace)["status"]
     assert status["targets"]["failed"][0]["reason"] == "SecretConflict"
+    # Only the Secret's owner can mend it: Stalled (kstatus reads Failed), not Current.
+    assert condition(cluster, KIND, "conflict", "Stalled", namespace)["reason"] == "SecretConflict"
+    assert condition(cluster, KIND, "conflict", "Reconciling", namespace) == {}
     # A working registry with the other choices got its pull secret; anonymous needs none.
     assert secret(cluster, namespace, "skip-verify")["type"] == "kubernetes.io/dockerconfigjson"
     assert secret(cluster, namespace, "plain-http") is None

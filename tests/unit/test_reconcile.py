@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 
+from ocireg.api.credential import Credential
 from ocireg.api.errors import ReconcileError
+from ocireg.api.spec import RegistrySpec
 from ocireg.kube.client import Conflict
 from ocireg.pullsecrets import plan, reconcile, schedule
 from ocireg.pullsecrets.fanout import Fanout, Registries
@@ -413,6 +415,17 @@ def test_unmanaged_secret_of_the_same_name_is_a_conflict_not_overwritten(
     assert cond["Ready"]["status"] == "False"
     assert obj["status"]["targets"]["failed"][0]["namespace"] == "team-b"
     assert obj["status"]["targets"]["namespaces"] == 1
+    # Waiting for someone to move the Secret: Stalled (kstatus: Failed), not Current.
+    assert cond["Stalled"]["status"] == "True"
+    assert cond["Stalled"]["reason"] == "SecretConflict"
+    assert "team-b" in cond["Stalled"]["message"]
+    assert "Reconciling" not in cond
+    # Moved: the next resync writes the copy and the object is healthy again.
+    del kube.secrets[("team-b", "corp")]
+    run(kube, obj, schedule.Memory(), now=schedule.TARGET_RESYNC + 1)
+    cond = conditions(obj)
+    assert cond["Ready"]["status"] == "True"
+    assert "Stalled" not in cond
 
 
 def test_extends_inherits_and_overrides(kube: FakeKube, verified: Calls) -> None:
@@ -989,3 +1002,22 @@ def test_a_status_the_api_refused_is_written_by_the_next_run_even_a_quiet_one(
         assert kube.status_writes[-1]["targets"]["namespaces"] == 3
     finally:
         kube.close()
+
+
+@pytest.mark.parametrize(
+    ("targets", "written"),
+    [
+        ({}, "pull secrets"),
+        ({"argoCD": {}}, "pull secrets and Argo CD Secrets"),
+    ],
+)
+def test_the_conditions_name_what_was_written(targets: dict, written: str) -> None:
+    spec = RegistrySpec.model_validate(
+        {"server": "registry.example.com", "auth": {"anonymous": {}}, "targets": targets}
+    )
+    credential = Credential("basic", ("registry.example.com",), "u", "p")
+    synced = {"namespaces": 3, "serviceAccounts": 3, "failed": [], "failedCount": 0}
+    status = reconcile._success_status(spec, credential, 1, {}, synced, "now", "later")
+    found = {c["type"]: c for c in status["conditions"]}
+    assert found["Ready"]["message"] == f"credentials verified and {written} written"
+    assert found["TargetsSynced"]["message"] == f"{written} in 3 namespace(s)"

@@ -106,8 +106,8 @@ class RegistryStatus(ApiModel):
             "credentials resolved and the registry accepted them. TargetsSynced: every selected "
             "namespace holds the pull secret. ChartsSynced (with spec.charts): the chart index "
             "is published. Reconciling (retrying a transient problem with backoff) and Stalled "
-            "(a problem only a change can fix; the reason says which) are present only while "
-            "True.",
+            "(a problem only a change can fix, a Secret in the way among them; the reason says "
+            "which) are present only while True.",
             json_schema_extra={
                 "x-kubernetes-list-type": "map",
                 "x-kubernetes-list-map-keys": ["type"],

@@ -13,7 +13,11 @@ Event seen again updates the count and lastTimestamp of the one already posted (
 "x3 over 10m") instead of adding another; more than 10 different messages with one reason about
 one object within 10 minutes become one "(combined from similar events)" Event; an object may
 have 25 Events of a type at once, then one per 5 minutes. `post` never blocks its caller: at
-most 1,000 Events wait, as in client-go; past that they are dropped, and the log says so."""
+most 1,000 Events wait, as in client-go; past that they are dropped, and the log says so.
+
+Why our own: the Python Kubernetes client has no recorder (client-go's is Go code), and
+kopf's posts each Event as given, with no counting and in the posting namespace, so a
+resync that finds the same conflict every period would add an Event each time."""
 
 from __future__ import annotations
 

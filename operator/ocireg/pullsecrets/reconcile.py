@@ -22,7 +22,7 @@ from ocireg.api.durations import parse_duration
 from ocireg.api.errors import ReconcileError
 from ocireg.api.names import REFRESH_HANDLED
 from ocireg.api.reasons import Reason
-from ocireg.api.spec import RegistrySpec
+from ocireg.api.spec import RegistrySpec, Targets
 from ocireg.api.status import RegistryStatus
 from ocireg.egress import UNRESTRICTED, EgressPolicy
 from ocireg.kube.client import Kube
@@ -282,6 +282,11 @@ def _failure_status(
     return status
 
 
+def secrets_written(targets: Targets) -> str:
+    """What a registry object writes, as its conditions name it."""
+    return "pull secrets" if targets.argo_cd is None else "pull secrets and Argo CD Secrets"
+
+
 def _success_status(
     spec: RegistrySpec,
     credential: Credential,
@@ -293,6 +298,7 @@ def _success_status(
     record: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     failed = targets_status.get("failed") or []
+    written = secrets_written(spec.effective_targets)
     if credential.anonymous:
         synced = (True, "AnonymousAccess", "anonymous registries need no pull secret")
     elif failed:
@@ -303,14 +309,14 @@ def _success_status(
             f"{targets_status.get('failedCount', len(failed))} namespace(s) failed: {names}",
         )
     else:
-        synced = (True, "Synced", f"pull secrets in {targets_status['namespaces']} namespace(s)")
+        synced = (True, "Synced", f"{written} in {targets_status['namespaces']} namespace(s)")
     ok = synced[0]
     conditions = [
         _condition(
             "Ready",
             ok,
             "Ready" if ok else synced[1],
-            "credentials verified and pull secrets written" if ok else synced[2],
+            f"credentials verified and {written} written" if ok else synced[2],
             generation,
         ),
         _condition(
@@ -322,9 +328,20 @@ def _success_status(
             generation,
         ),
         _condition("TargetsSynced", *synced, generation),
-        # Neither retrying nor stalled: both removed (api.conditions.ABNORMAL_TRUE).
+        # Not retrying: a failed namespace is looked at again each resync, and in kopf's terms
+        # nothing is wrong. Stalled while a namespace failed (a Secret in the way, which only
+        # its owner's change mends), so kstatus' readers (Flux's health checks) see Failed, not
+        # Current; else removed, as Reconciling is (api.conditions.ABNORMAL_TRUE).
         _condition("Reconciling", False, "Reconciled", "", generation),
-        _condition("Stalled", False, "Reconciled", "", generation),
+        _condition(
+            "Stalled",
+            not ok,
+            synced[1] if not ok else "Reconciled",
+            f"{synced[2]}; looked at again at each resync or when a Secret there changes"
+            if not ok
+            else "",
+            generation,
+        ),
     ]
     credentials = {
         "provider": credential.provider,
