@@ -590,10 +590,10 @@ def run_operator(config: OperatorConfig) -> int:
     # First, while the main thread is the only one: every thread started later shares two
     # malloc arenas (allocator.py: 3 to 5 MB less, measured), and what they hold freed after
     # a burst goes back to the system.
-    from ocireg.allocator import Trimmer, limit_arenas
+    from ocireg.allocator import limit_arenas, start_trimming
 
     limit_arenas()
-    Trimmer().start()
+    start_trimming()
     # Before kopf, which imports the Kubernetes client: the client's package __init__ files wait
     # until something reads a name only they bind (kube/lazy.py: about 13 MB less in a pod).
     from ocireg.kube.lazy import defer_client_inits

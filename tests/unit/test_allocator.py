@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from ocireg.allocator import worth_trimming
+
 # Eight threads allocating and freeing at once, then glibc's own count of its arenas.
 CHILD = """
 import ctypes, json, re, sys, tempfile, threading
@@ -75,7 +77,7 @@ def test_an_arena_limit_in_the_environment_is_left_as_the_user_set_it() -> None:
 # kept, so the free memory sits between live blocks, not at the top of the heap where glibc
 # gives it back by itself. Then one look of the trimmer.
 TRIM_CHILD = """
-import json, sys
+import json, sys, time
 from pathlib import Path
 from ocireg.allocator import Trimmer
 def rss():
@@ -84,16 +86,21 @@ def rss():
 blocks = [bytearray(1000) for _ in range(40_000)]
 kept = blocks[::10]
 del blocks
-trimmer = Trimmer(threshold=int(sys.argv[1]))
+trimmer = Trimmer(threshold=int(sys.argv[1]), every=3600)
 before, free = rss(), trimmer.free_bytes()
-trimmed = trimmer.trim()
+if sys.argv[2] == "now":
+    trimmed = trimmer.trim()
+else:  # as the operator runs it: its thread, told that a run ended
+    trimmer.start().soon()
+    time.sleep(1)
+    trimmed = 0
 print(json.dumps({"free": free, "trimmed": trimmed, "given_back": before - rss()}))
 """
 
 
-def _trim(threshold: int) -> dict[str, int]:
+def _trim(threshold: int, when: str = "now") -> dict[str, int]:
     done = subprocess.run(
-        [sys.executable, "-c", TRIM_CHILD, str(threshold)],
+        [sys.executable, "-c", TRIM_CHILD, str(threshold), when],
         capture_output=True,
         text=True,
         check=True,
@@ -115,3 +122,16 @@ def test_too_little_free_is_left_alone() -> None:
     result = _trim(threshold=1 << 40)
     assert result["trimmed"] == 0
     assert result["given_back"] < 1_000_000
+
+
+def test_a_run_that_ended_is_followed_by_a_trim_without_waiting_for_the_half_minute() -> None:
+    result = _trim(threshold=2 << 20, when="soon")
+    assert result["given_back"] > 10_000_000
+
+
+def test_a_trim_is_not_repeated_until_more_is_freed() -> None:
+    assert worth_trimming(40 << 20, baseline=0)
+    # Trimmed at 40 MiB free: glibc still counts those chunks free.
+    assert not worth_trimming(41 << 20, baseline=40 << 20)
+    # Reused down to 10 MiB (pages touched again), then freed again.
+    assert worth_trimming(13 << 20, baseline=10 << 20)

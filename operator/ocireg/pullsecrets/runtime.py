@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ocireg import metrics
+from ocireg.allocator import trim_soon
 from ocireg.api import ownership
 from ocireg.api.ownership import RegistryRef
 from ocireg.kube.cache import Store, Watcher
@@ -248,6 +249,7 @@ class Runtime:
             tracked.note_status(current)
         for follow in self.followers:
             follow(ref)
+        trim_soon()  # a run may have written thousands of Secrets: what they used goes back
 
     def update_status(
         self,
