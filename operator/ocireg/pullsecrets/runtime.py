@@ -249,7 +249,8 @@ class Runtime:
             tracked.note_status(current)
         for follow in self.followers:
             follow(ref)
-        trim_soon()  # a run may have written thousands of Secrets: what they used goes back
+        if outcome.status is not None:  # it may have written thousands of Secrets: what
+            trim_soon()  # they used goes back (a quiet resync used next to nothing)
 
     def update_status(
         self,
