@@ -367,13 +367,13 @@ def test_the_admission_role_allows_exactly_the_configuration_calls() -> None:
 
 
 class _Registries:
-    def __init__(self, *entries: tuple[RegistryRef, Targets, set[str]]) -> None:
+    def __init__(self, *entries: tuple[RegistryRef, Targets]) -> None:
         self.entries = entries
 
     def ready(self, namespace: str | None = None) -> list[tuple[RegistryRef, SimpleNamespace]]:
         return [
-            (ref, SimpleNamespace(spec=SimpleNamespace(effective_targets=t), placed=placed))
-            for ref, t, placed in self.entries
+            (ref, SimpleNamespace(spec=SimpleNamespace(effective_targets=t)))
+            for ref, t in self.entries
         ]
 
 
@@ -404,7 +404,7 @@ class _API:
 def _admit(api: _API, account: dict) -> kopf.Patch:
     memo = kopf.Memo(
         config=OperatorConfig(admission=AdmissionConfig(enabled=True)),
-        runtime=SimpleNamespace(registries=_Registries((SHARED, BY_LABEL, set()))),
+        runtime=SimpleNamespace(registries=_Registries((SHARED, BY_LABEL)), fanout=None),
         admission_api=api,
     )
     body = kopf.Body(account)

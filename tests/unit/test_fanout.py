@@ -148,7 +148,7 @@ class Cluster:
         tracked = self.registries.get(ref)
         assert tracked.spec is not None
         assert tracked.credential is not None
-        status, events, _ = self.fanout.resync(self.kube, ref, tracked.spec, tracked.credential, 4)  # type: ignore[arg-type]
+        status, events = self.fanout.resync(self.kube, ref, tracked.spec, tracked.credential, 4)  # type: ignore[arg-type]
         self.watch()
         return status, events
 
@@ -241,7 +241,7 @@ def test_a_resync_that_found_a_conflict_is_never_quiet(cluster: Cluster) -> None
     for _ in range(3):
         assert tracked.spec is not None
         assert tracked.credential is not None
-        status, _events, _ = cluster.fanout.resync(
+        status, _events = cluster.fanout.resync(
             cluster.kube,  # type: ignore[arg-type]
             ref,
             tracked.spec,

@@ -89,7 +89,9 @@ def test_an_objects_gauges_come_from_the_status_it_last_wrote() -> None:
     registries = Registries()
     ref = RegistryRef("OCIRegistry", "mine", "team-a", "uid-mine")
     tracked = registries.get(ref)
-    (sample,) = registries.samples()
+    managed = {ref: 3}.__getitem__  # what the index counts (Fanout.managed)
+    (sample,) = registries.samples(managed)
+    assert sample.managed_secrets == 3
     assert (sample.ready, sample.failed_namespaces) == (False, 0)  # not reconciled yet
     tracked.note_status(
         {
@@ -100,9 +102,9 @@ def test_an_objects_gauges_come_from_the_status_it_last_wrote() -> None:
             "targets": {"namespaces": 4, "failedCount": 2, "failed": []},
         }
     )
-    (sample,) = registries.samples()
+    (sample,) = registries.samples(managed)
     assert (sample.ready, sample.failed_namespaces) == (False, 2)
     tracked.note_status({"conditions": [{"type": "Ready", "status": "True"}], "targets": {}})
-    (sample,) = registries.samples()
+    (sample,) = registries.samples(managed)
     assert (sample.kind, sample.namespace, sample.name) == ("OCIRegistry", "team-a", "mine")
     assert (sample.ready, sample.failed_namespaces) == (True, 0)

@@ -218,8 +218,6 @@ def run(kube: FakeKube, obj: dict, memory: schedule.Memory, now: float) -> recon
     outcome = reconcile.reconcile(kube, REF, obj, config, memory, now, sync=kube.sync)  # type: ignore[arg-type]
     if outcome.status is not None:
         obj["status"] = outcome.status
-    if outcome.placed is None:  # the namespace jobs keep them
-        outcome.placed = set(kube.registries_.get(REF).placed)
     return outcome
 
 
@@ -237,7 +235,10 @@ def test_writes_selected_namespaces_and_patches_service_accounts(
 ) -> None:
     obj = body()
     outcome = run(kube, obj, schedule.Memory(), now=0)
-    assert set(outcome.placed or ()) == {"team-a", "team-b"}
+    # The index counts them as this object's (the metrics' ocireg_managed_secrets).
+    assert kube.fanout.managed(REF) == 2
+    assert kube.fanout.holds(REF, "team-a", "corp")
+    assert not kube.fanout.holds(REF, "team-c", "corp")
     assert ("other", "corp") not in kube.secrets
     entry = docker_config(kube, "team-a")["auths"]["registry.example.com"]
     assert base64.b64decode(entry["auth"]).decode() == f"robot:{PASSWORD}"

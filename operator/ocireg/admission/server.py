@@ -41,7 +41,7 @@ import logging
 import pathlib
 import ssl
 import time
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Final
@@ -817,8 +817,13 @@ async def _remove(api: AdmissionAPI, name: str, url: str) -> None:
 # -- the handler ------------------------------------------------------------------------------
 
 
-def candidates(registries: Registries | None, namespace: str) -> list[Candidate]:
-    """The registries this process has verified credentials for."""
+def candidates(
+    registries: Registries | None,
+    namespace: str,
+    holds: Callable[[plan.RegistryRef, str, str], bool] = lambda *_: False,
+) -> list[Candidate]:
+    """The registries this process has verified credentials for; ``holds``: whether a
+    namespace holds an object's Secret of a name, as the index knows (Fanout.holds)."""
     if registries is None:
         return []
     out = []
@@ -826,7 +831,8 @@ def candidates(registries: Registries | None, namespace: str) -> list[Candidate]
         spec = tracked.spec
         if spec is not None:
             targets = spec.effective_targets
-            out.append(Candidate(ref, targets, namespace in tracked.placed))
+            pull = plan.secret_names(targets, ref.name)[Format.dockerconfigjson]
+            out.append(Candidate(ref, targets, holds(ref, namespace, pull)))
     return out
 
 
@@ -881,7 +887,12 @@ async def mutate_service_account(
         if not namespace:
             return
         running = memo.get("runtime")
-        found = candidates(running.registries if running is not None else None, namespace)
+        fanout = running.fanout if running is not None else None
+        found = candidates(
+            running.registries if running is not None else None,
+            namespace,
+            fanout.holds if fanout is not None else lambda *_: False,
+        )
         if not found:
             return
         config: AdmissionConfig = memo.config.admission

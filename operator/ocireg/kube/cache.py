@@ -18,7 +18,8 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from typing import Any, Generic, Protocol, TypeVar
 
 from kubernetes.client.exceptions import ApiException
@@ -40,17 +41,21 @@ class Store(Generic[T]):
     """Objects of one kind by namespace and name, each reduced by ``extract``. With
     ``version`` (the reduced value's resourceVersion as a number, None when it is not one),
     an event older than what is known is ignored; without, every event is taken (a store
-    fed only by its watch gets them in order)."""
+    fed only by its watch gets them in order). With ``group``, how many objects each group
+    holds is counted as they come and go (`count`)."""
 
     def __init__(
         self,
         kind: str,
         extract: Callable[[Mapping[str, Any]], T],
         version: Callable[[T], int | None] | None = None,
+        group: Callable[[T], Hashable] | None = None,
     ) -> None:
         self.kind = kind
         self._extract = extract
         self._version = version
+        self._group = group
+        self._counts: Counter[Hashable] = Counter()
         self._lock = threading.Lock()
         self._items: dict[str, dict[str, T]] = {}
         self.synced = threading.Event()
@@ -89,6 +94,7 @@ class Store(Generic[T]):
             if known is not None and known == state:
                 return None
             self._items.setdefault(namespace, {})[name] = state
+            self._counted(known, state)
             self._changed(namespace)
             return namespace, name
 
@@ -100,13 +106,29 @@ class Store(Generic[T]):
 
     def _remove(self, namespace: str, name: str) -> None:  # under the lock
         names = self._items[namespace]
-        del names[name]
+        self._counted(names.pop(name), None)
         if names:
             self._changed(namespace)
         else:  # nothing left: neither the namespace's dict nor its count is kept
             del self._items[namespace]
             self._changed_in.pop(namespace, None)
             self.changes += 1
+
+    def _counted(self, gone: T | None, came: T | None) -> None:  # under the lock
+        if self._group is None:
+            return
+        if gone is not None:
+            key = self._group(gone)
+            self._counts[key] -= 1
+            if self._counts[key] <= 0:
+                del self._counts[key]
+        if came is not None:
+            self._counts[self._group(came)] += 1
+
+    def count(self, group: Hashable) -> int:
+        """How many objects known are in ``group`` (0 without a ``group`` function)."""
+        with self._lock:
+            return self._counts.get(group, 0)
 
     def _changed(self, namespace: str) -> None:  # under the lock
         self.changes += 1
@@ -127,8 +149,12 @@ class Store(Generic[T]):
         for body in bodies:
             namespace, name = self.key(body)
             fresh.setdefault(namespace, {})[name] = self._extract(body)
+        counts: Counter[Hashable] = Counter()
+        if self._group is not None:
+            for names in fresh.values():
+                counts.update(self._group(item) for item in names.values())
         with self._lock:
-            old, self._items = self._items, fresh
+            old, self._items, self._counts = self._items, fresh, counts
         changed = set()
         for namespace in old.keys() | fresh.keys():
             before, after = old.get(namespace, {}), fresh.get(namespace, {})

@@ -77,13 +77,12 @@ class Tracked:
     memory: schedule.Memory = field(default_factory=schedule.Memory)
     spec: RegistrySpec | None = None
     credential: Credential | None = None
-    placed: set[str] = field(default_factory=set)  # namespaces holding our Secrets
     tls: TLSOptions | None = None  # how to connect, for other work on the same registry
     body: dict[str, Any] | None = None  # as kopf last handed it over, for triggered runs
     deleted: bool = False
     # Something it read changed since its last run (or kopf handed it over): read again.
     changed: bool = True
-    mutex: threading.Lock = field(default_factory=threading.Lock)  # spec+credential, placed
+    mutex: threading.Lock = field(default_factory=threading.Lock)  # spec and credential
     # see desired(): (spec, credential, pull secret templates, Argo CD Secret templates)
     templates: tuple[Any, Any, list[plan.DesiredSecret], list[plan.DesiredSecret]] | None = None
     # What its status last said, for the metrics: Ready, and status.targets.failedCount.
@@ -144,13 +143,6 @@ class Tracked:
         templates = (pull if wanted.pull else []) + (argocd if wanted.argocd else [])
         return [dataclasses.replace(t, namespace=namespace, live=live) for t in templates]
 
-    def mark_placed(self, namespace: str, placed: bool) -> None:
-        with self.mutex:
-            if placed:
-                self.placed.add(namespace)
-            else:
-                self.placed.discard(namespace)
-
 
 class Registries:
     """The registry objects this operator serves, for the namespace jobs, the admission
@@ -209,15 +201,15 @@ class Registries:
         with self._lock:
             return self._served
 
-    def samples(self) -> list[metrics.RegistrySample]:
-        """Per-object figures for the metrics endpoint."""
+    def samples(self, managed: Callable[[plan.RegistryRef], int]) -> list[metrics.RegistrySample]:
+        """Per-object figures for the metrics endpoint; ``managed``: how many Secrets an
+        object has now."""
         with self._lock:
             items = list(self._tracked.items())
         out = []
         for ref, t in items:
             with t.mutex:
-                credential, spec, placed = t.credential, t.spec, len(t.placed)
-            formats = len(spec.effective_targets.formats) if spec else 0
+                credential = t.credential
             out.append(
                 metrics.RegistrySample(
                     kind=ref.kind,
@@ -225,7 +217,7 @@ class Registries:
                     name=ref.name,
                     ready=t.ready,
                     expires_at=credential.expires_at if credential else None,
-                    managed_secrets=placed * formats,
+                    managed_secrets=managed(ref),
                     failed_namespaces=t.failed_namespaces,
                 )
             )
@@ -346,9 +338,6 @@ class Fanout:
                         )
                         pull = plan.secret_names(targets, ref.name)[Format.dockerconfigjson]
                         wanted_refs.append((pull, targets))
-                tracked.mark_placed(namespace, result.failure is None)
-            else:
-                tracked.mark_placed(namespace, False)
             # What it wrote here before and no longer wants: all of it in a namespace it left,
             # a format or an Argo CD Secret dropped from its targets, an old secretName.
             keep = {d.name for d in desired}
@@ -387,6 +376,16 @@ class Fanout:
         self.index.accounts.apply("MODIFIED", body)
 
     # -- one registry --------------------------------------------------------------------------
+
+    def holds(self, ref: plan.RegistryRef, namespace: str, name: str) -> bool:
+        """Whether ``namespace`` holds ``ref``'s Secret ``name`` (labelled with its uid), as
+        the index knows it."""
+        state = self.index.secrets.get(namespace, name)
+        return bool(ref.uid) and state is not None and state.label(plan.LABEL_UID) == ref.uid
+
+    def managed(self, ref: plan.RegistryRef) -> int:
+        """How many Secrets ``ref`` has now, as the index knows them (its uid label)."""
+        return self.index.secrets.count(ref.uid) if ref.uid else 0
 
     def stamp(self, ref: plan.RegistryRef, spec: RegistrySpec, credential: Credential) -> SyncStamp:
         """A tenant's object reads its own namespace only: that namespace, and the change
@@ -449,7 +448,7 @@ class Fanout:
         spec: RegistrySpec,
         credential: Credential,
         concurrency: int,
-    ) -> tuple[dict[str, Any], list[tuple[str, str, str]], set[str] | None]:
+    ) -> tuple[dict[str, Any], list[tuple[str, str, str]]]:
         """A reconcile's sync of every target (reconcile.Sync): publish what the registry
         wants, queue jobs for the namespaces that differ, wait for them, report."""
         if not self.index.wait_synced(SYNC_WAIT_SECONDS):
@@ -486,7 +485,6 @@ class Fanout:
                 accounts = self.index.accounts.in_namespace(name) if wanted.pull else {}
                 count = sum(plan.service_account_selected(targets, n) for n in accounts)
                 results[name] = NamespaceResult(name, service_accounts=count)
-                tracked.mark_placed(name, True)
             else:
                 futures[name] = self.queue.submit(name)
         chosen = set(selected)
@@ -510,4 +508,4 @@ class Fanout:
             # A namespace that failed (a foreign Secret in the way) is looked at again by
             # the next resync: what would mend it (its removal) is not in the index.
             tracked.resynced = stamp
-        return status, events, None
+        return status, events

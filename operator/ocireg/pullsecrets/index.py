@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from ocireg.api.ownership import RegistryRef
 from ocireg.kube.cache import Store
-from ocireg.pullsecrets.plan import account_state, secret_state
+from ocireg.pullsecrets.plan import LABEL_UID, account_state, secret_state
 
 
 class NamespaceState(NamedTuple):
@@ -40,7 +40,10 @@ class ClusterIndex:
         self.namespaces: Store[NamespaceState] = Store("namespaces", namespace_state)
         # Ours are written here too (fanout._written): an older event must not undo that.
         self.accounts = Store("serviceaccounts", account_state, lambda s: s.version)
-        self.secrets = Store("secrets", secret_state, lambda s: s.version)
+        # Counted by owner (its uid label): how many Secrets each registry object has now.
+        self.secrets = Store(
+            "secrets", secret_state, lambda s: s.version, lambda s: s.label(LABEL_UID)
+        )
 
     @property
     def synced(self) -> bool:

@@ -188,10 +188,10 @@ def removing(names: set[str]) -> Callable[[dict[str, Any]], dict[str, Any] | Non
 
 
 # How a reconcile brings the targets up to date: (kube, ref, spec, credential, concurrency)
-# -> (status.targets, Events, namespaces holding the Secrets, or None: the sync keeps them).
+# -> (status.targets, Events).
 Sync = Callable[
     [Kube, plan.RegistryRef, RegistrySpec, Credential, int],
-    tuple[dict[str, Any], list[tuple[str, str, str]], set[str] | None],
+    tuple[dict[str, Any], list[tuple[str, str, str]]],
 ]
 
 
@@ -234,7 +234,6 @@ class Outcome:
     events: list[tuple[str, str, str]] = field(default_factory=list)
     spec: RegistrySpec | None = None
     credential: Credential | None = None
-    placed: set[str] | None = None  # namespaces holding our Secrets, when just synced
     tls: TLSOptions | None = None
     # What it read (a change runs it again); None: it read nothing, what it depends on stays.
     reads: frozenset[Dependency] | None = frozenset()
@@ -545,9 +544,8 @@ def _reconcile(
             events.append(("Warning", error.reason, error.message))
         return Outcome(memory, status, events, spec=spec)
 
-    placed: set[str] | None
-    targets_status, events, placed = (
-        ({"namespaces": 0, "serviceAccounts": 0}, [], set())
+    targets_status, events = (
+        ({"namespaces": 0, "serviceAccounts": 0}, [])
         if credential.anonymous
         else sync(kube, ref, spec, credential, config.concurrency)
     )
@@ -590,4 +588,4 @@ def _reconcile(
             )
         )
         log.info("%s refreshed on request (%s)", ref.display, asked)
-    return Outcome(memory, status, events, spec, credential, placed, tls)
+    return Outcome(memory, status, events, spec, credential, tls)

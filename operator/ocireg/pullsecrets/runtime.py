@@ -83,8 +83,12 @@ class Runtime:
         events.start()
         runtime = cls(config, kube, Pools(config.pools), Registries(), cache, events)
         runtime.alarms = Alarms(runtime.poke)
-        metrics.watch_registries(runtime.registries.samples)  # served from the start (cli)
+        # Served from the start (cli); Secrets counted once the index is there.
+        metrics.watch_registries(lambda: runtime.registries.samples(runtime.managed_secrets))
         return runtime
+
+    def managed_secrets(self, ref: RegistryRef) -> int:
+        return self.fanout.managed(ref) if self.fanout is not None else 0
 
     # -- watching ------------------------------------------------------------------------------
 
@@ -219,9 +223,6 @@ class Runtime:
                 tracked.publish(
                     outcome.spec or tracked.spec, outcome.credential or tracked.credential
                 )
-            if outcome.placed is not None:
-                with tracked.mutex:
-                    tracked.placed = outcome.placed
             if outcome.tls is not None:
                 tracked.tls = outcome.tls
             current = dict(body.get("status") or {})
@@ -324,8 +325,6 @@ class Runtime:
             if self.alarms is not None:
                 self.alarms.cancel(ref)
             tracked.publish(None, None)
-            with tracked.mutex:
-                tracked.placed.clear()
             if self.fanout is not None:
                 self.fanout.queue.barrier()
             cleanup(self.kube, ref)
