@@ -18,6 +18,7 @@ from kubernetes.client.exceptions import ApiException
 from ocireg.kube import cache as index_module
 from ocireg.kube.cache import Store, Watcher
 from ocireg.pullsecrets import plan
+from ocireg.pullsecrets.fanout import Fanout, Registries
 from ocireg.pullsecrets.index import ClusterIndex, NamespaceState, namespace_state
 
 REF = plan.RegistryRef("ClusterOCIRegistry", "corp")
@@ -464,3 +465,18 @@ def test_the_secrets_are_counted_by_the_object_whose_uid_they_carry() -> None:
     assert (secrets.count("uid-corp"), secrets.count("uid-other")) == (1, 0)
     secrets.replace([secret(theirs, "a", "5")])
     assert (secrets.count("uid-corp"), secrets.count("uid-other")) == (0, 1)
+
+
+def test_another_tenant_cannot_add_to_a_tenant_objects_count() -> None:
+    tenant = plan.RegistryRef("OCIRegistry", "corp", "team-a", uid="uid-tenant")
+    index = ClusterIndex()
+    fanout = Fanout(None, index, Registries(), 1)  # type: ignore[arg-type]
+    try:
+        for namespace in ("team-a", "team-b"):  # team-b's copy: planted with team-a's uid
+            body = pull_secret(namespace, "1")
+            body["metadata"]["labels"] = tenant.labels()
+            index.secrets.apply("ADDED", body)
+        assert fanout.managed(tenant) == 1
+        assert fanout.holds(tenant, "team-a", "corp")
+    finally:
+        fanout.queue.stop()

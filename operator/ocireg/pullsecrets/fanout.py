@@ -384,8 +384,15 @@ class Fanout:
         return bool(ref.uid) and state is not None and state.label(plan.LABEL_UID) == ref.uid
 
     def managed(self, ref: plan.RegistryRef) -> int:
-        """How many Secrets ``ref`` has now, as the index knows them (its uid label)."""
-        return self.index.secrets.count(ref.uid) if ref.uid else 0
+        """How many Secrets ``ref`` has now, as the index knows them (its uid label). A
+        tenant's object counts only its own namespace: another tenant could label her
+        Secrets with its uid, and would inflate its count."""
+        if not ref.uid:
+            return 0
+        if ref.namespaced:
+            held = self.index.secrets.in_namespace(ref.namespace or "").values()
+            return sum(s.label(plan.LABEL_UID) == ref.uid for s in held)
+        return self.index.secrets.count(ref.uid)
 
     def stamp(self, ref: plan.RegistryRef, spec: RegistrySpec, credential: Credential) -> SyncStamp:
         """A tenant's object reads its own namespace only: that namespace, and the change
