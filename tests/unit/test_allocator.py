@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -39,19 +40,24 @@ print(json.dumps({"limited": limited, "arenas": arenas}))
 """
 
 
-def _arenas(mode: str, **env: str) -> dict[str, object]:
+def _child(code: str, *args: str, **env: str) -> dict[str, Any]:
+    """What a fresh interpreter running ``code`` prints as JSON (no arena limit inherited)."""
     environment = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
     environment.update(env)
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, mode],
+        [sys.executable, "-c", code, *args],
         capture_output=True,
         text=True,
         check=True,
         env=environment,
         timeout=120,
     )
-    result: dict[str, object] = json.loads(done.stdout)
+    result: dict[str, Any] = json.loads(done.stdout)
     return result
+
+
+def _arenas(mode: str, **env: str) -> dict[str, Any]:
+    return _child(CHILD, mode, **env)
 
 
 pytestmark = pytest.mark.skipif(
@@ -98,16 +104,8 @@ print(json.dumps({"free": free, "trimmed": trimmed, "given_back": before - rss()
 """
 
 
-def _trim(threshold: int, when: str = "now") -> dict[str, int]:
-    done = subprocess.run(
-        [sys.executable, "-c", TRIM_CHILD, str(threshold), when],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    result: dict[str, int] = json.loads(done.stdout)
-    return result
+def _trim(threshold: int, when: str = "now") -> dict[str, Any]:
+    return _child(TRIM_CHILD, str(threshold), when)
 
 
 def test_memory_freed_between_live_blocks_goes_back_to_the_system() -> None:

@@ -817,15 +817,17 @@ async def _remove(api: AdmissionAPI, name: str, url: str) -> None:
 # -- the handler ------------------------------------------------------------------------------
 
 
+def _held_nowhere(_ref: plan.RegistryRef, _namespace: str, _name: str) -> bool:
+    return False  # before the index is there: each Secret is looked up (decide)
+
+
 def candidates(
-    registries: Registries | None,
+    registries: Registries,
     namespace: str,
-    holds: Callable[[plan.RegistryRef, str, str], bool] = lambda *_: False,
+    holds: Callable[[plan.RegistryRef, str, str], bool],
 ) -> list[Candidate]:
     """The registries this process has verified credentials for; ``holds``: whether a
     namespace holds an object's Secret of a name, as the index knows (Fanout.holds)."""
-    if registries is None:
-        return []
     out = []
     for ref, tracked in registries.ready(namespace):
         spec = tracked.spec
@@ -887,12 +889,11 @@ async def mutate_service_account(
         if not namespace:
             return
         running = memo.get("runtime")
-        fanout = running.fanout if running is not None else None
-        found = candidates(
-            running.registries if running is not None else None,
-            namespace,
-            fanout.holds if fanout is not None else lambda *_: False,
-        )
+        if running is None:
+            return
+        fanout = running.fanout
+        holds = fanout.holds if fanout is not None else _held_nowhere
+        found = candidates(running.registries, namespace, holds)
         if not found:
             return
         config: AdmissionConfig = memo.config.admission

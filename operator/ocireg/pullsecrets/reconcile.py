@@ -309,13 +309,15 @@ def _success_status(
         )
     else:
         synced = (True, "Synced", f"{written} in {targets_status['namespaces']} namespace(s)")
-    ok = synced[0]
+    ok, reason, message = synced
+    again = "looked at again at each resync or when a Secret there changes"
+    stalled = (False, "Reconciled", "") if ok else (True, reason, f"{message}; {again}")
     conditions = [
         _condition(
             "Ready",
             ok,
-            "Ready" if ok else synced[1],
-            f"credentials verified and {written} written" if ok else synced[2],
+            "Ready" if ok else reason,
+            f"credentials verified and {written} written" if ok else message,
             generation,
         ),
         _condition(
@@ -332,15 +334,7 @@ def _success_status(
         # its owner's change mends), so kstatus' readers (Flux's health checks) see Failed, not
         # Current; else removed, as Reconciling is (api.conditions.ABNORMAL_TRUE).
         _condition("Reconciling", False, "Reconciled", "", generation),
-        _condition(
-            "Stalled",
-            not ok,
-            synced[1] if not ok else "Reconciled",
-            f"{synced[2]}; looked at again at each resync or when a Secret there changes"
-            if not ok
-            else "",
-            generation,
-        ),
+        _condition("Stalled", *stalled, generation),
     ]
     credentials = {
         "provider": credential.provider,
